@@ -1,0 +1,183 @@
+//! Errors, by layer, and the one table that maps them onto the wire.
+//!
+//! [`EtcdError`] is what a client may see: every variant carries etcd's exact
+//! message string and gRPC status code (clients such as etcdctl and Go
+//! clientv3 match on the string). [`StorageError`] is fatal: the member stops
+//! loudly instead of serving from a store it can no longer trust. The single
+//! `From<EtcdError> for tonic::Status` impl below is the only place a code or
+//! a string is chosen.
+
+use tonic::Code;
+
+/// A client-visible error, identical on the wire to etcd's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// An RPC cairn does not serve yet (see docs/COMPATIBILITY.md).
+    #[error("cairn: {0} is not implemented yet")]
+    Unimplemented(&'static str),
+}
+
+impl EtcdError {
+    /// The gRPC status code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | MemberBadUrls | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            NoSpace | TooManyRequests => Code::ResourceExhausted,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | MemberExist | PeerUrlExist | AuthNotEnabled | NotLeader
+            | BadLeaderTransferee => Code::FailedPrecondition,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
+            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
+            Corrupt => Code::DataLoss,
+            Unimplemented(_) => Code::Unimplemented,
+        }
+    }
+}
+
+impl From<EtcdError> for tonic::Status {
+    fn from(e: EtcdError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// A failure of the member's own storage (raft log or state store). Never
+/// caused by client input; a member that hits one stops rather than serve
+/// possibly wrong data.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("state store (sled): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("raft log (raft-engine): {0}")]
+    RaftEngine(#[from] raft_engine::Error),
+    #[error("corrupt record in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StorageError {
+    pub fn corrupt(what: &'static str, detail: impl ToString) -> Self {
+        StorageError::Corrupt {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_etcds_code_and_string() {
+        struct Case {
+            err: EtcdError,
+            code: Code,
+            msg: &'static str,
+        }
+        let cases = [
+            Case {
+                err: EtcdError::EmptyKey,
+                code: Code::InvalidArgument,
+                msg: "etcdserver: key is not provided",
+            },
+            Case {
+                err: EtcdError::Compacted,
+                code: Code::OutOfRange,
+                msg: "etcdserver: mvcc: required revision has been compacted",
+            },
+            Case {
+                err: EtcdError::FutureRev,
+                code: Code::OutOfRange,
+                msg: "etcdserver: mvcc: required revision is a future revision",
+            },
+            Case {
+                err: EtcdError::NoSpace,
+                code: Code::ResourceExhausted,
+                msg: "etcdserver: mvcc: database space exceeded",
+            },
+            Case {
+                err: EtcdError::LeaseNotFound,
+                code: Code::NotFound,
+                msg: "etcdserver: requested lease not found",
+            },
+            Case {
+                err: EtcdError::NoLeader,
+                code: Code::Unavailable,
+                msg: "etcdserver: no leader",
+            },
+            Case {
+                err: EtcdError::PermissionDenied,
+                code: Code::PermissionDenied,
+                msg: "etcdserver: permission denied",
+            },
+        ];
+        for c in cases {
+            let s = tonic::Status::from(c.err);
+            assert_eq!(s.code(), c.code);
+            assert_eq!(s.message(), c.msg);
+        }
+    }
+}

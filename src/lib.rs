@@ -1,0 +1,30 @@
+//! cairn: a distributed, strongly consistent key-value store that speaks the
+//! etcd v3 API, so etcdctl and etcd's client libraries work against it unchanged.
+//!
+//! A tour of the crate, in the order a write travels:
+//!
+//! * [`grpc`]: the tonic services (KV, Maintenance, Cluster, ...). A request is
+//!   checked by [`validate`] at the edge, before anything reaches consensus.
+//! * [`raft`]: the **RaftNode** actor wraps a raft-rs `RawNode`. It batches
+//!   proposals into one Ready, persists the log in raft-engine with one sync
+//!   per Ready, and hands committed entries to Storage.
+//! * [`storage`]: the **Storage** actor applies committed entries in log order
+//!   to the [`mvcc`] store (on sled), exactly once across restarts, and answers
+//!   the proposer.
+//! * Reads bypass both actors: a Range is served from the shared [`mvcc`] store
+//!   once the applied index has caught up with the commit index.
+//!
+//! [`config`] holds the etcd-compatible flags, [`cluster`] the member and
+//! cluster identities, [`error`] the one table of etcd's error codes and strings.
+
+pub mod apply;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod mvcc;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod storage;
+pub mod validate;
