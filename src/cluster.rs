@@ -1,1 +1,205 @@
-//! (placeholder: being written)
+//! Member and cluster identity, derived exactly as etcd derives them.
+//!
+//! A member's id is the first 8 bytes (big-endian) of SHA-1 over its sorted
+//! peer URLs followed by the cluster token; the cluster id is the same over
+//! the sorted member ids. Deriving them like etcd means ids are stable across
+//! restarts without being stored, every member of a new cluster computes the
+//! same ids from the same `--initial-cluster`, and an etcd user sees the ids
+//! they expect (the default single member is `8e9e05c52164694d`).
+
+use sha1::{Digest, Sha1};
+use url::Url;
+
+use crate::proto::etcdserverpb::Member as PbMember;
+
+/// One member of the cluster as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Raft node id and the `ID` etcd clients see.
+    pub id: u64,
+    /// Human name from `--name` / `--initial-cluster`.
+    pub name: String,
+    /// Peer URLs in etcd's string form (no trailing slash), sorted.
+    pub peer_urls: Vec<String>,
+    /// Client URLs; known only for the local member until members publish
+    /// their attributes through raft (clustering issue).
+    pub client_urls: Vec<String>,
+}
+
+/// The cluster this member belongs to.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    pub local_id: u64,
+    /// All members, sorted by id.
+    pub members: Vec<Member>,
+}
+
+/// etcd prints URLs without the trailing slash the `url` crate adds to an
+/// empty path; ids hash the printed form, so it must match exactly.
+pub fn url_string(u: &Url) -> String {
+    let s = u.as_str();
+    if u.path() == "/" && u.query().is_none() && u.fragment().is_none() {
+        s.trim_end_matches('/').to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn first_8_bytes_of_sha1(data: &[u8]) -> u64 {
+    let digest = Sha1::digest(data);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(id)
+}
+
+/// etcd's member id: SHA-1 of the sorted peer URLs concatenated, then the token.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls: Vec<&String> = peer_urls.iter().collect();
+    urls.sort();
+    let mut data = Vec::new();
+    for u in urls {
+        data.extend_from_slice(u.as_bytes());
+    }
+    data.extend_from_slice(token.as_bytes());
+    first_8_bytes_of_sha1(&data)
+}
+
+/// etcd's cluster id: SHA-1 of the sorted member ids, 8 bytes big-endian each.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let data: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    first_8_bytes_of_sha1(&data)
+}
+
+impl ClusterInfo {
+    /// Builds the initial cluster from `--initial-cluster` (name → peer URL
+    /// pairs; a name may appear several times), the token, and the local
+    /// member's name and client URLs.
+    pub fn from_initial_cluster(
+        initial: &[(String, Url)],
+        token: &str,
+        local_name: &str,
+        local_client_urls: &[Url],
+    ) -> ClusterInfo {
+        let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, url) in initial {
+            match by_name.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url_string(url)),
+                None => by_name.push((name.clone(), vec![url_string(url)])),
+            }
+        }
+        let mut members: Vec<Member> = by_name
+            .into_iter()
+            .map(|(name, mut peer_urls)| {
+                peer_urls.sort();
+                let id = member_id(&peer_urls, token);
+                let client_urls = if name == local_name {
+                    local_client_urls.iter().map(url_string).collect()
+                } else {
+                    Vec::new()
+                };
+                Member {
+                    id,
+                    name,
+                    peer_urls,
+                    client_urls,
+                }
+            })
+            .collect();
+        members.sort_by_key(|m| m.id);
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let local_id = members
+            .iter()
+            .find(|m| m.name == local_name)
+            .map(|m| m.id)
+            .unwrap_or(0);
+        ClusterInfo {
+            cluster_id: cluster_id(&ids),
+            local_id,
+            members,
+        }
+    }
+
+    pub fn local(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == self.local_id)
+    }
+
+    pub fn voter_ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+}
+
+impl From<&Member> for PbMember {
+    fn from(m: &Member) -> Self {
+        PbMember {
+            id: m.id,
+            name: m.name.clone(),
+            peer_ur_ls: m.peer_urls.clone(),
+            client_ur_ls: m.client_urls.clone(),
+            is_learner: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("test url")
+    }
+
+    #[test]
+    fn default_single_member_matches_etcd() {
+        // What a fresh `etcd` with no flags reports in `etcdctl member list`
+        // and response headers.
+        let c = ClusterInfo::from_initial_cluster(
+            &[("default".into(), url("http://localhost:2380"))],
+            "etcd-cluster",
+            "default",
+            &[url("http://localhost:2379")],
+        );
+        assert_eq!(format!("{:x}", c.local_id), "8e9e05c52164694d");
+        assert_eq!(format!("{:x}", c.cluster_id), "cdf818194e3a8c32");
+        assert_eq!(
+            c.local().map(|m| m.client_urls.clone()),
+            Some(vec!["http://localhost:2379".to_string()])
+        );
+    }
+
+    #[test]
+    fn url_string_has_no_trailing_slash() {
+        assert_eq!(
+            url_string(&url("http://127.0.0.1:2380")),
+            "http://127.0.0.1:2380"
+        );
+        assert_eq!(url_string(&url("https://host:1/x")), "https://host:1/x");
+    }
+
+    #[test]
+    fn ids_do_not_depend_on_order() {
+        let a = ClusterInfo::from_initial_cluster(
+            &[
+                ("a".into(), url("http://127.0.0.1:1")),
+                ("b".into(), url("http://127.0.0.1:2")),
+            ],
+            "t",
+            "a",
+            &[],
+        );
+        let b = ClusterInfo::from_initial_cluster(
+            &[
+                ("b".into(), url("http://127.0.0.1:2")),
+                ("a".into(), url("http://127.0.0.1:1")),
+            ],
+            "t",
+            "a",
+            &[],
+        );
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_eq!(a.local_id, b.local_id);
+        assert_eq!(a.members.len(), 2);
+    }
+}

@@ -19,9 +19,11 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod logging;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;

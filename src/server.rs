@@ -1,1 +1,188 @@
-//! (placeholder: being written)
+//! Wires a member together and runs it until SIGTERM/SIGINT.
+//!
+//! Start-up: open the raft log (raft-engine, `<data-dir>/member/wal`) and the
+//! state store (sled, `<data-dir>/member/state`), rebuild the MVCC index,
+//! start the Storage and RaftNode actors on their own arbiters, then serve
+//! gRPC on a multi-threaded tokio runtime.
+//!
+//! Shutdown order (graceful): stop accepting and drain in-flight gRPC
+//! requests → RaftNode stops taking proposals and lets its in-flight log
+//! persist finish → Storage flushes the state store → exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::cluster::ClusterInfo;
+use crate::config::Config;
+use crate::grpc::{self, Api};
+use crate::mvcc::{SledBackend, Store};
+use crate::raft::client::{Proposals, RaftClient};
+use crate::raft::core::Core;
+use crate::raft::log_store::LogStore;
+use crate::raft::node::{RaftNode, RaftStatus, Shutdown};
+use crate::raft::transport::NoPeers;
+use crate::storage::{FlushNow, SetFlushListener, StorageActor};
+
+/// How often Storage makes applied state durable (and so lets the log shrink).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+async fn resolve(url: &url::Url) -> anyhow::Result<Vec<SocketAddr>> {
+    let host = url.host_str().context("listen URL has no host")?;
+    let port = url
+        .port_or_known_default()
+        .context("listen URL has no port")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    anyhow::ensure!(!addrs.is_empty(), "{url} resolves to no address");
+    Ok(addrs)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+/// Runs the member; returns when it has shut down.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let member_dir = cfg.data_dir.join("member");
+    std::fs::create_dir_all(&member_dir)
+        .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
+    let log = LogStore::open(&member_dir.join("wal")).context("opening the raft log")?;
+    let backend =
+        Arc::new(SledBackend::open(&member_dir.join("state")).context("opening the state store")?);
+    let store = Arc::new(Store::open(backend).context("loading the state store")?);
+
+    let cluster = Arc::new(ClusterInfo::from_initial_cluster(
+        &cfg.initial_cluster,
+        &cfg.initial_cluster_token,
+        &cfg.name,
+        &cfg.advertise_client_urls,
+    ));
+    anyhow::ensure!(
+        cluster.local_id != 0,
+        "--name {} is not in --initial-cluster",
+        cfg.name
+    );
+    if log.is_new() {
+        log.bootstrap(cluster.voter_ids())
+            .context("bootstrapping the raft log")?;
+    }
+    tracing::info!(
+        name = %cfg.name,
+        member_id = %format!("{:x}", cluster.local_id),
+        cluster_id = %format!("{:x}", cluster.cluster_id),
+        applied_index = store.applied_index(),
+        revision = store.current_revision(),
+        version = env!("CARGO_PKG_VERSION"),
+        "cairn member starting"
+    );
+
+    let heartbeat = cfg.heartbeat_interval.max(Duration::from_millis(1));
+    let election_tick = (cfg.election_timeout.as_millis() / heartbeat.as_millis()).max(2) as usize;
+    let core = Core::new(
+        cluster.local_id,
+        log,
+        store.applied_index(),
+        election_tick,
+        1,
+        &crate::logging::raft_logger(),
+    )
+    .context("starting raft")?;
+    // etcd's request timeout: 5 s plus two election timeouts.
+    let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
+
+    let system = System::new();
+    system.block_on(async move {
+        let proposals = Arc::new(Proposals::new(cluster.local_id));
+        let status = Arc::new(RaftStatus::default());
+        let (applied_tx, applied_rx) = watch::channel(store.applied_index());
+
+        let storage = {
+            let (store, proposals) = (store.clone(), proposals.clone());
+            let (quota, member) = (cfg.quota_backend_bytes, cluster.local_id);
+            StorageActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                StorageActor::new(store, proposals, applied_tx, quota, member, FLUSH_INTERVAL)
+            })
+        };
+        let raft = {
+            let (recipient, status) = (storage.clone().recipient(), status.clone());
+            let snapshot_count = cfg.snapshot_count;
+            RaftNode::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                RaftNode::new(core, recipient, Box::new(NoPeers), status, heartbeat, snapshot_count)
+            })
+        };
+        storage.do_send(SetFlushListener(raft.clone().recipient()));
+
+        let client =
+            RaftClient::new(raft.clone(), proposals, applied_rx, cfg.max_request_bytes as usize, request_timeout);
+        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops };
+
+        // gRPC gets a multi-threaded runtime of its own: reads are served on
+        // its threads, in parallel with the actors' arbiters.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let listen = cfg.listen_client_urls.clone();
+        let max_request_bytes = cfg.max_request_bytes as usize;
+        let auto_compaction = cfg.auto_compaction.clone();
+        std::thread::Builder::new().name("grpc".into()).spawn(move || {
+            let result = (|| -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("grpc").build()?;
+                rt.block_on(async move {
+                    if let Some(mode) = auto_compaction {
+                        tokio::spawn(crate::compactor::run(mode, store, client));
+                    }
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let mut servers = tokio::task::JoinSet::new();
+                    for url in &listen {
+                        for addr in resolve(url).await? {
+                            let mut stop = stop_rx.clone();
+                            let api = api.clone();
+                            servers.spawn(async move {
+                                let shutdown = async move {
+                                    let _ = stop.wait_for(|s| *s).await;
+                                };
+                                grpc::serve(api, addr, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
+                            });
+                            tracing::info!(%addr, "serving client requests");
+                        }
+                    }
+                    tokio::select! {
+                        _ = shutdown_signal() => {}
+                        Some(Ok(Err((addr, e)))) = servers.join_next() => {
+                            let _ = stop_tx.send(true);
+                            anyhow::bail!("cannot serve on {addr}: {e}");
+                        }
+                    }
+                    let _ = stop_tx.send(true);
+                    while servers.join_next().await.is_some() {}
+                    Ok(())
+                })
+            })();
+            let _ = done_tx.send(result);
+        })?;
+
+        let served = done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("gRPC thread died")));
+        let _ = raft.send(Shutdown).await;
+        match storage.send(FlushNow).await {
+            Ok(Ok(())) => tracing::info!("state store flushed; bye"),
+            Ok(Err(e)) => tracing::error!(cause = %e, "final flush failed (the raft log still has every write)"),
+            Err(e) => tracing::error!(cause = %e, "storage actor gone before the final flush"),
+        }
+        System::current().stop();
+        served
+    })
+}

@@ -1,1 +1,198 @@
-//! (placeholder: being written)
+//! The Storage actor: applies committed raft entries to the MVCC store.
+//!
+//! Takes [`ApplyCommitted`] from RaftNode (entries in log order), decodes each
+//! `cairnpb::InternalRequest`, applies the whole message as one atomic
+//! backend batch (`apply::apply_batch`), completes the proposer's waiter, and
+//! publishes the applied index (a `watch` channel linearizable reads wait on).
+//!
+//! Exactly once across restarts: the applied index is written in the same
+//! batch as the data it covers, and entries at or below it are skipped.
+//! Durability: sled makes writes durable only on `flush()`, so the raft log is
+//! the source of truth; a flush runs periodically on a blocking thread, and
+//! its applied index is reported to RaftNode ([`LogFlushed`]) as the point up
+//! to which the log may be truncated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType};
+use tokio::sync::{oneshot, watch};
+
+use crate::apply::apply_batch;
+use crate::error::StorageError;
+use crate::mvcc::Store;
+use crate::proto::cairnpb::InternalRequest;
+use crate::raft::client::Proposals;
+use crate::raft::node::LogFlushed;
+
+/// Committed entries, in log order, from RaftNode.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyCommitted {
+    pub entries: Vec<Entry>,
+}
+
+/// Tells Storage where to report flushed indexes (RaftNode starts after it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetFlushListener(pub Recipient<LogFlushed>);
+
+/// Make everything applied so far durable now (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct FlushNow;
+
+pub struct StorageActor {
+    /// The MVCC store, shared with readers on gRPC threads.
+    store: Arc<Store>,
+    /// Waiters of this member's proposals.
+    proposals: Arc<Proposals>,
+    /// Publishes the applied index.
+    applied_tx: watch::Sender<u64>,
+    /// RaftNode, told how far the log may be truncated.
+    flush_listener: Option<Recipient<LogFlushed>>,
+    /// --quota-backend-bytes.
+    quota_bytes: u64,
+    /// This member's id, recorded with alarms it raises.
+    member_id: u64,
+    /// Applied index covered by the last completed flush.
+    flushed: u64,
+    /// A flush is running on a blocking thread.
+    flushing: bool,
+    /// How often to flush the state store.
+    flush_interval: Duration,
+}
+
+impl StorageActor {
+    pub fn new(
+        store: Arc<Store>,
+        proposals: Arc<Proposals>,
+        applied_tx: watch::Sender<u64>,
+        quota_bytes: u64,
+        member_id: u64,
+        flush_interval: Duration,
+    ) -> StorageActor {
+        let flushed = store.applied_index();
+        StorageActor {
+            store,
+            proposals,
+            applied_tx,
+            flush_listener: None,
+            quota_bytes,
+            member_id,
+            flushed,
+            flushing: false,
+            flush_interval,
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut batch = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                // Leader no-op entries; conf changes arrive with clustering.
+                ids.push(None);
+                batch.push((e.index, None));
+                continue;
+            }
+            let req = InternalRequest::decode(&e.data[..]).map_err(|err| {
+                StorageError::corrupt("raft entry", format!("index {}: {err}", e.index))
+            })?;
+            ids.push(Some(req.id));
+            batch.push((e.index, req.request));
+        }
+        let out = apply_batch(&self.store, batch, self.quota_bytes, self.member_id)?;
+        for (id, result) in ids.into_iter().zip(out.results) {
+            if let (Some(id), Some(result)) = (id, result) {
+                self.proposals.complete(id, result);
+            }
+        }
+        self.applied_tx
+            .send_replace(last.max(*self.applied_tx.borrow()));
+        Ok(())
+    }
+
+    fn maybe_flush(
+        &mut self,
+        ctx: &mut Context<Self>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
+        let applied = self.store.applied_index();
+        if self.flushing || (applied <= self.flushed && done.is_none()) {
+            if let Some(done) = done {
+                // A flush is already running; it covers a prefix only, so
+                // run another one right after.
+                ctx.run_later(Duration::from_millis(1), move |act, ctx| {
+                    act.maybe_flush(ctx, Some(done))
+                });
+            }
+            return;
+        }
+        self.flushing = true;
+        let backend = self.store.backend().clone();
+        let job = async move { tokio::task::spawn_blocking(move || backend.flush()).await };
+        ctx.spawn(job.into_actor(self).map(move |r, act, _| {
+            act.flushing = false;
+            let r = match r {
+                Ok(Ok(())) => {
+                    act.flushed = applied;
+                    if let Some(l) = &act.flush_listener {
+                        l.do_send(LogFlushed {
+                            applied_index: applied,
+                        });
+                    }
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &r {
+                tracing::error!(cause = %e, "state store flush failed");
+            }
+            if let Some(done) = done {
+                let _ = done.send(r);
+            }
+        }));
+    }
+}
+
+impl Actor for StorageActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(self.flush_interval, |act, ctx| act.maybe_flush(ctx, None));
+    }
+}
+
+impl Handler<ApplyCommitted> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, msg: ApplyCommitted, _: &mut Context<Self>) {
+        if let Err(e) = self.apply(msg.entries) {
+            tracing::error!(cause = %e, "fatal error applying committed entries; stopping the member");
+            std::process::exit(70);
+        }
+    }
+}
+
+impl Handler<SetFlushListener> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetFlushListener, _: &mut Context<Self>) {
+        self.flush_listener = Some(msg.0);
+    }
+}
+
+impl Handler<FlushNow> for StorageActor {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, _: FlushNow, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.maybe_flush(ctx, Some(tx));
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("storage stopped".into())) })
+    }
+}

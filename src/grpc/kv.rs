@@ -1,0 +1,77 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Read path: Range (and a read-only Txn) is served from the shared MVCC
+//! store on this gRPC thread, never through the actors' mailboxes; a
+//! linearizable one first waits on the read barrier. Write path: everything
+//! else is proposed through raft and answered when applied.
+
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::*;
+use crate::validate;
+
+pub struct KvService {
+    api: Api,
+}
+
+impl KvService {
+    pub fn new(api: Api) -> KvService {
+        KvService { api }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        validate::validate_range(&req)?;
+        if !req.serializable {
+            self.api.raft.read_barrier().await?;
+        }
+        let mut resp = self.api.store.range(&req)?;
+        self.api.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        validate::validate_put(&req)?;
+        let mut resp = self.api.propose(req).await?;
+        self.api.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        validate::validate_delete_range(&req)?;
+        let mut resp = self.api.propose(req).await?;
+        self.api.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        validate::validate_txn(&req, self.api.max_txn_ops)?;
+        let mut resp = self.api.propose(req).await?;
+        self.api.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = req.into_inner();
+        validate::validate_compaction(&req)?;
+        // Compaction runs inside apply, so by the time this returns it is
+        // physically done: `physical` needs no extra wait.
+        let mut resp = self.api.propose(req).await?;
+        self.api.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}

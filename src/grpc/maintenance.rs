@@ -1,0 +1,134 @@
+//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Defragment.
+//! Snapshot, MoveLeader and Downgrade return UNIMPLEMENTED for now.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{unimplemented, Api, ETCD_API_VERSION};
+use crate::error::EtcdError;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::*;
+
+pub struct MaintenanceService {
+    api: Api,
+}
+
+impl MaintenanceService {
+    pub fn new(api: Api) -> MaintenanceService {
+        MaintenanceService { api }
+    }
+
+    fn db_size(&self) -> Result<i64, Status> {
+        let size = self
+            .api
+            .store
+            .backend()
+            .size_on_disk()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(size as i64)
+    }
+}
+
+/// etcd prints an alarm in Status.errors as its protobuf text form.
+fn alarm_text(a: &AlarmMember) -> String {
+    let name = AlarmType::try_from(a.alarm)
+        .map(|t| t.as_str_name())
+        .unwrap_or("UNKNOWN");
+    format!("memberID:{} alarm:{} ", a.member_id, name)
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // All alarm actions go through the log, as in etcd, so every member
+        // agrees on the alarm list.
+        let mut resp = self.api.propose(req.into_inner()).await?;
+        self.api.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let status = &self.api.status;
+        let leader = status.leader_id();
+        let mut errors = Vec::new();
+        if leader == 0 {
+            errors.push(EtcdError::NoLeader.to_string());
+        }
+        errors.extend(self.api.store.alarms().iter().map(alarm_text));
+        let db_size = self.db_size()?;
+        Ok(Response::new(StatusResponse {
+            header: Some(self.api.header(0)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader,
+            raft_index: status.commit_index(),
+            raft_term: status.term(),
+            raft_applied_index: self.api.raft.applied_index(),
+            errors,
+            // sled does not report live bytes apart from its file size.
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // sled reclaims space itself (segment GC); what a defragment can do
+        // is make everything durable so that GC may run. See COMPATIBILITY.md.
+        let backend = self.api.store.backend().clone();
+        tokio::task::spawn_blocking(move || backend.flush())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.api.header(0)),
+        }))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, _, rev) = self.api.store.hash_kv(0)?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.api.header(rev)),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision, rev) = self.api.store.hash_kv(req.into_inner().revision)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.api.header(rev)),
+            hash,
+            compact_revision,
+        }))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade"))
+    }
+}

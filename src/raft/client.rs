@@ -1,0 +1,167 @@
+//! What the API layer uses to reach consensus: [`RaftClient::propose`] for
+//! writes and [`RaftClient::read_barrier`] for linearizable reads.
+//!
+//! A proposal gets an id (unique across restarts, like etcd's: member bits,
+//! start time, counter), is registered in [`Proposals`], encoded as a
+//! `cairnpb::InternalRequest` and sent to the RaftNode actor. The Storage
+//! actor completes the waiter when it applies the entry with that id, so the
+//! caller is answered exactly when its write is applied.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::Addr;
+use dashmap::DashMap;
+use prost::Message as _;
+use tokio::sync::{oneshot, watch};
+
+use super::node::{Propose, RaftNode, ReadIndex};
+use crate::apply::ApplyResponse;
+use crate::error::EtcdError;
+use crate::proto::cairnpb::{internal_request::Request, InternalRequest};
+
+type Waiter = oneshot::Sender<Result<ApplyResponse, EtcdError>>;
+
+/// Proposals of this member that wait for their entry to be applied.
+pub struct Proposals {
+    /// Next proposal id.
+    next: AtomicU64,
+    /// Waiters by proposal id; a DashMap because gRPC tasks on many threads
+    /// register while the Storage actor completes.
+    waiters: DashMap<u64, Waiter>,
+}
+
+impl Proposals {
+    pub fn new(member_id: u64) -> Proposals {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // 16 bits of member id, 40 bits of start time, 8 zero bits; the
+        // counter then increments from there (etcd's idutil layout).
+        let base = ((member_id & 0xffff) << 48) | ((ms & 0xff_ffff_ffff) << 8);
+        Proposals {
+            next: AtomicU64::new(base),
+            waiters: DashMap::new(),
+        }
+    }
+
+    fn register(&self) -> (u64, oneshot::Receiver<Result<ApplyResponse, EtcdError>>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(id, tx);
+        (id, rx)
+    }
+
+    fn cancel(&self, id: u64) {
+        self.waiters.remove(&id);
+    }
+
+    /// Called by Storage when the entry carrying `id` has been applied.
+    /// Ids proposed by other members (or before a restart) have no waiter.
+    pub fn complete(&self, id: u64, result: Result<ApplyResponse, EtcdError>) {
+        if let Some((_, tx)) = self.waiters.remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.waiters.len()
+    }
+}
+
+/// Cheap to clone; one per gRPC service.
+#[derive(Clone)]
+pub struct RaftClient {
+    raft: Addr<RaftNode>,
+    proposals: Arc<Proposals>,
+    /// Applied index published by Storage.
+    applied: watch::Receiver<u64>,
+    /// etcd's --max-request-bytes, checked on the encoded proposal.
+    max_request_bytes: usize,
+    /// How long a request may wait for commit and apply (etcd: 5 s plus two
+    /// election timeouts) before the client gets "request timed out".
+    timeout: Duration,
+}
+
+impl RaftClient {
+    pub fn new(
+        raft: Addr<RaftNode>,
+        proposals: Arc<Proposals>,
+        applied: watch::Receiver<u64>,
+        max_request_bytes: usize,
+        timeout: Duration,
+    ) -> RaftClient {
+        RaftClient {
+            raft,
+            proposals,
+            applied,
+            max_request_bytes,
+            timeout,
+        }
+    }
+
+    /// Replicates `request` and returns its applied result.
+    pub async fn propose(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
+        let (id, rx) = self.proposals.register();
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        if data.len() > self.max_request_bytes {
+            self.proposals.cancel(id);
+            return Err(EtcdError::RequestTooLarge);
+        }
+        match self.raft.send(Propose { data }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.proposals.cancel(id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.proposals.cancel(id);
+                return Err(EtcdError::Stopped);
+            }
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Err(_) => {
+                self.proposals.cancel(id);
+                Err(EtcdError::Timeout)
+            }
+        }
+    }
+
+    /// Returns once every write acknowledged before the call is visible to
+    /// reads on this member: gets a read index from the leader, then waits
+    /// for Storage to apply up to it.
+    pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        let wait = async {
+            let index = self
+                .raft
+                .send(ReadIndex)
+                .await
+                .map_err(|_| EtcdError::Stopped)??;
+            let mut applied = self.applied.clone();
+            applied
+                .wait_for(|a| *a >= index)
+                .await
+                .map_err(|_| EtcdError::Stopped)?;
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, wait)
+            .await
+            .unwrap_or(Err(EtcdError::Timeout))
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    pub fn proposals(&self) -> &Arc<Proposals> {
+        &self.proposals
+    }
+}

@@ -1,0 +1,275 @@
+//! The raft-rs Ready loop as plain functions, with no actor and no threads.
+//!
+//! ```text
+//!   propose / step / tick ──▶ RawNode ──▶ begin_ready() ──▶ ReadyWork
+//!                                                     │ send_now:  messages a leader may send before its own append is durable
+//!                                                     │ apply:     committed entries (already durable)
+//!                                                     │ persist:   entries + hard state, ONE fsync for the whole batch
+//!                                         (caller runs persist on a blocking thread)
+//!                                   finish_ready(work) ──▶ Outcome
+//!                                                     │ send:      messages allowed only after the persist
+//!                                                     │ apply:     entries committed by this persist
+//! ```
+//!
+//! This is raft-rs's documented order (persist, send, apply, advance), with
+//! one Ready in flight at a time: proposals that arrive while a persist is
+//! running wait in raft's unstable log and all go into the next Ready, which
+//! is what makes many clients share one fsync (group commit).
+
+use raft::eraftpb::{Entry, HardState, Message};
+use raft::{Config as RaftConfig, RawNode, StateRole};
+
+use super::log_store::LogStore;
+use crate::error::{EtcdError, StorageError};
+
+/// What a Ready asks of the caller before it can be advanced.
+pub struct ReadyWork {
+    /// The Ready itself, handed back to `finish_ready` after the persist.
+    ready: raft::Ready,
+    /// Messages that may go out immediately (leader appends and heartbeats).
+    pub send_now: Vec<Message>,
+    /// Entries committed earlier, safe to apply now.
+    pub apply: Vec<Entry>,
+    /// Entries to append to the durable log.
+    pub entries: Vec<Entry>,
+    /// New hard state to store with them, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Messages (votes, append responses) that must wait for the persist.
+    persisted_messages: Vec<Message>,
+}
+
+impl ReadyWork {
+    /// True when the Ready has nothing to write, so no fsync is needed.
+    pub fn nothing_to_persist(&self) -> bool {
+        self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// What became possible once a Ready was persisted.
+#[derive(Default)]
+pub struct Outcome {
+    pub send: Vec<Message>,
+    pub apply: Vec<Entry>,
+}
+
+/// Member-local consensus state: a RawNode over the raft-engine log.
+pub struct Core {
+    node: RawNode<LogStore>,
+}
+
+/// A snapshot of the node's role, for response headers and Status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub last_index: u64,
+    pub is_leader: bool,
+}
+
+impl Core {
+    /// `applied` is the state store's applied index: raft-rs will hand out
+    /// committed entries after it (so a restart re-applies what the state
+    /// store lost, and nothing twice).
+    pub fn new(
+        id: u64,
+        store: LogStore,
+        applied: u64,
+        election_tick: usize,
+        heartbeat_tick: usize,
+        logger: &slog::Logger,
+    ) -> Result<Core, raft::Error> {
+        let commit = store.hard_state().commit;
+        let cfg = RaftConfig {
+            id,
+            election_tick,
+            heartbeat_tick,
+            // A restarted member may have applied (and flushed) more than the
+            // commit index it had persisted; raft-rs wants applied <= commit.
+            applied: applied.min(commit),
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        cfg.validate()?;
+        let node = RawNode::new(&cfg, store, logger)?;
+        Ok(Core { node })
+    }
+
+    /// A member that is the only voter need not wait an election timeout.
+    pub fn campaign_if_alone(&mut self) -> Result<(), raft::Error> {
+        let voters = self.node.raft.prs().conf().voters().ids().len();
+        if voters == 1 && self.node.raft.state != StateRole::Leader {
+            self.node.campaign()?;
+        }
+        Ok(())
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    pub fn step(&mut self, msg: Message) -> Result<(), raft::Error> {
+        self.node.step(msg)
+    }
+
+    /// Appends a proposal to the leader's log (not yet durable).
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), EtcdError> {
+        if self.node.raft.state != StateRole::Leader {
+            return Err(if self.node.raft.leader_id == 0 {
+                EtcdError::NoLeader
+            } else {
+                EtcdError::NotLeader
+            });
+        }
+        self.node.propose(Vec::new(), data).map_err(|e| match e {
+            raft::Error::ProposalDropped => EtcdError::LeaderChanged,
+            _ => EtcdError::Stopped,
+        })
+    }
+
+    /// The commit index if it can serve a linearizable read now: this member
+    /// leads and has committed an entry in its own term (before that, an
+    /// entry acknowledged under the previous term may not yet count as
+    /// committed here). `None` means ask again after the next Ready.
+    pub fn read_index(&self) -> Option<u64> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let committed = raft.raft_log.committed;
+        match raft.raft_log.term(committed) {
+            Ok(t) if t == raft.term => Some(committed),
+            _ => None,
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        let raft = &self.node.raft;
+        Progress {
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            last_index: raft.raft_log.last_index(),
+            is_leader: raft.state == StateRole::Leader,
+        }
+    }
+
+    /// Takes the next Ready, if any.
+    pub fn begin_ready(&mut self) -> Option<ReadyWork> {
+        if !self.node.has_ready() {
+            return None;
+        }
+        let mut ready = self.node.ready();
+        if !ready.snapshot().is_empty() {
+            // Only a peer can send a snapshot; peers arrive with clustering.
+            tracing::error!("received a raft snapshot, which this member cannot install yet");
+        }
+        Some(ReadyWork {
+            send_now: ready.take_messages(),
+            apply: ready.take_committed_entries(),
+            entries: ready.take_entries(),
+            hard_state: ready.hs().cloned(),
+            persisted_messages: ready.take_persisted_messages(),
+            ready,
+        })
+    }
+
+    /// Runs the persist synchronously (tests and shutdown use this).
+    pub fn persist(store: &LogStore, work: &ReadyWork) -> Result<(), StorageError> {
+        store.persist(&work.entries, work.hard_state.as_ref())
+    }
+
+    /// Advances past a Ready whose persist has completed.
+    pub fn finish_ready(&mut self, work: ReadyWork) -> Outcome {
+        let mut send = work.persisted_messages;
+        let mut light = self.node.advance_append(work.ready);
+        send.extend(light.take_messages());
+        let apply = light.take_committed_entries();
+        // Applying is handed to the Storage actor, which applies in log order;
+        // raft-rs only needs to know the entries were handed out.
+        self.node.advance_apply();
+        Outcome { send, apply }
+    }
+
+    pub fn store(&self) -> &LogStore {
+        self.node.store()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logger() -> slog::Logger {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// Drives one full Ready cycle synchronously and returns applied entries.
+    fn cycle(core: &mut Core) -> Vec<Entry> {
+        let mut applied = Vec::new();
+        while let Some(work) = core.begin_ready() {
+            applied.extend(work.apply.clone());
+            Core::persist(&core.store().clone(), &work).expect("persist");
+            applied.extend(core.finish_ready(work).apply);
+        }
+        applied
+    }
+
+    #[test]
+    fn single_member_commits_a_batch_of_proposals_with_one_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path()).expect("open");
+        store.bootstrap(vec![1]).expect("bootstrap");
+        let mut core = Core::new(1, store, 0, 10, 1, &logger()).expect("core");
+        assert_eq!(core.propose(b"x".to_vec()), Err(EtcdError::NoLeader));
+        core.campaign_if_alone().expect("campaign");
+        cycle(&mut core);
+        assert!(core.progress().is_leader);
+        // Leader committed its empty entry in its term: reads may be served.
+        let ri = core.read_index().expect("read index");
+
+        for i in 0..3u8 {
+            core.propose(vec![i]).expect("propose");
+        }
+        let work = core.begin_ready().expect("ready");
+        assert_eq!(
+            work.entries.len(),
+            3,
+            "all queued proposals share one Ready"
+        );
+        Core::persist(&core.store().clone(), &work).expect("persist");
+        let outcome = core.finish_ready(work);
+        let data: Vec<Vec<u8>> = outcome.apply.iter().map(|e| e.data.to_vec()).collect();
+        assert_eq!(data, vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(core.read_index(), Some(ri + 3));
+    }
+
+    #[test]
+    fn restart_redelivers_committed_but_unapplied_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = LogStore::open(dir.path()).expect("open");
+            store.bootstrap(vec![1]).expect("bootstrap");
+            let mut core = Core::new(1, store, 0, 10, 1, &logger()).expect("core");
+            core.campaign_if_alone().expect("campaign");
+            cycle(&mut core);
+            core.propose(b"a".to_vec()).expect("propose");
+            core.propose(b"b".to_vec()).expect("propose");
+            cycle(&mut core);
+        }
+        // The state store had applied only the leader's empty entry (index 2
+        // after the term-1 election entry), so "a" and "b" come back.
+        let store = LogStore::open(dir.path()).expect("reopen");
+        let mut core = Core::new(1, store, 2, 10, 1, &logger()).expect("core");
+        core.campaign_if_alone().expect("campaign");
+        let data: Vec<Vec<u8>> = cycle(&mut core)
+            .into_iter()
+            .filter(|e| !e.data.is_empty())
+            .map(|e| e.data.to_vec())
+            .collect();
+        assert_eq!(data, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+}

@@ -1,0 +1,312 @@
+//! The durable raft log: raft-rs's [`raft::Storage`] on top of raft-engine.
+//!
+//! Owned by the RaftNode actor. Entries and the hard state are written by
+//! [`LogStore::persist`] — one raft-engine write with one fsync for a whole
+//! Ready — which the actor runs on a blocking thread, never on its arbiter.
+//! raft-rs reads entries and terms back through the `Storage` trait.
+//!
+//! The log is truncated only up to what the state store has durably flushed
+//! ([`LogStore::compact_to`]); the index and term of the last truncated entry
+//! are kept so raft-rs can still ask for `term(first_index - 1)`.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use raft_engine::{Config as EngineConfig, Engine, LogBatch, MessageExt};
+
+use crate::error::StorageError;
+
+/// raft-engine stores many raft groups; cairn has one.
+const GROUP: u64 = 1;
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_TRUNCATED: &[u8] = b"truncated";
+
+/// Tells raft-engine how to find the index of a raft-rs entry.
+#[derive(Clone)]
+pub struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// What raft-rs asks of the log beyond the entries themselves.
+#[derive(Debug, Default, Clone)]
+struct Meta {
+    /// Last persisted hard state (term, vote, commit).
+    hard_state: HardState,
+    /// Voters and learners; set at bootstrap, changed by conf changes.
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction, (0, 0) before any.
+    truncated: (u64, u64),
+}
+
+/// raft-engine backed raft log. Cloning shares the same engine and metadata.
+#[derive(Clone)]
+pub struct LogStore {
+    /// The engine; an `Arc` so blocking writes can run on another thread.
+    engine: Arc<Engine>,
+    /// Cached metadata; a lock because persist completes on another thread
+    /// while raft-rs may read through the `Storage` trait.
+    meta: Arc<RwLock<Meta>>,
+}
+
+fn raft_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(e.to_string().into()))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log under `dir`.
+    pub fn open(dir: &std::path::Path) -> Result<LogStore, StorageError> {
+        let cfg = EngineConfig {
+            dir: dir.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let engine = Engine::open(cfg)?;
+        let mut meta = Meta::default();
+        if let Some(hs) = engine.get_message::<HardState>(GROUP, KEY_HARD_STATE)? {
+            meta.hard_state = hs;
+        }
+        if let Some(cs) = engine.get_message::<ConfState>(GROUP, KEY_CONF_STATE)? {
+            meta.conf_state = cs;
+        }
+        if let Some(raw) = engine.get(GROUP, KEY_TRUNCATED) {
+            if raw.len() != 16 {
+                return Err(StorageError::corrupt(
+                    "raft log",
+                    "truncated state is not 16 bytes",
+                ));
+            }
+            let mut a = [0u8; 8];
+            let mut b = [0u8; 8];
+            a.copy_from_slice(&raw[..8]);
+            b.copy_from_slice(&raw[8..]);
+            meta.truncated = (u64::from_be_bytes(a), u64::from_be_bytes(b));
+        }
+        Ok(LogStore {
+            engine: Arc::new(engine),
+            meta: Arc::new(RwLock::new(meta)),
+        })
+    }
+
+    /// True when no member configuration was ever stored: a brand-new member.
+    pub fn is_new(&self) -> bool {
+        self.meta.read().conf_state.voters.is_empty()
+    }
+
+    /// Stores the initial voters of a new cluster (durably).
+    pub fn bootstrap(&self, voters: Vec<u64>) -> Result<(), StorageError> {
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
+        let mut batch = LogBatch::default();
+        batch.put_message(GROUP, KEY_CONF_STATE.to_vec(), &cs)?;
+        self.engine.write(&mut batch, true)?;
+        self.meta.write().conf_state = cs;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.meta.read().hard_state.clone()
+    }
+
+    /// Appends entries (replacing any conflicting tail) and stores the hard
+    /// state, in one raft-engine write with one fsync. Blocking: call it on a
+    /// blocking thread. Only after it returns may the Ready be advanced.
+    pub fn persist(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut batch = LogBatch::with_capacity(entries.len());
+        batch.add_entries::<EntryExt>(GROUP, entries)?;
+        if let Some(hs) = hard_state {
+            batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs)?;
+        }
+        self.engine.write(&mut batch, true)?;
+        if let Some(hs) = hard_state {
+            self.meta.write().hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Drops entries up to and including `index` (which must be applied and
+    /// durably flushed by the state store). Blocking: call off actor threads.
+    pub fn compact_to(&self, index: u64) -> Result<(), StorageError> {
+        let (truncated, _) = self.meta.read().truncated;
+        if index <= truncated {
+            return Ok(());
+        }
+        let Some(entry) = self.engine.get_entry::<EntryExt>(GROUP, index)? else {
+            return Ok(());
+        };
+        let mut raw = Vec::with_capacity(16);
+        raw.extend_from_slice(&index.to_be_bytes());
+        raw.extend_from_slice(&entry.term.to_be_bytes());
+        let mut batch = LogBatch::default();
+        batch.put(GROUP, KEY_TRUNCATED.to_vec(), raw)?;
+        self.engine.write(&mut batch, true)?;
+        self.meta.write().truncated = (index, entry.term);
+        self.engine.compact_to(GROUP, index + 1);
+        self.engine.purge_expired_files()?;
+        Ok(())
+    }
+
+    fn last(&self) -> u64 {
+        let truncated = self.meta.read().truncated.0;
+        self.engine
+            .last_index(GROUP)
+            .unwrap_or(truncated)
+            .max(truncated)
+    }
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let m = self.meta.read();
+        Ok(RaftState::new(m.hard_state.clone(), m.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let truncated = self.meta.read().truncated.0;
+        if low <= truncated {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let max = max_size.into().map(|m| m as usize);
+        self.engine
+            .fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out)
+            .map_err(raft_err)?;
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (t_index, t_term) = self.meta.read().truncated;
+        if idx == t_index {
+            return Ok(t_term);
+        }
+        if idx < t_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        match self
+            .engine
+            .get_entry::<EntryExt>(GROUP, idx)
+            .map_err(raft_err)?
+        {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.meta.read().truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Sending the state store to a lagging peer arrives with clustering.
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+/// Decodes a protobuf (rust-protobuf 2) message stored by raft-rs.
+pub fn decode_conf_change(
+    data: &[u8],
+) -> Result<raft::eraftpb::ConfChange, protobuf::ProtobufError> {
+    raft::eraftpb::ConfChange::parse_from_bytes(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn persist_reopen_compact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = LogStore::open(dir.path()).expect("open");
+            assert!(s.is_new());
+            s.bootstrap(vec![7]).expect("bootstrap");
+            let hs = HardState {
+                term: 2,
+                commit: 3,
+                ..Default::default()
+            };
+            s.persist(&[entry(1, 1), entry(2, 1), entry(3, 2)], Some(&hs))
+                .expect("persist");
+            // A conflicting append replaces the tail.
+            s.persist(&[entry(3, 3), entry(4, 3)], None)
+                .expect("persist");
+        }
+        let s = LogStore::open(dir.path()).expect("reopen");
+        assert!(!s.is_new());
+        assert_eq!(s.hard_state().commit, 3);
+        assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![7]);
+        assert_eq!(
+            (
+                s.first_index().expect("first"),
+                s.last_index().expect("last")
+            ),
+            (1, 4)
+        );
+        assert_eq!(s.term(3).expect("term"), 3);
+        let ents = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(
+            ents.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+
+        s.compact_to(2).expect("compact");
+        assert_eq!(s.first_index().expect("first"), 3);
+        assert_eq!(s.term(2).expect("term of truncated"), 1);
+        assert!(s.term(1).is_err());
+        assert!(s
+            .entries(2, 4, None, GetEntriesContext::empty(false))
+            .is_err());
+        drop(s);
+        let s = LogStore::open(dir.path()).expect("reopen after compaction");
+        assert_eq!(
+            (
+                s.first_index().expect("first"),
+                s.last_index().expect("last")
+            ),
+            (3, 4)
+        );
+    }
+}
