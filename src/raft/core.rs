@@ -34,6 +34,11 @@ pub struct ReadyWork {
     pub entries: Vec<Entry>,
     /// New hard state to store with them, if it changed.
     pub hard_state: Option<HardState>,
+    /// raft-rs's `must_sync`: entries, term or vote changed. A Ready whose
+    /// only change is the commit index needs no write at all: the commit
+    /// index need not be durable (a restarted member learns it again), so
+    /// it is stored with the next write instead of costing an fsync.
+    must_sync: bool,
     /// Messages (votes, append responses) that must wait for the persist.
     persisted_messages: Vec<Message>,
 }
@@ -41,7 +46,7 @@ pub struct ReadyWork {
 impl ReadyWork {
     /// True when the Ready has nothing to write, so no fsync is needed.
     pub fn nothing_to_persist(&self) -> bool {
-        self.entries.is_empty() && self.hard_state.is_none()
+        self.entries.is_empty() && !self.must_sync
     }
 }
 
@@ -172,6 +177,7 @@ impl Core {
             apply: ready.take_committed_entries(),
             entries: ready.take_entries(),
             hard_state: ready.hs().cloned(),
+            must_sync: ready.must_sync(),
             persisted_messages: ready.take_persisted_messages(),
             ready,
         })
@@ -179,6 +185,9 @@ impl Core {
 
     /// Runs the persist synchronously (tests and shutdown use this).
     pub fn persist(store: &LogStore, work: &ReadyWork) -> Result<(), StorageError> {
+        if work.nothing_to_persist() {
+            return Ok(());
+        }
         store.persist(&work.entries, work.hard_state.as_ref())
     }
 
@@ -245,6 +254,14 @@ mod tests {
         let data: Vec<Vec<u8>> = outcome.apply.iter().map(|e| e.data.to_vec()).collect();
         assert_eq!(data, vec![vec![0], vec![1], vec![2]]);
         assert_eq!(core.read_index(), Some(ri + 3));
+        // The commit-index-only Ready that follows costs no fsync.
+        if let Some(work) = core.begin_ready() {
+            assert!(
+                work.nothing_to_persist(),
+                "a commit-only Ready must not be synced"
+            );
+            core.finish_ready(work);
+        }
     }
 
     #[test]
