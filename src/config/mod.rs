@@ -80,7 +80,7 @@ pub enum AutoCompaction {
 /// Everything a member is configured with. Build it with [`Config::load`]
 /// (or [`Config::default`] in tests); fields hold resolved values, with no
 /// "unset" left (e.g. `data_dir` is already `${name}.cairn`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Human-readable member name; the key of this member in `initial_cluster`.
     pub name: String,
@@ -551,6 +551,9 @@ impl Raw {
     }
 }
 
+/// The origin the `config` crate gives values read from the environment.
+const ENV_ORIGIN: &str = "the environment";
+
 /// The merged layers, from which each option is read with the layer it came
 /// from, so that errors can say where a bad value was set.
 struct Layers {
@@ -565,7 +568,7 @@ impl Layers {
     fn origin(&self, o: &Opt, value: &Value) -> ValueOrigin {
         match value.origin() {
             None => ValueOrigin::Flag,
-            Some("the environment") => ValueOrigin::Env(o.env_var()),
+            Some(ENV_ORIGIN) => ValueOrigin::Env(o.env_var()),
             Some(_) => ValueOrigin::File {
                 path: self.file.clone().unwrap_or_default(),
                 key: o.key.to_string(),
@@ -579,7 +582,7 @@ impl Layers {
         let mut keys: Vec<&String> = self.merged.keys().collect();
         keys.sort();
         for key in keys {
-            let from_env = self.merged[key].origin() == Some("the environment");
+            let from_env = self.merged[key].origin() == Some(ENV_ORIGIN);
             let known = options::by_key(key).is_some_and(|o| from_env || o.key != CONFIG_FILE);
             if known {
                 continue;
