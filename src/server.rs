@@ -93,7 +93,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let heartbeat = cfg.heartbeat_interval.max(Duration::from_millis(1));
-    let election_tick = (cfg.election_timeout.as_millis() / heartbeat.as_millis()).max(2) as usize;
+    let election_tick = cfg.election_ticks().max(2);
     let core = Core::new(
         cluster.local_id,
         log,

@@ -5,23 +5,25 @@ use std::process::ExitCode;
 use cairn::config::{Config, ConfigError};
 
 fn main() -> ExitCode {
-    let cfg = match Config::load(std::env::args_os(), std::env::vars()) {
-        Ok(cfg) => cfg,
-        Err(ConfigError::Help(text)) => {
-            print!("{text}");
+    let (cfg, warnings) = match Config::load_with_warnings(std::env::args_os(), std::env::vars()) {
+        Ok(loaded) => loaded,
+        Err(e @ (ConfigError::Help(_) | ConfigError::Version(_))) => {
+            println!("{e}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
             eprintln!("cairn: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(e.exit_code().clamp(1, 255) as u8);
         }
     };
     cairn::logging::init(&cfg.log_level);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     match cairn::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("cairn: {e:#}");
             ExitCode::FAILURE
         }
     }
