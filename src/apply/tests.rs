@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::mvcc::{BatchWriter, MemBackend, SledBackend, NEVER_COMPACTED};
+use crate::mvcc::backend::open_sled_for_test;
+use crate::mvcc::{BatchWriter, MemBackend, NEVER_COMPACTED};
 use crate::proto::etcdserverpb::RequestOp;
 use crate::proto::mvccpb::event::EventType;
 
@@ -979,12 +980,7 @@ fn exactly_once() {
 #[test]
 fn restart_resumes_where_it_stopped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = || {
-        Store::open(Arc::new(
-            SledBackend::open_with_cache(dir.path(), 8 << 20).expect("sled"),
-        ))
-        .expect("open")
-    };
+    let open = || Store::open(Arc::new(open_sled_for_test(dir.path()))).expect("open");
     let batch: Vec<(u64, Option<Request>)> = (1..=3)
         .map(|i| (i, Some(Request::Put(put_req("k", &i.to_string())))))
         .collect();

@@ -198,6 +198,23 @@ impl Backend for MemBackend {
     }
 }
 
+/// Opens a sled backend in a test, waiting (up to 10 s) for a previous
+/// handle on the same directory to let go of its file lock: sled releases it
+/// from background threads shortly after the last handle is dropped.
+#[cfg(test)]
+pub(crate) fn open_sled_for_test(path: &Path) -> SledBackend {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledBackend::open_with_cache(path, 8 << 20) {
+            Ok(b) => return b,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("sled did not open within 10 s: {e}"),
+        }
+    }
+}
+
 /// The behaviour every [`Backend`] must show. Each function panics with a
 /// message on the first violation; tests call them for each implementation.
 #[cfg(test)]
@@ -313,7 +330,7 @@ mod tests {
             b.write_batch(wb).expect("write");
             b.flush().expect("flush");
         }
-        let b = SledBackend::open_with_cache(dir.path(), 8 << 20).expect("reopen");
+        let b = open_sled_for_test(dir.path());
         assert_eq!(b.get(b"x").expect("get"), Some(b"y".to_vec()));
         assert!(b.size_on_disk().expect("size") > 0);
     }

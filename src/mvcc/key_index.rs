@@ -88,6 +88,23 @@ impl KeyIndex {
         &mut self.generations[last]
     }
 
+    /// Just enough of this history to continue it: the open generation's
+    /// created revision, version and last revision. Answers [`KeyIndex::get`]
+    /// like the full history for every revision from the last one on, which
+    /// is all a batch of new writes needs.
+    pub fn tail(&self) -> KeyIndex {
+        match self.generations.last() {
+            Some(g) if !g.is_empty() => KeyIndex {
+                generations: vec![Generation {
+                    created: g.created,
+                    ver: g.ver,
+                    revs: g.revs.last().copied().into_iter().collect(),
+                }],
+            },
+            _ => KeyIndex::default(),
+        }
+    }
+
     /// True when no revision of the key is left (the key can be forgotten).
     pub fn is_empty(&self) -> bool {
         self.generations.iter().all(Generation::is_empty)
@@ -183,7 +200,7 @@ impl KeyIndex {
         for g in &mut self.generations {
             g.revs.retain(|r| r.main > at || Some(*r) == kept);
         }
-        let last = self.generations.len() - 1;
+        let last = self.generations.len().saturating_sub(1);
         let mut i = 0;
         self.generations.retain(|g| {
             let keep = !g.is_empty() || i == last;
@@ -373,6 +390,27 @@ mod tests {
                 .map(|k| (k.modified.main, k.created.main, k.version));
             assert_eq!(got, c.want, "at {}", c.at);
         }
+    }
+
+    #[test]
+    fn tail_continues_like_the_full_history() {
+        let mut full = sample();
+        let mut tail = full.tail();
+        assert_eq!(tail.revisions().count(), 1);
+        full.put(r(9));
+        tail.put(r(9));
+        assert!(full.tombstone(r(10)));
+        assert!(tail.tombstone(r(10)));
+        full.put(r(11));
+        tail.put(r(11));
+        for at in 8..13 {
+            assert_eq!(full.get(at), tail.get(at), "at {at}");
+        }
+        // A deleted key's tail is empty: the next put starts afresh.
+        let mut dead = KeyIndex::new();
+        dead.put(r(2));
+        assert!(dead.tombstone(r(3)));
+        assert!(dead.tail().is_empty());
     }
 
     #[test]

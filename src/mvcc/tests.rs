@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::backend::open_sled_for_test;
 use super::store::REV_PREFIX;
 use super::*;
 use crate::error::EtcdError;
@@ -809,7 +810,7 @@ fn range_options() {
 fn restore_from_sled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let open = || {
-        let b = SledBackend::open_with_cache(dir.path(), 8 << 20).expect("sled");
+        let b = open_sled_for_test(dir.path());
         Store::open(Arc::new(b)).expect("open")
     };
     let (hash, snapshot) = {
@@ -870,7 +871,7 @@ fn restore_from_sled() {
 fn restore_when_the_last_write_was_compacted_away() {
     let dir = tempfile::tempdir().expect("tempdir");
     let open = || {
-        let b = SledBackend::open_with_cache(dir.path(), 8 << 20).expect("sled");
+        let b = open_sled_for_test(dir.path());
         Store::open(Arc::new(b)).expect("open")
     };
     {
@@ -897,10 +898,7 @@ fn hash_kv() {
     let s1 = mem_store();
     build(&s1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let s2 = Store::open(Arc::new(
-        SledBackend::open_with_cache(dir.path(), 8 << 20).expect("sled"),
-    ))
-    .expect("open");
+    let s2 = Store::open(Arc::new(open_sled_for_test(dir.path()))).expect("open");
     build(&s2);
 
     // Same history, same hash, whatever the backend.
@@ -996,4 +994,54 @@ fn concurrent_readers_never_see_half_a_batch() {
         assert!(r.join().expect("reader panicked") > 0);
     }
     assert_eq!(s.current_revision(), 201);
+}
+
+#[test]
+fn historic_reads_of_keys_written_in_the_batch() {
+    // The overlay keeps only the tail of a key's history; reads below the
+    // batch's start must still see the full committed history.
+    let s = mem_store();
+    put(&s, "a", "1"); // 2
+    put(&s, "a", "2"); // 3
+    let mut w = BatchWriter::new(&s);
+    let mut t = w.txn();
+    t.put(b"a", b"3", 0).expect("put"); // 4
+    t.commit();
+    let mut t = w.txn();
+    t.delete_range(&KeyRange::new(b"a", b"")).expect("del"); // 5
+    t.commit();
+    let read = |w: &BatchWriter, rev: i64| {
+        range::range(
+            w,
+            &RangeRequest {
+                key: b"a".to_vec(),
+                revision: rev,
+                ..Default::default()
+            },
+        )
+        .expect("range")
+        .kvs
+        .pop()
+        .map(|kv| summary(&kv))
+    };
+    let want = |rev: i64| match rev {
+        2 => Some(("1".to_string(), 2, 2, 1)),
+        3 => Some(("2".to_string(), 2, 3, 2)),
+        4 => Some(("3".to_string(), 2, 4, 3)),
+        _ => None,
+    };
+    for rev in 2..=5 {
+        assert_eq!(read(&w, rev), want(rev), "in batch at {rev}");
+    }
+    w.commit(9).expect("commit");
+    for rev in 2..=5 {
+        let got = get_at(&s, "a", rev).expect("read").map(|kv| summary(&kv));
+        assert_eq!(got, want(rev), "committed at {rev}");
+    }
+    // The committed index kept the whole history: compaction still works on it.
+    compact(&s, 3).expect("compact");
+    assert_eq!(
+        record_revisions(&s),
+        vec![(3, 0, false), (4, 0, false), (5, 0, true)]
+    );
 }

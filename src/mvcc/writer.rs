@@ -39,8 +39,13 @@ pub struct BatchWriter<'s> {
     store: &'s Store,
     /// Proof that this is the only writer; see [`Store`]'s `writer` field.
     _writer: MutexGuard<'s, ()>,
-    /// Copies of the histories of the keys written in this batch; they
-    /// shadow the committed index until commit.
+    /// The current revision when the batch began: every change in the
+    /// overlay is newer, so reads below it go to the committed index alone.
+    start_rev: i64,
+    /// For each key written in this batch, the tail of its committed history
+    /// ([`KeyIndex::tail`]) continued with this batch's changes. Shadows the
+    /// committed index for reads at or above `start_rev`; replayed onto it
+    /// at commit.
     keys: BTreeMap<Vec<u8>, KeyIndex>,
     /// Revision records created in this batch, with their tombstone flag.
     records: BTreeMap<Revision, (KeyValue, bool)>,
@@ -66,6 +71,7 @@ impl<'s> BatchWriter<'s> {
         BatchWriter {
             store,
             _writer: writer,
+            start_rev: rev,
             keys: BTreeMap::new(),
             records: BTreeMap::new(),
             rev,
@@ -151,8 +157,8 @@ impl<'s> BatchWriter<'s> {
     /// The key's state at `at`, seeing this batch's writes.
     fn key_at(&self, key: &[u8], at: i64) -> Option<KeyAt> {
         match self.keys.get(key) {
-            Some(ki) => ki.get(at),
-            None => self.store.committed.read().index.get(key)?.get(at),
+            Some(ki) if at >= self.start_rev => ki.get(at),
+            _ => self.store.committed.read().index.get(key)?.get(at),
         }
     }
 
@@ -160,15 +166,17 @@ impl<'s> BatchWriter<'s> {
     /// in key order, merging this batch's key histories over the committed ones.
     fn for_each_live(&self, range: &KeyRange, at: i64, mut f: impl FnMut(&[u8], Revision)) {
         let committed = self.store.committed.read();
+        // Below the batch's start the overlay has nothing to add.
+        let overlay = (at >= self.start_rev).then_some(&self.keys);
         let mut base = committed
             .index
             .range(range)
-            .filter(|(k, _)| !self.keys.contains_key(k.as_slice()))
+            .filter(|(k, _)| overlay.is_none_or(|o| !o.contains_key(k.as_slice())))
             .filter_map(|(k, ki)| ki.get(at).map(|a| (k.as_slice(), a.modified)))
             .peekable();
-        let mut ours = range
-            .bounds()
-            .map(|b| self.keys.range::<[u8], _>(b))
+        let mut ours = overlay
+            .zip(range.bounds())
+            .map(|(o, b)| o.range::<[u8], _>(b))
             .into_iter()
             .flatten()
             .filter_map(|(k, ki)| ki.get(at).map(|a| (k.as_slice(), a.modified)))
@@ -232,16 +240,21 @@ impl<'s> BatchWriter<'s> {
         batch.put(META_COMPACT_REV, self.compact_rev.to_be_bytes().to_vec());
         {
             let c = store.committed.read();
-            let shadowed = |k: &Vec<u8>| self.keys.contains_key(k.as_slice());
-            let base = c
-                .index
-                .iter()
-                .filter(|(k, _)| !shadowed(k))
-                .map(|(_, ki)| ki);
-            for ki in base.chain(self.keys.values()) {
-                for (rev, tombstone) in ki.compaction_removals(self.compact_rev) {
-                    batch.delete(rev_key(rev, tombstone));
+            let mut removals = Vec::new();
+            for (k, ki) in c.index.iter() {
+                if !self.keys.contains_key(k.as_slice()) {
+                    removals.extend(ki.compaction_removals(self.compact_rev));
                 }
+            }
+            // Keys written in this batch: their full history is the committed
+            // one plus the batch's changes (a copy, made only when compacting).
+            for (k, tail) in &self.keys {
+                let mut full = c.index.get(k).cloned().unwrap_or_default();
+                replay(&mut full, tail, self.start_rev);
+                removals.extend(full.compaction_removals(self.compact_rev));
+            }
+            for (rev, tombstone) in removals {
+                batch.delete(rev_key(rev, tombstone));
             }
         }
         let mut c = store.committed.write();
@@ -251,8 +264,8 @@ impl<'s> BatchWriter<'s> {
     }
 
     fn publish_into(&self, c: &mut Committed, applied_index: u64) {
-        for (k, ki) in &self.keys {
-            c.index.insert(k.clone(), ki.clone());
+        for (k, tail) in &self.keys {
+            replay(c.index.entry(k), tail, self.start_rev);
         }
         if self.compacted {
             c.index.compact(self.compact_rev);
@@ -261,6 +274,17 @@ impl<'s> BatchWriter<'s> {
         c.compact_rev = self.compact_rev;
         c.alarms = self.alarms.clone();
         self.store.publish(c, applied_index);
+    }
+}
+
+/// Appends to `full` the changes `tail` holds beyond `start_rev`.
+fn replay(full: &mut KeyIndex, tail: &KeyIndex, start_rev: i64) {
+    for (rev, tombstone) in tail.revisions().filter(|(r, _)| r.main > start_rev) {
+        if tombstone {
+            full.tombstone(rev);
+        } else {
+            full.put(rev);
+        }
     }
 }
 
@@ -329,8 +353,9 @@ impl WriteTxn<'_, '_> {
         }
     }
 
-    /// The overlay history of `key`, copied from the committed index on first
-    /// write and saved for rollback.
+    /// The overlay history of `key`: on its first write in the batch, the
+    /// tail of its committed history; saved for rollback on its first write
+    /// in this transaction.
     fn touch(&mut self, key: &[u8]) -> &mut KeyIndex {
         if self.undo_keys.insert(key.to_vec()) {
             self.undo
@@ -344,7 +369,7 @@ impl WriteTxn<'_, '_> {
                 .read()
                 .index
                 .get(key)
-                .cloned()
+                .map(KeyIndex::tail)
                 .unwrap_or_default();
             self.w.keys.insert(key.to_vec(), base);
         }
