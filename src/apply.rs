@@ -318,6 +318,8 @@ fn delete_in(txn: &mut WriteTxn, d: &DeleteRangeRequest) -> Result<DeleteRangeRe
     })
 }
 
+/// Compaction is done synchronously with the batch's commit, so
+/// `physical` (answer only once the old revisions are gone) always holds.
 fn apply_compaction(
     w: &mut BatchWriter,
     c: &CompactionRequest,

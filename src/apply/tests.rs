@@ -1,3 +1,6 @@
+//! apply_batch tests: request semantics as etcd's applier, headers, txn
+//! atomicity, batch overlay, exactly-once, alarms and quota.
+
 use std::sync::Arc;
 
 use super::*;
@@ -10,8 +13,11 @@ const MEMBER: u64 = 0xc0ffee;
 
 /// A store plus the next raft index to apply.
 struct Harness {
+    /// The store under test.
     store: Store,
+    /// The raft index the next applied entry gets.
     next_index: u64,
+    /// quota_bytes passed to apply_batch (0 = none).
     quota: u64,
 }
 

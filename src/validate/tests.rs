@@ -1,3 +1,6 @@
+//! Table-driven tests of the edge checks, including etcd's duplicate-key
+//! rules for nested txns.
+
 use super::*;
 use crate::proto::etcdserverpb::Compare;
 
