@@ -1,10 +1,40 @@
-//! (stub until the mvcc branch merges)
+//! The deterministic state-machine step: committed raft entries in, responses
+//! and watch events out (etcd's `applierV3`).
+//!
+//! The Storage actor calls [`apply_batch`] with the entries of one Ready, in
+//! log order. Each request runs against a [`BatchWriter`] overlay, so it sees
+//! the requests before it in the same batch; at the end the whole batch,
+//! together with its last raft index, is written to the backend in ONE atomic
+//! batch and only then published to readers. Entries at or below the store's
+//! applied index were applied before (e.g. replayed after a restart) and are
+//! skipped, which makes application exactly-once.
+//!
+//! Request semantics follow etcd 3.4's `etcdserver/apply.go`: Put with
+//! prev_kv / ignore_value / ignore_lease, DeleteRange over every range form,
+//! Txn (all compares are evaluated and every op is checked before anything
+//! executes, so a failing txn changes nothing), Compaction, and Alarm with
+//! the NOSPACE ("capped") and CORRUPT behaviours. The response headers carry
+//! only `revision`, set exactly as etcd sets it; the server fills in the rest.
+
+use std::cmp::Ordering;
+
 use crate::error::{EtcdError, StorageError};
-use crate::mvcc::Store;
+use crate::mvcc::range::{self, header, ReadView};
+use crate::mvcc::{BatchWriter, KeyRange, ReadError, Store, WriteTxn};
 use crate::proto::cairnpb::internal_request::Request;
-use crate::proto::etcdserverpb::*;
-use crate::proto::mvccpb::Event;
-#[derive(Debug, Clone)]
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::proto::etcdserverpb::request_op::Request as Op;
+use crate::proto::etcdserverpb::response_op::Response as OpResponse;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, Compare,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb::{Event, KeyValue};
+
+/// The answer to one applied request, typed by request kind.
+#[derive(Debug, Clone, PartialEq)]
 pub enum ApplyResponse {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
@@ -12,18 +42,493 @@ pub enum ApplyResponse {
     Compaction(CompactionResponse),
     Alarm(AlarmResponse),
 }
+
+/// What [`apply_batch`] produced.
+#[derive(Debug, Default)]
 pub struct ApplyOutput {
+    /// One per entry, in order; None for entries that carry no request (empty
+    /// raft entries, conf changes) and for entries skipped as already applied.
     pub results: Vec<Option<Result<ApplyResponse, EtcdError>>>,
+    /// Every event produced, in revision order (watchers will use these
+    /// later). `prev_kv` is always filled; a watcher that did not ask for it
+    /// drops it.
     pub events: Vec<Event>,
 }
+
+/// etcd's per-put overhead in its quota arithmetic (`kvOverhead`).
+const KV_OVERHEAD: u64 = 256;
+
+/// Applies committed entries (index, decoded request or None) in ONE backend
+/// write batch, then advances the applied index to the last index. Entries
+/// with index <= `store.applied_index()` are skipped (exactly-once across
+/// restarts).
+///
+/// `quota_bytes` (0 = no quota) bounds the backend size: a Put, or a Txn
+/// with a put, that would take the backend to the quota fails with NoSpace
+/// and raises the NOSPACE alarm for `member_id`.
+///
+/// An `Err` is a storage failure: nothing of the batch was published and the
+/// member must stop.
 pub fn apply_batch(
-    _store: &Store,
+    store: &Store,
     entries: Vec<(u64, Option<Request>)>,
-    _quota_bytes: u64,
-    _member_id: u64,
+    quota_bytes: u64,
+    member_id: u64,
 ) -> Result<ApplyOutput, StorageError> {
-    Ok(ApplyOutput {
-        results: entries.iter().map(|_| None).collect(),
-        events: vec![],
+    let applied = store.applied_index();
+    let mut last = applied;
+    let mut w = BatchWriter::new(store);
+    let mut ctx = Ctx {
+        quota: Quota {
+            limit: quota_bytes,
+            size: None,
+        },
+        member_id,
+    };
+    let mut results = Vec::with_capacity(entries.len());
+    for (index, request) in entries {
+        if index <= last {
+            results.push(None);
+            continue;
+        }
+        last = index;
+        let Some(request) = request else {
+            results.push(None);
+            continue;
+        };
+        match apply_request(&mut w, &mut ctx, request) {
+            Ok(resp) => results.push(Some(Ok(resp))),
+            Err(Fail::Client(e)) => results.push(Some(Err(e))),
+            Err(Fail::Storage(e)) => return Err(e),
+        }
+    }
+    if last == applied {
+        // Everything was applied before: nothing to write.
+        return Ok(ApplyOutput {
+            results,
+            events: Vec::new(),
+        });
+    }
+    let events = w.commit(last)?;
+    Ok(ApplyOutput { results, events })
+}
+
+/// Why a request did not apply: the client's problem (answered, batch goes
+/// on) or the member's (fatal, batch abandoned).
+#[derive(Debug)]
+enum Fail {
+    Client(EtcdError),
+    Storage(StorageError),
+}
+
+impl From<EtcdError> for Fail {
+    fn from(e: EtcdError) -> Self {
+        Fail::Client(e)
+    }
+}
+
+impl From<StorageError> for Fail {
+    fn from(e: StorageError) -> Self {
+        Fail::Storage(e)
+    }
+}
+
+impl From<ReadError> for Fail {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Client(e) => Fail::Client(e),
+            ReadError::Storage(e) => Fail::Storage(e),
+        }
+    }
+}
+
+/// Per-batch inputs that are not part of the replicated state.
+struct Ctx {
+    /// The backend size limit.
+    quota: Quota,
+    /// Who raises the NOSPACE alarm when the quota is hit.
+    member_id: u64,
+}
+
+/// The backend quota, with the backend size read at most once per batch
+/// (sled computes it by listing files).
+struct Quota {
+    /// Maximum backend size in bytes; 0 means unlimited.
+    limit: u64,
+    /// Backend size, read on first use in this batch.
+    size: Option<u64>,
+}
+
+impl Quota {
+    /// Whether writing `cost` more bytes would reach the limit (etcd's
+    /// `size + cost < quota` admission test, negated).
+    fn exceeded(&mut self, w: &BatchWriter, cost: u64) -> Result<bool, StorageError> {
+        if self.limit == 0 || cost == 0 {
+            return Ok(false);
+        }
+        let size = match self.size {
+            Some(s) => s,
+            None => {
+                let s = w.backend_size()?;
+                self.size = Some(s);
+                s
+            }
+        };
+        Ok(size.saturating_add(cost) >= self.limit)
+    }
+}
+
+fn apply_request(
+    w: &mut BatchWriter,
+    ctx: &mut Ctx,
+    request: Request,
+) -> Result<ApplyResponse, Fail> {
+    match request {
+        Request::Put(p) => apply_put(w, ctx, &p).map(ApplyResponse::Put),
+        Request::DeleteRange(d) => apply_delete_range(w, &d).map(ApplyResponse::DeleteRange),
+        Request::Txn(t) => apply_txn(w, ctx, &t).map(ApplyResponse::Txn),
+        Request::Compaction(c) => apply_compaction(w, &c).map(ApplyResponse::Compaction),
+        Request::Alarm(a) => Ok(ApplyResponse::Alarm(apply_alarm(w, &a))),
+    }
+}
+
+/// The one place that decides whether a put may attach `lease`. cairn has no
+/// lease table yet, so every nonzero lease is unknown; the lease module will
+/// replace this with a lookup.
+fn check_lease(lease: i64) -> Result<(), EtcdError> {
+    if lease == 0 {
+        Ok(())
+    } else {
+        Err(EtcdError::LeaseNotFound)
+    }
+}
+
+/// etcd swaps in a restricted applier while an alarm is active: with CORRUPT
+/// every KV request fails; with NOSPACE ("capped") writes that add data fail.
+fn check_corrupt(w: &BatchWriter) -> Result<(), EtcdError> {
+    if w.alarm_active(AlarmType::Corrupt) {
+        return Err(EtcdError::Corrupt);
+    }
+    Ok(())
+}
+
+/// Refuses a write of `cost` bytes while NOSPACE is active or when it would
+/// exceed the quota. Exceeding the quota also raises NOSPACE for this member.
+///
+/// etcd raises the alarm at the edge, through its own raft proposal, and its
+/// apply-time quota check still applies the write. cairn decides here,
+/// refusing the write, which is deterministic as long as one member decides;
+/// with several members their backend sizes differ, so the edge should then
+/// propose the alarm instead, as etcd does.
+fn check_space(w: &mut BatchWriter, ctx: &mut Ctx, cost: u64) -> Result<(), Fail> {
+    if cost == 0 {
+        return Ok(());
+    }
+    if w.alarm_active(AlarmType::Nospace) {
+        return Err(EtcdError::NoSpace.into());
+    }
+    if ctx.quota.exceeded(w, cost)? {
+        w.activate_alarm(ctx.member_id, AlarmType::Nospace as i32);
+        return Err(EtcdError::NoSpace.into());
+    }
+    Ok(())
+}
+
+fn put_cost(p: &PutRequest) -> u64 {
+    KV_OVERHEAD + p.key.len() as u64 + p.value.len() as u64
+}
+
+/// The bytes a txn may add: the larger of its two branches. Unlike etcd,
+/// puts inside nested txns count too, so nesting cannot bypass NOSPACE.
+fn txn_cost(t: &TxnRequest) -> u64 {
+    let branch = |ops: &[crate::proto::etcdserverpb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Op::RequestPut(p)) => put_cost(p),
+                Some(Op::RequestTxn(t)) => txn_cost(t),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
+}
+
+fn apply_put(w: &mut BatchWriter, ctx: &mut Ctx, p: &PutRequest) -> Result<PutResponse, Fail> {
+    check_corrupt(w)?;
+    check_space(w, ctx, put_cost(p))?;
+    check_lease(p.lease)?;
+    let mut txn = w.txn();
+    let resp = put_in(&mut txn, p)?;
+    txn.commit();
+    Ok(resp)
+}
+
+/// A put inside a write transaction (top level or in a txn); the header
+/// revision is the revision the put created.
+fn put_in(txn: &mut WriteTxn, p: &PutRequest) -> Result<PutResponse, Fail> {
+    let prev = if p.ignore_value || p.ignore_lease || p.prev_kv {
+        txn.get(&p.key)?
+    } else {
+        None
+    };
+    let (value, lease) = match (&prev, p.ignore_value || p.ignore_lease) {
+        (None, true) => return Err(EtcdError::KeyNotFound.into()),
+        (Some(prev), _) => (
+            if p.ignore_value {
+                &prev.value
+            } else {
+                &p.value
+            },
+            if p.ignore_lease { prev.lease } else { p.lease },
+        ),
+        (None, false) => (&p.value, p.lease),
+    };
+    let rev = txn.put(&p.key, value, lease)?;
+    Ok(PutResponse {
+        header: header(rev),
+        prev_kv: if p.prev_kv { prev } else { None },
     })
 }
+
+fn apply_delete_range(
+    w: &mut BatchWriter,
+    d: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, Fail> {
+    check_corrupt(w)?;
+    let mut txn = w.txn();
+    let resp = delete_in(&mut txn, d)?;
+    txn.commit();
+    Ok(resp)
+}
+
+/// A delete inside a write transaction. Header revision: the new revision if
+/// the transaction has changed anything so far, else the revision it began at.
+fn delete_in(txn: &mut WriteTxn, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, Fail> {
+    let range = KeyRange::new(&d.key, &d.range_end);
+    let prev_kvs = if d.prev_kv {
+        txn.range_kvs(&range)?
+    } else {
+        Vec::new()
+    };
+    let (deleted, rev) = txn.delete_range(&range)?;
+    Ok(DeleteRangeResponse {
+        header: header(rev),
+        deleted,
+        prev_kvs,
+    })
+}
+
+/// Compaction is done synchronously with the batch's commit, so
+/// `physical` (answer only once the old revisions are gone) always holds.
+fn apply_compaction(
+    w: &mut BatchWriter,
+    c: &CompactionRequest,
+) -> Result<CompactionResponse, Fail> {
+    check_corrupt(w)?;
+    w.compact(c.revision)?;
+    Ok(CompactionResponse {
+        header: header(w.rev()),
+    })
+}
+
+fn apply_alarm(w: &mut BatchWriter, a: &AlarmRequest) -> AlarmResponse {
+    let alarms = match AlarmAction::try_from(a.action) {
+        Ok(AlarmAction::Get) => w.alarms(a.alarm),
+        Ok(AlarmAction::Activate) => vec![w.activate_alarm(a.member_id, a.alarm)],
+        Ok(AlarmAction::Deactivate) => w
+            .deactivate_alarm(a.member_id, a.alarm)
+            .into_iter()
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    AlarmResponse {
+        header: header(w.rev()),
+        alarms,
+    }
+}
+
+/// A txn after evaluating its compares: the branch taken, with every nested
+/// txn in it already planned. etcd evaluates all compares, nested ones
+/// included, against the state before the txn runs.
+struct Plan<'a> {
+    /// Whether the compares held (success branch) or not (failure branch).
+    succeeded: bool,
+    /// The ops of the branch taken, nested txns with their own plans.
+    ops: Vec<Planned<'a>>,
+}
+
+enum Planned<'a> {
+    Range(&'a RangeRequest),
+    Put(&'a PutRequest),
+    Delete(&'a DeleteRangeRequest),
+    Txn(Plan<'a>),
+    /// A RequestOp with no request set; etcd skips it.
+    Empty,
+}
+
+fn plan<'a, V: ReadView + ?Sized>(view: &V, t: &'a TxnRequest) -> Result<Plan<'a>, StorageError> {
+    let mut succeeded = true;
+    for c in &t.compare {
+        if !compare_holds(view, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let branch = if succeeded { &t.success } else { &t.failure };
+    let ops = branch
+        .iter()
+        .map(|op| {
+            Ok(match &op.request {
+                Some(Op::RequestRange(r)) => Planned::Range(r),
+                Some(Op::RequestPut(p)) => Planned::Put(p),
+                Some(Op::RequestDeleteRange(d)) => Planned::Delete(d),
+                Some(Op::RequestTxn(t)) => Planned::Txn(plan(view, t)?),
+                None => Planned::Empty,
+            })
+        })
+        .collect::<Result<_, StorageError>>()?;
+    Ok(Plan { succeeded, ops })
+}
+
+/// etcd's compare: over every key in the range (all must satisfy it). With no
+/// key in the range, a VALUE compare fails and any other compares against a
+/// zero KeyValue (so `create_revision == 0` tests absence).
+fn compare_holds<V: ReadView + ?Sized>(view: &V, c: &Compare) -> Result<bool, StorageError> {
+    let kvs = view.range_kvs(&KeyRange::new(&c.key, &c.range_end))?;
+    if kvs.is_empty() {
+        if c.target == CompareTarget::Value as i32 {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+}
+
+/// One key against one compare. A target_union that does not match the
+/// target compares against zero / empty, and unknown enum values behave as
+/// in etcd (unknown target: equal; unknown result: holds).
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let int = |want: Option<i64>, have: i64| have.cmp(&want.unwrap_or(0));
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let want: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(want)
+        }
+        Ok(CompareTarget::Version) => int(
+            match c.target_union {
+                Some(TargetUnion::Version(v)) => Some(v),
+                _ => None,
+            },
+            kv.version,
+        ),
+        Ok(CompareTarget::Create) => int(
+            match c.target_union {
+                Some(TargetUnion::CreateRevision(v)) => Some(v),
+                _ => None,
+            },
+            kv.create_revision,
+        ),
+        Ok(CompareTarget::Mod) => int(
+            match c.target_union {
+                Some(TargetUnion::ModRevision(v)) => Some(v),
+                _ => None,
+            },
+            kv.mod_revision,
+        ),
+        Ok(CompareTarget::Lease) => int(
+            match c.target_union {
+                Some(TargetUnion::Lease(v)) => Some(v),
+                _ => None,
+            },
+            kv.lease,
+        ),
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
+    }
+}
+
+/// Checks every put in the planned branches before anything runs: ignore_value
+/// / ignore_lease need an existing key, a lease must exist.
+fn check_puts(view: &WriteTxn, plan: &Plan) -> Result<(), Fail> {
+    for op in &plan.ops {
+        match op {
+            Planned::Put(p) => {
+                if (p.ignore_value || p.ignore_lease) && view.get(&p.key)?.is_none() {
+                    return Err(EtcdError::KeyNotFound.into());
+                }
+                check_lease(p.lease)?;
+            }
+            Planned::Txn(nested) => check_puts(view, nested)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks every range's revision before anything runs (etcd's
+/// checkRequestRange: 0 is fine, above the current revision is FutureRev,
+/// below the compact revision is Compacted, so a negative one is too once
+/// the store was compacted).
+fn check_ranges<V: ReadView + ?Sized>(view: &V, plan: &Plan) -> Result<(), EtcdError> {
+    for op in &plan.ops {
+        match op {
+            Planned::Range(r) => match r.revision {
+                0 => {}
+                rev if rev > view.rev() => return Err(EtcdError::FutureRev),
+                rev if rev < view.compact_rev() => return Err(EtcdError::Compacted),
+                _ => {}
+            },
+            Planned::Txn(nested) => check_ranges(view, nested)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn apply_txn(w: &mut BatchWriter, ctx: &mut Ctx, t: &TxnRequest) -> Result<TxnResponse, Fail> {
+    check_corrupt(w)?;
+    check_space(w, ctx, txn_cost(t))?;
+    let mut txn = w.txn();
+    let plan = plan(&txn, t)?;
+    check_puts(&txn, &plan)?;
+    check_ranges(&txn, &plan)?;
+    let mut resp = execute(&mut txn, &plan)?;
+    // etcd: the revision the txn began at, plus one if it wrote anything.
+    resp.header = header(txn.read_rev());
+    txn.commit();
+    Ok(resp)
+}
+
+/// Runs a planned branch. Sub-responses carry their own header revisions as
+/// etcd sets them; a nested txn's own header is left with revision 0, as in
+/// etcd. An error here drops the transaction, which undoes its writes.
+fn execute(txn: &mut WriteTxn, plan: &Plan) -> Result<TxnResponse, Fail> {
+    let mut responses = Vec::with_capacity(plan.ops.len());
+    for op in &plan.ops {
+        let response = match op {
+            Planned::Range(r) => Some(OpResponse::ResponseRange(range::range(&*txn, r)?)),
+            Planned::Put(p) => Some(OpResponse::ResponsePut(put_in(txn, p)?)),
+            Planned::Delete(d) => Some(OpResponse::ResponseDeleteRange(delete_in(txn, d)?)),
+            Planned::Txn(nested) => Some(OpResponse::ResponseTxn(execute(txn, nested)?)),
+            Planned::Empty => None,
+        };
+        responses.push(ResponseOp { response });
+    }
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded: plan.succeeded,
+        responses,
+    })
+}
+
+#[cfg(test)]
+mod tests;

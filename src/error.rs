@@ -117,6 +117,25 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
 }
 
+/// Reads can fail like writes: a client error is answered, a storage fault
+/// is fatal.
+impl From<crate::mvcc::ReadError> for tonic::Status {
+    fn from(e: crate::mvcc::ReadError) -> Self {
+        match e {
+            crate::mvcc::ReadError::Client(e) => e.into(),
+            crate::mvcc::ReadError::Storage(e) => fatal("reading the state store", &e),
+        }
+    }
+}
+
+/// A storage failure: the member can no longer promise what it stores, so
+/// it stops, loudly, instead of serving. (The raft log keeps every
+/// acknowledged write; a restart re-applies from it.)
+pub fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
+    tracing::error!(cause = %e, "fatal storage error while {what}; stopping the member");
+    std::process::exit(70)
+}
+
 impl StorageError {
     pub fn corrupt(what: &'static str, detail: impl ToString) -> Self {
         StorageError::Corrupt {

@@ -21,7 +21,7 @@ use raft::eraftpb::{Entry, EntryType};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::apply_batch;
-use crate::error::StorageError;
+use crate::error::{fatal, StorageError};
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
 use crate::raft::client::Proposals;
@@ -175,8 +175,7 @@ impl Handler<ApplyCommitted> for StorageActor {
     type Result = ();
     fn handle(&mut self, msg: ApplyCommitted, _: &mut Context<Self>) {
         if let Err(e) = self.apply(msg.entries) {
-            tracing::error!(cause = %e, "fatal error applying committed entries; stopping the member");
-            std::process::exit(70);
+            fatal("applying committed entries", &e);
         }
     }
 }

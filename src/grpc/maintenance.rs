@@ -90,10 +90,10 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let (hash, _, rev) = self.api.store.hash_kv(0)?;
+        let h = self.api.store.hash_kv(0)?;
         Ok(Response::new(HashResponse {
-            header: Some(self.api.header(rev)),
-            hash,
+            header: Some(self.api.header(h.current_revision)),
+            hash: h.hash,
         }))
     }
 
@@ -101,11 +101,11 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, compact_revision, rev) = self.api.store.hash_kv(req.into_inner().revision)?;
+        let h = self.api.store.hash_kv(req.into_inner().revision)?;
         Ok(Response::new(HashKvResponse {
-            header: Some(self.api.header(rev)),
-            hash,
-            compact_revision,
+            header: Some(self.api.header(h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
         }))
     }
 

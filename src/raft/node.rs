@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::core::{Core, Progress, ReadyWork};
 use super::log_store::LogStore;
 use super::transport::Transport;
-use crate::error::EtcdError;
+use crate::error::{fatal, EtcdError};
 use crate::storage::ApplyCommitted;
 
 /// Entries kept behind the flushed index so a slow follower can catch up
@@ -228,13 +228,6 @@ impl RaftNode {
         self.after_progress();
         self.drive(ctx);
     }
-}
-
-/// A storage failure on the write path: the member cannot promise
-/// durability any more, so it stops, loudly, instead of serving.
-fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
-    tracing::error!(cause = %e, "fatal storage error while {what}; stopping the member");
-    std::process::exit(70)
 }
 
 impl Actor for RaftNode {

@@ -1,0 +1,500 @@
+//! The write path: [`BatchWriter`] collects the effects of one raft batch in
+//! memory, and [`WriteTxn`] is one request's write transaction inside it
+//! (etcd's `storeTxnWrite`).
+//!
+//! ```text
+//!  apply_batch ──► BatchWriter ──► WriteTxn (one per Put / DeleteRange / Txn)
+//!                   │  overlay: touched key indexes, new records, events,
+//!                   │           pending compaction and alarms
+//!                   └─ commit(applied index) ──► ONE backend WriteBatch
+//!                                               then publish index + revision
+//! ```
+//!
+//! Reads made while applying (a txn's compares and ranges, a put's previous
+//! value) go through the overlay first, so requests see the effects of the
+//! requests before them in the same batch. A `WriteTxn` that is dropped
+//! without [`WriteTxn::commit`] undoes its changes to the overlay, which is
+//! how a txn that fails halfway changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use parking_lot::MutexGuard;
+use prost::Message;
+
+use crate::error::{EtcdError, StorageError};
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
+use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+
+use super::backend::WriteBatch;
+use super::key_index::{KeyAt, KeyIndex, KeyRange};
+use super::range::ReadView;
+use super::revision::Revision;
+use super::store::{
+    alarm_key, read_record, rev_key, Committed, Store, META_COMPACT_REV, META_CONSISTENT_INDEX,
+};
+
+/// The in-memory effects of one raft batch, not yet in the backend.
+pub struct BatchWriter<'s> {
+    /// The store the batch will be committed to.
+    store: &'s Store,
+    /// Proof that this is the only writer; see [`Store`]'s `writer` field.
+    _writer: MutexGuard<'s, ()>,
+    /// The current revision when the batch began: every change in the
+    /// overlay is newer, so reads below it go to the committed index alone.
+    start_rev: i64,
+    /// For each key written in this batch, the tail of its committed history
+    /// ([`KeyIndex::tail`]) continued with this batch's changes. Shadows the
+    /// committed index for reads at or above `start_rev`; replayed onto it
+    /// at commit.
+    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Revision records created in this batch, with their tombstone flag.
+    records: BTreeMap<Revision, (KeyValue, bool)>,
+    /// Current revision including this batch's writes so far.
+    rev: i64,
+    /// Compact revision including compactions earlier in this batch.
+    compact_rev: i64,
+    /// Whether this batch compacts (then commit also deletes old records).
+    compacted: bool,
+    /// Active alarms including this batch's changes.
+    alarms: BTreeSet<(u64, i32)>,
+    /// Every change in revision order, returned to the caller for watchers.
+    events: Vec<Event>,
+}
+
+impl<'s> BatchWriter<'s> {
+    /// Starts a batch; blocks while another batch is in flight.
+    pub fn new(store: &'s Store) -> Self {
+        let writer = store.writer.lock();
+        let c = store.committed.read();
+        let (rev, compact_rev, alarms) = (c.current_rev, c.compact_rev, c.alarms.clone());
+        drop(c);
+        BatchWriter {
+            store,
+            _writer: writer,
+            start_rev: rev,
+            keys: BTreeMap::new(),
+            records: BTreeMap::new(),
+            rev,
+            compact_rev,
+            compacted: false,
+            alarms,
+            events: Vec::new(),
+        }
+    }
+
+    /// Current revision, counting this batch's writes.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    /// Compact revision, counting this batch's compactions.
+    pub fn compact_rev(&self) -> i64 {
+        self.compact_rev
+    }
+
+    /// The backend's size on disk (before this batch is written).
+    pub fn backend_size(&self) -> Result<u64, StorageError> {
+        self.store.backend().size_on_disk()
+    }
+
+    /// Begins one request's write transaction at the current revision.
+    pub fn txn(&mut self) -> WriteTxn<'_, 's> {
+        let begin_rev = self.rev;
+        let events_len = self.events.len();
+        WriteTxn {
+            w: self,
+            begin_rev,
+            changes: 0,
+            undo: Vec::new(),
+            undo_keys: HashSet::new(),
+            events_len,
+            done: false,
+        }
+    }
+
+    /// Compacts history up to `rev` (etcd's checks: at or below the current
+    /// compaction -> Compacted, above the current revision -> FutureRev). The
+    /// records are removed when the batch commits; reads below `rev` fail from now on.
+    pub fn compact(&mut self, rev: i64) -> Result<(), EtcdError> {
+        if rev <= self.compact_rev {
+            return Err(EtcdError::Compacted);
+        }
+        if rev > self.rev {
+            return Err(EtcdError::FutureRev);
+        }
+        self.compact_rev = rev;
+        self.compacted = true;
+        Ok(())
+    }
+
+    /// Alarms of type `alarm`, or all of them for `AlarmType::None`.
+    pub fn alarms(&self, alarm: i32) -> Vec<AlarmMember> {
+        self.alarms
+            .iter()
+            .filter(|(_, t)| alarm == AlarmType::None as i32 || *t == alarm)
+            .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
+            .collect()
+    }
+
+    /// Whether any member has raised `alarm`.
+    pub fn alarm_active(&self, alarm: AlarmType) -> bool {
+        self.alarms.iter().any(|(_, t)| *t == alarm as i32)
+    }
+
+    /// Raises an alarm (idempotent) and returns it.
+    pub fn activate_alarm(&mut self, member_id: u64, alarm: i32) -> AlarmMember {
+        self.alarms.insert((member_id, alarm));
+        AlarmMember { member_id, alarm }
+    }
+
+    /// Clears an alarm; returns it if it was active.
+    pub fn deactivate_alarm(&mut self, member_id: u64, alarm: i32) -> Option<AlarmMember> {
+        self.alarms
+            .remove(&(member_id, alarm))
+            .then_some(AlarmMember { member_id, alarm })
+    }
+
+    /// The key's state at `at`, seeing this batch's writes.
+    fn key_at(&self, key: &[u8], at: i64) -> Option<KeyAt> {
+        match self.keys.get(key) {
+            Some(ki) if at >= self.start_rev => ki.get(at),
+            _ => self.store.committed.read().index.get(key)?.get(at),
+        }
+    }
+
+    /// Calls `f(key, record revision)` for every key in `range` live at `at`,
+    /// in key order, merging this batch's key histories over the committed ones.
+    fn for_each_live(&self, range: &KeyRange, at: i64, mut f: impl FnMut(&[u8], Revision)) {
+        let committed = self.store.committed.read();
+        // Below the batch's start the overlay has nothing to add.
+        let overlay = (at >= self.start_rev).then_some(&self.keys);
+        let mut base = committed
+            .index
+            .range(range)
+            .filter(|(k, _)| overlay.is_none_or(|o| !o.contains_key(k.as_slice())))
+            .filter_map(|(k, ki)| ki.get(at).map(|a| (k.as_slice(), a.modified)))
+            .peekable();
+        let mut ours = overlay
+            .zip(range.bounds())
+            .map(|(o, b)| o.range::<[u8], _>(b))
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, ki)| ki.get(at).map(|a| (k.as_slice(), a.modified)))
+            .peekable();
+        loop {
+            let take_base = match (base.peek(), ours.peek()) {
+                (Some(b), Some(o)) => b.0 < o.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let next = if take_base { base.next() } else { ours.next() };
+            if let Some((k, r)) = next {
+                f(k, r);
+            }
+        }
+    }
+
+    fn record(&self, rev: Revision) -> Result<KeyValue, StorageError> {
+        match self.records.get(&rev) {
+            Some((kv, _)) => Ok(kv.clone()),
+            None => read_record(self.store.backend().as_ref(), rev),
+        }
+    }
+
+    /// Writes everything in ONE backend batch (with `applied_index`), then
+    /// publishes the new index, revisions, alarms and applied index to
+    /// readers. Returns the batch's events in revision order.
+    ///
+    /// On error nothing has been published and the in-memory state is the
+    /// one before the batch; the member must stop (the error is fatal).
+    pub fn commit(self, applied_index: u64) -> Result<Vec<Event>, StorageError> {
+        let store = self.store;
+        let mut batch = WriteBatch::new();
+        for (rev, (kv, tombstone)) in &self.records {
+            batch.put(rev_key(*rev, *tombstone), kv.encode_to_vec());
+        }
+        batch.put(META_CONSISTENT_INDEX, applied_index.to_be_bytes().to_vec());
+        {
+            let c = store.committed.read();
+            for &(m, t) in c.alarms.difference(&self.alarms) {
+                batch.delete(alarm_key(m, t));
+            }
+            for &(m, t) in self.alarms.difference(&c.alarms) {
+                batch.put(alarm_key(m, t), Vec::new());
+            }
+        }
+
+        if !self.compacted {
+            // New records are invisible to readers until the index learns of
+            // them, so write first and lock only to publish.
+            store.backend().write_batch(batch)?;
+            let mut c = store.committed.write();
+            self.publish_into(&mut c, applied_index);
+            return Ok(self.events);
+        }
+
+        // Compaction deletes records readers may be about to fetch: plan it
+        // (reading the index is safe, nobody else writes), then hold the
+        // write lock across the backend write.
+        batch.put(META_COMPACT_REV, self.compact_rev.to_be_bytes().to_vec());
+        {
+            let c = store.committed.read();
+            let mut removals = Vec::new();
+            for (k, ki) in c.index.iter() {
+                if !self.keys.contains_key(k.as_slice()) {
+                    removals.extend(ki.compaction_removals(self.compact_rev));
+                }
+            }
+            // Keys written in this batch: their full history is the committed
+            // one plus the batch's changes (a copy, made only when compacting).
+            for (k, tail) in &self.keys {
+                let mut full = c.index.get(k).cloned().unwrap_or_default();
+                replay(&mut full, tail, self.start_rev);
+                removals.extend(full.compaction_removals(self.compact_rev));
+            }
+            for (rev, tombstone) in removals {
+                batch.delete(rev_key(rev, tombstone));
+            }
+        }
+        let mut c = store.committed.write();
+        store.backend().write_batch(batch)?;
+        self.publish_into(&mut c, applied_index);
+        Ok(self.events)
+    }
+
+    fn publish_into(&self, c: &mut Committed, applied_index: u64) {
+        for (k, tail) in &self.keys {
+            replay(c.index.entry(k), tail, self.start_rev);
+        }
+        if self.compacted {
+            c.index.compact(self.compact_rev);
+        }
+        c.current_rev = self.rev;
+        c.compact_rev = self.compact_rev;
+        c.alarms = self.alarms.clone();
+        self.store.publish(c, applied_index);
+    }
+}
+
+/// Appends to `full` the changes `tail` holds beyond `start_rev`.
+fn replay(full: &mut KeyIndex, tail: &KeyIndex, start_rev: i64) {
+    for (rev, tombstone) in tail.revisions().filter(|(r, _)| r.main > start_rev) {
+        if tombstone {
+            full.tombstone(rev);
+        } else {
+            full.put(rev);
+        }
+    }
+}
+
+impl ReadView for BatchWriter<'_> {
+    fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    fn compact_rev(&self) -> i64 {
+        self.compact_rev
+    }
+
+    fn live_revisions(&self, range: &KeyRange, at: i64) -> Vec<Revision> {
+        let mut out = Vec::new();
+        self.for_each_live(range, at, |_, r| out.push(r));
+        out
+    }
+
+    fn record(&self, rev: Revision) -> Result<KeyValue, StorageError> {
+        BatchWriter::record(self, rev)
+    }
+}
+
+/// One request's changes: every change gets main revision `begin_rev + 1`
+/// and sub revisions 0, 1, 2... Dropped without [`WriteTxn::commit`], it
+/// undoes its changes.
+pub struct WriteTxn<'w, 's> {
+    /// The batch this transaction writes into.
+    w: &'w mut BatchWriter<'s>,
+    /// The revision the transaction started at; it writes `begin_rev + 1`.
+    begin_rev: i64,
+    /// Changes made so far: the next sub revision.
+    changes: i64,
+    /// For each key touched, its overlay history before this transaction
+    /// (None = was not in the overlay), to restore on rollback.
+    undo: Vec<(Vec<u8>, Option<KeyIndex>)>,
+    /// Keys already saved in `undo`.
+    undo_keys: HashSet<Vec<u8>>,
+    /// Number of batch events before this transaction, to truncate on rollback.
+    events_len: usize,
+    /// Set by commit; otherwise Drop rolls back.
+    done: bool,
+}
+
+impl WriteTxn<'_, '_> {
+    /// The revision the transaction started at.
+    pub fn begin_rev(&self) -> i64 {
+        self.begin_rev
+    }
+
+    /// Whether the transaction changed anything so far.
+    pub fn has_changes(&self) -> bool {
+        self.changes > 0
+    }
+
+    /// The revision reads inside the transaction see: its own writes included.
+    pub fn read_rev(&self) -> i64 {
+        self.begin_rev + i64::from(self.has_changes())
+    }
+
+    /// The current value of `key`, seeing this transaction's writes.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        match self.w.key_at(key, self.read_rev()) {
+            Some(k) => self.w.record(k.modified).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The overlay history of `key`: on its first write in the batch, the
+    /// tail of its committed history; saved for rollback on its first write
+    /// in this transaction.
+    fn touch(&mut self, key: &[u8]) -> &mut KeyIndex {
+        if self.undo_keys.insert(key.to_vec()) {
+            self.undo
+                .push((key.to_vec(), self.w.keys.get(key).cloned()));
+        }
+        if !self.w.keys.contains_key(key) {
+            let base = self
+                .w
+                .store
+                .committed
+                .read()
+                .index
+                .get(key)
+                .map(KeyIndex::tail)
+                .unwrap_or_default();
+            self.w.keys.insert(key.to_vec(), base);
+        }
+        self.w.keys.entry(key.to_vec()).or_default()
+    }
+
+    /// Puts `key` = `value` with `lease`; returns the new revision.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, StorageError> {
+        let rev = self.begin_rev + 1;
+        let prev = self.w.key_at(key, rev);
+        let prev_kv = match prev {
+            Some(p) => Some(self.w.record(p.modified)?),
+            None => None,
+        };
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: prev.map_or(rev, |p| p.created.main),
+            mod_revision: rev,
+            version: prev.map_or(0, |p| p.version) + 1,
+            value: value.to_vec(),
+            lease,
+        };
+        let at = Revision::new(rev, self.changes);
+        self.touch(key).put(at);
+        self.w.records.insert(at, (kv.clone(), false));
+        self.w.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv,
+        });
+        self.changes += 1;
+        Ok(rev)
+    }
+
+    /// Deletes every key in `range`; returns (number deleted, header revision
+    /// as etcd reports it: the new revision if this transaction changed
+    /// anything so far, else the revision it started at).
+    pub fn delete_range(&mut self, range: &KeyRange) -> Result<(i64, i64), StorageError> {
+        let rev = self.begin_rev + 1;
+        let mut victims = Vec::new();
+        self.w
+            .for_each_live(range, self.read_rev(), |k, r| victims.push((k.to_vec(), r)));
+        for (key, modified) in &victims {
+            let prev = self.w.record(*modified)?;
+            let at = Revision::new(rev, self.changes);
+            if !self.touch(key).tombstone(at) {
+                return Err(StorageError::corrupt(
+                    "key index",
+                    "live key has no open generation",
+                ));
+            }
+            let tomb = KeyValue {
+                key: key.clone(),
+                ..Default::default()
+            };
+            self.w.records.insert(at, (tomb, true));
+            self.w.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key: key.clone(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                prev_kv: Some(prev),
+            });
+            self.changes += 1;
+        }
+        let header_rev = if self.has_changes() {
+            rev
+        } else {
+            self.begin_rev
+        };
+        Ok((victims.len() as i64, header_rev))
+    }
+
+    /// Keeps the changes; the batch's revision advances if there were any.
+    pub fn commit(mut self) {
+        if self.has_changes() {
+            self.w.rev = self.begin_rev + 1;
+        }
+        self.done = true;
+    }
+
+    fn rollback(&mut self) {
+        for (key, prev) in self.undo.drain(..).rev() {
+            match prev {
+                Some(ki) => {
+                    self.w.keys.insert(key, ki);
+                }
+                None => {
+                    self.w.keys.remove(&key);
+                }
+            }
+        }
+        let _discarded = self
+            .w
+            .records
+            .split_off(&Revision::new(self.begin_rev + 1, 0));
+        self.w.events.truncate(self.events_len);
+        self.changes = 0;
+    }
+}
+
+impl Drop for WriteTxn<'_, '_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.rollback();
+        }
+    }
+}
+
+impl ReadView for WriteTxn<'_, '_> {
+    fn rev(&self) -> i64 {
+        self.read_rev()
+    }
+
+    fn compact_rev(&self) -> i64 {
+        self.w.compact_rev
+    }
+
+    fn live_revisions(&self, range: &KeyRange, at: i64) -> Vec<Revision> {
+        self.w.live_revisions(range, at)
+    }
+
+    fn record(&self, rev: Revision) -> Result<KeyValue, StorageError> {
+        self.w.record(rev)
+    }
+}
