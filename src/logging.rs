@@ -2,6 +2,7 @@
 //! `--log-level`, with raft-rs's slog records routed into the same output.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal as _;
 
 use slog::KV as _;
 
@@ -16,6 +17,7 @@ pub fn init(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -164,7 +164,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         _ = shutdown_signal() => {}
                         Some(Ok(Err((addr, e)))) = servers.join_next() => {
                             let _ = stop_tx.send(true);
-                            anyhow::bail!("cannot serve on {addr}: {e}");
+                            return Err(anyhow::Error::new(e).context(format!("cannot serve on {addr}")));
                         }
                     }
                     let _ = stop_tx.send(true);

@@ -25,7 +25,7 @@ use crate::error::{fatal, StorageError};
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
 use crate::raft::client::Proposals;
-use crate::raft::node::LogFlushed;
+use crate::raft::node::{LogFlushed, MAILBOX_CAPACITY};
 
 /// Committed entries, in log order, from RaftNode.
 #[derive(Message)]
@@ -107,14 +107,23 @@ impl StorageActor {
             ids.push(Some(req.id));
             batch.push((e.index, req.request));
         }
+        tracing::trace!(last, count = batch.len(), "applying committed entries");
         let out = apply_batch(&self.store, batch, self.quota_bytes, self.member_id)?;
         for (id, result) in ids.into_iter().zip(out.results) {
             if let (Some(id), Some(result)) = (id, result) {
                 self.proposals.complete(id, result);
             }
         }
-        self.applied_tx
-            .send_replace(last.max(*self.applied_tx.borrow()));
+        // Only ever forward (entries skipped as already applied may be
+        // older). A borrow() guard must not be held across a send: that
+        // deadlocks on the channel's own lock.
+        self.applied_tx.send_if_modified(|applied| {
+            let advanced = last > *applied;
+            if advanced {
+                *applied = last;
+            }
+            advanced
+        });
         Ok(())
     }
 
@@ -166,7 +175,7 @@ impl Actor for StorageActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(self.flush_interval, |act, ctx| act.maybe_flush(ctx, None));
     }
 }

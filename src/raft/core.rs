@@ -4,17 +4,19 @@
 //!   propose / step / tick ──▶ RawNode ──▶ begin_ready() ──▶ ReadyWork
 //!                                                     │ send_now:  messages a leader may send before its own append is durable
 //!                                                     │ apply:     committed entries (already durable)
-//!                                                     │ persist:   entries + hard state, ONE fsync for the whole batch
-//!                                         (caller runs persist on a blocking thread)
-//!                                   finish_ready(work) ──▶ Outcome
-//!                                                     │ send:      messages allowed only after the persist
-//!                                                     │ apply:     entries committed by this persist
+//!                                                     │ entries + hard state to persist: ONE fsync for the whole batch
+//!                                                     │ (entries are staged in the log store, readable at once)
+//!                          (caller runs the persist on a blocking thread)
+//!                                   finish_ready(work) ──▶ messages that had to wait for the persist
+//!                                   (newly committed entries come out of the next begin_ready)
 //! ```
 //!
-//! This is raft-rs's documented order (persist, send, apply, advance), with
-//! one Ready in flight at a time: proposals that arrive while a persist is
-//! running wait in raft's unstable log and all go into the next Ready, which
-//! is what makes many clients share one fsync (group commit).
+//! This is raft-rs's async-persist API (`advance_append_async` then
+//! `on_persist_ready`), with one persist in flight at a time: proposals
+//! that arrive while it runs wait in raft's unstable log and all go into the
+//! next Ready, which is what makes many clients share one fsync (group
+//! commit). The synchronous `advance_append` cannot be used here: it
+//! requires that nothing is proposed between `ready()` and the advance.
 
 use raft::eraftpb::{Entry, HardState, Message};
 use raft::{Config as RaftConfig, RawNode, StateRole};
@@ -24,8 +26,8 @@ use crate::error::{EtcdError, StorageError};
 
 /// What a Ready asks of the caller before it can be advanced.
 pub struct ReadyWork {
-    /// The Ready itself, handed back to `finish_ready` after the persist.
-    ready: raft::Ready,
+    /// raft-rs's number for this Ready, reported back once it is durable.
+    number: u64,
     /// Messages that may go out immediately (leader appends and heartbeats).
     pub send_now: Vec<Message>,
     /// Entries committed earlier, safe to apply now.
@@ -48,13 +50,6 @@ impl ReadyWork {
     pub fn nothing_to_persist(&self) -> bool {
         self.entries.is_empty() && !self.must_sync
     }
-}
-
-/// What became possible once a Ready was persisted.
-#[derive(Default)]
-pub struct Outcome {
-    pub send: Vec<Message>,
-    pub apply: Vec<Entry>,
 }
 
 /// Member-local consensus state: a RawNode over the raft-engine log.
@@ -172,15 +167,21 @@ impl Core {
             // Only a peer can send a snapshot; peers arrive with clustering.
             tracing::error!("received a raft snapshot, which this member cannot install yet");
         }
-        Some(ReadyWork {
+        let work = ReadyWork {
+            number: ready.number(),
             send_now: ready.take_messages(),
             apply: ready.take_committed_entries(),
             entries: ready.take_entries(),
             hard_state: ready.hs().cloned(),
             must_sync: ready.must_sync(),
             persisted_messages: ready.take_persisted_messages(),
-            ready,
-        })
+        };
+        self.node.store().stage(&work.entries);
+        self.node.advance_append_async(ready);
+        // Committed entries are handed to Storage, which applies them in log
+        // order; raft-rs only needs to know they were handed out.
+        self.node.advance_apply();
+        Some(work)
     }
 
     /// Runs the persist synchronously (tests and shutdown use this).
@@ -191,16 +192,14 @@ impl Core {
         store.persist(&work.entries, work.hard_state.as_ref())
     }
 
-    /// Advances past a Ready whose persist has completed.
-    pub fn finish_ready(&mut self, work: ReadyWork) -> Outcome {
-        let mut send = work.persisted_messages;
-        let mut light = self.node.advance_append(work.ready);
-        send.extend(light.take_messages());
-        let apply = light.take_committed_entries();
-        // Applying is handed to the Storage actor, which applies in log order;
-        // raft-rs only needs to know the entries were handed out.
-        self.node.advance_apply();
-        Outcome { send, apply }
+    /// Reports a Ready durable; returns the messages that waited for it.
+    /// What it makes committed comes out of the next `begin_ready`.
+    pub fn finish_ready(&mut self, work: ReadyWork) -> Vec<Message> {
+        if let Some(last) = work.entries.last() {
+            self.node.store().unstage(last.index);
+        }
+        self.node.on_persist_ready(work.number);
+        work.persisted_messages
     }
 
     pub fn store(&self) -> &LogStore {
@@ -216,13 +215,14 @@ mod tests {
         slog::Logger::root(slog::Discard, slog::o!())
     }
 
-    /// Drives one full Ready cycle synchronously and returns applied entries.
+    /// Drives Readies synchronously until none is left; returns what was
+    /// handed out for applying.
     fn cycle(core: &mut Core) -> Vec<Entry> {
         let mut applied = Vec::new();
         while let Some(work) = core.begin_ready() {
             applied.extend(work.apply.clone());
             Core::persist(&core.store().clone(), &work).expect("persist");
-            applied.extend(core.finish_ready(work).apply);
+            core.finish_ready(work);
         }
         applied
     }
@@ -250,18 +250,42 @@ mod tests {
             "all queued proposals share one Ready"
         );
         Core::persist(&core.store().clone(), &work).expect("persist");
-        let outcome = core.finish_ready(work);
-        let data: Vec<Vec<u8>> = outcome.apply.iter().map(|e| e.data.to_vec()).collect();
+        core.finish_ready(work);
+        // The Ready that hands out the committed entries only moves the
+        // commit index: it costs no fsync.
+        let work = core.begin_ready().expect("ready with committed entries");
+        assert!(
+            work.nothing_to_persist(),
+            "a commit-only Ready must not be synced"
+        );
+        let data: Vec<Vec<u8>> = work.apply.iter().map(|e| e.data.to_vec()).collect();
         assert_eq!(data, vec![vec![0], vec![1], vec![2]]);
+        core.finish_ready(work);
         assert_eq!(core.read_index(), Some(ri + 3));
-        // The commit-index-only Ready that follows costs no fsync.
-        if let Some(work) = core.begin_ready() {
-            assert!(
-                work.nothing_to_persist(),
-                "a commit-only Ready must not be synced"
-            );
-            core.finish_ready(work);
-        }
+    }
+
+    #[test]
+    fn proposals_made_while_a_persist_runs_join_the_next_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path()).expect("open");
+        store.bootstrap(vec![1]).expect("bootstrap");
+        let mut core = Core::new(1, store, 0, 10, 1, &logger()).expect("core");
+        core.campaign_if_alone().expect("campaign");
+        cycle(&mut core);
+
+        core.propose(b"a".to_vec()).expect("propose");
+        let first = core.begin_ready().expect("ready");
+        // The fsync of `first` is running: more proposals arrive meanwhile.
+        core.propose(b"b".to_vec()).expect("propose");
+        core.propose(b"c".to_vec()).expect("propose");
+        Core::persist(&core.store().clone(), &first).expect("persist");
+        core.finish_ready(first);
+        let applied: Vec<Vec<u8>> = cycle(&mut core)
+            .into_iter()
+            .filter(|e| !e.data.is_empty())
+            .map(|e| e.data.to_vec())
+            .collect();
+        assert_eq!(applied, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     }
 
     #[test]

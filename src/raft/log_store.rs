@@ -45,6 +45,12 @@ struct Meta {
     conf_state: ConfState,
     /// Index and term of the last entry removed by compaction, (0, 0) before any.
     truncated: (u64, u64),
+    /// Entries handed to a persist that has not completed yet, contiguous and
+    /// ascending. raft-rs's async-persist API requires them to be readable
+    /// through `Storage` from the moment the Ready is advanced; they win
+    /// over the engine's copy for the same index (a newer leader's entries
+    /// replace a conflicting tail).
+    staged: Vec<Entry>,
 }
 
 /// raft-engine backed raft log. Cloning shares the same engine and metadata.
@@ -113,6 +119,21 @@ impl LogStore {
         Ok(())
     }
 
+    /// Makes `entries` readable before they are durable (see `Meta::staged`).
+    pub fn stage(&self, entries: &[Entry]) {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        let mut m = self.meta.write();
+        m.staged.retain(|e| e.index < first);
+        m.staged.extend_from_slice(entries);
+    }
+
+    /// Forgets staged entries up to `index`, now durable in the engine.
+    pub fn unstage(&self, index: u64) {
+        self.meta.write().staged.retain(|e| e.index > index);
+    }
+
     pub fn hard_state(&self) -> HardState {
         self.meta.read().hard_state.clone()
     }
@@ -163,7 +184,13 @@ impl LogStore {
     }
 
     fn last(&self) -> u64 {
-        let truncated = self.meta.read().truncated.0;
+        let truncated = {
+            let m = self.meta.read();
+            if let Some(e) = m.staged.last() {
+                return e.index;
+            }
+            m.truncated.0
+        };
         self.engine
             .last_index(GROUP)
             .unwrap_or(truncated)
@@ -184,23 +211,67 @@ impl raft::Storage for LogStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let truncated = self.meta.read().truncated.0;
+        let (truncated, staged_from) = {
+            let m = self.meta.read();
+            (
+                m.truncated.0,
+                m.staged.first().map(|e| e.index).unwrap_or(u64::MAX),
+            )
+        };
         if low <= truncated {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
         if high > self.last() + 1 {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
+        let max = max_size.into();
         let mut out = Vec::with_capacity((high - low) as usize);
-        let max = max_size.into().map(|m| m as usize);
-        self.engine
-            .fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out)
-            .map_err(raft_err)?;
+        let engine_high = high.min(staged_from);
+        if low < engine_high {
+            self.engine
+                .fetch_entries_to::<EntryExt>(
+                    GROUP,
+                    low,
+                    engine_high,
+                    max.map(|m| m as usize),
+                    &mut out,
+                )
+                .map_err(raft_err)?;
+        }
+        if high > staged_from && out.len() as u64 == engine_high.saturating_sub(low) {
+            let m = self.meta.read();
+            let from = low.max(staged_from);
+            out.extend(
+                m.staged
+                    .iter()
+                    .filter(|e| e.index >= from && e.index < high)
+                    .cloned(),
+            );
+        }
+        // raft-rs's size limit: always at least one entry.
+        if let Some(max) = max {
+            let mut size = 0u64;
+            let keep = out
+                .iter()
+                .take_while(|e| {
+                    size += u64::from(protobuf::Message::compute_size(*e));
+                    size <= max
+                })
+                .count()
+                .max(1);
+            out.truncate(keep);
+        }
         Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let (t_index, t_term) = self.meta.read().truncated;
+        let (t_index, t_term) = {
+            let m = self.meta.read();
+            if let Some(e) = m.staged.iter().find(|e| e.index == idx) {
+                return Ok(e.term);
+            }
+            m.truncated
+        };
         if idx == t_index {
             return Ok(t_term);
         }
@@ -252,6 +323,33 @@ mod tests {
             data: vec![index as u8].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn staged_entries_are_readable_and_replace_a_conflicting_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LogStore::open(dir.path()).expect("open");
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .expect("persist");
+        s.stage(&[entry(3, 2), entry(4, 2)]);
+        assert_eq!(s.last_index().expect("last"), 4);
+        assert_eq!(
+            s.term(3).expect("term"),
+            2,
+            "staged entry wins over the engine's"
+        );
+        let ents = s
+            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(
+            ents.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(2, 1), (3, 2), (4, 2)]
+        );
+        s.persist(&[entry(3, 2), entry(4, 2)], None)
+            .expect("persist");
+        s.unstage(4);
+        assert_eq!(s.term(3).expect("term"), 2);
+        assert_eq!(s.last_index().expect("last"), 4);
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::storage::ApplyCommitted;
 /// from the log instead of needing a snapshot (etcd keeps 5000 too).
 const CATCH_UP_ENTRIES: u64 = 5000;
 
+/// Mailbox depth of RaftNode and Storage.
+pub const MAILBOX_CAPACITY: usize = 1 << 16;
+
 /// Consensus progress published for readers outside the actor (response
 /// headers, Status) without a round trip through the mailbox.
 #[derive(Debug, Default)]
@@ -166,6 +169,11 @@ impl RaftNode {
             self.transport.send(msgs);
         }
         if !entries.is_empty() {
+            tracing::trace!(
+                first = entries[0].index,
+                count = entries.len(),
+                "handing committed entries to storage"
+            );
             self.storage.do_send(ApplyCommitted { entries });
         }
     }
@@ -223,8 +231,8 @@ impl RaftNode {
     }
 
     fn finish(&mut self, work: ReadyWork, ctx: &mut Context<Self>) {
-        let outcome = self.core.finish_ready(work);
-        self.hand_off(outcome.send, outcome.apply);
+        let send = self.core.finish_ready(work);
+        self.hand_off(send, Vec::new());
         self.after_progress();
         self.drive(ctx);
     }
@@ -234,9 +242,9 @@ impl Actor for RaftNode {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Proposals are many and small; don't let the bounded mailbox push
-        // back on the gRPC layer before raft does.
-        ctx.set_mailbox_capacity(usize::MAX);
+        // Proposals are many and small: a deep mailbox lets thousands of
+        // clients queue for the next Ready; past it, `send` waits (backpressure).
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         if let Err(e) = self.core.campaign_if_alone() {
             tracing::error!(cause = %e, "campaign failed");
         }
