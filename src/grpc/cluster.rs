@@ -45,7 +45,7 @@ impl Cluster for ClusterService {
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
-            header: Some(self.api.header(0)),
+            header: Some(self.api.membership_header()),
             members: self.api.cluster.members.iter().map(Member::from).collect(),
         }))
     }

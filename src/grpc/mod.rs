@@ -62,6 +62,15 @@ impl Api {
         }
     }
 
+    /// The header etcd puts on Cluster RPCs: no revision (membership is not
+    /// part of the MVCC keyspace).
+    pub fn membership_header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: 0,
+            ..self.header(0)
+        }
+    }
+
     /// Completes a header the store or apply layer started (it sets only the
     /// revision).
     pub fn fill(&self, header: &mut Option<ResponseHeader>) {

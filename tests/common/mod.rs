@@ -117,12 +117,19 @@ pub struct Server {
     child: Option<Child>,
     /// Incremented per start, so each incarnation logs to its own file.
     starts: u32,
+    /// Flags added after the harness's own (e.g. `--quota-backend-bytes`).
+    pub extra_args: Vec<String>,
 }
 
 impl Server {
     /// Starts a fresh single-member server on free ports and waits until it
     /// serves a linearizable Range.
     pub fn start(kind: Kind) -> Server {
+        Server::start_with(kind, &[])
+    }
+
+    /// Like [`Server::start`], with extra flags for the server.
+    pub fn start_with(kind: Kind, extra_args: &[&str]) -> Server {
         let binary = kind.binary();
         let tmp = tempfile::Builder::new()
             .prefix("cairn-test-")
@@ -136,6 +143,7 @@ impl Server {
             peer_port: 0,
             child: None,
             starts: 0,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for attempt in 1..=3 {
             server.client_port = free_port();
@@ -177,6 +185,32 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns
+    /// its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("terminate() of a stopped server");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for server") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server did not exit within {timeout:?} of SIGTERM; logs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -223,6 +257,7 @@ impl Server {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("{MEMBER_NAME}={peer}")])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
