@@ -137,7 +137,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let listen = cfg.listen_client_urls.clone();
         let max_request_bytes = cfg.max_request_bytes as usize;
-        let auto_compaction = cfg.auto_compaction.clone();
+        let auto_compaction = cfg.auto_compaction;
         std::thread::Builder::new().name("grpc".into()).spawn(move || {
             let result = (|| -> anyhow::Result<()> {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("grpc").build()?;
