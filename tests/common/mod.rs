@@ -197,21 +197,21 @@ impl Server {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for server") {
+        let mut status = None;
+        if wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        }) {
+            if let Some(status) = status {
                 return status;
             }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "server did not exit within {timeout:?} of SIGTERM; logs:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "server did not exit within {timeout:?} of SIGTERM; logs:\n{}",
+            self.logs()
+        );
     }
 
     /// The address etcdctl's `--endpoints` takes: `127.0.0.1:P`.
