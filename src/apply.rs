@@ -189,6 +189,10 @@ fn apply_request(
         Request::Txn(t) => apply_txn(w, ctx, &t).map(ApplyResponse::Txn),
         Request::Compaction(c) => apply_compaction(w, &c).map(ApplyResponse::Compaction),
         Request::Alarm(a) => Ok(ApplyResponse::Alarm(apply_alarm(w, &a))),
+        // Leases arrive with the LeaseKeeper; nothing proposes these yet.
+        Request::LeaseGrant(_) | Request::LeaseRevoke(_) | Request::LeaseCheckpoint(_) => {
+            Err(Fail::Client(EtcdError::Unimplemented("leases")))
+        }
     }
 }
 

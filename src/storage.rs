@@ -24,6 +24,7 @@ use crate::apply::apply_batch;
 use crate::error::{fatal, StorageError};
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
+use crate::proto::mvccpb::Event;
 use crate::raft::client::Proposals;
 use crate::raft::node::{LogFlushed, MAILBOX_CAPACITY};
 
@@ -39,6 +40,21 @@ pub struct ApplyCommitted {
 #[rtype(result = "()")]
 pub struct SetFlushListener(pub Recipient<LogFlushed>);
 
+/// What one applied batch changed, for watchers: every event in revision
+/// order, and the store's revision after the batch (so a watcher can tell it
+/// has seen everything up to there even when no event matched it).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Applied {
+    pub revision: i64,
+    pub events: Arc<Vec<Event>>,
+}
+
+/// Tells Storage where to send [`Applied`] (WatchBroadcaster starts after it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetApplyListener(pub Recipient<Applied>);
+
 /// Make everything applied so far durable now (graceful shutdown).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
@@ -53,6 +69,8 @@ pub struct StorageActor {
     applied_tx: watch::Sender<u64>,
     /// RaftNode, told how far the log may be truncated.
     flush_listener: Option<Recipient<LogFlushed>>,
+    /// WatchBroadcaster, told what every applied batch changed.
+    apply_listener: Option<Recipient<Applied>>,
     /// --quota-backend-bytes.
     quota_bytes: u64,
     /// This member's id, recorded with alarms it raises.
@@ -80,6 +98,7 @@ impl StorageActor {
             proposals,
             applied_tx,
             flush_listener: None,
+            apply_listener: None,
             quota_bytes,
             member_id,
             flushed,
@@ -109,6 +128,14 @@ impl StorageActor {
         }
         tracing::trace!(last, count = batch.len(), "applying committed entries");
         let out = apply_batch(&self.store, batch, self.quota_bytes, self.member_id)?;
+        if let Some(listener) = &self.apply_listener {
+            if !out.events.is_empty() {
+                listener.do_send(Applied {
+                    revision: self.store.current_revision(),
+                    events: Arc::new(out.events),
+                });
+            }
+        }
         for (id, result) in ids.into_iter().zip(out.results) {
             if let (Some(id), Some(result)) = (id, result) {
                 self.proposals.complete(id, result);
@@ -193,6 +220,13 @@ impl Handler<SetFlushListener> for StorageActor {
     type Result = ();
     fn handle(&mut self, msg: SetFlushListener, _: &mut Context<Self>) {
         self.flush_listener = Some(msg.0);
+    }
+}
+
+impl Handler<SetApplyListener> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetApplyListener, _: &mut Context<Self>) {
+        self.apply_listener = Some(msg.0);
     }
 }
 
