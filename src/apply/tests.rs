@@ -10,6 +10,8 @@ use crate::proto::etcdserverpb::RequestOp;
 use crate::proto::mvccpb::event::EventType;
 
 const MEMBER: u64 = 0xc0ffee;
+/// The minimum lease TTL the tests apply with (etcd's default: 2 s).
+const MIN_TTL: i64 = 2;
 
 /// A store plus the next raft index to apply.
 struct Harness {
@@ -45,7 +47,7 @@ impl Harness {
                 (i, Some(r))
             })
             .collect();
-        apply_batch(&self.store, entries, self.quota, MEMBER).expect("apply")
+        apply_batch(&self.store, entries, self.quota, MEMBER, MIN_TTL).expect("apply")
     }
 
     fn one(&mut self, req: Request) -> Result<ApplyResponse, EtcdError> {
@@ -959,7 +961,7 @@ fn exactly_once() {
             })
             .collect()
     };
-    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER).expect("apply");
+    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER, MIN_TTL).expect("apply");
     // Index 3 carries no request: None, but the applied index still passes it.
     let kinds: Vec<bool> = out.results.iter().map(Option::is_some).collect();
     assert_eq!(kinds, vec![true, true, false, true]);
@@ -967,14 +969,14 @@ fn exactly_once() {
     let hash = h.store.hash_kv(0).expect("hash");
 
     // The same batch again (e.g. replayed after a restart): all skipped.
-    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER).expect("apply");
+    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER, MIN_TTL).expect("apply");
     assert!(out.results.iter().all(Option::is_none));
     assert!(out.events.is_empty());
     assert_eq!((h.store.applied_index(), h.rev()), (4, 4));
     assert_eq!(h.store.hash_kv(0).expect("hash"), hash);
 
     // A batch overlapping what was applied: only the new entries apply.
-    let out = apply_batch(&h.store, entries(3, 6), 0, MEMBER).expect("apply");
+    let out = apply_batch(&h.store, entries(3, 6), 0, MEMBER, MIN_TTL).expect("apply");
     let kinds: Vec<bool> = out.results.iter().map(Option::is_some).collect();
     assert_eq!(kinds, vec![false, false, true, true]);
     assert_eq!(out.events.len(), 2);
@@ -992,13 +994,13 @@ fn restart_resumes_where_it_stopped() {
         .collect();
     {
         let s = open();
-        apply_batch(&s, batch.clone(), 0, MEMBER).expect("apply");
+        apply_batch(&s, batch.clone(), 0, MEMBER, MIN_TTL).expect("apply");
         s.backend().flush().expect("flush");
     }
     let s = open();
     assert_eq!((s.applied_index(), s.current_revision()), (3, 4));
     // Raft replays the same entries after the restart: nothing happens twice.
-    let out = apply_batch(&s, batch, 0, MEMBER).expect("apply");
+    let out = apply_batch(&s, batch, 0, MEMBER, MIN_TTL).expect("apply");
     assert!(out.results.iter().all(Option::is_none));
     let mut h = Harness::on(s);
     assert_eq!(h.put("k", "4"), 5);
