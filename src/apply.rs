@@ -231,9 +231,9 @@ fn apply_request(
         Request::Alarm(a) => Ok(ApplyResponse::Alarm(apply_alarm(w, &a))),
         Request::LeaseGrant(g) => apply_lease_grant(w, ctx, &g).map(ApplyResponse::LeaseGrant),
         Request::LeaseRevoke(r) => apply_lease_revoke(w, ctx, &r).map(ApplyResponse::LeaseRevoke),
-        Request::LeaseCheckpoint(c) => {
-            Ok(ApplyResponse::LeaseCheckpoint(apply_lease_checkpoint(w, ctx, &c)))
-        }
+        Request::LeaseCheckpoint(c) => Ok(ApplyResponse::LeaseCheckpoint(apply_lease_checkpoint(
+            w, ctx, &c,
+        ))),
     }
 }
 

@@ -101,7 +101,11 @@ impl LeaseKeeper {
     fn observe_status(&mut self, now: Instant) {
         let (leader, term) = (self.status.is_leader(), self.status.term());
         if self.lessor.observe(leader, term, now) {
-            tracing::info!(term, leases = self.lessor.len(), "promoted to primary lessor");
+            tracing::info!(
+                term,
+                leases = self.lessor.len(),
+                "promoted to primary lessor"
+            );
         }
     }
 

@@ -366,7 +366,10 @@ mod tests {
         l.noop_applied(5);
         assert!(l.observe(true, 5, t1));
         // Lease 1: 5 s TTL + 1 s extension; lease 2: 10 s checkpoint + 1 s.
-        assert_eq!(l.expired(t1 + Duration::from_millis(5_999), 10), Vec::<i64>::new());
+        assert_eq!(
+            l.expired(t1 + Duration::from_millis(5_999), 10),
+            Vec::<i64>::new()
+        );
         assert_eq!(l.expired(t1 + Duration::from_secs(6), 10), vec![1]);
         assert_eq!(l.ids(), vec![1, 2]);
         // Lease 1 is due again (retry), lease 2 for the first time.
