@@ -164,7 +164,7 @@ impl<'s> BatchWriter<'s> {
     /// Lease `id`'s record, seeing this batch's grants and revokes.
     pub fn lease(&self, id: i64) -> Option<Lease> {
         match self.leases.get(&id) {
-            Some(overlay) => overlay.clone(),
+            Some(overlay) => *overlay,
             None => {
                 let c = self.store.committed.read();
                 let e = c.leases.get(id)?;
