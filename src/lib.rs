@@ -18,6 +18,7 @@
 //! cluster identities, [`error`] the one table of etcd's error codes and strings.
 
 pub mod apply;
+pub mod bench;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
