@@ -89,6 +89,7 @@ fn draw(points: &[Point], out: &mut String) -> Result<(), Box<dyn std::error::Er
             .x_desc("clients")
             .y_desc(unit)
             .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
         for (name, color, pick) in [
             (
@@ -115,6 +116,7 @@ fn draw(points: &[Point], out: &mut String) -> Result<(), Box<dyn std::error::Er
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;

@@ -78,7 +78,8 @@ pub struct CompareOpts {
     /// Operations per scenario run (put, range, txn-cas, mixed; lease keep-alives).
     #[arg(long, default_value_t = 10_000)]
     pub ops: u64,
-    /// Concurrent clients of the KV scenarios.
+    /// Concurrent clients of put, range and mixed (txn-cas always uses 16,
+    /// as in the targets).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// HTTP/2 connections the clients share.
@@ -231,9 +232,19 @@ fn plan(name: &str, o: &CompareOpts, url: &str) -> Option<(Load, Scenario)> {
             limit: 100,
             ..Default::default()
         }),
-        "txn-cas" => Scenario::TxnCas(CasOpts::default()),
+        // The targets' shapes: txn-cas with 16 clients, watch with 500 watchers.
+        "txn-cas" => {
+            let load = Load {
+                clients: 16,
+                conns: o.conns.min(16),
+                ..load
+            };
+            return Some((load, Scenario::TxnCas(CasOpts::default())));
+        }
         "mixed" => Scenario::Mixed(MixedOpts::default()),
         "watch" => Scenario::Watch(WatchOpts {
+            watchers: 500,
+            streams: 10,
             puts: (o.ops / 10).clamp(50, 2000),
             rate: 200,
             ..Default::default()

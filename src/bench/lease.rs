@@ -93,7 +93,7 @@ async fn stream_task(
             }
             Err(e) if e.code() == Code::Unimplemented => {
                 return Err(BenchError::Unimplemented(format!(
-                    "LeaseGrant: {}",
+                    "LeaseGrant: gRPC UNIMPLEMENTED {}",
                     e.message()
                 )))
             }
@@ -133,7 +133,7 @@ async fn stream_task(
                 Ok(s) => inbound = Some(s.into_inner()),
                 Err(e) if e.code() == Code::Unimplemented => {
                     return Err(BenchError::Unimplemented(format!(
-                        "LeaseKeepAlive: {}",
+                        "LeaseKeepAlive: gRPC UNIMPLEMENTED {}",
                         e.message()
                     )))
                 }

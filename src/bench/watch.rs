@@ -165,7 +165,7 @@ fn create_req(prefix: &[u8]) -> WatchRequest {
 
 fn unsupported(status: tonic::Status, what: &str) -> BenchError {
     if status.code() == Code::Unimplemented {
-        BenchError::Unimplemented(format!("{what}: {}", status.message()))
+        BenchError::Unimplemented(format!("{what}: gRPC UNIMPLEMENTED {}", status.message()))
     } else {
         BenchError::Setup(format!("{what}: {:?}: {}", status.code(), status.message()))
     }
