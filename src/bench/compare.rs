@@ -404,9 +404,11 @@ fn side(records: &[&RunRecord]) -> Side {
         throughput: median(reports.iter().map(|r| r.throughput).collect()),
         p50_ms: median(reports.iter().map(|r| r.latency_ms.p50).collect()),
         p99_ms: median(reports.iter().map(|r| r.latency_ms.p99).collect()),
+        // Only runs that did the work: an idle server's RSS says nothing.
         peak_rss_mib: median(
             records
                 .iter()
+                .filter(|r| r.report.is_some())
                 .filter_map(|r| r.peak_rss_kib)
                 .map(|k| k as f64 / 1024.0)
                 .collect(),
@@ -716,13 +718,21 @@ mod tests {
             rec(2, Kind::Cairn, 200.0, 5.0),
             rec(3, Kind::Etcd, 100.0, 10.0),
             rec(3, Kind::Cairn, 120.0, 10.0),
+            RunRecord {
+                report: None,
+                unsupported: Some("not yet".into()),
+                peak_rss_kib: Some(99 * 1024),
+                ..rec(4, Kind::Cairn, 0.0, 0.0)
+            },
         ];
         let s = summarise(&records, &["put".to_string()], 3);
         let sc = &s.scenarios[0];
         assert_eq!(sc.throughput_ratio, Some(1.2));
         assert_eq!(sc.p99_ratio, Some(1.0));
         assert_eq!(sc.etcd.throughput, Some(100.0));
+        // The unsupported run's idle RSS is left out.
         assert_eq!(sc.cairn.peak_rss_mib, Some(1.0));
+        assert_eq!(sc.cairn.unsupported.as_deref(), Some("not yet"));
         assert!(summary_table(&s).contains("put"));
     }
 }
