@@ -74,7 +74,12 @@ pub fn progress_bar(show: bool, total: u64, label: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(total);
+    // A run bounded by time only has no length to show.
+    let pb = if total == u64::MAX {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::new(total)
+    };
     if let Ok(style) = ProgressStyle::with_template(
         "{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
     ) {
