@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command (README and .ci/run call it): format check, clippy with
-# warnings denied, then every test target. Exits non-zero on any failure.
+# warnings denied, every test target, then each benchmark once in test mode.
+# Exits non-zero on any failure.
 #
 # The integration tests need etcd 3.4's etcdctl (and real etcd, for the
 # differential test). When they are missing and we run as root, install the
@@ -26,3 +27,7 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "==> cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
+# Every criterion benchmark once, optimised, so the benches keep compiling and
+# running (no timing is asserted; docs/performance.md has the real commands).
+echo "==> cargo bench -- --test"
+cargo bench -- --test

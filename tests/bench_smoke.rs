@@ -1,0 +1,323 @@
+//! Smoke tests of `cairn-bench`: every scenario runs a few hundred
+//! operations against a real test server and must finish with exactly the
+//! operations asked for, zero errors, and (watch) no missing or out-of-order
+//! event. Timing is never asserted: these prove the instruments work, the
+//! figures come from `cairn-bench compare` (docs/performance.md).
+//!
+//! Watch and Lease are not in cairn yet. Their scenarios therefore run
+//! against real etcd (`*_against_etcd`, the full check), and against cairn
+//! with one explicit allowance (`*_against_cairn`): the scenario may fail
+//! with UNIMPLEMENTED. Once cairn serves the API, the same test holds it to
+//! the full check with no change.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use cairn::bench::kv::{CasOpts, Consistency, MixedOpts, PutOpts, RangeOpts};
+use cairn::bench::lease::LeaseOpts;
+use cairn::bench::watch::WatchOpts;
+use cairn::bench::{run, BenchError, Load, Report, Scenario};
+use common::{Kind, Server};
+
+/// Runs `scenario` against `server` with `clients` clients over 2
+/// connections and `total` operations, on a multi-thread runtime.
+fn bench(
+    server: &Server,
+    scenario: Scenario,
+    clients: usize,
+    total: u64,
+) -> Result<Report, BenchError> {
+    let load = Load {
+        endpoints: vec![server.endpoint()],
+        conns: 2,
+        clients,
+        total,
+        max_duration: Duration::from_secs(60),
+        progress: false,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(&load, &scenario))
+}
+
+/// The checks every load run must pass.
+fn assert_clean(r: &Report, ops: u64) {
+    assert_eq!(r.errors, 0, "errors: {:?}", r.error_samples);
+    assert_eq!(r.ops, ops, "{r:?}");
+    assert!(
+        r.throughput > 0.0 && r.latency_ms.max >= r.latency_ms.p50,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn put_against_cairn() {
+    let s = Server::start(Kind::Cairn);
+    let r = bench(&s, Scenario::Put(PutOpts::default()), 8, 300).expect("put");
+    assert_clean(&r, 300);
+    assert_eq!(r.outcomes["put"], 300);
+    let seq = PutOpts {
+        sequential_keys: true,
+        key_space: 50,
+        ..Default::default()
+    };
+    assert_clean(&bench(&s, Scenario::Put(seq), 4, 200).expect("put"), 200);
+}
+
+#[test]
+fn range_against_cairn() {
+    let s = Server::start(Kind::Cairn);
+    struct Case {
+        consistency: Consistency,
+        limit: i64,
+    }
+    for c in [
+        Case {
+            consistency: Consistency::L,
+            limit: 0,
+        },
+        Case {
+            consistency: Consistency::S,
+            limit: 0,
+        },
+        Case {
+            consistency: Consistency::L,
+            limit: 20,
+        },
+    ] {
+        let opts = RangeOpts {
+            keys: 300,
+            consistency: c.consistency,
+            limit: c.limit,
+            ..Default::default()
+        };
+        let r = bench(&s, Scenario::Range(opts), 8, 300).expect("range");
+        assert_clean(&r, 300);
+    }
+}
+
+#[test]
+fn txn_cas_against_cairn() {
+    let s = Server::start(Kind::Cairn);
+    // One key per client: every swap succeeds after the first sight of the key.
+    let r = bench(&s, Scenario::TxnCas(CasOpts::default()), 4, 300).expect("txn-cas");
+    assert_clean(&r, 300);
+    assert_eq!(
+        r.outcomes.get("cas-conflict").copied().unwrap_or(0),
+        0,
+        "{r:?}"
+    );
+    // Shared keys: conflicts happen and are answered, not errors.
+    let shared = CasOpts {
+        key_space: 2,
+        ..Default::default()
+    };
+    let r = bench(&s, Scenario::TxnCas(shared), 8, 300).expect("txn-cas");
+    assert_clean(&r, 300);
+    assert_eq!(r.outcomes.values().sum::<u64>(), 300);
+}
+
+#[test]
+fn mixed_against_cairn() {
+    let s = Server::start(Kind::Cairn);
+    let opts = MixedOpts {
+        keys: 200,
+        read_ratio: 0.5,
+        ..Default::default()
+    };
+    let r = bench(&s, Scenario::Mixed(opts), 8, 400).expect("mixed");
+    assert_clean(&r, 400);
+    assert!(r.outcomes["read"] > 0 && r.outcomes["write"] > 0, "{r:?}");
+}
+
+fn watch_opts() -> WatchOpts {
+    WatchOpts {
+        watchers: 20,
+        streams: 4,
+        puts: 150,
+        rate: 0,
+        ..Default::default()
+    }
+}
+
+fn assert_watch_clean(r: &Report) {
+    assert_clean(r, 20 * 150);
+    assert_eq!(r.outcomes["puts"], 150);
+    assert_eq!(r.extra["violations"], 0.0);
+}
+
+#[test]
+fn watch_against_etcd() {
+    let s = Server::start(Kind::Etcd);
+    assert_watch_clean(&bench(&s, Scenario::Watch(watch_opts()), 1, 0).expect("watch"));
+}
+
+#[test]
+fn watch_against_cairn() {
+    let s = Server::start(Kind::Cairn);
+    match bench(&s, Scenario::Watch(watch_opts()), 1, 0) {
+        Ok(r) => assert_watch_clean(&r),
+        // Allowed until cairn's Watch service lands (see the module doc).
+        Err(BenchError::Unimplemented(what)) => eprintln!("note: cairn has no Watch yet ({what})"),
+        Err(e) => panic!("watch: {e}"),
+    }
+}
+
+fn lease_opts() -> LeaseOpts {
+    LeaseOpts {
+        leases: 10,
+        streams: 3,
+        ttl: 60,
+    }
+}
+
+fn assert_lease_clean(r: &Report) {
+    assert_clean(r, 300);
+    assert_eq!(r.outcomes["grants"], 10);
+}
+
+#[test]
+fn lease_against_etcd() {
+    let s = Server::start(Kind::Etcd);
+    assert_lease_clean(&bench(&s, Scenario::Lease(lease_opts()), 1, 300).expect("lease"));
+}
+
+#[test]
+fn lease_against_cairn() {
+    let s = Server::start(Kind::Cairn);
+    match bench(&s, Scenario::Lease(lease_opts()), 1, 300) {
+        Ok(r) => assert_lease_clean(&r),
+        // Allowed until cairn's Lease service lands (see the module doc).
+        Err(BenchError::Unimplemented(what)) => eprintln!("note: cairn has no Lease yet ({what})"),
+        Err(e) => panic!("lease: {e}"),
+    }
+}
+
+fn cairn_bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+}
+
+#[test]
+fn cli_prints_a_json_report() {
+    let s = Server::start(Kind::Cairn);
+    let out = cairn_bench()
+        .args([
+            "put",
+            "--endpoints",
+            &s.endpoint(),
+            "--clients",
+            "4",
+            "--conns",
+            "2",
+            "--total",
+            "200",
+            "--json",
+        ])
+        .output()
+        .expect("run cairn-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["scenario"], "put");
+    assert_eq!(v["ops"], 200);
+    assert_eq!(v["errors"], 0);
+    assert!(v["latency_ms"]["p99"].as_f64().expect("p99") > 0.0);
+}
+
+#[test]
+fn compare_runs_every_kind_of_scenario_and_writes_its_outputs() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out = cairn_bench()
+        .args([
+            "compare",
+            "--rounds",
+            "1",
+            "--ops",
+            "200",
+            "--clients",
+            "8",
+            "--conns",
+            "2",
+        ])
+        .args([
+            "--scenarios",
+            "put,put-clients,load-100k,restart-1m",
+            "--sweep",
+            "1,4",
+        ])
+        .args(["--load-keys", "500", "--restart-keys", "1000", "--quiet"])
+        .arg("--cairn-bin")
+        .arg(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--etcd-bin")
+        .arg(common::etcd_path())
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .expect("run cairn-bench compare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.path().join("summary.json")).expect("summary.json"),
+    )
+    .expect("summary JSON");
+    let scenarios = summary["scenarios"].as_array().expect("scenarios");
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["scenario"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["put", "put@c1", "put@c4", "load-100k", "restart-1m"]
+    );
+    for s in scenarios {
+        for side in ["etcd", "cairn"] {
+            assert_eq!(s[side]["runs"], 1, "{s}");
+            assert_eq!(s[side]["errors"], 0, "{s}");
+            assert!(s[side]["peak_rss_mib"].as_f64().expect("rss") > 0.0, "{s}");
+        }
+        assert!(s["throughput_ratio"].as_f64().is_some(), "{s}");
+    }
+    let restart = &scenarios[4];
+    for side in ["etcd", "cairn"] {
+        assert_eq!(restart[side]["extra"]["keys_loaded"], 1000.0, "{restart}");
+        assert!(
+            restart[side]["extra"]["restart_ms"]
+                .as_f64()
+                .expect("restart_ms")
+                > 0.0
+        );
+    }
+    assert!(scenarios[3]["cairn"]["extra"].get("peak_rss_kib").is_some());
+    let svg = std::fs::read_to_string(out_dir.path().join("put-clients.svg")).expect("chart");
+    assert!(svg.starts_with("<svg") && svg.contains("cairn"));
+    assert_eq!(
+        std::fs::read_dir(out_dir.path().join("rounds"))
+            .expect("rounds")
+            .count(),
+        10
+    );
+    assert!(stdout.contains("restart_ms"), "{stdout}");
+}
+
+#[test]
+fn compare_refuses_more_than_one_member() {
+    let out = cairn_bench()
+        .args(["compare", "--members", "3"])
+        .output()
+        .expect("run cairn-bench");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("clustering is not there yet"), "{stderr}");
+}
