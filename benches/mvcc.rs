@@ -55,7 +55,7 @@ impl Applier {
                 (i, Some(put(i)))
             })
             .collect();
-        black_box(apply_batch(&self.store, entries, 0, 1).expect("apply"));
+        black_box(apply_batch(&self.store, entries, 0, 1, 2).expect("apply"));
     }
 }
 
