@@ -30,3 +30,4 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod validate;
+pub mod watch;
