@@ -2,8 +2,8 @@
 //!
 //! Start-up: open the raft log (raft-engine, `<data-dir>/member/wal`) and the
 //! state store (sled, `<data-dir>/member/state`), rebuild the MVCC index,
-//! start the Storage and RaftNode actors on their own arbiters, then serve
-//! gRPC on a multi-threaded tokio runtime.
+//! start the Storage, RaftNode and WatchBroadcaster actors on their own
+//! arbiters, then serve gRPC on a multi-threaded tokio runtime.
 //!
 //! Shutdown order (graceful): stop accepting and drain in-flight gRPC
 //! requests → RaftNode stops taking proposals and lets its in-flight log
@@ -26,7 +26,8 @@ use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::{RaftNode, RaftStatus, Shutdown};
 use crate::raft::transport::NoPeers;
-use crate::storage::{FlushNow, SetFlushListener, StorageActor};
+use crate::storage::{FlushNow, SetApplyListener, SetFlushListener, StorageActor};
+use crate::watch::WatchBroadcaster;
 
 /// How often Storage makes applied state durable (and so lets the log shrink).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -127,10 +128,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             })
         };
         storage.do_send(SetFlushListener(raft.clone().recipient()));
+        // Watchers hear of every applied batch; the broadcaster has its own
+        // arbiter so that catching slow watchers up never delays Storage.
+        let watch = {
+            let (store, interval) = (store.clone(), cfg.watch_progress_notify_interval);
+            WatchBroadcaster::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                WatchBroadcaster::new(store, interval)
+            })
+        };
+        storage.do_send(SetApplyListener(watch.clone().recipient()));
 
         let client =
             RaftClient::new(raft.clone(), proposals, applied_rx, cfg.max_request_bytes as usize, request_timeout);
-        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops };
+        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops, watch };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on
         // its threads, in parallel with the actors' arbiters.

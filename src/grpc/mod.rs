@@ -6,12 +6,15 @@
 //! applied result; finally fill the response header. Errors become
 //! `tonic::Status` only through `From<EtcdError>` (see `error`).
 //!
-//! Services not built yet (Watch, Lease, Auth, Lock, Election) are not
+//! Watch ([`watch`]) is a stream served by the WatchBroadcaster actor.
+//!
+//! Services not built yet (Lease, Auth, Lock, Election) are not
 //! registered, so tonic answers their RPCs with UNIMPLEMENTED.
 
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +38,7 @@ use crate::raft::node::RaftStatus;
 pub const ETCD_API_VERSION: &str = "3.4.23";
 
 /// gRPC's own framing allowance on top of --max-request-bytes, as etcd.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// What every service handler needs; cheap to clone.
 #[derive(Clone)]
@@ -45,6 +48,8 @@ pub struct Api {
     pub status: Arc<RaftStatus>,
     pub cluster: Arc<ClusterInfo>,
     pub max_txn_ops: usize,
+    /// The WatchBroadcaster actor, which every Watch stream talks to.
+    pub watch: actix::Addr<crate::watch::WatchBroadcaster>,
 }
 
 impl Api {
@@ -130,6 +135,7 @@ pub async fn serve(
     use crate::proto::etcdserverpb::cluster_server::ClusterServer;
     use crate::proto::etcdserverpb::kv_server::KvServer;
     use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+    use crate::proto::etcdserverpb::watch_server::WatchServer;
 
     let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -146,6 +152,14 @@ pub async fn serve(
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(api.clone()))
                 .max_decoding_message_size(max_decode),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(
+                api.clone(),
+                api.watch.clone(),
+                max_request_bytes,
+            ))
+            .max_decoding_message_size(max_decode),
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService::new(api))
