@@ -464,6 +464,14 @@ impl Hub {
                 .streams
                 .get(&sid)
                 .is_some_and(|s| s.push_data(Outbound::Events(responses)));
+            if !pushed {
+                tracing::debug!(
+                    stream = sid,
+                    watchers = keys.len(),
+                    from = start + 1,
+                    "watch stream full; its watchers fall behind and catch up from history"
+                );
+            }
             for k in keys {
                 if pushed {
                     if let Some(w) = self.watchers.get_mut(&k) {
