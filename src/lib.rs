@@ -11,6 +11,9 @@
 //! * [`storage`]: the **Storage** actor applies committed entries in log order
 //!   to the [`mvcc`] store (on sled), exactly once across restarts, and answers
 //!   the proposer.
+//! * [`watch`]: the **WatchBroadcaster** actor hears of every applied batch
+//!   from Storage and feeds each gRPC Watch stream, catching slow watchers up
+//!   from MVCC history without ever holding up a write.
 //! * Reads bypass both actors: a Range is served from the shared [`mvcc`] store
 //!   once the applied index has caught up with the commit index.
 //!
