@@ -873,3 +873,15 @@ fn etcdctl_watch_interactive() {
     let out = w.wait_for("PUT\ni2\nc\n");
     assert_eq!(out.matches("PUT\n").count(), 3, "{out}");
 }
+
+#[test]
+fn shutdown_ends_open_watch_streams() {
+    let mut server = Server::start(Kind::Cairn);
+    let w = EtcdctlWatch::start(&server, &["foo"], false);
+    w.sync(&server, "foo");
+    // A graceful shutdown must not wait for the stream to finish.
+    let status = server.terminate(Duration::from_secs(10));
+    if !server.is_etcd() {
+        assert!(status.success(), "{status}");
+    }
+}

@@ -138,6 +138,13 @@ pub async fn serve(
     use crate::proto::etcdserverpb::watch_server::WatchServer;
 
     let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // Watch streams never finish on their own, and a graceful shutdown
+    // waits for every stream: end them first, then drain the rest.
+    let (streams_stop, streams_stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = streams_stop.send(true);
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -158,6 +165,7 @@ pub async fn serve(
                 api.clone(),
                 api.watch.clone(),
                 max_request_bytes,
+                streams_stopped,
             ))
             .max_decoding_message_size(max_decode),
         )

@@ -8,8 +8,8 @@
 //!                               floods requests without reading is slowed down, as in etcd)
 //!  client ◀─WatchResponse── sender task ◀── bounded Outbound channel ◀── WatchBroadcaster
 //!                              (header, prev_kv, fragment; tracks what it delivered)
-//!  supervisor: ends the stream when the client goes away or a task fails for good,
-//!              and tells the broadcaster (CloseStream)
+//!  supervisor: ends the stream when the client goes away, a task fails for good
+//!              or the server shuts down, and tells the broadcaster (CloseStream)
 //! ```
 //!
 //! **Supervision.** The sender delivers each queued item under
@@ -67,14 +67,24 @@ pub struct WatchService {
     /// Responses larger than this are split when the watch asked for
     /// fragments: --max-request-bytes plus gRPC's overhead, as etcd.
     max_response_bytes: usize,
+    /// Turns true when the server shuts down: every stream then ends with
+    /// `etcdserver: server stopped` (a graceful shutdown would otherwise
+    /// wait forever for watch streams to finish).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl WatchService {
-    pub fn new(api: Api, broadcaster: Addr<WatchBroadcaster>, max_request_bytes: usize) -> Self {
+    pub fn new(
+        api: Api,
+        broadcaster: Addr<WatchBroadcaster>,
+        max_request_bytes: usize,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         WatchService {
             api,
             broadcaster,
             max_response_bytes: max_request_bytes + GRPC_OVERHEAD_BYTES,
+            stopping,
         }
     }
 }
@@ -112,6 +122,7 @@ impl Watch for WatchService {
             sender,
             out_tx,
             self.broadcaster.clone(),
+            self.stopping.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
@@ -126,6 +137,7 @@ async fn supervise(
     sender: Sender,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     broadcaster: Addr<WatchBroadcaster>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let ctrl = Arc::new(Semaphore::new(CTRL_BUFFER));
     let mut send_task = tokio::spawn(sender.run(rx));
@@ -161,6 +173,10 @@ async fn supervise(
                 }
             },
             _ = out.closed() => break,
+            _ = stopping.wait_for(|stop| *stop) => {
+                let _ = out.try_send(Err(EtcdError::Stopped.into()));
+                break;
+            }
         }
     }
     send_task.abort();
