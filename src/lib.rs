@@ -14,6 +14,9 @@
 //! * [`lease`]: the **LeaseKeeper** actor owns lease expiry; it learns grants
 //!   and revokes from Storage and, on the leader, proposes a LeaseRevoke when a
 //!   lease expires. Keep-alives are answered by it without touching the log.
+//! * [`watch`]: the **WatchBroadcaster** actor hears of every applied batch
+//!   from Storage and feeds each gRPC Watch stream, catching slow watchers up
+//!   from MVCC history without ever holding up a write.
 //! * Reads bypass both actors: a Range is served from the shared [`mvcc`] store
 //!   once the applied index has caught up with the commit index.
 //!
@@ -37,3 +40,4 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod validate;
+pub mod watch;

@@ -2,10 +2,11 @@
 //!
 //! Start-up: open the raft log (raft-engine, `<data-dir>/member/wal`) and the
 //! state store (sled, `<data-dir>/member/state`), rebuild the MVCC index
-//! and lease table, start the LeaseKeeper, Storage and RaftNode actors on
-//! their own arbiters (in that order: Storage must know the LeaseKeeper
-//! before it applies anything, and the LeaseKeeper proposes through RaftNode
-//! once that is up), then serve gRPC on a multi-threaded tokio runtime.
+//! and lease table, start the LeaseKeeper, Storage, RaftNode and
+//! WatchBroadcaster actors on their own arbiters (LeaseKeeper before
+//! Storage: Storage must know it before it applies anything; it proposes
+//! through RaftNode once that is up), then serve gRPC on a multi-threaded
+//! tokio runtime.
 //!
 //! Shutdown order (graceful): stop accepting and drain in-flight gRPC
 //! requests → RaftNode stops taking proposals and lets its in-flight log
@@ -29,7 +30,10 @@ use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::{RaftNode, RaftStatus, Shutdown};
 use crate::raft::transport::NoPeers;
-use crate::storage::{FlushNow, SetFlushListener, SetLeaseListener, StorageActor};
+use crate::storage::{
+    FlushNow, SetApplyListener, SetFlushListener, SetLeaseListener, StorageActor,
+};
+use crate::watch::WatchBroadcaster;
 
 /// How often Storage makes applied state durable (and so lets the log shrink).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -141,11 +145,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             })
         };
         storage.do_send(SetFlushListener(raft.clone().recipient()));
+        // Watchers hear of every applied batch; the broadcaster has its own
+        // arbiter so that catching slow watchers up never delays Storage.
+        let watch = {
+            let (store, interval) = (store.clone(), cfg.watch_progress_notify_interval);
+            WatchBroadcaster::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                WatchBroadcaster::new(store, interval)
+            })
+        };
+        storage.do_send(SetApplyListener(watch.clone().recipient()));
 
         let client =
             RaftClient::new(raft.clone(), proposals, applied_rx, cfg.max_request_bytes as usize, request_timeout);
         leases.do_send(SetProposer(client.clone()));
-        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops, leases };
+        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops, leases, watch };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on
         // its threads, in parallel with the actors' arbiters.

@@ -116,6 +116,9 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Automatic compaction, `None` when the retention is 0.
     pub auto_compaction: Option<AutoCompaction>,
+    /// Period of the progress notifications sent to watches created with
+    /// `progress_notify` (etcd's 10 minutes by default).
+    pub watch_progress_notify_interval: Duration,
     /// `debug`, `info`, `warn` or `error` (usable as a tracing filter).
     pub log_level: String,
 }
@@ -146,6 +149,7 @@ impl Default for Config {
             max_txn_ops: 128,
             snapshot_count: 100_000,
             auto_compaction: None,
+            watch_progress_notify_interval: Duration::from_secs(10 * 60),
             log_level: "info".to_string(),
         }
     }
@@ -341,6 +345,12 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if self.watch_progress_notify_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "watch-progress-notify-interval",
+                "must be longer than 0",
+            ));
         }
         if !matches!(self.log_level.as_str(), "debug" | "info" | "warn" | "error") {
             return Err(ConfigError::invalid(
@@ -734,6 +744,11 @@ impl Layers {
             },
             snapshot_count: number("snapshot_count")?.unwrap_or(defaults.snapshot_count),
             auto_compaction,
+            watch_progress_notify_interval: self
+                .get("watch_progress_notify_interval", |raw| {
+                    values::go_duration(raw.text()?)
+                })?
+                .unwrap_or(defaults.watch_progress_notify_interval),
             log_level,
             name,
         })

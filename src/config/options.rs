@@ -167,6 +167,14 @@ pub(super) const OPTIONS: &[Opt] = &[
          hours, in revision mode a number of revisions; 0 disables it [default: 0]",
     ),
     opt(
+        "watch_progress_notify_interval",
+        "watch-progress-notify-interval",
+        "DURATION",
+        "How often watches created with progress_notify get a progress notification when no \
+         event reached them (etcd 3.4: --experimental-watch-progress-notify-interval) \
+         [default: 10m]",
+    ),
+    opt(
         "log_level",
         "log-level",
         "LEVEL",

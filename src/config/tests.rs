@@ -318,6 +318,13 @@ fn each_flag() {
             expect: Is(|c| c.snapshot_count = 10_000),
         },
         Case {
+            name: "--watch-progress-notify-interval",
+            args: &["--watch-progress-notify-interval", "1.5s"],
+            env: &[],
+            file: None,
+            expect: Is(|c| c.watch_progress_notify_interval = Duration::from_millis(1500)),
+        },
+        Case {
             name: "--log-level",
             args: &["--log-level", "debug"],
             env: &[],
@@ -1289,6 +1296,11 @@ fn validate_checks_hand_built_configs() {
             edit: |c| c.name.clear(),
             flag: "name",
             text: "must not be empty",
+        },
+        Bad {
+            edit: |c| c.watch_progress_notify_interval = Duration::ZERO,
+            flag: "watch-progress-notify-interval",
+            text: "longer than 0",
         },
     ];
     for case in cases {

@@ -6,13 +6,16 @@
 //! applied result; finally fill the response header. Errors become
 //! `tonic::Status` only through `From<EtcdError>` (see `error`).
 //!
-//! Services not built yet (Watch, Auth, Lock, Election) are not
+//! Watch ([`watch`]) is a stream served by the WatchBroadcaster actor.
+//!
+//! Services not built yet (Auth, Lock, Election) are not
 //! registered, so tonic answers their RPCs with UNIMPLEMENTED.
 
 pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +40,7 @@ use crate::raft::node::RaftStatus;
 pub const ETCD_API_VERSION: &str = "3.4.23";
 
 /// gRPC's own framing allowance on top of --max-request-bytes, as etcd.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// What every service handler needs; cheap to clone.
 #[derive(Clone)]
@@ -49,6 +52,8 @@ pub struct Api {
     pub max_txn_ops: usize,
     /// Lease expiry: keep-alives and time-to-live go here, not to the log.
     pub leases: actix::Addr<LeaseKeeper>,
+    /// The WatchBroadcaster actor, which every Watch stream talks to.
+    pub watch: actix::Addr<crate::watch::WatchBroadcaster>,
 }
 
 impl Api {
@@ -137,8 +142,16 @@ pub async fn serve(
     use crate::proto::etcdserverpb::kv_server::KvServer;
     use crate::proto::etcdserverpb::lease_server::LeaseServer;
     use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+    use crate::proto::etcdserverpb::watch_server::WatchServer;
 
     let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // Watch streams never finish on their own, and a graceful shutdown
+    // waits for every stream: end them first, then drain the rest.
+    let (streams_stop, streams_stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = streams_stop.send(true);
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -157,6 +170,15 @@ pub async fn serve(
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(api.clone()))
                 .max_decoding_message_size(max_decode),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(
+                api.clone(),
+                api.watch.clone(),
+                max_request_bytes,
+                streams_stopped,
+            ))
+            .max_decoding_message_size(max_decode),
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService::new(api))

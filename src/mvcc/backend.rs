@@ -63,6 +63,9 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// All pairs whose key starts with prefix, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> ScanIter<'_>;
+    /// All pairs with `start <= key < end`, in key order (watch catch-up
+    /// reads a window of revision records this way).
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_>;
     /// Applies all puts/deletes atomically (all or nothing, also across a crash).
     fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError>;
     /// Makes everything written so far durable. Blocking (fsync): callers run it off actor threads.
@@ -116,6 +119,17 @@ impl Backend for SledBackend {
         )
     }
 
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_> {
+        if start >= end {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(
+            self.tree
+                .range(start..end)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)),
+        )
+    }
+
     fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut b = sled::Batch::default();
         for (k, v) in batch.into_ops() {
@@ -164,6 +178,22 @@ impl Backend for MemBackend {
             .read()
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| Ok((k.clone(), v.clone())))
+            .collect();
+        Box::new(items.into_iter())
+    }
+
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_> {
+        if start >= end {
+            return Box::new(std::iter::empty());
+        }
+        let items: Vec<_> = self
+            .map
+            .read()
+            .range::<[u8], _>((
+                std::ops::Bound::Included(start),
+                std::ops::Bound::Excluded(end),
+            ))
             .map(|(k, v)| Ok((k.clone(), v.clone())))
             .collect();
         Box::new(items.into_iter())
@@ -277,6 +307,24 @@ pub(crate) mod conformance {
         assert!(scan(b, b"p/").iter().all(|(k, v)| k == v));
     }
 
+    pub fn scan_range_is_half_open_and_ordered(b: &dyn Backend) {
+        let mut wb = WriteBatch::new();
+        for k in [&b"k3"[..], b"k1", b"k2", b"k4", b"j", b"l"] {
+            wb.put(k, k);
+        }
+        b.write_batch(wb).expect("write");
+        let keys = |start: &[u8], end: &[u8]| -> Vec<Vec<u8>> {
+            b.scan_range(start, end)
+                .map(|r| r.expect("scan").0)
+                .collect()
+        };
+        assert_eq!(keys(b"k1", b"k3"), vec![b"k1".to_vec(), b"k2".to_vec()]);
+        assert_eq!(keys(b"k", b"l"), keys(b"k1", b"k5"));
+        assert_eq!(keys(b"k2", b"k2").len(), 0);
+        // An inverted range is empty, not a panic.
+        assert_eq!(keys(b"l", b"a").len(), 0);
+    }
+
     pub fn empty_batch_is_fine(b: &dyn Backend) {
         b.write_batch(WriteBatch::new()).expect("write");
         b.flush().expect("flush");
@@ -300,7 +348,7 @@ mod tests {
     #[test]
     fn conformance_suite() {
         type Check = fn(&dyn Backend);
-        let checks: [(&str, Check); 4] = [
+        let checks: [(&str, Check); 5] = [
             ("get_put_delete", conformance::get_put_delete),
             (
                 "later_ops_in_a_batch_win",
@@ -309,6 +357,10 @@ mod tests {
             (
                 "scan_prefix_is_ordered_and_bounded",
                 conformance::scan_prefix_is_ordered_and_bounded,
+            ),
+            (
+                "scan_range_is_half_open_and_ordered",
+                conformance::scan_range_is_half_open_and_ordered,
             ),
             ("empty_batch_is_fine", conformance::empty_batch_is_fine),
         ];

@@ -215,7 +215,7 @@ impl KeyIndex {
 pub type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 /// Which keys a request addresses, decoded from etcd's `key`/`range_end` pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyRange {
     /// `range_end` empty: just `key`.
     Single(Vec<u8>),

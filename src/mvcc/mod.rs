@@ -13,6 +13,7 @@
 //!  write path: Storage actor ─► apply::apply_batch ─► BatchWriter/WriteTxn ─► Backend (sled)
 //!                                                           └─► publish index + revision
 //!  read path:  gRPC handler ─► Store::range ─► key index (read lock) ─► Backend
+//!  watch:      WatchBroadcaster ─► Store::history ─► revision records in a window
 //! ```
 //!
 //! * [`revision`]: the (main, sub) clock and its byte encoding.
@@ -20,9 +21,12 @@
 //! * [`key_index`]: per-key generations; compaction of the index.
 //! * [`range`]: RangeRequest semantics over any read view.
 //! * [`store`]: [`Store`], open/restore, concurrent reads, HashKV, alarms.
+//! * [`history`]: [`Store::history`], the changes in a window of revisions as
+//!   watch events (the WatchBroadcaster's catch-up read).
 //! * [`writer`]: the batch overlay and per-request write transactions.
 
 pub mod backend;
+pub mod history;
 pub mod key_index;
 pub mod range;
 pub mod revision;

@@ -57,9 +57,13 @@ impl Kind {
     }
 }
 
+fn etcd_path_unchecked() -> PathBuf {
+    std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from(ETCD_BIN), PathBuf::from)
+}
+
 /// `/usr/bin/etcd` (or `$ETCD_BIN`); fails the test if it is missing.
 pub fn etcd_path() -> PathBuf {
-    let p = std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from(ETCD_BIN), PathBuf::from);
+    let p = etcd_path_unchecked();
     assert!(
         p.is_file(),
         "etcd not found at {}: install the Debian package etcd-server (tests/run.sh does this)",
@@ -119,6 +123,8 @@ pub struct Server {
     starts: u32,
     /// Flags added after the harness's own (e.g. `--quota-backend-bytes`).
     pub extra_args: Vec<String>,
+    /// Environment variables set for the server (e.g. a failpoint).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -130,6 +136,11 @@ impl Server {
 
     /// Like [`Server::start`], with extra flags for the server.
     pub fn start_with(kind: Kind, extra_args: &[&str]) -> Server {
+        Server::start_with_env(kind, extra_args, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables.
+    pub fn start_with_env(kind: Kind, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let binary = kind.binary();
         let tmp = tempfile::Builder::new()
             .prefix("cairn-test-")
@@ -144,6 +155,10 @@ impl Server {
             child: None,
             starts: 0,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for attempt in 1..=3 {
             server.client_port = free_port();
@@ -214,6 +229,12 @@ impl Server {
         );
     }
 
+    /// Whether the binary really running is etcd (asked for, or
+    /// `CAIRN_TEST_SERVER=etcd`): tests of cairn-only features skip then.
+    pub fn is_etcd(&self) -> bool {
+        self.binary == etcd_path_unchecked()
+    }
+
     /// The address etcdctl's `--endpoints` takes: `127.0.0.1:P`.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
@@ -258,6 +279,7 @@ impl Server {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("{MEMBER_NAME}={peer}")])
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)

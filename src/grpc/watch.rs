@@ -1,0 +1,558 @@
+//! etcd's Watch service: one bidirectional stream carries many watches.
+//!
+//! Each stream runs three tasks:
+//!
+//! ```text
+//!  client ──WatchRequest──▶ recv task ──CreateWatch / CancelWatch / RequestProgress──▶ WatchBroadcaster
+//!                              (waits for one of CTRL_BUFFER permits first: a client that
+//!                               floods requests without reading is slowed down, as in etcd)
+//!  client ◀─WatchResponse── sender task ◀── bounded Outbound channel ◀── WatchBroadcaster
+//!                              (header, prev_kv, fragment; tracks what it delivered)
+//!  supervisor: ends the stream when the client goes away, a task fails for good
+//!              or the server shuts down, and tells the broadcaster (CloseStream)
+//! ```
+//!
+//! **Supervision.** The sender delivers each queued item under
+//! `catch_unwind`. If delivering event responses panics, the stream is not
+//! torn down: the sender marks the failed watchers' epochs as dead (their
+//! already-queued responses are dropped), and asks the broadcaster to
+//! restart each from the revision after the last one it delivered to the
+//! client ([`RestartWatchers`]); the broadcaster replays that from history in
+//! a new epoch. Nothing else is disturbed: other watchers of the stream and
+//! of other streams, the raft log and the store never see the failure. A
+//! panic while sending a control response (whose loss cannot be repaired by a
+//! replay), or outside any response, ends the stream with UNAVAILABLE, which
+//! etcd clients answer by re-creating their watches from their last revision.
+//! The failpoint in `crate::watch::failpoint` triggers the first case in tests.
+//!
+//! Behaviour follows etcd's `v3rpc/watch.go`: a create is answered with
+//! `created: true` (or created-and-canceled with watch id -1 and etcd's
+//! reason), a cancel with `canceled: true`, a progress request with watch id
+//! -1 once every watch of the stream is synced; a client half-close keeps
+//! the stream sending; fragmenting splits a response only at event
+//! boundaries, with `fragment: true` on all parts but the last.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use actix::Addr;
+use futures::FutureExt;
+use prost::Message;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Api, GRPC_OVERHEAD_BYTES};
+use crate::error::EtcdError;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::watch_server::Watch;
+use crate::proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
+use crate::proto::mvccpb::Event;
+use crate::watch::broadcaster::{
+    CancelWatch, CloseStream, CreateWatch, OpenStream, RequestProgress, RestartWatchers,
+};
+use crate::watch::{
+    failpoint, outbound_channel, Outbound, StreamId, WatchBroadcaster, CTRL_BUFFER,
+};
+
+/// Responses buffered between the sender task and tonic. Small: once the
+/// client stops reading, the backlog should build up in the broadcaster's
+/// channel, where it turns the stream's watchers unsynced.
+const GRPC_BUFFER: usize = 16;
+
+pub struct WatchService {
+    api: Api,
+    broadcaster: Addr<WatchBroadcaster>,
+    /// Responses larger than this are split when the watch asked for
+    /// fragments: --max-request-bytes plus gRPC's overhead, as etcd.
+    max_response_bytes: usize,
+    /// Turns true when the server shuts down: every stream then ends with
+    /// `etcdserver: server stopped` (a graceful shutdown would otherwise
+    /// wait forever for watch streams to finish).
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl WatchService {
+    pub fn new(
+        api: Api,
+        broadcaster: Addr<WatchBroadcaster>,
+        max_request_bytes: usize,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        WatchService {
+            api,
+            broadcaster,
+            max_response_bytes: max_request_bytes + GRPC_OVERHEAD_BYTES,
+            stopping,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = req.into_inner();
+        let (tx, rx) = outbound_channel();
+        let stream = self
+            .broadcaster
+            .send(OpenStream { tx })
+            .await
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
+        let (out_tx, out_rx) = mpsc::channel(GRPC_BUFFER);
+        let sender = Sender {
+            stream,
+            out: out_tx.clone(),
+            api: self.api.clone(),
+            broadcaster: self.broadcaster.clone(),
+            max_bytes: self.max_response_bytes,
+            delivered: HashMap::new(),
+            dead_epochs: HashSet::new(),
+            generation: 0,
+        };
+        tokio::spawn(supervise(
+            stream,
+            inbound,
+            rx,
+            sender,
+            out_tx,
+            self.broadcaster.clone(),
+            self.stopping.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+/// Runs a stream's receive and send tasks until the stream is over, then
+/// unregisters it.
+async fn supervise(
+    stream: StreamId,
+    inbound: Streaming<WatchRequest>,
+    rx: mpsc::Receiver<Outbound>,
+    sender: Sender,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    broadcaster: Addr<WatchBroadcaster>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let ctrl = Arc::new(Semaphore::new(CTRL_BUFFER));
+    let mut send_task = tokio::spawn(sender.run(rx));
+    let mut recv_task = tokio::spawn(receive(stream, inbound, broadcaster.clone(), ctrl));
+    let mut receiving = true;
+    loop {
+        tokio::select! {
+            r = &mut send_task => {
+                let failure = match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(why)) => Some(why),
+                    Err(e) if e.is_panic() => Some(format!("sender task panicked: {}", panic_text(e.into_panic()))),
+                    Err(_) => None,
+                };
+                if let Some(why) = failure {
+                    tracing::error!(stream, cause = %why, "watch stream failed; ending it");
+                    let _ = out.try_send(Err(Status::unavailable(format!("cairn: watch stream failed: {why}"))));
+                }
+                break;
+            }
+            r = &mut recv_task, if receiving => match r {
+                // Half-close: etcd keeps sending events.
+                Ok(Ok(())) => receiving = false,
+                Ok(Err(status)) => {
+                    tracing::debug!(stream, cause = %status, "watch stream receive ended");
+                    break;
+                }
+                Err(e) => {
+                    if e.is_panic() {
+                        tracing::error!(stream, cause = %panic_text(e.into_panic()), "watch receive task panicked");
+                    }
+                    break;
+                }
+            },
+            _ = out.closed() => break,
+            _ = stopping.wait_for(|stop| *stop) => {
+                let _ = out.try_send(Err(EtcdError::Stopped.into()));
+                break;
+            }
+        }
+    }
+    send_task.abort();
+    recv_task.abort();
+    broadcaster.do_send(CloseStream(stream));
+}
+
+/// Forwards the client's requests to the broadcaster, one control permit each.
+async fn receive(
+    stream: StreamId,
+    mut inbound: Streaming<WatchRequest>,
+    broadcaster: Addr<WatchBroadcaster>,
+    ctrl: Arc<Semaphore>,
+) -> Result<(), Status> {
+    while let Some(req) = inbound.message().await? {
+        // Like etcd, an empty or unknown request is ignored.
+        let Some(union) = req.request_union else {
+            continue;
+        };
+        let permit = Some(
+            ctrl.clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Status::from(EtcdError::Stopped))?,
+        );
+        let sent = match union {
+            RequestUnion::CreateRequest(req) => {
+                broadcaster
+                    .send(CreateWatch {
+                        stream,
+                        req,
+                        permit,
+                    })
+                    .await
+            }
+            RequestUnion::CancelRequest(c) => {
+                broadcaster
+                    .send(CancelWatch {
+                        stream,
+                        watch_id: c.watch_id,
+                        permit,
+                    })
+                    .await
+            }
+            RequestUnion::ProgressRequest(_) => {
+                broadcaster.send(RequestProgress { stream, permit }).await
+            }
+        };
+        sent.map_err(|_| Status::from(EtcdError::Stopped))?;
+    }
+    Ok(())
+}
+
+/// The client is gone: nothing more can be delivered.
+struct Gone;
+
+/// A stream's sending side. See the module documentation.
+struct Sender {
+    stream: StreamId,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    api: Api,
+    broadcaster: Addr<WatchBroadcaster>,
+    max_bytes: usize,
+    /// Watch id → the revision up to which the client has every event.
+    delivered: HashMap<i64, i64>,
+    /// Epochs of watchers restarted after a failure: what they still have
+    /// queued is dropped (the restart replays it).
+    dead_epochs: HashSet<u64>,
+    /// Restarts asked for so far.
+    generation: u64,
+}
+
+impl Sender {
+    async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) -> Result<(), String> {
+        while let Some(item) = rx.recv().await {
+            let watchers: Option<Vec<(i64, u64)>> = match &item {
+                Outbound::Events(responses) => {
+                    Some(responses.iter().map(|r| (r.watch_id, r.epoch)).collect())
+                }
+                _ => None,
+            };
+            match AssertUnwindSafe(self.deliver(item)).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(Gone)) => return Ok(()),
+                Err(panic) => {
+                    let cause = panic_text(panic);
+                    let Some(watchers) = watchers else {
+                        return Err(format!("control response lost: {cause}"));
+                    };
+                    self.restart(watchers, &cause);
+                }
+            }
+        }
+        // The broadcaster dropped the stream (it is shutting down).
+        Ok(())
+    }
+
+    /// Asks the broadcaster to restart these watchers after the last
+    /// revision each had delivered.
+    fn restart(&mut self, watchers: Vec<(i64, u64)>, cause: &str) {
+        self.generation += 1;
+        let failed: Vec<(i64, u64, i64)> = watchers
+            .into_iter()
+            .filter(|(_, epoch)| self.dead_epochs.insert(*epoch))
+            .map(|(id, epoch)| {
+                let from = self.delivered.get(&id).copied().unwrap_or(0) + 1;
+                (id, epoch, from)
+            })
+            .collect();
+        tracing::error!(
+            stream = self.stream,
+            watchers = ?failed,
+            cause,
+            "watch sender panicked; restarting its watchers from their last delivered revision"
+        );
+        self.broadcaster.do_send(RestartWatchers {
+            stream: self.stream,
+            generation: self.generation,
+            failed,
+        });
+    }
+
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            revision,
+            ..self.api.header(revision.max(1))
+        })
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
+        self.out.send(Ok(resp)).await.map_err(|_| Gone)
+    }
+
+    async fn deliver(&mut self, item: Outbound) -> Result<(), Gone> {
+        match item {
+            Outbound::Created {
+                watch_id,
+                revision,
+                delivered,
+                _permit,
+            } => {
+                self.delivered.insert(watch_id, delivered);
+                self.send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    created: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Outbound::CreateFailed {
+                revision,
+                reason,
+                _permit,
+            } => {
+                self.send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                })
+                .await
+            }
+            Outbound::Canceled {
+                watch_id,
+                revision,
+                _permit,
+            } => {
+                self.delivered.remove(&watch_id);
+                self.send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    canceled: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Outbound::Compacted {
+                watch_id,
+                compact_revision,
+            } => {
+                self.delivered.remove(&watch_id);
+                // etcd's compaction response comes from its sync loop with
+                // no revision of its own: header revision 0.
+                self.send(WatchResponse {
+                    header: self.header(0),
+                    watch_id,
+                    canceled: true,
+                    compact_revision,
+                    ..Default::default()
+                })
+                .await
+            }
+            Outbound::Progress {
+                watch_id,
+                revision,
+                epoch,
+                generation,
+                _permit,
+            } => {
+                if watch_id == -1 && generation < self.generation {
+                    // Answered before a restart rewound some watchers: ask
+                    // again, the answer then waits for their replay.
+                    self.broadcaster.do_send(RequestProgress {
+                        stream: self.stream,
+                        permit: None,
+                    });
+                    return Ok(());
+                }
+                if epoch.is_some_and(|e| self.dead_epochs.contains(&e)) {
+                    return Ok(());
+                }
+                self.send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    ..Default::default()
+                })
+                .await
+            }
+            Outbound::Events(responses) => {
+                for r in responses {
+                    if self.dead_epochs.contains(&r.epoch) {
+                        continue;
+                    }
+                    let events = r.events();
+                    failpoint::sender_panic(
+                        r.watch_id,
+                        events
+                            .iter()
+                            .filter_map(|e| e.kv.as_ref())
+                            .map(|kv| kv.key.as_slice()),
+                    );
+                    let resp = WatchResponse {
+                        header: self.header(r.revision),
+                        watch_id: r.watch_id,
+                        events,
+                        ..Default::default()
+                    };
+                    if r.fragment {
+                        for part in fragments(resp, self.max_bytes) {
+                            self.send(part).await?;
+                        }
+                    } else {
+                        self.send(resp).await?;
+                    }
+                    self.delivered.insert(r.watch_id, r.through);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// etcd's `sendFragments`: a response of at least `max_bytes` with two or
+/// more events is split into parts, each as large as possible below
+/// `max_bytes` but holding at least one event; every part but the last
+/// has `fragment: true`.
+pub fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
+        return vec![resp];
+    }
+    let event_len = |e: &Event| prost::encoding::message::encoded_len(11, e);
+    let mut template = resp;
+    let events = std::mem::take(&mut template.events);
+    template.fragment = true;
+    let base = template.encoded_len();
+    let mut parts = Vec::new();
+    let mut cur = template.clone();
+    let mut size = base;
+    for e in events {
+        let len = event_len(&e);
+        if !cur.events.is_empty() && size + len >= max_bytes {
+            parts.push(std::mem::replace(&mut cur, template.clone()));
+            size = base;
+        }
+        size += len;
+        cur.events.push(e);
+    }
+    cur.fragment = false;
+    parts.push(cur);
+    parts
+}
+
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(non-string panic)".to_string(), |s| s.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mvccpb::KeyValue;
+
+    fn event(key: &str, value_len: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: key.into(),
+                value: vec![b'x'; value_len],
+                mod_revision: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fragments_split_at_event_boundaries_like_etcd() {
+        struct Case {
+            name: &'static str,
+            values: &'static [usize],
+            max: usize,
+            /// Events per part.
+            want: &'static [usize],
+        }
+        let cases = [
+            Case {
+                name: "small enough: untouched",
+                values: &[10, 10, 10],
+                max: 1000,
+                want: &[3],
+            },
+            Case {
+                name: "one event is never split, however large",
+                values: &[5000],
+                max: 1000,
+                want: &[1],
+            },
+            Case {
+                name: "two per part",
+                values: &[400, 400, 400, 400, 400],
+                max: 1000,
+                want: &[2, 2, 1],
+            },
+            Case {
+                name: "an oversized event gets a part of its own",
+                values: &[100, 3000, 100],
+                max: 1000,
+                want: &[1, 1, 1],
+            },
+        ];
+        for c in &cases {
+            let resp = WatchResponse {
+                header: Some(ResponseHeader {
+                    revision: 2,
+                    ..Default::default()
+                }),
+                watch_id: 7,
+                events: c.values.iter().map(|&n| event("k", n)).collect(),
+                ..Default::default()
+            };
+            let parts = fragments(resp.clone(), c.max);
+            let sizes: Vec<usize> = parts.iter().map(|p| p.events.len()).collect();
+            assert_eq!(sizes, c.want, "{}", c.name);
+            let flags: Vec<bool> = parts.iter().map(|p| p.fragment).collect();
+            let mut want_flags = vec![true; parts.len()];
+            if let Some(last) = want_flags.last_mut() {
+                *last = false;
+            }
+            assert_eq!(flags, want_flags, "{}", c.name);
+            for p in &parts {
+                assert_eq!((p.watch_id, p.header), (7, resp.header));
+                assert!(
+                    p.events.len() == 1 || p.encoded_len() < c.max,
+                    "{}: a part of {} bytes",
+                    c.name,
+                    p.encoded_len()
+                );
+            }
+            let all: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+            assert_eq!(all, resp.events, "{}", c.name);
+        }
+    }
+}
