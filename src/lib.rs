@@ -31,6 +31,7 @@ pub mod logging;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;
+pub mod recipes;
 pub mod server;
 pub mod storage;
 pub mod validate;
