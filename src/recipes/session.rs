@@ -129,7 +129,7 @@ async fn keep_alive(mut lease: LeaseClient<Channel>, id: i64) {
         if resp.ttl <= 0 {
             return;
         }
-        let every = Duration::from_secs((resp.ttl / 3).max(1).unsigned_abs());
+        let every = Duration::from_millis(resp.ttl.unsigned_abs() * 1000 / 3);
         tokio::time::sleep(every).await;
         if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
             return;
