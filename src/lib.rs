@@ -14,6 +14,9 @@
 //! * [`lease`]: the **LeaseKeeper** actor owns lease expiry; it learns grants
 //!   and revokes from Storage and, on the leader, proposes a LeaseRevoke when a
 //!   lease expires. Keep-alives are answered by it without touching the log.
+//! * [`recipes`]: etcd's concurrency recipes (session, mutex, election) as a
+//!   client of the etcd API. The Lock and Election services run them against
+//!   this member's own client address, as etcd's do with an in-process client.
 //! * Reads bypass both actors: a Range is served from the shared [`mvcc`] store
 //!   once the applied index has caught up with the commit index.
 //!
