@@ -23,7 +23,6 @@ pub mod maintenance;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::Status;
 
@@ -143,13 +142,13 @@ pub struct LocalClient {
     /// Turns true when the member begins to shut down: requests that may
     /// wait forever (a contended Lock, a Campaign, an Observe stream) end
     /// then, or the drain would wait for them.
-    stopping: watch::Receiver<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LocalClient {
     /// A lazily connecting client of the member serving on `addr`. Must be
     /// called inside a tokio runtime (the channel's worker is spawned on it).
-    pub fn new(addr: SocketAddr, stopping: watch::Receiver<bool>) -> LocalClient {
+    pub fn new(addr: SocketAddr, stopping: tokio::sync::watch::Receiver<bool>) -> LocalClient {
         let mut addr = addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use super::wait::{wait_deletes, watch_key, Watcher};
 use super::{
-    created_at, delete, first_created, get_key, lease_key, prefix_end, put, range_at, Cleanup,
-    Client, Error, Session,
+    created_at, delete, enqueue, first_created, get_key, lease_key, prefix_end, put, range_at,
+    Cleanup, Client, Error, Session,
 };
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::{ResponseHeader, TxnRequest, WatchCreateRequest};
@@ -48,7 +48,11 @@ pub async fn campaign(session: &Session, name: &[u8], value: &[u8]) -> Result<El
         success: vec![put(&key, value, session.lease())],
         failure: vec![get_key(&key)],
     };
-    let resp = client.kv.clone().txn(txn).await?.into_inner();
+    let undo = TxnRequest {
+        success: vec![delete(&key)],
+        ..Default::default()
+    };
+    let resp = enqueue(client, txn, undo).await?;
     let header = resp.header.unwrap_or_default();
     let mut leader = LeaderKey {
         name: name.to_vec(),
@@ -56,20 +60,23 @@ pub async fn campaign(session: &Session, name: &[u8], value: &[u8]) -> Result<El
         rev: header.revision,
         lease: session.lease(),
     };
+    let mut proclaim_value = false;
     if !resp.succeeded {
         let Some(kv) = range_at(&resp.responses, 0)?.kvs.first() else {
             return Err(tonic::Status::internal("candidate key vanished inside a txn").into());
         };
         leader.rev = kv.create_revision;
-        if kv.value != value {
-            if let Err(e) = proclaim(session, &leader, value).await {
-                let _ = resign(client, &leader).await;
-                return Err(e);
-            }
-        }
+        proclaim_value = kv.value != value;
     }
 
     let cleanup = Cleanup::new(client, resign_txn(&leader));
+    if proclaim_value {
+        if let Err(e) = proclaim(session, &leader, value).await {
+            cleanup.disarm();
+            let _ = resign(client, &leader).await;
+            return Err(e);
+        }
+    }
     let waited = wait_deletes(client, &prefix, leader.rev - 1).await;
     // A failed wait leaves the candidacy in place, as clientv3 does unless
     // its context was cancelled (here: the future dropped, and the cleanup

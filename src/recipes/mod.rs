@@ -27,6 +27,7 @@ pub mod mutex;
 pub mod session;
 mod wait;
 
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::error::EtcdError;
@@ -39,7 +40,7 @@ use crate::proto::etcdserverpb::response_op::Response as OpResponse;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp,
-    TxnRequest,
+    TxnRequest, TxnResponse,
 };
 
 pub use election::LeaderKey;
@@ -224,6 +225,30 @@ impl Drop for Cleanup {
                 }
             });
         }
+    }
+}
+
+/// Sends the Txn that queues a lock or candidacy key, on a task of its own.
+/// If the caller goes away while it is in flight, the Txn still completes,
+/// and a key it created is deleted again (`undo`) rather than left queued
+/// until its lease ends — a window clientv3 leaves open.
+async fn enqueue(client: &Client, txn: TxnRequest, undo: TxnRequest) -> Result<TxnResponse, Error> {
+    let mut kv = client.kv.clone();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let resp = kv.txn(txn).await.map(tonic::Response::into_inner);
+        // The send fails only if the caller is gone.
+        if let Err(Ok(resp)) = tx.send(resp) {
+            if resp.succeeded {
+                if let Err(e) = kv.txn(undo).await {
+                    tracing::warn!(cause = %e, "could not remove an abandoned lock or candidacy key; its lease will");
+                }
+            }
+        }
+    });
+    match rx.await {
+        Ok(resp) => Ok(resp?),
+        Err(_) => Err(tonic::Status::internal("the txn task ended without an answer").into()),
     }
 }
 

@@ -10,8 +10,8 @@
 
 use super::wait::wait_deletes;
 use super::{
-    created_at, delete, first_created, get, get_key, lease_key, put, range_at, Cleanup, Client,
-    Error, Session,
+    created_at, delete, enqueue, first_created, get, get_key, lease_key, put, range_at, Cleanup,
+    Client, Error, Session,
 };
 use crate::proto::etcdserverpb::{DeleteRangeRequest, ResponseHeader, TxnRequest};
 
@@ -40,7 +40,7 @@ pub async fn lock(session: &Session, name: &[u8]) -> Result<Locked, Error> {
         success: vec![put(&key, b"", session.lease()), get(first_created(&prefix))],
         failure: vec![get_key(&key), get(first_created(&prefix))],
     };
-    let resp = client.kv.clone().txn(txn).await?.into_inner();
+    let resp = enqueue(client, txn, unlock_txn(&key)).await?;
     let header = resp.header.unwrap_or_default();
     let create_revision = if resp.succeeded {
         header.revision
