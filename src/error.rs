@@ -70,6 +70,16 @@ pub enum EtcdError {
     Corrupt,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    // The Lock and Election services' own errors. etcd returns them as plain
+    // Go errors, so gRPC carries them with code Unknown and no prefix.
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    #[error("lost watcher waiting for delete")]
+    LostWatcher,
     /// An RPC cairn does not serve yet (see docs/COMPATIBILITY.md).
     #[error("cairn: {0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -91,6 +101,7 @@ impl EtcdError {
             InvalidAuthToken => Code::Unauthenticated,
             NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
+            ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | LostWatcher => Code::Unknown,
             Unimplemented(_) => Code::Unimplemented,
         }
     }
@@ -99,6 +110,22 @@ impl EtcdError {
 impl From<EtcdError> for tonic::Status {
     fn from(e: EtcdError) -> Self {
         tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// What the Lock and Election services answer when a recipe fails. etcd's
+/// services run on an in-process clientv3, which turns a server's status
+/// into a plain Go error; gRPC then sends it with code Unknown and the same
+/// message (e.g. `etcdserver: requested lease not found`). cairn does the
+/// same, so clients see identical statuses.
+impl From<crate::recipes::Error> for tonic::Status {
+    fn from(e: crate::recipes::Error) -> Self {
+        match e {
+            crate::recipes::Error::Rpc(status) => {
+                tonic::Status::new(Code::Unknown, status.message())
+            }
+            crate::recipes::Error::Etcd(e) => tonic::Status::new(Code::Unknown, e.to_string()),
+        }
     }
 }
 
@@ -191,6 +218,16 @@ mod tests {
                 err: EtcdError::PermissionDenied,
                 code: Code::PermissionDenied,
                 msg: "etcdserver: permission denied",
+            },
+            Case {
+                err: EtcdError::ElectionNoLeader,
+                code: Code::Unknown,
+                msg: "election: no leader",
+            },
+            Case {
+                err: EtcdError::MissingLeaderKey,
+                code: Code::Unknown,
+                msg: "\"leader\" field must be provided",
             },
         ];
         for c in cases {

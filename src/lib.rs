@@ -17,6 +17,9 @@
 //! * [`watch`]: the **WatchBroadcaster** actor hears of every applied batch
 //!   from Storage and feeds each gRPC Watch stream, catching slow watchers up
 //!   from MVCC history without ever holding up a write.
+//! * [`recipes`]: etcd's concurrency recipes (session, mutex, election) as a
+//!   client of the etcd API. The Lock and Election services run them against
+//!   this member's own client address, as etcd's do with an in-process client.
 //! * Reads bypass both actors: a Range is served from the shared [`mvcc`] store
 //!   once the applied index has caught up with the commit index.
 //!
@@ -37,6 +40,7 @@ pub mod logging;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;
+pub mod recipes;
 pub mod server;
 pub mod storage;
 pub mod validate;

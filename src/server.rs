@@ -174,19 +174,25 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         tokio::spawn(crate::compactor::run(mode, store, client));
                     }
                     let (stop_tx, stop_rx) = watch::channel(false);
-                    let mut servers = tokio::task::JoinSet::new();
+                    let mut addrs = Vec::new();
                     for url in &listen {
-                        for addr in resolve(url).await? {
-                            let mut stop = stop_rx.clone();
-                            let api = api.clone();
-                            servers.spawn(async move {
-                                let shutdown = async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                };
-                                grpc::serve(api, addr, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
-                            });
-                            tracing::info!(%addr, "serving client requests");
-                        }
+                        addrs.extend(resolve(url).await?);
+                    }
+                    // Lock and Election reach this member through its first
+                    // client address (see grpc::LocalClient).
+                    let first = *addrs.first().context("no client listen address")?;
+                    let local = grpc::LocalClient::new(first, stop_rx.clone());
+                    let mut servers = tokio::task::JoinSet::new();
+                    for addr in addrs {
+                        let mut stop = stop_rx.clone();
+                        let (api, local) = (api.clone(), local.clone());
+                        servers.spawn(async move {
+                            let shutdown = async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            };
+                            grpc::serve(api, local, addr, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
+                        });
+                        tracing::info!(%addr, "serving client requests");
                     }
                     tokio::select! {
                         _ = shutdown_signal() => {}

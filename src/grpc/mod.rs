@@ -7,20 +7,25 @@
 //! `tonic::Status` only through `From<EtcdError>` (see `error`).
 //!
 //! Watch ([`watch`]) is a stream served by the WatchBroadcaster actor.
+//! Lock and Election are the exception, as in etcd: they are clients of
+//! this member's own API ([`LocalClient`]) running the concurrency recipes
+//! in `recipes`, not handlers over the store.
 //!
-//! Services not built yet (Auth, Lock, Election) are not
-//! registered, so tonic answers their RPCs with UNIMPLEMENTED.
+//! Services not built yet (Auth) are not registered, so tonic answers
+//! their RPCs with UNIMPLEMENTED.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tonic::transport::Server;
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic::Status;
 
 use crate::apply::ApplyResponse;
@@ -126,14 +131,75 @@ proposal!(pb::AlarmRequest, Alarm, pb::AlarmResponse);
 proposal!(pb::LeaseGrantRequest, LeaseGrant, pb::LeaseGrantResponse);
 proposal!(pb::LeaseRevokeRequest, LeaseRevoke, pb::LeaseRevokeResponse);
 
+/// A client of this member's own etcd API, for the services etcd builds on
+/// that API rather than on the server's internals (Lock, Election).
+///
+/// etcd hands those services an in-process client; cairn's equivalent is a
+/// gRPC channel to its own first client listen address (an unspecified
+/// address such as 0.0.0.0 replaced by loopback). The channel connects
+/// lazily, on the first Lock or Election request, since it is made before
+/// the listener is up; its requests take the ordinary KV, Lease and Watch
+/// paths, with their validation and errors.
+#[derive(Clone)]
+pub struct LocalClient {
+    pub client: crate::recipes::Client,
+    /// Turns true when the member begins to shut down: requests that may
+    /// wait forever (a contended Lock, a Campaign, an Observe stream) end
+    /// then, or the drain would wait for them.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl LocalClient {
+    /// A lazily connecting client of the member serving on `addr`. Must be
+    /// called inside a tokio runtime (the channel's worker is spawned on it).
+    pub fn new(addr: SocketAddr, stopping: tokio::sync::watch::Receiver<bool>) -> LocalClient {
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let channel: Channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a socket address makes a valid URI")
+            .tcp_nodelay(true)
+            .connect_lazy();
+        LocalClient {
+            client: crate::recipes::Client::new(channel),
+            stopping,
+        }
+    }
+
+    /// Resolves once the member is shutting down.
+    pub async fn stopped(mut self) {
+        // An error means the sender is gone: the member is stopping too.
+        let _ = self.stopping.wait_for(|s| *s).await;
+    }
+
+    /// Runs `work` unless the member begins to shut down first, in which
+    /// case it is dropped (a waiting lock or campaign withdraws its key) and
+    /// the caller gets `etcdserver: server stopped`.
+    pub async fn until_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, crate::recipes::Error>>,
+    ) -> Result<T, Status> {
+        tokio::select! {
+            result = work => result.map_err(Status::from),
+            _ = self.clone().stopped() => Err(EtcdError::Stopped.into()),
+        }
+    }
+}
+
 fn unimplemented(what: &'static str) -> Status {
     EtcdError::Unimplemented(what).into()
 }
 
 /// Serves the client API on `addr` until `shutdown` resolves, then drains
-/// in-flight requests and returns.
+/// in-flight requests and returns. `local` is what the Lock and Election
+/// services use to reach this member's API.
 pub async fn serve(
     api: Api,
+    local: LocalClient,
     addr: SocketAddr,
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -143,6 +209,8 @@ pub async fn serve(
     use crate::proto::etcdserverpb::lease_server::LeaseServer;
     use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
     use crate::proto::etcdserverpb::watch_server::WatchServer;
+    use crate::proto::v3electionpb::election_server::ElectionServer;
+    use crate::proto::v3lockpb::lock_server::LockServer;
 
     let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
     // Watch streams never finish on their own, and a graceful shutdown
@@ -182,6 +250,14 @@ pub async fn serve(
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService::new(api))
+                .max_decoding_message_size(max_decode),
+        )
+        .add_service(
+            LockServer::new(lock::LockService::new(local.clone()))
+                .max_decoding_message_size(max_decode),
+        )
+        .add_service(
+            ElectionServer::new(election::ElectionService::new(local))
                 .max_decoding_message_size(max_decode),
         )
         .serve_with_shutdown(addr, shutdown)
