@@ -12,24 +12,34 @@
 //! Request semantics follow etcd 3.4's `etcdserver/apply.go`: Put with
 //! prev_kv / ignore_value / ignore_lease, DeleteRange over every range form,
 //! Txn (all compares are evaluated and every op is checked before anything
-//! executes, so a failing txn changes nothing), Compaction, and Alarm with
-//! the NOSPACE ("capped") and CORRUPT behaviours. The response headers carry
-//! only `revision`, set exactly as etcd sets it; the server fills in the rest.
+//! executes, so a failing txn changes nothing), Compaction, Alarm with
+//! the NOSPACE ("capped") and CORRUPT behaviours, and the lease requests:
+//! LeaseGrant (the proposer chose the id; the TTL is raised to the minimum
+//! here), LeaseRevoke (every attached key deleted in ONE revision) and
+//! LeaseCheckpoint. A put with a lease must name an existing one. The response
+//! headers carry only `revision`, set exactly as etcd sets it; the server
+//! fills in the rest.
+//!
+//! Lease grants and revokes are also reported in [`ApplyOutput::lease_changes`]
+//! so the LeaseKeeper can track expiry times (which are not replicated).
 
 use std::cmp::Ordering;
 
 use crate::error::{EtcdError, StorageError};
+use crate::lease::table::MAX_LEASE_TTL;
 use crate::mvcc::range::{self, header, ReadView};
 use crate::mvcc::{BatchWriter, KeyRange, ReadError, Store, WriteTxn};
 use crate::proto::cairnpb::internal_request::Request;
+use crate::proto::cairnpb::Lease;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::proto::etcdserverpb::response_op::Response as OpResponse;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, Compare,
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, ResponseHeader,
-    ResponseOp, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::{Event, KeyValue};
 
@@ -41,6 +51,20 @@ pub enum ApplyResponse {
     Txn(TxnResponse),
     Compaction(CompactionResponse),
     Alarm(AlarmResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
+}
+
+/// A change to the set of leases, for the LeaseKeeper (which owns expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Lease `id` was granted with `ttl` seconds (already raised to the minimum).
+    Granted { id: i64, ttl: i64 },
+    /// Lease `id` was revoked; its keys are gone.
+    Revoked { id: i64 },
+    /// Lease `id`'s remaining TTL was checkpointed (0 clears it).
+    Checkpointed { id: i64, remaining_ttl: i64 },
 }
 
 /// What [`apply_batch`] produced.
@@ -53,10 +77,14 @@ pub struct ApplyOutput {
     /// later). `prev_kv` is always filled; a watcher that did not ask for it
     /// drops it.
     pub events: Vec<Event>,
+    /// Lease grants, revokes and checkpoints, in log order.
+    pub lease_changes: Vec<LeaseChange>,
 }
 
 /// etcd's per-put overhead in its quota arithmetic (`kvOverhead`).
 const KV_OVERHEAD: u64 = 256;
+/// etcd's cost of a lease grant in its quota arithmetic (`leaseOverhead`).
+const LEASE_OVERHEAD: u64 = 64;
 
 /// Applies committed entries (index, decoded request or None) in ONE backend
 /// write batch, then advances the applied index to the last index. Entries
@@ -65,7 +93,8 @@ const KV_OVERHEAD: u64 = 256;
 ///
 /// `quota_bytes` (0 = no quota) bounds the backend size: a Put, or a Txn
 /// with a put, that would take the backend to the quota fails with NoSpace
-/// and raises the NOSPACE alarm for `member_id`.
+/// and raises the NOSPACE alarm for `member_id`. `min_lease_ttl` (seconds)
+/// is the TTL a shorter lease grant is raised to.
 ///
 /// An `Err` is a storage failure: nothing of the batch was published and the
 /// member must stop.
@@ -74,6 +103,7 @@ pub fn apply_batch(
     entries: Vec<(u64, Option<Request>)>,
     quota_bytes: u64,
     member_id: u64,
+    min_lease_ttl: i64,
 ) -> Result<ApplyOutput, StorageError> {
     let applied = store.applied_index();
     let mut last = applied;
@@ -84,6 +114,8 @@ pub fn apply_batch(
             size: None,
         },
         member_id,
+        min_lease_ttl,
+        lease_changes: Vec::new(),
     };
     let mut results = Vec::with_capacity(entries.len());
     for (index, request) in entries {
@@ -106,11 +138,15 @@ pub fn apply_batch(
         // Everything was applied before: nothing to write.
         return Ok(ApplyOutput {
             results,
-            events: Vec::new(),
+            ..Default::default()
         });
     }
     let events = w.commit(last)?;
-    Ok(ApplyOutput { results, events })
+    Ok(ApplyOutput {
+        results,
+        events,
+        lease_changes: ctx.lease_changes,
+    })
 }
 
 /// Why a request did not apply: the client's problem (answered, batch goes
@@ -148,6 +184,10 @@ struct Ctx {
     quota: Quota,
     /// Who raises the NOSPACE alarm when the quota is hit.
     member_id: u64,
+    /// Shorter lease grants are raised to this TTL (seconds).
+    min_lease_ttl: i64,
+    /// Lease changes applied so far in this batch.
+    lease_changes: Vec<LeaseChange>,
 }
 
 /// The backend quota, with the backend size read at most once per batch
@@ -189,21 +229,104 @@ fn apply_request(
         Request::Txn(t) => apply_txn(w, ctx, &t).map(ApplyResponse::Txn),
         Request::Compaction(c) => apply_compaction(w, &c).map(ApplyResponse::Compaction),
         Request::Alarm(a) => Ok(ApplyResponse::Alarm(apply_alarm(w, &a))),
-        // Leases arrive with the LeaseKeeper; nothing proposes these yet.
-        Request::LeaseGrant(_) | Request::LeaseRevoke(_) | Request::LeaseCheckpoint(_) => {
-            Err(Fail::Client(EtcdError::Unimplemented("leases")))
-        }
+        Request::LeaseGrant(g) => apply_lease_grant(w, ctx, &g).map(ApplyResponse::LeaseGrant),
+        Request::LeaseRevoke(r) => apply_lease_revoke(w, ctx, &r).map(ApplyResponse::LeaseRevoke),
+        Request::LeaseCheckpoint(c) => Ok(ApplyResponse::LeaseCheckpoint(apply_lease_checkpoint(
+            w, ctx, &c,
+        ))),
     }
 }
 
-/// The one place that decides whether a put may attach `lease`. cairn has no
-/// lease table yet, so every nonzero lease is unknown; the lease module will
-/// replace this with a lookup.
-fn check_lease(lease: i64) -> Result<(), EtcdError> {
-    if lease == 0 {
+/// The one place that decides whether a put may attach `lease`: no lease,
+/// or one that exists (counting this batch's grants and revokes).
+/// `exists` looks the lease up in the batch being applied.
+fn check_lease(lease: i64, exists: impl FnOnce(i64) -> bool) -> Result<(), EtcdError> {
+    if lease == 0 || exists(lease) {
         Ok(())
     } else {
         Err(EtcdError::LeaseNotFound)
+    }
+}
+
+/// etcd's lessor.Grant: id 0 is refused (the proposer picks a nonzero id
+/// for clients that leave it to the server), too large a TTL is refused, an
+/// existing id is refused, a short TTL is raised to the minimum.
+fn apply_lease_grant(
+    w: &mut BatchWriter,
+    ctx: &mut Ctx,
+    g: &LeaseGrantRequest,
+) -> Result<LeaseGrantResponse, Fail> {
+    check_corrupt(w)?;
+    check_space(w, ctx, LEASE_OVERHEAD)?;
+    if g.id == 0 {
+        return Err(EtcdError::LeaseNotFound.into());
+    }
+    if g.ttl > MAX_LEASE_TTL {
+        return Err(EtcdError::LeaseTtlTooLarge.into());
+    }
+    if w.lease(g.id).is_some() {
+        return Err(EtcdError::LeaseExist.into());
+    }
+    let ttl = g.ttl.max(ctx.min_lease_ttl);
+    w.put_lease(Lease {
+        id: g.id,
+        ttl,
+        remaining_ttl: 0,
+    });
+    ctx.lease_changes
+        .push(LeaseChange::Granted { id: g.id, ttl });
+    Ok(LeaseGrantResponse {
+        header: header(w.rev()),
+        id: g.id,
+        ttl,
+        error: String::new(),
+    })
+}
+
+/// etcd's lessor.Revoke: every attached key is deleted in ONE write
+/// transaction, in key order (one revision, sub-revisions by key, DELETE
+/// events with prev_kv), and the lease goes in the same batch.
+fn apply_lease_revoke(
+    w: &mut BatchWriter,
+    ctx: &mut Ctx,
+    r: &LeaseRevokeRequest,
+) -> Result<LeaseRevokeResponse, Fail> {
+    check_corrupt(w)?;
+    if w.lease(r.id).is_none() {
+        return Err(EtcdError::LeaseNotFound.into());
+    }
+    let keys = w.lease_keys(r.id)?;
+    let mut txn = w.txn();
+    for key in &keys {
+        txn.delete_range(&KeyRange::new(key, &[]))?;
+    }
+    txn.commit();
+    w.remove_lease(r.id);
+    ctx.lease_changes.push(LeaseChange::Revoked { id: r.id });
+    Ok(LeaseRevokeResponse {
+        header: header(w.rev()),
+    })
+}
+
+/// etcd's lessor.Checkpoint: records each lease's remaining TTL (used when a
+/// new leader takes over); unknown leases are skipped.
+fn apply_lease_checkpoint(
+    w: &mut BatchWriter,
+    ctx: &mut Ctx,
+    c: &LeaseCheckpointRequest,
+) -> LeaseCheckpointResponse {
+    for cp in &c.checkpoints {
+        if let Some(mut rec) = w.lease(cp.id) {
+            rec.remaining_ttl = cp.remaining_ttl;
+            w.put_lease(rec);
+            ctx.lease_changes.push(LeaseChange::Checkpointed {
+                id: cp.id,
+                remaining_ttl: cp.remaining_ttl,
+            });
+        }
+    }
+    LeaseCheckpointResponse {
+        header: header(w.rev()),
     }
 }
 
@@ -260,7 +383,7 @@ fn txn_cost(t: &TxnRequest) -> u64 {
 fn apply_put(w: &mut BatchWriter, ctx: &mut Ctx, p: &PutRequest) -> Result<PutResponse, Fail> {
     check_corrupt(w)?;
     check_space(w, ctx, put_cost(p))?;
-    check_lease(p.lease)?;
+    check_lease(p.lease, |id| w.lease(id).is_some())?;
     let mut txn = w.txn();
     let resp = put_in(&mut txn, p)?;
     txn.commit();
@@ -469,7 +592,7 @@ fn check_puts(view: &WriteTxn, plan: &Plan) -> Result<(), Fail> {
                 if (p.ignore_value || p.ignore_lease) && view.get(&p.key)?.is_none() {
                     return Err(EtcdError::KeyNotFound.into());
                 }
-                check_lease(p.lease)?;
+                check_lease(p.lease, |id| view.lease(id).is_some())?;
             }
             Planned::Txn(nested) => check_puts(view, nested)?,
             _ => {}

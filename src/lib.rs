@@ -11,6 +11,9 @@
 //! * [`storage`]: the **Storage** actor applies committed entries in log order
 //!   to the [`mvcc`] store (on sled), exactly once across restarts, and answers
 //!   the proposer.
+//! * [`lease`]: the **LeaseKeeper** actor owns lease expiry; it learns grants
+//!   and revokes from Storage and, on the leader, proposes a LeaseRevoke when a
+//!   lease expires. Keep-alives are answered by it without touching the log.
 //! * Reads bypass both actors: a Range is served from the shared [`mvcc`] store
 //!   once the applied index has caught up with the commit index.
 //!
@@ -23,6 +26,7 @@ pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod lease;
 pub mod logging;
 pub mod mvcc;
 pub mod proto;

@@ -1,9 +1,11 @@
 //! Wires a member together and runs it until SIGTERM/SIGINT.
 //!
 //! Start-up: open the raft log (raft-engine, `<data-dir>/member/wal`) and the
-//! state store (sled, `<data-dir>/member/state`), rebuild the MVCC index,
-//! start the Storage and RaftNode actors on their own arbiters, then serve
-//! gRPC on a multi-threaded tokio runtime.
+//! state store (sled, `<data-dir>/member/state`), rebuild the MVCC index
+//! and lease table, start the LeaseKeeper, Storage and RaftNode actors on
+//! their own arbiters (in that order: Storage must know the LeaseKeeper
+//! before it applies anything, and the LeaseKeeper proposes through RaftNode
+//! once that is up), then serve gRPC on a multi-threaded tokio runtime.
 //!
 //! Shutdown order (graceful): stop accepting and drain in-flight gRPC
 //! requests → RaftNode stops taking proposals and lets its in-flight log
@@ -20,13 +22,14 @@ use tokio::sync::watch;
 use crate::cluster::ClusterInfo;
 use crate::config::Config;
 use crate::grpc::{self, Api};
+use crate::lease::keeper::{LeaseKeeper, SetProposer};
 use crate::mvcc::{SledBackend, Store};
 use crate::raft::client::{Proposals, RaftClient};
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::{RaftNode, RaftStatus, Shutdown};
 use crate::raft::transport::NoPeers;
-use crate::storage::{FlushNow, SetFlushListener, StorageActor};
+use crate::storage::{FlushNow, SetFlushListener, SetLeaseListener, StorageActor};
 
 /// How often Storage makes applied state durable (and so lets the log shrink).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -112,13 +115,24 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let status = Arc::new(RaftStatus::default());
         let (applied_tx, applied_rx) = watch::channel(store.applied_index());
 
-        let storage = {
-            let (store, proposals) = (store.clone(), proposals.clone());
-            let (quota, member) = (cfg.quota_backend_bytes, cluster.local_id);
-            StorageActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                StorageActor::new(store, proposals, applied_tx, quota, member, FLUSH_INTERVAL)
+        let leases = {
+            let initial: Vec<(i64, i64)> = store.leases().iter().map(|l| (l.id, l.ttl)).collect();
+            let status = status.clone();
+            // etcd: promotion extends every lease by one election timeout;
+            // an expired lease's revoke is retried after a request timeout.
+            let (extend, retry) = (cfg.election_timeout, request_timeout);
+            LeaseKeeper::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                LeaseKeeper::new(initial, status, extend, retry)
             })
         };
+        let storage = {
+            let (store, proposals) = (store.clone(), proposals.clone());
+            let (quota, member, min_ttl) = (cfg.quota_backend_bytes, cluster.local_id, cfg.min_lease_ttl());
+            StorageActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                StorageActor::new(store, proposals, applied_tx, quota, member, min_ttl, FLUSH_INTERVAL)
+            })
+        };
+        storage.do_send(SetLeaseListener(leases.clone().recipient()));
         let raft = {
             let (recipient, status) = (storage.clone().recipient(), status.clone());
             let snapshot_count = cfg.snapshot_count;
@@ -130,7 +144,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
         let client =
             RaftClient::new(raft.clone(), proposals, applied_rx, cfg.max_request_bytes as usize, request_timeout);
-        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops };
+        leases.do_send(SetProposer(client.clone()));
+        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops, leases };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on
         // its threads, in parallel with the actors' arbiters.

@@ -4,6 +4,9 @@
 //! `cairnpb::InternalRequest`, applies the whole message as one atomic
 //! backend batch (`apply::apply_batch`), completes the proposer's waiter, and
 //! publishes the applied index (a `watch` channel linearizable reads wait on).
+//! Tells the LeaseKeeper what each batch did to leases ([`AppliedLeases`]:
+//! grants, revokes, and the term of an applied leader no-op entry), before
+//! answering proposers, so a client that saw its grant can keep it alive.
 //!
 //! Exactly once across restarts: the applied index is written in the same
 //! batch as the data it covers, and entries at or below it are skipped.
@@ -22,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::apply::apply_batch;
 use crate::error::{fatal, StorageError};
+use crate::lease::keeper::AppliedLeases;
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
 use crate::proto::mvccpb::Event;
@@ -55,6 +59,12 @@ pub struct Applied {
 #[rtype(result = "()")]
 pub struct SetApplyListener(pub Recipient<Applied>);
 
+/// Tells Storage where to send [`AppliedLeases`]; must arrive before the
+/// first ApplyCommitted (the server sends it before starting RaftNode).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetLeaseListener(pub Recipient<AppliedLeases>);
+
 /// Make everything applied so far durable now (graceful shutdown).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
@@ -71,6 +81,10 @@ pub struct StorageActor {
     flush_listener: Option<Recipient<LogFlushed>>,
     /// WatchBroadcaster, told what every applied batch changed.
     apply_listener: Option<Recipient<Applied>>,
+    /// LeaseKeeper, told about grants, revokes and leader no-op entries.
+    lease_listener: Option<Recipient<AppliedLeases>>,
+    /// Lease grants below this TTL (seconds) are raised to it.
+    min_lease_ttl: i64,
     /// --quota-backend-bytes.
     quota_bytes: u64,
     /// This member's id, recorded with alarms it raises.
@@ -90,6 +104,7 @@ impl StorageActor {
         applied_tx: watch::Sender<u64>,
         quota_bytes: u64,
         member_id: u64,
+        min_lease_ttl: i64,
         flush_interval: Duration,
     ) -> StorageActor {
         let flushed = store.applied_index();
@@ -99,6 +114,8 @@ impl StorageActor {
             applied_tx,
             flush_listener: None,
             apply_listener: None,
+            lease_listener: None,
+            min_lease_ttl,
             quota_bytes,
             member_id,
             flushed,
@@ -113,7 +130,11 @@ impl StorageActor {
         };
         let mut ids = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
+        let mut leader_noop_term = None;
         for e in entries {
+            if e.get_entry_type() == EntryType::EntryNormal && e.data.is_empty() {
+                leader_noop_term = Some(e.term);
+            }
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 // Leader no-op entries; conf changes arrive with clustering.
                 ids.push(None);
@@ -127,7 +148,21 @@ impl StorageActor {
             batch.push((e.index, req.request));
         }
         tracing::trace!(last, count = batch.len(), "applying committed entries");
-        let out = apply_batch(&self.store, batch, self.quota_bytes, self.member_id)?;
+        let out = apply_batch(
+            &self.store,
+            batch,
+            self.quota_bytes,
+            self.member_id,
+            self.min_lease_ttl,
+        )?;
+        if let Some(listener) = &self.lease_listener {
+            if !out.lease_changes.is_empty() || leader_noop_term.is_some() {
+                listener.do_send(AppliedLeases {
+                    changes: out.lease_changes,
+                    leader_noop_term,
+                });
+            }
+        }
         if let Some(listener) = &self.apply_listener {
             if !out.events.is_empty() {
                 listener.do_send(Applied {
@@ -227,6 +262,13 @@ impl Handler<SetApplyListener> for StorageActor {
     type Result = ();
     fn handle(&mut self, msg: SetApplyListener, _: &mut Context<Self>) {
         self.apply_listener = Some(msg.0);
+    }
+}
+
+impl Handler<SetLeaseListener> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, msg: SetLeaseListener, _: &mut Context<Self>) {
+        self.lease_listener = Some(msg.0);
     }
 }
 

@@ -6,6 +6,12 @@
 //! ids, raft term, `took` durations, clientv3's log timestamps and client ids,
 //! and in `endpoint status` the DB size and raft indexes. Revisions, versions,
 //! values, counts, error texts, gRPC codes and exit codes must match exactly.
+//!
+//! Leases: etcdctl 3.4 cannot choose a lease id, so each server picks its
+//! own. A step refers to the n-th lease granted in the session as `{Ln}`;
+//! the ids are learnt from the grant outputs and replaced by `<LEASE_n>` in
+//! the transcript, as is the remaining TTL of `lease timetolive` (it
+//! depends on timing).
 
 mod common;
 
@@ -90,19 +96,102 @@ fn session() -> Vec<Step> {
         cmd(&["compaction", "3"]),
         cmd(&["compaction", "1000"]),
         cmd(&["get", "", "--from-key", "-w", "json"]),
+        // Leases.
+        cmd(&["lease", "grant", "100"]),
+        cmd(&["lease", "grant", "1"]),
+        cmd(&["lease", "revoke", "{L2}"]),
+        cmd(&["put", "--lease={L1}", "lk1", "a"]),
+        cmd(&["put", "--lease={L1}", "lk2", "b", "-w", "json"]),
+        cmd(&["put", "lk3", "c"]),
+        cmd(&["get", "lk", "--prefix", "-w", "json"]),
+        cmd(&["lease", "timetolive", "{L1}"]),
+        cmd(&["lease", "keep-alive", "--once", "{L1}"]),
+        cmd(&["lease", "list"]),
+        cmd(&["put", "--lease={L2}", "lk4", "x"]),
+        with_stdin(&["txn"], "\nput lk5 y --lease={L2}\n\n\n"),
+        cmd(&["lease", "revoke", "{L1}"]),
+        cmd(&["get", "lk", "--prefix", "-w", "json"]),
+        cmd(&["lease", "timetolive", "{L1}"]),
+        cmd(&["lease", "timetolive", "{L1}", "-w", "json"]),
+        cmd(&["lease", "keep-alive", "--once", "{L1}"]),
+        cmd(&["lease", "revoke", "{L1}"]),
+        cmd(&["lease", "grant", "9000000001"]),
+        cmd(&["lease", "grant", "50", "-w", "json"]),
+        cmd(&["lease", "list"]),
         cmd(&["endpoint", "status", "-w", "json"]),
     ]
+}
+
+/// Replaces `{Ln}` in a step's argument with the n-th lease id granted.
+fn with_leases(arg: &str, leases: &[String]) -> String {
+    leases
+        .iter()
+        .enumerate()
+        .fold(arg.to_string(), |a, (i, id)| {
+            a.replace(&format!("{{L{}}}", i + 1), id)
+        })
+}
+
+/// The lease id (hex, as etcdctl prints it) a successful `lease grant` printed.
+fn granted_lease(args: &[&str], out: &std::process::Output) -> Option<String> {
+    if !args.starts_with(&["lease", "grant"]) || !out.status.success() {
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stdout) {
+        return v["ID"].as_i64().map(|id| format!("{id:016x}"));
+    }
+    stdout.split_whitespace().nth(1).map(str::to_string)
+}
+
+/// Replaces lease ids (hex and decimal) by `<LEASE_n>` and the remaining
+/// TTL of `lease timetolive` by `<REMAINING>`.
+fn normalise_leases(text: &str, args: &[&str], leases: &[String]) -> String {
+    let mut text = text.to_string();
+    for (i, hex) in leases.iter().enumerate() {
+        let name = format!("<LEASE_{}>", i + 1);
+        text = text.replace(hex, &name);
+        if let Ok(dec) = i64::from_str_radix(hex, 16) {
+            text = text.replace(&dec.to_string(), &name);
+        }
+    }
+    if args.starts_with(&["lease", "timetolive"]) {
+        if let Some(start) = text.find("remaining(") {
+            if let Some(len) = text[start..].find(')') {
+                text.replace_range(start..start + len + 1, "remaining(<REMAINING>)");
+            }
+        }
+        if let Some(start) = text.find("\"TTL\": ") {
+            let from = start + "\"TTL\": ".len();
+            let len = text[from..]
+                .find(|c: char| c != '-' && !c.is_ascii_digit())
+                .unwrap_or(0);
+            // An expired lease's TTL (-1) is deterministic; keep it.
+            if &text[from..from + len] != "-1" {
+                text.replace_range(from..from + len, "\"<REMAINING>\"");
+            }
+        }
+    }
+    text
 }
 
 /// Runs the session against `server`; returns one normalised text per step.
 fn transcript(server: &Server) -> Vec<String> {
     let id = Identity::of(server);
+    let mut leases = Vec::new();
     session()
         .iter()
         .map(|step| {
-            let args: Vec<&str> = step.args.iter().map(String::as_str).collect();
-            let out = etcdctl(server, &args, step.stdin.as_deref());
-            normalise(&id, &args, &out)
+            let template: Vec<&str> = step.args.iter().map(String::as_str).collect();
+            let real: Vec<String> = template.iter().map(|a| with_leases(a, &leases)).collect();
+            let args: Vec<&str> = real.iter().map(String::as_str).collect();
+            let stdin = step
+                .stdin
+                .as_ref()
+                .map(|s| with_leases(&String::from_utf8_lossy(s), &leases).into_bytes());
+            let out = etcdctl(server, &args, stdin.as_deref());
+            leases.extend(granted_lease(&args, &out));
+            normalise_leases(&normalise(&id, &template, &out), &template, &leases)
         })
         .collect()
 }
@@ -152,4 +241,15 @@ fn etcdctl_session_matches_etcd() {
         all.contains("[exit 0]") && all.contains("[exit 1]"),
         "{all}"
     );
+    // The lease steps ran with real ids (a grant that failed would leave
+    // `{L1}` in place and prove nothing).
+    for want in [
+        "lease <LEASE_1> granted with TTL(100s)",
+        "remaining(<REMAINING>)",
+        "lease <LEASE_1> keepalived with TTL(100)",
+        "lease <LEASE_1> already expired",
+        "found 1 leases\n<LEASE_3>",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
 }

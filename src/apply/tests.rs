@@ -1,5 +1,6 @@
 //! apply_batch tests: request semantics as etcd's applier, headers, txn
-//! atomicity, batch overlay, exactly-once, alarms and quota.
+//! atomicity, batch overlay, exactly-once, alarms and quota, and leases
+//! (grant rules, attach/detach, revoke in one revision, restart).
 
 use std::sync::Arc;
 
@@ -10,6 +11,8 @@ use crate::proto::etcdserverpb::RequestOp;
 use crate::proto::mvccpb::event::EventType;
 
 const MEMBER: u64 = 0xc0ffee;
+/// The minimum lease TTL the tests apply with (etcd's default: 2 s).
+const MIN_TTL: i64 = 2;
 
 /// A store plus the next raft index to apply.
 struct Harness {
@@ -45,7 +48,7 @@ impl Harness {
                 (i, Some(r))
             })
             .collect();
-        apply_batch(&self.store, entries, self.quota, MEMBER).expect("apply")
+        apply_batch(&self.store, entries, self.quota, MEMBER, MIN_TTL).expect("apply")
     }
 
     fn one(&mut self, req: Request) -> Result<ApplyResponse, EtcdError> {
@@ -157,8 +160,8 @@ fn rev_of(h: &Option<ResponseHeader>) -> i64 {
     h.as_ref().expect("header").revision
 }
 
-/// Writes `key` with a lease straight through the store (apply refuses
-/// leases until the lease table exists).
+/// Writes `key` with a lease straight through the store, bypassing the
+/// lease check (the lease table ignores attachments to unknown leases).
 fn put_with_lease(h: &mut Harness, key: &str, value: &str, lease: i64) {
     let mut w = BatchWriter::new(&h.store);
     let mut t = w.txn();
@@ -959,7 +962,7 @@ fn exactly_once() {
             })
             .collect()
     };
-    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER).expect("apply");
+    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER, MIN_TTL).expect("apply");
     // Index 3 carries no request: None, but the applied index still passes it.
     let kinds: Vec<bool> = out.results.iter().map(Option::is_some).collect();
     assert_eq!(kinds, vec![true, true, false, true]);
@@ -967,14 +970,14 @@ fn exactly_once() {
     let hash = h.store.hash_kv(0).expect("hash");
 
     // The same batch again (e.g. replayed after a restart): all skipped.
-    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER).expect("apply");
+    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER, MIN_TTL).expect("apply");
     assert!(out.results.iter().all(Option::is_none));
     assert!(out.events.is_empty());
     assert_eq!((h.store.applied_index(), h.rev()), (4, 4));
     assert_eq!(h.store.hash_kv(0).expect("hash"), hash);
 
     // A batch overlapping what was applied: only the new entries apply.
-    let out = apply_batch(&h.store, entries(3, 6), 0, MEMBER).expect("apply");
+    let out = apply_batch(&h.store, entries(3, 6), 0, MEMBER, MIN_TTL).expect("apply");
     let kinds: Vec<bool> = out.results.iter().map(Option::is_some).collect();
     assert_eq!(kinds, vec![false, false, true, true]);
     assert_eq!(out.events.len(), 2);
@@ -992,13 +995,13 @@ fn restart_resumes_where_it_stopped() {
         .collect();
     {
         let s = open();
-        apply_batch(&s, batch.clone(), 0, MEMBER).expect("apply");
+        apply_batch(&s, batch.clone(), 0, MEMBER, MIN_TTL).expect("apply");
         s.backend().flush().expect("flush");
     }
     let s = open();
     assert_eq!((s.applied_index(), s.current_revision()), (3, 4));
     // Raft replays the same entries after the restart: nothing happens twice.
-    let out = apply_batch(&s, batch, 0, MEMBER).expect("apply");
+    let out = apply_batch(&s, batch, 0, MEMBER, MIN_TTL).expect("apply");
     assert!(out.results.iter().all(Option::is_none));
     let mut h = Harness::on(s);
     assert_eq!(h.put("k", "4"), 5);
@@ -1358,4 +1361,336 @@ fn same_key_written_twice_in_one_txn() {
     };
     assert_eq!(at(3), Some((2, 2)));
     assert_eq!(at(4), Some((1, 4)));
+}
+
+// ---------------------------------------------------------------- leases
+
+fn grant(id: i64, ttl: i64) -> Request {
+    Request::LeaseGrant(LeaseGrantRequest { id, ttl })
+}
+
+fn revoke(id: i64) -> Request {
+    Request::LeaseRevoke(LeaseRevokeRequest { id })
+}
+
+fn put_lease(k: &str, v: &str, lease: i64) -> Request {
+    Request::Put(PutRequest {
+        lease,
+        ..put_req(k, v)
+    })
+}
+
+/// The keys attached to `id` in the committed lease table.
+fn attached(h: &Harness, id: i64) -> Vec<String> {
+    h.store
+        .lease(id)
+        .map(|e| {
+            e.keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn lease_grant_rules() {
+    struct Case {
+        name: &'static str,
+        req: LeaseGrantRequest,
+        /// Ok(granted TTL) or the error.
+        want: Result<i64, EtcdError>,
+    }
+    let cases = [
+        Case {
+            name: "plain grant",
+            req: LeaseGrantRequest { id: 5, ttl: 60 },
+            want: Ok(60),
+        },
+        Case {
+            name: "short TTL raised to the minimum",
+            req: LeaseGrantRequest { id: 6, ttl: 1 },
+            want: Ok(MIN_TTL),
+        },
+        Case {
+            name: "zero TTL raised to the minimum",
+            req: LeaseGrantRequest { id: 6, ttl: 0 },
+            want: Ok(MIN_TTL),
+        },
+        Case {
+            name: "largest TTL",
+            req: LeaseGrantRequest {
+                id: 7,
+                ttl: MAX_LEASE_TTL,
+            },
+            want: Ok(MAX_LEASE_TTL),
+        },
+        Case {
+            name: "too large TTL",
+            req: LeaseGrantRequest {
+                id: 7,
+                ttl: MAX_LEASE_TTL + 1,
+            },
+            want: Err(EtcdError::LeaseTtlTooLarge),
+        },
+        Case {
+            name: "id 0 (the proposer must choose one)",
+            req: LeaseGrantRequest { id: 0, ttl: 10 },
+            want: Err(EtcdError::LeaseNotFound),
+        },
+        Case {
+            name: "existing id",
+            req: LeaseGrantRequest { id: 1, ttl: 10 },
+            want: Err(EtcdError::LeaseExist),
+        },
+    ];
+    for c in cases {
+        let mut h = Harness::new();
+        h.one(grant(1, 100)).expect("grant 1");
+        h.put("k", "v");
+        let id = c.req.id;
+        let out = h.batch(vec![Request::LeaseGrant(c.req)]);
+        let got = out.results[0].clone().expect("a result").map(|r| match r {
+            ApplyResponse::LeaseGrant(g) => {
+                assert_eq!(g.id, id, "{}", c.name);
+                // etcd: the header carries the current revision.
+                assert_eq!(rev_of(&g.header), 2, "{}", c.name);
+                g.ttl
+            }
+            other => panic!("{}: not a grant response: {other:?}", c.name),
+        });
+        assert_eq!(got, c.want, "{}", c.name);
+        match c.want {
+            Ok(ttl) => {
+                assert_eq!(out.lease_changes, vec![LeaseChange::Granted { id, ttl }]);
+                assert_eq!(h.store.lease(id).map(|e| e.ttl), Some(ttl), "{}", c.name);
+            }
+            Err(_) => assert!(out.lease_changes.is_empty(), "{}", c.name),
+        }
+        assert_eq!(h.rev(), 2, "{}: a grant writes no revision", c.name);
+    }
+}
+
+#[test]
+fn puts_and_deletes_attach_and_detach_keys() {
+    let mut h = Harness::new();
+    h.batch(vec![grant(1, 10), grant(2, 10)]);
+    struct Step {
+        name: &'static str,
+        req: Request,
+        on_1: &'static [&'static str],
+        on_2: &'static [&'static str],
+    }
+    let steps = [
+        Step {
+            name: "put a with lease 1",
+            req: put_lease("a", "1", 1),
+            on_1: &["a"],
+            on_2: &[],
+        },
+        Step {
+            name: "put b with lease 1",
+            req: put_lease("b", "1", 1),
+            on_1: &["a", "b"],
+            on_2: &[],
+        },
+        Step {
+            name: "re-put a with lease 2 moves it",
+            req: put_lease("a", "2", 2),
+            on_1: &["b"],
+            on_2: &["a"],
+        },
+        Step {
+            name: "ignore_lease keeps it",
+            req: Request::Put(PutRequest {
+                ignore_lease: true,
+                ..put_req("a", "3")
+            }),
+            on_1: &["b"],
+            on_2: &["a"],
+        },
+        Step {
+            name: "a put without lease detaches",
+            req: Request::Put(put_req("b", "2")),
+            on_1: &[],
+            on_2: &["a"],
+        },
+        Step {
+            name: "a txn put attaches",
+            req: Request::Txn(TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(Op::RequestPut(PutRequest {
+                        lease: 1,
+                        ..put_req("c", "1")
+                    })),
+                }],
+                ..Default::default()
+            }),
+            on_1: &["c"],
+            on_2: &["a"],
+        },
+        Step {
+            name: "a delete detaches",
+            req: Request::DeleteRange(del_req("a", "")),
+            on_1: &["c"],
+            on_2: &[],
+        },
+        Step {
+            name: "a put with an unknown lease fails and changes nothing",
+            req: put_lease("c", "x", 3),
+            on_1: &["c"],
+            on_2: &[],
+        },
+    ];
+    for s in steps {
+        let _ = h.one(s.req);
+        assert_eq!(attached(&h, 1), s.on_1, "{}: lease 1", s.name);
+        assert_eq!(attached(&h, 2), s.on_2, "{}: lease 2", s.name);
+    }
+    assert_eq!(h.one(put_lease("c", "x", 3)), Err(EtcdError::LeaseNotFound));
+    assert_eq!(h.get("a"), None);
+    assert_eq!(h.get("c").map(|kv| kv.lease), Some(1));
+}
+
+#[test]
+fn revoke_deletes_every_attached_key_in_one_revision() {
+    let mut h = Harness::new();
+    h.batch(vec![
+        grant(9, 10),
+        put_lease("b", "vb", 9),
+        put_lease("a", "va", 9),
+        put_lease("c", "vc", 9),
+        Request::Put(put_req("d", "free")),
+    ]);
+    let before = h.rev();
+    let out = h.batch(vec![revoke(9)]);
+    match &out.results[0] {
+        Some(Ok(ApplyResponse::LeaseRevoke(r))) => assert_eq!(rev_of(&r.header), before + 1),
+        other => panic!("not a revoke response: {other:?}"),
+    }
+    assert_eq!(h.rev(), before + 1, "one revision for all keys");
+    let got: Vec<(i32, String, i64, String)> = out
+        .events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().expect("kv");
+            let prev = e.prev_kv.as_ref().expect("prev_kv");
+            (
+                e.r#type,
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                kv.mod_revision,
+                String::from_utf8_lossy(&prev.value).into_owned(),
+            )
+        })
+        .collect();
+    let del = EventType::Delete as i32;
+    assert_eq!(
+        got,
+        vec![
+            (del, "a".into(), before + 1, "va".into()),
+            (del, "b".into(), before + 1, "vb".into()),
+            (del, "c".into(), before + 1, "vc".into()),
+        ],
+        "DELETE events in key order with prev_kv"
+    );
+    assert_eq!(out.lease_changes, vec![LeaseChange::Revoked { id: 9 }]);
+    assert_eq!((h.get("a"), h.get("b"), h.get("c")), (None, None, None));
+    assert_eq!(h.value("d").as_deref(), Some("free"));
+    assert!(h.store.lease(9).is_none());
+    assert_eq!(h.one(revoke(9)), Err(EtcdError::LeaseNotFound));
+    assert_eq!(h.one(put_lease("a", "x", 9)), Err(EtcdError::LeaseNotFound));
+
+    // A lease without keys: revoked without a new revision.
+    h.one(grant(10, 10)).expect("grant");
+    let rev = h.rev();
+    match h.one(revoke(10)) {
+        Ok(ApplyResponse::LeaseRevoke(r)) => assert_eq!(rev_of(&r.header), rev),
+        other => panic!("not a revoke response: {other:?}"),
+    }
+    assert_eq!(h.rev(), rev);
+}
+
+#[test]
+fn lease_requests_in_one_batch_see_each_other() {
+    let mut h = Harness::new();
+    // Grant, attach, revoke and grant the same id again, all in one batch.
+    let out = h.batch(vec![
+        grant(4, 10),
+        put_lease("k", "1", 4),
+        put_lease("j", "1", 4),
+        revoke(4),
+        put_lease("k", "2", 4),
+        grant(4, 20),
+        put_lease("j", "2", 4),
+    ]);
+    let ok: Vec<bool> = out
+        .results
+        .iter()
+        .map(|r| matches!(r, Some(Ok(_))))
+        .collect();
+    assert_eq!(ok, [true, true, true, true, false, true, true]);
+    assert_eq!(h.get("k"), None);
+    assert_eq!(attached(&h, 4), ["j"]);
+    assert_eq!(h.store.lease(4).map(|e| e.ttl), Some(20));
+    assert_eq!(
+        out.lease_changes,
+        vec![
+            LeaseChange::Granted { id: 4, ttl: 10 },
+            LeaseChange::Revoked { id: 4 },
+            LeaseChange::Granted { id: 4, ttl: 20 },
+        ]
+    );
+}
+
+#[test]
+fn leases_and_attachments_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || Store::open(Arc::new(open_sled_for_test(dir.path()))).expect("open");
+    {
+        let mut h = Harness::on(open());
+        h.batch(vec![
+            grant(1, 30),
+            grant(2, 40),
+            put_lease("a", "1", 1),
+            put_lease("b", "1", 1),
+            put_lease("c", "1", 2),
+            put_lease("b", "2", 2),
+            Request::DeleteRange(del_req("c", "")),
+        ]);
+        h.batch(vec![grant(3, 50), revoke(3)]);
+        h.store.backend().flush().expect("flush");
+    }
+    let mut h = Harness::on(open());
+    let leases: Vec<(i64, i64)> = h.store.leases().iter().map(|l| (l.id, l.ttl)).collect();
+    assert_eq!(leases, [(1, 30), (2, 40)]);
+    assert_eq!(attached(&h, 1), ["a"]);
+    assert_eq!(attached(&h, 2), ["b"]);
+    // The rebuilt table drives a revoke just like the original.
+    h.one(revoke(2)).expect("revoke");
+    assert_eq!(h.get("b"), None);
+    assert_eq!(h.value("a").as_deref(), Some("1"));
+}
+
+#[test]
+fn lease_requests_under_alarms() {
+    let mut h = Harness::new();
+    h.one(grant(1, 10)).expect("grant");
+    h.one(Request::Alarm(AlarmRequest {
+        action: AlarmAction::Activate as i32,
+        member_id: MEMBER,
+        alarm: AlarmType::Nospace as i32,
+    }))
+    .expect("alarm");
+    // NOSPACE: no new leases (etcd's capped applier), revokes still work.
+    assert_eq!(h.one(grant(2, 10)), Err(EtcdError::NoSpace));
+    assert!(h.one(revoke(1)).is_ok());
+    h.one(grant(3, 10)).err();
+    h.one(Request::Alarm(AlarmRequest {
+        action: AlarmAction::Activate as i32,
+        member_id: MEMBER,
+        alarm: AlarmType::Corrupt as i32,
+    }))
+    .expect("alarm");
+    assert_eq!(h.one(grant(4, 10)), Err(EtcdError::Corrupt));
+    assert_eq!(h.one(revoke(4)), Err(EtcdError::Corrupt));
 }

@@ -6,11 +6,12 @@
 //! applied result; finally fill the response header. Errors become
 //! `tonic::Status` only through `From<EtcdError>` (see `error`).
 //!
-//! Services not built yet (Watch, Lease, Auth, Lock, Election) are not
+//! Services not built yet (Watch, Auth, Lock, Election) are not
 //! registered, so tonic answers their RPCs with UNIMPLEMENTED.
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tonic::Status;
 use crate::apply::ApplyResponse;
 use crate::cluster::ClusterInfo;
 use crate::error::EtcdError;
+use crate::lease::keeper::LeaseKeeper;
 use crate::mvcc::Store;
 use crate::proto::cairnpb::internal_request::Request;
 use crate::proto::etcdserverpb::{self as pb, ResponseHeader};
@@ -45,6 +47,8 @@ pub struct Api {
     pub status: Arc<RaftStatus>,
     pub cluster: Arc<ClusterInfo>,
     pub max_txn_ops: usize,
+    /// Lease expiry: keep-alives and time-to-live go here, not to the log.
+    pub leases: actix::Addr<LeaseKeeper>,
 }
 
 impl Api {
@@ -114,6 +118,8 @@ proposal!(pb::DeleteRangeRequest, DeleteRange, pb::DeleteRangeResponse);
 proposal!(pb::TxnRequest, Txn, pb::TxnResponse);
 proposal!(pb::CompactionRequest, Compaction, pb::CompactionResponse);
 proposal!(pb::AlarmRequest, Alarm, pb::AlarmResponse);
+proposal!(pb::LeaseGrantRequest, LeaseGrant, pb::LeaseGrantResponse);
+proposal!(pb::LeaseRevokeRequest, LeaseRevoke, pb::LeaseRevokeResponse);
 
 fn unimplemented(what: &'static str) -> Status {
     EtcdError::Unimplemented(what).into()
@@ -129,6 +135,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     use crate::proto::etcdserverpb::cluster_server::ClusterServer;
     use crate::proto::etcdserverpb::kv_server::KvServer;
+    use crate::proto::etcdserverpb::lease_server::LeaseServer;
     use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 
     let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -142,6 +149,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(
             KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService::new(api.clone()))
+                .max_decoding_message_size(max_decode),
         )
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(api.clone()))

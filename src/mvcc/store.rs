@@ -13,6 +13,7 @@
 //! m/consistent_index        applied raft index, u64 big-endian
 //! m/compact_rev             last compaction revision, i64 big-endian
 //! a/<member:8><type:4>      an active alarm (empty value)
+//! l/<id:8>                  a lease -> cairnpb.Lease (see `lease::table`)
 //! ```
 //!
 //! Readers never see half of a batch: a write batch's records land in the
@@ -30,6 +31,8 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use prost::Message;
 
 use crate::error::{EtcdError, StorageError};
+use crate::lease::table::{decode_lease, LeaseEntry, LeaseTable, LEASE_PREFIX};
+use crate::proto::cairnpb::Lease;
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
 use crate::proto::mvccpb::KeyValue;
 
@@ -96,6 +99,8 @@ pub(crate) struct Committed {
     pub(crate) compact_rev: i64,
     /// Active alarms as (member id, alarm type), ordered for stable listings.
     pub(crate) alarms: BTreeSet<(u64, i32)>,
+    /// Every lease with its attached keys.
+    pub(crate) leases: LeaseTable,
 }
 
 /// The result of [`Store::hash_kv`].
@@ -156,12 +161,20 @@ impl Store {
         // of keys with no earlier record left are ignored.
         let mut index = IndexTree::new();
         let mut last_main = 1;
+        // The lease named by each live key's latest record.
+        let mut key_leases: std::collections::HashMap<Vec<u8>, i64> =
+            std::collections::HashMap::new();
         for item in backend.scan_prefix(REV_PREFIX) {
             let (k, v) = item?;
             let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
             let kv = KeyValue::decode(v.as_slice())
                 .map_err(|e| StorageError::corrupt("revision record", e))?;
             last_main = rev.main;
+            if tombstone || kv.lease == 0 {
+                key_leases.remove(&kv.key);
+            } else {
+                key_leases.insert(kv.key.clone(), kv.lease);
+            }
             match index.get_mut(&kv.key) {
                 Some(ki) if tombstone => {
                     ki.tombstone(rev);
@@ -184,6 +197,15 @@ impl Store {
             alarms.insert(decode_alarm_key(&k)?);
         }
 
+        let mut leases = LeaseTable::new();
+        for item in backend.scan_prefix(LEASE_PREFIX) {
+            let (_, v) = item?;
+            leases.upsert(&decode_lease(&v)?);
+        }
+        for (key, lease) in key_leases {
+            leases.attach(lease, &key);
+        }
+
         Ok(Store {
             backend,
             committed: RwLock::new(Committed {
@@ -191,6 +213,7 @@ impl Store {
                 current_rev,
                 compact_rev,
                 alarms,
+                leases,
             }),
             current_rev: AtomicI64::new(current_rev),
             compact_rev: AtomicI64::new(compact_rev),
@@ -278,6 +301,16 @@ impl Store {
             compact_revision: c.compact_rev,
             current_revision: c.current_rev,
         })
+    }
+
+    /// Lease `id` with its attached keys, if it exists.
+    pub fn lease(&self, id: i64) -> Option<LeaseEntry> {
+        self.committed.read().leases.get(id).cloned()
+    }
+
+    /// Every lease's record, in id order.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.committed.read().leases.records()
     }
 
     /// Every active alarm, ordered by member id then alarm type.

@@ -5,7 +5,7 @@
 //! ```text
 //!  apply_batch ──► BatchWriter ──► WriteTxn (one per Put / DeleteRange / Txn)
 //!                   │  overlay: touched key indexes, new records, events,
-//!                   │           pending compaction and alarms
+//!                   │           pending compaction, alarms and lease records
 //!                   └─ commit(applied index) ──► ONE backend WriteBatch
 //!                                               then publish index + revision
 //! ```
@@ -22,6 +22,8 @@ use parking_lot::MutexGuard;
 use prost::Message;
 
 use crate::error::{EtcdError, StorageError};
+use crate::lease::table::lease_key;
+use crate::proto::cairnpb::Lease;
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -59,6 +61,10 @@ pub struct BatchWriter<'s> {
     alarms: BTreeSet<(u64, i32)>,
     /// Every change in revision order, returned to the caller for watchers.
     events: Vec<Event>,
+    /// Lease records granted (Some) or revoked (None) in this batch; they
+    /// shadow the committed lease table. Attachments are not tracked here:
+    /// they follow from `events` at commit.
+    leases: BTreeMap<i64, Option<Lease>>,
 }
 
 impl<'s> BatchWriter<'s> {
@@ -79,6 +85,7 @@ impl<'s> BatchWriter<'s> {
             compacted: false,
             alarms,
             events: Vec::new(),
+            leases: BTreeMap::new(),
         }
     }
 
@@ -154,6 +161,51 @@ impl<'s> BatchWriter<'s> {
             .then_some(AlarmMember { member_id, alarm })
     }
 
+    /// Lease `id`'s record, seeing this batch's grants and revokes.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        match self.leases.get(&id) {
+            Some(overlay) => *overlay,
+            None => {
+                let c = self.store.committed.read();
+                let e = c.leases.get(id)?;
+                Some(Lease {
+                    id,
+                    ttl: e.ttl,
+                    remaining_ttl: e.remaining_ttl,
+                })
+            }
+        }
+    }
+
+    /// Records a granted (or checkpointed) lease.
+    pub fn put_lease(&mut self, rec: Lease) {
+        self.leases.insert(rec.id, Some(rec));
+    }
+
+    /// Removes lease `id` (its keys must have been deleted already).
+    pub fn remove_lease(&mut self, id: i64) {
+        self.leases.insert(id, None);
+    }
+
+    /// The keys attached to lease `id` now, seeing this batch's writes, in
+    /// key order: the committed attachments and every key written in this
+    /// batch, kept if their current record names the lease.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut candidates: BTreeSet<Vec<u8>> = self.keys.keys().cloned().collect();
+        if let Some(e) = self.store.committed.read().leases.get(id) {
+            candidates.extend(e.keys.iter().cloned());
+        }
+        let mut out = Vec::new();
+        for key in candidates {
+            if let Some(at) = self.key_at(&key, self.rev) {
+                if self.record(at.modified)?.lease == id {
+                    out.push(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The key's state at `at`, seeing this batch's writes.
     fn key_at(&self, key: &[u8], at: i64) -> Option<KeyAt> {
         match self.keys.get(key) {
@@ -215,6 +267,12 @@ impl<'s> BatchWriter<'s> {
             batch.put(rev_key(*rev, *tombstone), kv.encode_to_vec());
         }
         batch.put(META_CONSISTENT_INDEX, applied_index.to_be_bytes().to_vec());
+        for (&id, rec) in &self.leases {
+            match rec {
+                Some(rec) => batch.put(lease_key(id), rec.encode_to_vec()),
+                None => batch.delete(lease_key(id)),
+            }
+        }
         {
             let c = store.committed.read();
             for &(m, t) in c.alarms.difference(&self.alarms) {
@@ -273,6 +331,19 @@ impl<'s> BatchWriter<'s> {
         c.current_rev = self.rev;
         c.compact_rev = self.compact_rev;
         c.alarms = self.alarms.clone();
+        // Lease records first, then attachments: the events leave each key
+        // on the lease of its latest revision (revoked leases ignore them).
+        for (&id, rec) in &self.leases {
+            match rec {
+                Some(rec) => c.leases.upsert(rec),
+                None => {
+                    c.leases.remove(id);
+                }
+            }
+        }
+        for ev in &self.events {
+            c.leases.apply_event(ev);
+        }
         self.store.publish(c, applied_index);
     }
 }
@@ -343,6 +414,11 @@ impl WriteTxn<'_, '_> {
     /// The revision reads inside the transaction see: its own writes included.
     pub fn read_rev(&self) -> i64 {
         self.begin_rev + i64::from(self.has_changes())
+    }
+
+    /// Lease `id`'s record, seeing the batch's grants and revokes.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.w.lease(id)
     }
 
     /// The current value of `key`, seeing this transaction's writes.

@@ -54,6 +54,12 @@ impl Proposals {
         (id, rx)
     }
 
+    /// A fresh id from the same generator, for things other than proposals
+    /// (lease ids: etcd draws them from its request id generator too).
+    pub fn fresh_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn cancel(&self, id: u64) {
         self.waiters.remove(&id);
     }
@@ -155,6 +161,23 @@ impl RaftClient {
         tokio::time::timeout(self.timeout, wait)
             .await
             .unwrap_or(Err(EtcdError::Timeout))
+    }
+
+    /// An id for a lease granted without one: positive and nonzero, unique
+    /// per member (etcd: `reqIDGen.Next() & (1<<63 - 1)`). The proposer picks
+    /// it so that applying the grant stays deterministic.
+    pub fn new_lease_id(&self) -> i64 {
+        loop {
+            let id = (self.proposals.fresh_id() & (i64::MAX as u64)) as i64;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// How long a request may wait before "request timed out".
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -61,6 +61,9 @@ impl RaftStatus {
     pub fn commit_index(&self) -> u64 {
         self.commit_index.load(Ordering::Acquire)
     }
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Acquire)
+    }
 }
 
 /// Appends an encoded `cairnpb::InternalRequest` to the log. Answers as soon

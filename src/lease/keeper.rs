@@ -1,0 +1,189 @@
+//! The LeaseKeeper actor: owns lease expiry on this member (a [`Lessor`]).
+//!
+//! Takes [`AppliedLeases`] from Storage (grants, revokes and checkpoints in
+//! apply order, and the term of any applied leader no-op entry),
+//! [`SetProposer`] once RaftNode is up, and from the gRPC Lease service
+//! [`Renew`] (keep-alive), [`TimeToLive`] and [`ListLeases`]. Reads
+//! [`RaftStatus`] on every tick to learn leadership. Sends LeaseRevoke
+//! proposals through [`RaftClient::propose`] for leases that expired.
+//!
+//! Position in the write path: it is a *proposer*, like a client. Expiry is
+//! decided here, on the leader only, from local time; the revoke goes
+//! through the raft log, so every member deletes the keys at the same
+//! revision. Keep-alives never touch the log. Proposals run as futures on
+//! this actor's context (no blocking on its arbiter thread).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::lessor::{LeaseTtl, Lessor, NotAnswered};
+use crate::apply::LeaseChange;
+use crate::error::EtcdError;
+use crate::proto::cairnpb::internal_request::Request;
+use crate::proto::etcdserverpb::LeaseRevokeRequest;
+use crate::raft::client::RaftClient;
+use crate::raft::node::RaftStatus;
+
+/// How often expiry and leadership are checked: expired keys go within
+/// about this much (plus one commit) of their TTL.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// At most this many revokes are proposed per tick (etcd: 500 per 500 ms).
+const REVOKES_PER_TICK: usize = 100;
+
+/// What one applied batch did to leases, from Storage.
+#[derive(Message, Debug, Clone, Default)]
+#[rtype(result = "()")]
+pub struct AppliedLeases {
+    /// Grants, revokes and checkpoints, in log order.
+    pub changes: Vec<LeaseChange>,
+    /// The term of the last empty leader entry in the batch: once a leader
+    /// applied the entry opening its term, it may become the primary lessor.
+    pub leader_noop_term: Option<u64>,
+}
+
+/// Where to propose revokes of expired leases (RaftNode starts after us).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetProposer(pub RaftClient);
+
+/// A keep-alive: reset the lease's expiry; answers its TTL.
+#[derive(Message)]
+#[rtype(result = "Result<i64, NotAnswered>")]
+pub struct Renew {
+    pub id: i64,
+}
+
+/// Granted and remaining TTL of a lease.
+#[derive(Message)]
+#[rtype(result = "Result<LeaseTtl, NotAnswered>")]
+pub struct TimeToLive {
+    pub id: i64,
+}
+
+/// Every lease id, soonest expiry first.
+#[derive(Message)]
+#[rtype(result = "Vec<i64>")]
+pub struct ListLeases;
+
+pub struct LeaseKeeper {
+    /// Expiry times and the primary flag; plain code, see `lessor`.
+    lessor: Lessor,
+    /// Leadership and term, published by RaftNode.
+    status: Arc<RaftStatus>,
+    /// Proposes revokes; None until the server wires it.
+    proposer: Option<RaftClient>,
+}
+
+impl LeaseKeeper {
+    /// `leases` are the (id, TTL) pairs in the store at start-up; they get
+    /// expiry times only when this member is promoted.
+    pub fn new(
+        leases: impl IntoIterator<Item = (i64, i64)>,
+        status: Arc<RaftStatus>,
+        promote_extend: Duration,
+        retry: Duration,
+    ) -> LeaseKeeper {
+        let mut lessor = Lessor::new(promote_extend, retry);
+        let now = Instant::now();
+        for (id, ttl) in leases {
+            lessor.apply(LeaseChange::Granted { id, ttl }, now);
+        }
+        LeaseKeeper {
+            lessor,
+            status,
+            proposer: None,
+        }
+    }
+
+    fn observe_status(&mut self, now: Instant) {
+        let (leader, term) = (self.status.is_leader(), self.status.term());
+        if self.lessor.observe(leader, term, now) {
+            tracing::info!(
+                term,
+                leases = self.lessor.len(),
+                "promoted to primary lessor"
+            );
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.observe_status(now);
+        let Some(proposer) = &self.proposer else {
+            return;
+        };
+        for id in self.lessor.expired(now, REVOKES_PER_TICK) {
+            tracing::debug!(lease = %format!("{id:x}"), "lease expired; proposing revoke");
+            let proposer = proposer.clone();
+            let revoke = async move {
+                proposer
+                    .propose(Request::LeaseRevoke(LeaseRevokeRequest { id }))
+                    .await
+            };
+            ctx.spawn(revoke.into_actor(self).map(move |r, act, _| match r {
+                Ok(_) => {}
+                // Revoked meanwhile (by a client): nothing left to expire.
+                Err(EtcdError::LeaseNotFound) => act.lessor.remove(id),
+                // Retried after the lessor's retry interval.
+                Err(e) => tracing::warn!(lease = %format!("{id:x}"), cause = %e, "revoking an expired lease failed"),
+            }));
+        }
+    }
+}
+
+impl Actor for LeaseKeeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Handler<AppliedLeases> for LeaseKeeper {
+    type Result = ();
+    fn handle(&mut self, msg: AppliedLeases, _: &mut Context<Self>) {
+        let now = Instant::now();
+        for change in msg.changes {
+            self.lessor.apply(change, now);
+        }
+        if let Some(term) = msg.leader_noop_term {
+            self.lessor.noop_applied(term);
+            self.observe_status(now);
+        }
+    }
+}
+
+impl Handler<SetProposer> for LeaseKeeper {
+    type Result = ();
+    fn handle(&mut self, msg: SetProposer, _: &mut Context<Self>) {
+        self.proposer = Some(msg.0);
+    }
+}
+
+impl Handler<Renew> for LeaseKeeper {
+    type Result = Result<i64, NotAnswered>;
+    fn handle(&mut self, msg: Renew, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        self.observe_status(now);
+        self.lessor.renew(msg.id, now)
+    }
+}
+
+impl Handler<TimeToLive> for LeaseKeeper {
+    type Result = Result<LeaseTtl, NotAnswered>;
+    fn handle(&mut self, msg: TimeToLive, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        self.observe_status(now);
+        self.lessor.time_to_live(msg.id, now)
+    }
+}
+
+impl Handler<ListLeases> for LeaseKeeper {
+    type Result = Vec<i64>;
+    fn handle(&mut self, _: ListLeases, _: &mut Context<Self>) -> Self::Result {
+        self.lessor.ids()
+    }
+}
