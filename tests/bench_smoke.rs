@@ -4,11 +4,8 @@
 //! event. Timing is never asserted: these prove the instruments work, the
 //! figures come from `cairn-bench compare` (docs/performance.md).
 //!
-//! Watch and Lease are not in cairn yet. Their scenarios therefore run
-//! against real etcd (`*_against_etcd`, the full check), and against cairn
-//! with one explicit allowance (`*_against_cairn`): the scenario may fail
-//! with UNIMPLEMENTED. Once cairn serves the API, the same test holds it to
-//! the full check with no change.
+//! The Watch and Lease scenarios run against real etcd (`*_against_etcd`)
+//! as well as cairn, so the checker itself is proven on a reference server.
 
 mod common;
 
@@ -160,12 +157,7 @@ fn watch_against_etcd() {
 #[test]
 fn watch_against_cairn() {
     let s = Server::start(Kind::Cairn);
-    match bench(&s, Scenario::Watch(watch_opts()), 1, 0) {
-        Ok(r) => assert_watch_clean(&r),
-        // Allowed until cairn's Watch service lands (see the module doc).
-        Err(BenchError::Unimplemented(what)) => eprintln!("note: cairn has no Watch yet ({what})"),
-        Err(e) => panic!("watch: {e}"),
-    }
+    assert_watch_clean(&bench(&s, Scenario::Watch(watch_opts()), 1, 0).expect("watch"));
 }
 
 fn lease_opts() -> LeaseOpts {
@@ -190,12 +182,7 @@ fn lease_against_etcd() {
 #[test]
 fn lease_against_cairn() {
     let s = Server::start(Kind::Cairn);
-    match bench(&s, Scenario::Lease(lease_opts()), 1, 300) {
-        Ok(r) => assert_lease_clean(&r),
-        // Allowed until cairn's Lease service lands (see the module doc).
-        Err(BenchError::Unimplemented(what)) => eprintln!("note: cairn has no Lease yet ({what})"),
-        Err(e) => panic!("lease: {e}"),
-    }
+    assert_lease_clean(&bench(&s, Scenario::Lease(lease_opts()), 1, 300).expect("lease"));
 }
 
 fn cairn_bench() -> Command {
