@@ -227,6 +227,27 @@ mod tests {
         applied
     }
 
+    /// A single-member node on the log in `dir`, elected and caught up.
+    fn elected(dir: &std::path::Path, applied: u64) -> Core {
+        let store = LogStore::open(dir).expect("open");
+        if store.is_new() {
+            store.bootstrap(vec![1]).expect("bootstrap");
+        }
+        let mut core = Core::new(1, store, applied, 10, 1, &logger()).expect("core");
+        core.campaign_if_alone().expect("campaign");
+        cycle(&mut core);
+        core
+    }
+
+    /// The payloads of normal entries, leader no-ops left out.
+    fn payloads(entries: Vec<Entry>) -> Vec<Vec<u8>> {
+        entries
+            .into_iter()
+            .filter(|e| !e.data.is_empty())
+            .map(|e| e.data.to_vec())
+            .collect()
+    }
+
     #[test]
     fn single_member_commits_a_batch_of_proposals_with_one_persist() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -267,11 +288,7 @@ mod tests {
     #[test]
     fn proposals_made_while_a_persist_runs_join_the_next_ready() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path()).expect("open");
-        store.bootstrap(vec![1]).expect("bootstrap");
-        let mut core = Core::new(1, store, 0, 10, 1, &logger()).expect("core");
-        core.campaign_if_alone().expect("campaign");
-        cycle(&mut core);
+        let mut core = elected(dir.path(), 0);
 
         core.propose(b"a".to_vec()).expect("propose");
         let first = core.begin_ready().expect("ready");
@@ -280,23 +297,17 @@ mod tests {
         core.propose(b"c".to_vec()).expect("propose");
         Core::persist(&core.store().clone(), &first).expect("persist");
         core.finish_ready(first);
-        let applied: Vec<Vec<u8>> = cycle(&mut core)
-            .into_iter()
-            .filter(|e| !e.data.is_empty())
-            .map(|e| e.data.to_vec())
-            .collect();
-        assert_eq!(applied, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            payloads(cycle(&mut core)),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
     }
 
     #[test]
     fn restart_redelivers_committed_but_unapplied_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = LogStore::open(dir.path()).expect("open");
-            store.bootstrap(vec![1]).expect("bootstrap");
-            let mut core = Core::new(1, store, 0, 10, 1, &logger()).expect("core");
-            core.campaign_if_alone().expect("campaign");
-            cycle(&mut core);
+            let mut core = elected(dir.path(), 0);
             core.propose(b"a".to_vec()).expect("propose");
             core.propose(b"b".to_vec()).expect("propose");
             cycle(&mut core);
@@ -306,11 +317,9 @@ mod tests {
         let store = LogStore::open(dir.path()).expect("reopen");
         let mut core = Core::new(1, store, 2, 10, 1, &logger()).expect("core");
         core.campaign_if_alone().expect("campaign");
-        let data: Vec<Vec<u8>> = cycle(&mut core)
-            .into_iter()
-            .filter(|e| !e.data.is_empty())
-            .map(|e| e.data.to_vec())
-            .collect();
-        assert_eq!(data, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            payloads(cycle(&mut core)),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
     }
 }
