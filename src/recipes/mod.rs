@@ -231,23 +231,35 @@ impl Drop for Cleanup {
 /// Sends the Txn that queues a lock or candidacy key, on a task of its own.
 /// If the caller goes away while it is in flight, the Txn still completes,
 /// and a key it created is deleted again (`undo`) rather than left queued
-/// until its lease ends — a window clientv3 leaves open.
+/// until its lease ends — a window clientv3 leaves open. The undo travels
+/// with the response as a [`Cleanup`] guard: a response that is sent but
+/// never read (the caller was dropped in between) undoes its key when the
+/// channel drops it; a caller that reads it disarms the guard at once, with
+/// no await before its own guard takes over.
 async fn enqueue(client: &Client, txn: TxnRequest, undo: TxnRequest) -> Result<TxnResponse, Error> {
     let mut kv = client.kv.clone();
+    let guard_client = client.clone();
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
-        let resp = kv.txn(txn).await.map(tonic::Response::into_inner);
-        // The send fails only if the caller is gone.
-        if let Err(Ok(resp)) = tx.send(resp) {
-            if resp.succeeded {
-                if let Err(e) = kv.txn(undo).await {
-                    tracing::warn!(cause = %e, "could not remove an abandoned lock or candidacy key; its lease will");
-                }
-            }
-        }
+        let answer = kv
+            .txn(txn)
+            .await
+            .map(tonic::Response::into_inner)
+            .map(|resp| {
+                let guard = resp.succeeded.then(|| Cleanup::new(&guard_client, undo));
+                (resp, guard)
+            });
+        // If the caller is gone, the answer (and its guard) drops here.
+        let _ = tx.send(answer);
     });
     match rx.await {
-        Ok(resp) => Ok(resp?),
+        Ok(Ok((resp, guard))) => {
+            if let Some(guard) = guard {
+                guard.disarm();
+            }
+            Ok(resp)
+        }
+        Ok(Err(status)) => Err(status.into()),
         Err(_) => Err(tonic::Status::internal("the txn task ended without an answer").into()),
     }
 }
