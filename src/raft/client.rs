@@ -71,10 +71,6 @@ impl Proposals {
             let _ = tx.send(result);
         }
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.waiters.len()
-    }
 }
 
 /// Cheap to clone; one per gRPC service.
@@ -182,9 +178,5 @@ impl RaftClient {
 
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
-    }
-
-    pub fn proposals(&self) -> &Arc<Proposals> {
-        &self.proposals
     }
 }

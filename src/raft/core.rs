@@ -63,7 +63,6 @@ pub struct Progress {
     pub term: u64,
     pub leader_id: u64,
     pub commit_index: u64,
-    pub last_index: u64,
     pub is_leader: bool,
 }
 
@@ -152,7 +151,6 @@ impl Core {
             term: raft.term,
             leader_id: raft.leader_id,
             commit_index: raft.raft_log.committed,
-            last_index: raft.raft_log.last_index(),
             is_leader: raft.state == StateRole::Leader,
         }
     }

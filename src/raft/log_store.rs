@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use raft_engine::{Config as EngineConfig, Engine, LogBatch, MessageExt};
@@ -302,13 +301,6 @@ impl raft::Storage for LogStore {
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
     }
-}
-
-/// Decodes a protobuf (rust-protobuf 2) message stored by raft-rs.
-pub fn decode_conf_change(
-    data: &[u8],
-) -> Result<raft::eraftpb::ConfChange, protobuf::ProtobufError> {
-    raft::eraftpb::ConfChange::parse_from_bytes(data)
 }
 
 #[cfg(test)]

@@ -39,7 +39,6 @@ pub struct RaftStatus {
     pub term: AtomicU64,
     pub leader_id: AtomicU64,
     pub commit_index: AtomicU64,
-    pub last_index: AtomicU64,
     pub is_leader: AtomicBool,
 }
 
@@ -48,7 +47,6 @@ impl RaftStatus {
         self.term.store(p.term, Ordering::Release);
         self.leader_id.store(p.leader_id, Ordering::Release);
         self.commit_index.store(p.commit_index, Ordering::Release);
-        self.last_index.store(p.last_index, Ordering::Release);
         self.is_leader.store(p.is_leader, Ordering::Release);
     }
 
