@@ -142,6 +142,9 @@ pub enum StorageError {
     Corrupt { what: &'static str, detail: String },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A background commit of buffered writes failed earlier.
+    #[error("state store: an earlier commit of buffered writes failed: {0}")]
+    CommitFailed(String),
 }
 
 /// Reads can fail like writes: a client error is answered, a storage fault

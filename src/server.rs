@@ -24,7 +24,7 @@ use crate::cluster::ClusterInfo;
 use crate::config::Config;
 use crate::grpc::{self, Api};
 use crate::lease::keeper::{LeaseKeeper, SetProposer};
-use crate::mvcc::{SledBackend, Store};
+use crate::mvcc::{BufferedBackend, SledBackend, Store};
 use crate::raft::client::{Proposals, RaftClient};
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
@@ -70,8 +70,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&member_dir)
         .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
     let log = LogStore::open(&member_dir.join("wal")).context("opening the raft log")?;
+    let sled = SledBackend::open(&member_dir.join("state")).context("opening the state store")?;
     let backend =
-        Arc::new(SledBackend::open(&member_dir.join("state")).context("opening the state store")?);
+        Arc::new(BufferedBackend::new(Arc::new(sled)).context("opening the state store")?);
     let store = Arc::new(Store::open(backend).context("loading the state store")?);
 
     let cluster = Arc::new(ClusterInfo::from_initial_cluster(
@@ -129,10 +130,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 LeaseKeeper::new(initial, status, extend, retry)
             })
         };
+        // RaftNode and Storage share the core arbiter: committed entries
+        // reach Storage without a cross-thread wake-up. Neither blocks it
+        // (fsync and sled writes run on other threads).
+        let core_arbiter = Arbiter::new();
         let storage = {
             let (store, proposals) = (store.clone(), proposals.clone());
             let (quota, member, min_ttl) = (cfg.quota_backend_bytes, cluster.local_id, cfg.min_lease_ttl());
-            StorageActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            StorageActor::start_in_arbiter(&core_arbiter.handle(), move |_| {
                 StorageActor::new(store, proposals, applied_tx, quota, member, min_ttl, FLUSH_INTERVAL)
             })
         };
@@ -140,7 +145,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let raft = {
             let (recipient, status) = (storage.clone().recipient(), status.clone());
             let snapshot_count = cfg.snapshot_count;
-            RaftNode::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            RaftNode::start_in_arbiter(&core_arbiter.handle(), move |_| {
                 RaftNode::new(core, recipient, Box::new(NoPeers), status, heartbeat, snapshot_count)
             })
         };

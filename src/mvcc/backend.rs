@@ -334,14 +334,23 @@ pub(crate) mod conformance {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn backends() -> Vec<(&'static str, Box<dyn Backend>, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().expect("tempdir");
         let sled = SledBackend::open_with_cache(dir.path(), 8 << 20).expect("open sled");
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let sled2 = SledBackend::open_with_cache(dir2.path(), 8 << 20).expect("open sled");
+        let buffered = |inner: Arc<dyn Backend>| -> Box<dyn Backend> {
+            Box::new(crate::mvcc::BufferedBackend::new(inner).expect("buffered"))
+        };
         vec![
             ("mem", Box::new(MemBackend::new()), None),
             ("sled", Box::new(sled), Some(dir)),
+            ("buffered(mem)", buffered(Arc::new(MemBackend::new())), None),
+            ("buffered(sled)", buffered(Arc::new(sled2)), Some(dir2)),
         ]
     }
 

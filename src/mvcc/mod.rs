@@ -18,6 +18,7 @@
 //!
 //! * [`revision`]: the (main, sub) clock and its byte encoding.
 //! * [`backend`]: the narrow storage trait, sled and in-memory implementations.
+//! * [`buffered`]: the write buffer in front of sled (batched commits).
 //! * [`key_index`]: per-key generations; compaction of the index.
 //! * [`range`]: RangeRequest semantics over any read view.
 //! * [`store`]: [`Store`], open/restore, concurrent reads, HashKV, alarms.
@@ -26,6 +27,7 @@
 //! * [`writer`]: the batch overlay and per-request write transactions.
 
 pub mod backend;
+pub mod buffered;
 pub mod history;
 pub mod key_index;
 pub mod range;
@@ -34,6 +36,7 @@ pub mod store;
 pub mod writer;
 
 pub use backend::{Backend, MemBackend, SledBackend, WriteBatch};
+pub use buffered::BufferedBackend;
 pub use key_index::KeyRange;
 pub use range::{ReadError, ReadView};
 pub use revision::Revision;

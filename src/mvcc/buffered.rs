@@ -1,0 +1,557 @@
+//! A write buffer in front of a slower [`Backend`]: cairn's counterpart of
+//! etcd's batch transaction plus read buffer.
+//!
+//! Why: sled's `apply_batch` is expensive per call, not per key. Every call
+//! seals sled's current log buffer and hands it to sled's I/O thread pool,
+//! whose `notify_all` wakes every pool thread (profiled: with one put per
+//! applied batch, those threads took about a quarter of the server's CPU).
+//! Applying each raft batch straight into sled made that cost per request.
+//!
+//! How: [`Backend::write_batch`] lands in an in-memory overlay (`active`)
+//! under a lock, atomically, and returns. A committer thread moves the
+//! overlay into the inner backend as **one** `write_batch` when it holds
+//! [`COMMIT_OPS`] operations or is [`COMMIT_INTERVAL`] old, and
+//! [`Backend::flush`] commits whatever is left before flushing the inner
+//! backend. Reads look in `active`, then in `frozen` (the overlay being
+//! committed), then in the inner backend.
+//!
+//! ```text
+//!  write_batch ─► active ──(committer: ≥ COMMIT_OPS or COMMIT_INTERVAL)──► frozen ──► inner.write_batch
+//!  get / scan  ─► active ─► frozen ─► inner                                            flush ─► inner.flush
+//! ```
+//!
+//! Correctness:
+//! - **Atomic batches survive.** Each inner `write_batch` is the union of
+//!   whole overlay batches, so after a crash the inner backend holds some
+//!   prefix of whole batches; with the applied raft index written in every
+//!   batch, the store is still exactly at one applied index.
+//! - **Durability is unchanged.** Nothing here was durable before `flush`
+//!   either (sled makes writes durable only on `flush`); the raft log holds
+//!   every applied entry until a flush covers it.
+//! - **Readers never miss a write.** An entry leaves `frozen` only after the
+//!   inner backend has it, so a reader that finds a key in neither overlay
+//!   finds it (or its absence) in the inner backend.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::backend::{Backend, ScanIter, WriteBatch};
+use crate::error::StorageError;
+
+/// Overlay operations that make the committer move the overlay at once.
+pub const COMMIT_OPS: usize = 4096;
+/// Overlay bytes (keys plus values) that do the same.
+pub const COMMIT_BYTES: u64 = 8 << 20;
+/// The longest a write waits in the overlay before the committer moves it
+/// (etcd's batch interval is 100 ms; shorter here keeps the overlay small,
+/// and each commit short, since sled readers wait while a batch applies).
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Key → `Some(value)` (put) or `None` (delete), in key order.
+type Ops = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// One buffered operation, copied out for a scan.
+type Op = (Vec<u8>, Option<Vec<u8>>);
+
+/// The two overlays readers consult.
+#[derive(Default)]
+struct Overlay {
+    /// Writes not yet handed to the committer.
+    active: Ops,
+    /// Bytes (keys plus values) in `active`.
+    active_bytes: u64,
+    /// When `active` got its first write (for COMMIT_INTERVAL).
+    active_since: Option<Instant>,
+    /// The overlay being written to the inner backend (at most one: commits
+    /// are serialised by `Shared::commit`).
+    frozen: Option<Arc<Ops>>,
+    /// Bytes in `frozen`.
+    frozen_bytes: u64,
+}
+
+/// State shared with the committer thread.
+struct Shared {
+    inner: Arc<dyn Backend>,
+    overlay: RwLock<Overlay>,
+    /// Held for a whole commit (committer or flush), so commits apply to the
+    /// inner backend in overlay order.
+    commit: Mutex<()>,
+    /// The committer's wake-up: set when there is something to commit.
+    signal: Mutex<Signal>,
+    wake: Condvar,
+    /// The inner backend's size, refreshed after each commit (sled's own
+    /// `size_on_disk` lists the directory: too slow for every apply).
+    inner_size: AtomicU64,
+    /// The first commit error; every later write or flush returns it.
+    failed: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct Signal {
+    /// `active` is non-empty (the committer should commit within
+    /// COMMIT_INTERVAL).
+    pending: bool,
+    /// `active` is over a threshold (commit now).
+    urgent: bool,
+    /// The backend is being dropped.
+    stop: bool,
+}
+
+/// A [`Backend`] that buffers writes in memory and commits them to `inner`
+/// in large batches from a background thread.
+pub struct BufferedBackend {
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl BufferedBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> Result<BufferedBackend, StorageError> {
+        let size = inner.size_on_disk()?;
+        let shared = Arc::new(Shared {
+            inner,
+            overlay: RwLock::new(Overlay::default()),
+            commit: Mutex::new(()),
+            signal: Mutex::new(Signal::default()),
+            wake: Condvar::new(),
+            inner_size: AtomicU64::new(size),
+            failed: Mutex::new(None),
+        });
+        let s = shared.clone();
+        let committer = std::thread::Builder::new()
+            .name("state-committer".into())
+            .spawn(move || s.run_committer())?;
+        Ok(BufferedBackend {
+            shared,
+            committer: Some(committer),
+        })
+    }
+
+    /// Moves everything buffered so far into the inner backend (no flush).
+    pub fn commit(&self) -> Result<(), StorageError> {
+        self.shared.check()?;
+        self.shared.commit_once()
+    }
+
+    /// Operations waiting in the overlays (for tests and metrics).
+    pub fn buffered_ops(&self) -> usize {
+        let o = self.shared.overlay.read();
+        o.active.len() + o.frozen.as_ref().map_or(0, |f| f.len())
+    }
+}
+
+impl Shared {
+    fn check(&self) -> Result<(), StorageError> {
+        match &*self.failed.lock() {
+            Some(e) => Err(StorageError::CommitFailed(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn run_committer(&self) {
+        loop {
+            {
+                let mut sig = self.signal.lock();
+                while !sig.pending && !sig.stop {
+                    self.wake.wait(&mut sig);
+                }
+                if sig.stop {
+                    return;
+                }
+                if !sig.urgent {
+                    let since = self.overlay.read().active_since;
+                    if let Some(since) = since {
+                        let due = since + COMMIT_INTERVAL;
+                        while !sig.urgent && !sig.stop && Instant::now() < due {
+                            self.wake.wait_until(&mut sig, due);
+                        }
+                    }
+                }
+                sig.pending = false;
+                sig.urgent = false;
+            }
+            if let Err(e) = self.commit_once() {
+                tracing::error!(cause = %e, "committing buffered writes to the state store failed");
+                let mut failed = self.failed.lock();
+                if failed.is_none() {
+                    *failed = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Freezes `active` and writes it to the inner backend as one batch.
+    fn commit_once(&self) -> Result<(), StorageError> {
+        let _serial = self.commit.lock();
+        let frozen = {
+            let mut o = self.overlay.write();
+            if o.active.is_empty() {
+                return Ok(());
+            }
+            let ops = Arc::new(std::mem::take(&mut o.active));
+            o.frozen_bytes = std::mem::take(&mut o.active_bytes);
+            o.active_since = None;
+            o.frozen = Some(ops.clone());
+            ops
+        };
+        let mut batch = WriteBatch::new();
+        for (k, v) in frozen.iter() {
+            match v {
+                Some(v) => batch.put(k.as_slice(), v.as_slice()),
+                None => batch.delete(k.as_slice()),
+            }
+        }
+        let result = self.inner.write_batch(batch);
+        if result.is_ok() {
+            if let Ok(size) = self.inner.size_on_disk() {
+                self.inner_size.store(size, Ordering::Relaxed);
+            }
+        }
+        // Only now may readers stop finding these writes in the overlay.
+        let mut o = self.overlay.write();
+        o.frozen = None;
+        o.frozen_bytes = 0;
+        result
+    }
+
+    /// The newest buffered state of `key`: `Some(op)` if an overlay has it.
+    fn buffered(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let o = self.overlay.read();
+        if let Some(op) = o.active.get(key) {
+            return Some(op.clone());
+        }
+        o.frozen.as_ref().and_then(|f| f.get(key).cloned())
+    }
+
+    /// The overlays' operations in `[start, end)` (newest wins), copied out
+    /// so the scan holds no lock.
+    fn buffered_range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Vec<Op> {
+        let o = self.overlay.read();
+        let mut merged: Ops = BTreeMap::new();
+        let layers = o.frozen.iter().map(|f| f.as_ref()).chain([&o.active]);
+        for layer in layers {
+            for (k, v) in layer.range::<[u8], _>((start, end)) {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        merged.into_iter().collect()
+    }
+}
+
+impl Drop for BufferedBackend {
+    fn drop(&mut self) {
+        {
+            let mut sig = self.shared.signal.lock();
+            sig.stop = true;
+        }
+        self.shared.wake.notify_all();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+        // Best effort: whatever is still buffered is also in the raft log.
+        if let Err(e) = self.shared.commit_once() {
+            tracing::warn!(cause = %e, "committing buffered writes on close failed");
+        }
+    }
+}
+
+impl Backend for BufferedBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.shared.buffered(key) {
+            Some(op) => Ok(op),
+            None => self.shared.inner.get(key),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> ScanIter<'_> {
+        let buffered: Vec<_> = self
+            .shared
+            .buffered_range(Bound::Included(prefix), Bound::Unbounded)
+            .into_iter()
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .collect();
+        merge(buffered, self.shared.inner.scan_prefix(prefix))
+    }
+
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_> {
+        if start >= end {
+            return Box::new(std::iter::empty());
+        }
+        let buffered = self
+            .shared
+            .buffered_range(Bound::Included(start), Bound::Excluded(end));
+        merge(buffered, self.shared.inner.scan_range(start, end))
+    }
+
+    fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.shared.check()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (first, urgent) = {
+            let mut o = self.shared.overlay.write();
+            let first = o.active.is_empty();
+            for (k, v) in batch.into_ops() {
+                let bytes = |v: &Option<Vec<u8>>| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+                o.active_bytes += bytes(&v);
+                let replaced = o.active.get(&k).map(bytes);
+                if let Some(old) = replaced {
+                    o.active_bytes = o.active_bytes.saturating_sub(old);
+                }
+                o.active.insert(k, v);
+            }
+            if first {
+                o.active_since = Some(Instant::now());
+            }
+            let urgent = o.active.len() >= COMMIT_OPS || o.active_bytes >= COMMIT_BYTES;
+            (first, urgent)
+        };
+        if first || urgent {
+            let mut sig = self.shared.signal.lock();
+            sig.pending = true;
+            sig.urgent |= urgent;
+            drop(sig);
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.shared.check()?;
+        self.shared.commit_once()?;
+        self.shared.inner.flush()?;
+        if let Ok(size) = self.shared.inner.size_on_disk() {
+            self.shared.inner_size.store(size, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The inner backend's size at its last commit plus the bytes buffered
+    /// since: an estimate, as etcd's quota check on bbolt's size is.
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        let o = self.shared.overlay.read();
+        Ok(self.shared.inner_size.load(Ordering::Relaxed) + o.active_bytes + o.frozen_bytes)
+    }
+}
+
+/// Merges buffered operations (sorted, newest state per key) over an inner
+/// scan (sorted): buffered puts replace or add pairs, buffered deletes hide them.
+fn merge<'a>(buffered: Vec<Op>, inner: ScanIter<'a>) -> ScanIter<'a> {
+    if buffered.is_empty() {
+        return inner;
+    }
+    Box::new(Merge {
+        buffered: buffered.into_iter().peekable(),
+        inner: inner.peekable(),
+    })
+}
+
+struct Merge<'a> {
+    buffered: std::iter::Peekable<std::vec::IntoIter<Op>>,
+    inner: std::iter::Peekable<ScanIter<'a>>,
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>), StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let take_buffered = match (self.buffered.peek(), self.inner.peek()) {
+                (None, None) => return None,
+                (None, Some(_)) => return self.inner.next(),
+                (Some(_), None) => true,
+                // An inner error surfaces where it happened.
+                (Some(_), Some(Err(_))) => return self.inner.next(),
+                (Some((bk, _)), Some(Ok((ik, _)))) => {
+                    if bk.as_slice() == ik.as_slice() {
+                        // The buffered state is newer: drop the inner pair.
+                        self.inner.next();
+                        true
+                    } else {
+                        bk.as_slice() < ik.as_slice()
+                    }
+                }
+            };
+            if !take_buffered {
+                return self.inner.next();
+            }
+            match self.buffered.next() {
+                Some((k, Some(v))) => return Some(Ok((k, v))),
+                Some((_, None)) => continue, // a buffered delete
+                None => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::MemBackend;
+
+    fn batch(ops: &[(&str, Option<&str>)]) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        for (k, v) in ops {
+            match v {
+                Some(v) => b.put(k.as_bytes(), v.as_bytes()),
+                None => b.delete(k.as_bytes()),
+            }
+        }
+        b
+    }
+
+    fn keys(it: ScanIter<'_>) -> Vec<(String, String)> {
+        it.map(|r| {
+            let (k, v) = r.expect("scan");
+            (
+                String::from_utf8(k).expect("utf8"),
+                String::from_utf8(v).expect("utf8"),
+            )
+        })
+        .collect()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// An inner backend with committed data, and a buffered one over it
+    /// holding newer writes that are not committed yet.
+    fn layered() -> (Arc<MemBackend>, BufferedBackend) {
+        let inner = Arc::new(MemBackend::new());
+        inner
+            .write_batch(batch(&[
+                ("a", Some("0")),
+                ("b", Some("0")),
+                ("c", Some("0")),
+                ("e", Some("0")),
+            ]))
+            .expect("seed");
+        let b = BufferedBackend::new(inner.clone()).expect("buffered");
+        b.write_batch(batch(&[
+            ("b", Some("1")),
+            ("c", None),
+            ("d", Some("1")),
+            ("f", Some("1")),
+        ]))
+        .expect("write");
+        (inner, b)
+    }
+
+    #[test]
+    fn reads_merge_buffered_writes_over_the_inner_backend() {
+        let (inner, b) = layered();
+        // Right after the write, before any commit could have happened...
+        assert_eq!(b.get(b"a").expect("get"), Some(b"0".to_vec()));
+        assert_eq!(b.get(b"b").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(
+            b.get(b"c").expect("get"),
+            None,
+            "a buffered delete hides the inner value"
+        );
+        assert_eq!(b.get(b"d").expect("get"), Some(b"1".to_vec()));
+        let want = pairs(&[("a", "0"), ("b", "1"), ("d", "1"), ("e", "0"), ("f", "1")]);
+        assert_eq!(keys(b.scan_prefix(b"")), want);
+        assert_eq!(keys(b.scan_range(b"b", b"f")), want[1..4].to_vec());
+        // ... and the same after the commit, now served by the inner backend.
+        b.commit().expect("commit");
+        assert_eq!(b.buffered_ops(), 0);
+        assert_eq!(inner.get(b"c").expect("get"), None);
+        assert_eq!(keys(inner.scan_prefix(b"")), want);
+        assert_eq!(keys(b.scan_prefix(b"")), want);
+    }
+
+    #[test]
+    fn the_committer_moves_writes_within_the_interval() {
+        let (inner, b) = layered();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while inner.get(b"d").expect("get").is_none() {
+            assert!(Instant::now() < deadline, "not committed within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(b.buffered_ops(), 0);
+    }
+
+    #[test]
+    fn a_full_overlay_is_committed_without_waiting_for_the_interval() {
+        let inner = Arc::new(MemBackend::new());
+        let b = BufferedBackend::new(inner.clone()).expect("buffered");
+        let mut wb = WriteBatch::new();
+        for i in 0..COMMIT_OPS {
+            wb.put(format!("k{i:06}").into_bytes(), b"v".to_vec());
+        }
+        b.write_batch(wb).expect("write");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.buffered_ops() > 0 {
+            assert!(Instant::now() < deadline, "not committed within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(inner.scan_prefix(b"k").count(), COMMIT_OPS);
+    }
+
+    #[test]
+    fn flush_commits_first_and_size_counts_buffered_bytes() {
+        let inner = Arc::new(MemBackend::new());
+        let b = BufferedBackend::new(inner.clone()).expect("buffered");
+        b.write_batch(batch(&[("ab", Some("cde"))])).expect("write");
+        assert_eq!(b.size_on_disk().expect("size"), 5);
+        b.write_batch(batch(&[("ab", Some("c"))])).expect("write");
+        assert_eq!(
+            b.size_on_disk().expect("size"),
+            3,
+            "a replaced value is not counted twice"
+        );
+        b.flush().expect("flush");
+        assert_eq!(inner.get(b"ab").expect("get"), Some(b"c".to_vec()));
+        assert_eq!(b.size_on_disk().expect("size"), 3);
+    }
+
+    /// Fails every write, to check that a background failure is not lost.
+    struct Broken;
+
+    impl Backend for Broken {
+        fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(None)
+        }
+        fn scan_prefix(&self, _: &[u8]) -> ScanIter<'_> {
+            Box::new(std::iter::empty())
+        }
+        fn scan_range(&self, _: &[u8], _: &[u8]) -> ScanIter<'_> {
+            Box::new(std::iter::empty())
+        }
+        fn write_batch(&self, _: WriteBatch) -> Result<(), StorageError> {
+            Err(StorageError::corrupt(
+                "test backend",
+                "refuses writes".to_string(),
+            ))
+        }
+        fn flush(&self) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn size_on_disk(&self) -> Result<u64, StorageError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_failed_background_commit_fails_later_writes_and_flushes() {
+        let b = BufferedBackend::new(Arc::new(Broken)).expect("buffered");
+        b.write_batch(batch(&[("k", Some("v"))]))
+            .expect("buffered write");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.write_batch(batch(&[("k", Some("v"))])).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "commit failure not reported within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(b.flush(), Err(StorageError::CommitFailed(_))));
+    }
+}
