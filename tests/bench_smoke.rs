@@ -1,8 +1,9 @@
 //! Smoke tests of `cairn-bench`: every scenario runs a few hundred
 //! operations against a real test server and must finish with exactly the
-//! operations asked for, zero errors, and (watch) no missing or out-of-order
-//! event. Timing is never asserted: these prove the instruments work, the
-//! figures come from `cairn-bench compare` (docs/performance.md).
+//! operations asked for, zero errors, and (watch, with one writer and with
+//! concurrent writers) no missing or out-of-order event. Timing is never
+//! asserted: these prove the instruments work, the figures come from
+//! `cairn-bench compare` (docs/performance.md).
 //!
 //! The Watch and Lease scenarios run against real etcd (`*_against_etcd`)
 //! as well as cairn, so the checker itself is proven on a reference server.
@@ -148,16 +149,41 @@ fn assert_watch_clean(r: &Report) {
     assert_eq!(r.extra["violations"], 0.0);
 }
 
+/// `watch-sat`'s shape, small: concurrent writers as fast as they go, whose
+/// revisions interleave; every watcher must still get all of them, in order.
+fn watch_writers_opts() -> WatchOpts {
+    WatchOpts {
+        watchers: 20,
+        streams: 4,
+        puts: 300,
+        rate: 0,
+        writers: 8,
+        ..Default::default()
+    }
+}
+
+fn assert_watch_writers_clean(r: &Report) {
+    assert_clean(r, 20 * 300);
+    assert_eq!(r.outcomes["puts"], 300);
+    assert_eq!(r.extra["writers"], 8.0);
+    assert_eq!(r.extra["violations"], 0.0);
+    assert!(r.extra["puts_per_s"] > 0.0, "{r:?}");
+}
+
 #[test]
 fn watch_against_etcd() {
     let s = Server::start(Kind::Etcd);
     assert_watch_clean(&bench(&s, Scenario::Watch(watch_opts()), 1, 0).expect("watch"));
+    let r = bench(&s, Scenario::Watch(watch_writers_opts()), 1, 0).expect("watch");
+    assert_watch_writers_clean(&r);
 }
 
 #[test]
 fn watch_against_cairn() {
     let s = Server::start(Kind::Cairn);
     assert_watch_clean(&bench(&s, Scenario::Watch(watch_opts()), 1, 0).expect("watch"));
+    let r = bench(&s, Scenario::Watch(watch_writers_opts()), 1, 0).expect("watch");
+    assert_watch_writers_clean(&r);
 }
 
 fn lease_opts() -> LeaseOpts {

@@ -102,9 +102,10 @@ pub enum Command {
         #[command(flatten)]
         opts: MixedOpts,
     },
-    /// Watchers on a prefix and a writer: delivery latency, deliveries/s,
-    /// and a check that no event is missing or out of order (--clients and
-    /// --total do not apply: see --watchers, --streams, --puts).
+    /// Watchers on a prefix and one or more writers: delivery latency,
+    /// deliveries/s, puts/s, and a check that no event is missing or out of
+    /// order (--clients and --total do not apply: see --watchers, --streams,
+    /// --writers, --puts).
     Watch {
         #[command(flatten)]
         common: Common,

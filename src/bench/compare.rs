@@ -33,7 +33,7 @@ use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::RangeRequest;
 
 /// The scenarios run when `--scenarios` is not given.
-pub const DEFAULT_SCENARIOS: &str = "put,range-l,range-s,txn-cas,mixed,watch,lease";
+pub const DEFAULT_SCENARIOS: &str = "put,range-l,range-s,txn-cas,mixed,watch,watch-sat,lease";
 /// Every scenario name `--scenarios` accepts (`all` means all of them).
 pub const ALL_SCENARIOS: &[&str] = &[
     "put",
@@ -43,6 +43,7 @@ pub const ALL_SCENARIOS: &[&str] = &[
     "txn-cas",
     "mixed",
     "watch",
+    "watch-sat",
     "lease",
     "put-clients",
     "load-100k",
@@ -56,8 +57,8 @@ pub struct CompareOpts {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Comma-separated scenarios, or `all` (put, range-l, range-s,
-    /// range-page, txn-cas, mixed, watch, lease, put-clients, load-100k,
-    /// restart-1m).
+    /// range-page, txn-cas, mixed, watch, watch-sat, lease, put-clients,
+    /// load-100k, restart-1m).
     #[arg(long, default_value = DEFAULT_SCENARIOS)]
     pub scenarios: String,
     /// Cluster size. Only 1 works: clustering is not there yet.
@@ -247,6 +248,18 @@ fn plan(name: &str, o: &CompareOpts, url: &str) -> Option<(Load, Scenario)> {
             streams: 10,
             puts: (o.ops / 10).clamp(50, 2000),
             rate: 200,
+            ..Default::default()
+        }),
+        // The same watchers fed as fast as 16 writers can put: deliveries/s
+        // is then what the server can fan out, not the offered rate. The
+        // watchers may trail the writers by many seconds, hence the drain.
+        "watch-sat" => Scenario::Watch(WatchOpts {
+            watchers: 500,
+            streams: 10,
+            puts: (o.ops / 2).clamp(200, 5000),
+            rate: 0,
+            writers: 16,
+            drain_secs: 60,
             ..Default::default()
         }),
         "lease" => Scenario::Lease(LeaseOpts::default()),
@@ -537,11 +550,11 @@ pub fn summary_table(s: &Summary) -> String {
         ));
     }
     out.push_str(
-        "(op/s: throughput; p99 in ms; RSS: peak MiB; errors: etcd/cairn over all rounds)\n",
+        "(op/s: throughput, deliveries/s for watch; p99 in ms; RSS: peak MiB; errors: etcd/cairn over all rounds)\n",
     );
     for sc in &s.scenarios {
         for (k, v) in &sc.extra_ratios {
-            if k.ends_with("_ms") || k == "keys_loaded" {
+            if k.ends_with("_ms") || k == "keys_loaded" || k == "puts_per_s" {
                 out.push_str(&format!(
                     "  {}: {k} etcd {} cairn {} ratio {v:.2}\n",
                     sc.scenario,
@@ -676,6 +689,28 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(vec![]), None);
         assert_eq!(median(vec![f64::NAN]), None);
+    }
+
+    #[test]
+    fn watch_sat_saturates_with_concurrent_writers_and_is_run_by_default() {
+        use super::super::cli::{Cli, Command};
+        use clap::Parser;
+        let Command::Compare(o) =
+            Cli::parse_from(["cairn-bench", "compare", "--ops", "3000"]).command
+        else {
+            panic!("compare parses as compare");
+        };
+        let Some((_, Scenario::Watch(w))) = plan("watch-sat", &o, "127.0.0.1:1") else {
+            panic!("watch-sat is a watch scenario");
+        };
+        assert_eq!((w.watchers, w.streams, w.rate, w.writers), (500, 10, 0, 16));
+        assert_eq!(w.puts, 1500);
+        let Some((_, Scenario::Watch(w))) = plan("watch", &o, "127.0.0.1:1") else {
+            panic!("watch is a watch scenario");
+        };
+        assert_eq!((w.rate, w.writers), (200, 1), "watch keeps its fixed rate");
+        let default = expand_scenarios(DEFAULT_SCENARIOS, &[1]).expect("ok");
+        assert!(default.contains(&"watch-sat".to_string()));
     }
 
     #[test]

@@ -1,25 +1,36 @@
 //! The `watch` scenario: W watchers on one prefix, spread over C gRPC watch
-//! streams, and one writer putting under the prefix at R puts/s.
+//! streams, and N writers (`--writers`, default 1) putting under the prefix
+//! at R puts/s in all (`--rate 0`: as fast as they go).
 //!
-//! Measured: delivery latency (from the moment the writer sent the Put to the
-//! moment a watcher got the event; the send time travels in the value) and
-//! deliveries per second. Checked: every watcher receives exactly the
-//! revisions the writer's Puts created, in increasing order, none twice —
-//! anything else is counted as an error and described in the report.
+//! The writers share the `--puts` budget and the pace: each takes the next
+//! put number from a shared counter and, with a rate, the next tick of one
+//! shared interval. Each put's revision is taken from its response; the
+//! expected history is all of them, sorted ([`expected_revisions`]).
+//!
+//! Measured: delivery latency (from the moment a writer sent the Put to the
+//! moment a watcher got the event; the send time travels in the value),
+//! deliveries per second (from the first Put to the last delivery) and puts
+//! per second (from the first Put to the last answer). Checked: every watcher
+//! receives exactly the revisions the Puts created, in increasing order, none
+//! twice — anything else is counted as an error and described in the report.
 //!
 //! ```text
-//!  writer ──Put (value = send time)──► server ──events──► stream 1: watchers 0, C, 2C, …
-//!                                                    └──► stream 2: watchers 1, C+1, …
+//!  writer 1 ─┐
+//!  writer N ─┴─Put (value = send time)──► server ──events──► stream 1: watchers 0, C, 2C, …
+//!                                                       └──► stream 2: watchers 1, C+1, …
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::Code;
 
 use super::conn::Pool;
@@ -44,13 +55,17 @@ pub struct WatchOpts {
     /// Number of watch streams the watchers share (round-robin).
     #[arg(long, default_value_t = 10)]
     pub streams: usize,
-    /// Puts the writer makes.
+    /// Puts the writers make in all.
     #[arg(long, default_value_t = 1000)]
     pub puts: u64,
-    /// Puts per second; 0 = as fast as one writer can.
+    /// Puts per second, all writers together; 0 = as fast as they can.
     #[arg(long, default_value_t = 100)]
     pub rate: u64,
-    /// Distinct keys the writer cycles through.
+    /// Concurrent writers, each with one Put in flight, sharing --puts and
+    /// --rate (writer i uses connection i % conns).
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Distinct keys the writers cycle through.
     #[arg(long, default_value_t = 100)]
     pub key_space: u64,
     /// Value size (at least 8: the send time).
@@ -69,6 +84,7 @@ impl Default for WatchOpts {
             streams: 10,
             puts: 1000,
             rate: 100,
+            writers: 1,
             key_space: 100,
             val_size: 64,
             drain_secs: 10,
@@ -76,9 +92,9 @@ impl Default for WatchOpts {
     }
 }
 
-/// What the writer did, published once it is done.
+/// What the writers did, published once they are all done.
 struct Written {
-    /// Revisions of the successful Puts, in order.
+    /// Revisions of the successful Puts, in increasing order.
     revs: Vec<i64>,
     /// Stream tasks stop waiting for missing events then.
     drain_deadline: Instant,
@@ -92,8 +108,32 @@ struct RunClock {
     base: Instant,
     /// The run's `--max-duration` ends here.
     hard_deadline: Instant,
-    /// Set by the writer when it is done.
+    /// Set once the writers are done.
     written: OnceLock<Written>,
+}
+
+/// What the writers share.
+struct WritePlan {
+    prefix: Vec<u8>,
+    /// The value after the 8-byte send time.
+    padding: Vec<u8>,
+    /// Puts to make in all.
+    puts: u64,
+    key_space: u64,
+    /// The next put number to hand out.
+    issued: AtomicU64,
+    /// One interval paces every writer's puts (None: `--rate 0`).
+    pacer: Option<tokio::sync::Mutex<tokio::time::Interval>>,
+    progress: ProgressBar,
+}
+
+/// What one writer task hands back.
+#[derive(Default)]
+struct WriterResult {
+    /// Revisions of its successful Puts, in the order it made them.
+    revs: Vec<i64>,
+    errors: u64,
+    error_samples: BTreeMap<String, u64>,
 }
 
 /// One watcher's history.
@@ -115,7 +155,23 @@ struct StreamResult {
     error_samples: BTreeMap<String, u64>,
 }
 
-/// Checks one watcher's revisions against the writer's: returns a
+/// The history every watcher must see, from each writer's revisions: all of
+/// them in increasing order. Also returns the revisions more than one Put
+/// claimed (each Put creates its own revision, so any is a server error).
+pub fn expected_revisions(per_writer: Vec<Vec<i64>>) -> (Vec<i64>, Vec<i64>) {
+    let mut revs: Vec<i64> = per_writer.into_iter().flatten().collect();
+    revs.sort_unstable();
+    let mut claimed_twice: Vec<i64> = revs
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    claimed_twice.dedup();
+    revs.dedup();
+    (revs, claimed_twice)
+}
+
+/// Checks one watcher's revisions against the writers': returns a
 /// description of each kind of violation found (empty = correct).
 pub fn check_watcher(expected: &[i64], got: &[i64]) -> Vec<String> {
     let mut v = Vec::new();
@@ -319,10 +375,67 @@ async fn receive(
     r
 }
 
+/// One writer: takes put numbers until the budget is spent or the run's
+/// time is up, and puts key `number % key_space` with the send time in the
+/// value, one Put in flight at a time.
+async fn write(
+    mut kv: KvClient<Channel>,
+    plan: Arc<WritePlan>,
+    run: Arc<RunClock>,
+) -> WriterResult {
+    let mut r = WriterResult::default();
+    loop {
+        let i = plan.issued.fetch_add(1, Ordering::Relaxed);
+        if i >= plan.puts {
+            break;
+        }
+        if Instant::now() >= run.hard_deadline {
+            add_error_sample(
+                &mut r.error_samples,
+                &mut r.errors,
+                "writer hit --max-duration".into(),
+            );
+            break;
+        }
+        if let Some(pacer) = &plan.pacer {
+            pacer.lock().await.tick().await;
+        }
+        let mut value = (run.base.elapsed().as_nanos() as u64)
+            .to_be_bytes()
+            .to_vec();
+        value.extend_from_slice(&plan.padding);
+        let key = [
+            plan.prefix.as_slice(),
+            format!("{:08}", i % plan.key_space.max(1)).as_bytes(),
+        ]
+        .concat();
+        match kv
+            .put(PutRequest {
+                key,
+                value,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(resp) => r
+                .revs
+                .push(resp.into_inner().header.map_or(0, |h| h.revision)),
+            Err(e) => add_error_sample(
+                &mut r.error_samples,
+                &mut r.errors,
+                format!("writer: {:?}: {}", e.code(), e.message()),
+            ),
+        }
+        plan.progress.inc(1);
+    }
+    r
+}
+
 pub async fn run_watch(load: &Load, o: &WatchOpts) -> Result<Report, BenchError> {
-    if o.watchers == 0 || o.streams == 0 || o.val_size < 8 {
+    if o.watchers == 0 || o.streams == 0 || o.writers == 0 || o.val_size < 8 {
         return Err(BenchError::Usage(
-            "watch needs --watchers >= 1, --streams >= 1 and --val-size >= 8".into(),
+            "watch needs --watchers >= 1, --streams >= 1, --writers >= 1 and --val-size >= 8"
+                .into(),
         ));
     }
     let pool = Pool::connect(&load.endpoints, load.conns).await?;
@@ -352,44 +465,48 @@ pub async fn run_watch(load: &Load, o: &WatchOpts) -> Result<Report, BenchError>
         conns: pool.len(),
         ..Default::default()
     };
-    let mut kv = KvClient::new(pool.channel(0));
     let mut rng = Rng::new(7);
-    let padding = rng.bytes(o.val_size - 8);
-    let pb = progress_bar(load.progress, o.puts, "watch");
-    let mut ticker =
-        (o.rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate as f64)));
+    let plan = Arc::new(WritePlan {
+        prefix,
+        padding: rng.bytes(o.val_size - 8),
+        puts: o.puts,
+        key_space: o.key_space,
+        issued: AtomicU64::new(0),
+        pacer: (o.rate > 0).then(|| {
+            tokio::sync::Mutex::new(tokio::time::interval(Duration::from_secs_f64(
+                1.0 / o.rate as f64,
+            )))
+        }),
+        progress: progress_bar(load.progress, o.puts, "watch"),
+    });
     let write_start = base.elapsed();
-    let mut revs = Vec::with_capacity(o.puts as usize);
-    for i in 0..o.puts {
-        if Instant::now() >= hard_deadline {
-            report.add_error("writer hit --max-duration");
-            break;
+    let writers: Vec<_> = (0..o.writers)
+        .map(|w| {
+            let kv = KvClient::new(pool.channel(w));
+            tokio::spawn(write(kv, plan.clone(), run.clone()))
+        })
+        .collect();
+    let mut per_writer = Vec::with_capacity(writers.len());
+    for w in writers {
+        match w.await {
+            Ok(r) => {
+                report.merge_errors(r.errors, r.error_samples);
+                per_writer.push(r.revs);
+            }
+            Err(e) => report.add_error(format!("writer task failed: {e}")),
         }
-        if let Some(t) = ticker.as_mut() {
-            t.tick().await;
-        }
-        let mut value = (base.elapsed().as_nanos() as u64).to_be_bytes().to_vec();
-        value.extend_from_slice(&padding);
-        let key = [
-            prefix.as_slice(),
-            format!("{:08}", i % o.key_space.max(1)).as_bytes(),
-        ]
-        .concat();
-        match kv
-            .put(PutRequest {
-                key,
-                value,
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(resp) => revs.push(resp.into_inner().header.map_or(0, |h| h.revision)),
-            Err(e) => report.add_error(format!("writer: {:?}: {}", e.code(), e.message())),
-        }
-        pb.inc(1);
     }
-    pb.finish_and_clear();
-    *report.outcomes.entry("puts".into()).or_default() = revs.len() as u64;
+    let write_time = base.elapsed().saturating_sub(write_start);
+    plan.progress.finish_and_clear();
+    let puts: usize = per_writer.iter().map(Vec::len).sum();
+    let (revs, claimed_twice) = expected_revisions(per_writer);
+    if let Some(first) = claimed_twice.first() {
+        report.add_error(format!(
+            "{} revisions claimed by more than one Put (first: rev {first})",
+            claimed_twice.len()
+        ));
+    }
+    *report.outcomes.entry("puts".into()).or_default() = puts as u64;
     let _ = run.written.set(Written {
         revs,
         drain_deadline: Instant::now() + Duration::from_secs(o.drain_secs),
@@ -420,14 +537,36 @@ pub async fn run_watch(load: &Load, o: &WatchOpts) -> Result<Report, BenchError>
     }
     *report.outcomes.entry("deliveries".into()).or_default() = report.ops;
     report.extra.insert("watchers".into(), o.watchers as f64);
+    report.extra.insert("writers".into(), o.writers as f64);
     report.extra.insert("violations".into(), violations as f64);
+    if !write_time.is_zero() {
+        report
+            .extra
+            .insert("puts_per_s".into(), puts as f64 / write_time.as_secs_f64());
+    }
     finish(&mut report, &lat, last.saturating_sub(write_start));
     Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check_watcher;
+    use super::{check_watcher, expected_revisions};
+
+    #[test]
+    fn writers_revisions_merge_into_one_increasing_history() {
+        // Concurrent writers: each one's revisions increase, but they interleave.
+        let (revs, twice) = expected_revisions(vec![vec![3, 6, 7], vec![4, 5, 9], vec![], vec![8]]);
+        assert_eq!(revs, [3, 4, 5, 6, 7, 8, 9]);
+        assert!(twice.is_empty());
+        assert!(check_watcher(&revs, &[3, 4, 5, 6, 7, 8, 9]).is_empty());
+    }
+
+    #[test]
+    fn a_revision_two_puts_claim_is_reported_once_and_expected_once() {
+        let (revs, twice) = expected_revisions(vec![vec![3, 5, 5], vec![4, 5], vec![4]]);
+        assert_eq!(revs, [3, 4, 5]);
+        assert_eq!(twice, [4, 5]);
+    }
 
     #[test]
     fn exact_history_is_clean() {
