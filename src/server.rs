@@ -144,9 +144,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         storage.do_send(SetLeaseListener(leases.clone().recipient()));
         let raft = {
             let (recipient, status) = (storage.clone().recipient(), status.clone());
+            let proposals = proposals.clone();
             let snapshot_count = cfg.snapshot_count;
             RaftNode::start_in_arbiter(&core_arbiter.handle(), move |_| {
-                RaftNode::new(core, recipient, Box::new(NoPeers), status, heartbeat, snapshot_count)
+                RaftNode::new(core, recipient, proposals, Box::new(NoPeers), status, heartbeat, snapshot_count)
             })
         };
         storage.do_send(SetFlushListener(raft.clone().recipient()));

@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use cairn::config::{Config, ConfigError};
 
+/// mimalloc instead of glibc's malloc: the request path allocates per
+/// message (protobuf, HTTP/2 frames, MVCC records), and glibc's malloc/free
+/// showed up at 15-30 % of each thread's profile (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let (cfg, warnings) = match Config::load_with_warnings(std::env::args_os(), std::env::vars()) {
         Ok(loaded) => loaded,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix::prelude::SendError;
 use actix::Addr;
 use dashmap::DashMap;
 use prost::Message as _;
@@ -116,16 +117,16 @@ impl RaftClient {
             self.proposals.cancel(id);
             return Err(EtcdError::RequestTooLarge);
         }
-        match self.raft.send(Propose { data }).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.proposals.cancel(id);
-                return Err(e);
-            }
-            Err(_) => {
-                self.proposals.cancel(id);
-                return Err(EtcdError::Stopped);
-            }
+        // No reply to wait for: a refusal comes through the waiter. A full
+        // mailbox makes the proposer wait for room (backpressure).
+        let sent = match self.raft.try_send(Propose { id, data }) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(msg)) => self.raft.send(msg).await.map_err(|_| ()),
+            Err(SendError::Closed(_)) => Err(()),
+        };
+        if sent.is_err() {
+            self.proposals.cancel(id);
+            return Err(EtcdError::Stopped);
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(result)) => result,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::client::Proposals;
 use super::core::{Core, Progress, ReadyWork};
 use super::log_store::LogStore;
 use super::transport::Transport;
@@ -64,12 +65,15 @@ impl RaftStatus {
     }
 }
 
-/// Appends an encoded `cairnpb::InternalRequest` to the log. Answers as soon
-/// as raft accepted it; the applied result comes through the proposal's
-/// waiter (see `proposal`).
+/// Appends an encoded `cairnpb::InternalRequest` to the log. No reply: the
+/// proposer hears back only through its waiter in [`Proposals`], with the
+/// applied result, or with the error if raft refused the proposal (one
+/// wake-up of the proposer per write instead of two).
 #[derive(Message)]
-#[rtype(result = "Result<(), EtcdError>")]
+#[rtype(result = "()")]
 pub struct Propose {
+    /// The proposal id (the waiter's key), also inside `data`.
+    pub id: u64,
     pub data: Vec<u8>,
 }
 
@@ -106,6 +110,8 @@ pub struct RaftNode {
     log: LogStore,
     /// Where committed entries go, in order.
     storage: Recipient<ApplyCommitted>,
+    /// Proposers' waiters, told when raft refuses their proposal.
+    proposals: Arc<Proposals>,
     /// Outgoing raft messages.
     transport: Box<dyn Transport>,
     /// Published progress.
@@ -133,6 +139,7 @@ impl RaftNode {
     pub fn new(
         core: Core,
         storage: Recipient<ApplyCommitted>,
+        proposals: Arc<Proposals>,
         transport: Box<dyn Transport>,
         status: Arc<RaftStatus>,
         tick_interval: Duration,
@@ -143,6 +150,7 @@ impl RaftNode {
             core,
             log,
             storage,
+            proposals,
             transport,
             status,
             persisting: false,
@@ -266,14 +274,17 @@ impl Handler<Drive> for RaftNode {
 }
 
 impl Handler<Propose> for RaftNode {
-    type Result = Result<(), EtcdError>;
-    fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) -> Self::Result {
-        if self.stopping {
-            return Err(EtcdError::Stopped);
+    type Result = ();
+    fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) {
+        let refused = if self.stopping {
+            Err(EtcdError::Stopped)
+        } else {
+            self.core.propose(msg.data)
+        };
+        match refused {
+            Ok(()) => self.queue_drive(ctx),
+            Err(e) => self.proposals.complete(msg.id, Err(e)),
         }
-        self.core.propose(msg.data)?;
-        self.queue_drive(ctx);
-        Ok(())
     }
 }
 
