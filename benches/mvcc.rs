@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the MVCC apply and read paths (docs/performance.md):
-//! `apply::apply_batch` of a batch of puts on the in-memory backend and on
-//! sled in a temp dir, and a Range over 10k keys (whole prefix and a page).
+//! `apply::apply_batch` of a batch of 1 or 100 puts on the in-memory backend,
+//! on sled in a temp dir, and on sled behind the write buffer (the server's
+//! setup; its committer thread's sled work runs outside the timed call), and
+//! a Range over 10k keys (whole prefix and a page).
 //!
 //! `cargo bench --bench mvcc`; `cargo bench -- --test` runs each once.
 
@@ -8,7 +10,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use cairn::apply::apply_batch;
-use cairn::mvcc::{Backend, MemBackend, SledBackend, Store};
+use cairn::mvcc::{Backend, BufferedBackend, MemBackend, SledBackend, Store};
 use cairn::proto::cairnpb::internal_request::Request;
 use cairn::proto::etcdserverpb::{PutRequest, RangeRequest};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -61,17 +63,25 @@ impl Applier {
 
 fn apply(c: &mut Criterion) {
     let mut g = c.benchmark_group("apply_batch");
-    g.throughput(Throughput::Elements(BATCH));
-    let mut mem = Applier::new(Arc::new(MemBackend::new()));
-    g.bench_function(BenchmarkId::new("mem", BATCH), |b| {
-        b.iter(|| mem.batch(BATCH))
-    });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sled = SledBackend::open(dir.path()).expect("open sled");
-    let mut on_sled = Applier::new(Arc::new(sled));
-    g.bench_function(BenchmarkId::new("sled", BATCH), |b| {
-        b.iter(|| on_sled.batch(BATCH))
-    });
+    let dirs = [
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    ];
+    let sled = SledBackend::open(dirs[0].path()).expect("open sled");
+    let under_buffer = SledBackend::open(dirs[1].path()).expect("open sled");
+    let buffered = BufferedBackend::new(Arc::new(under_buffer)).expect("buffered");
+    let mut appliers = [
+        ("mem", Applier::new(Arc::new(MemBackend::new()))),
+        ("sled", Applier::new(Arc::new(sled))),
+        ("buffered_sled", Applier::new(Arc::new(buffered))),
+    ];
+    // 1 put per batch is a single client's shape, 100 a loaded server's.
+    for n in [1, BATCH] {
+        g.throughput(Throughput::Elements(n));
+        for (name, a) in appliers.iter_mut() {
+            g.bench_function(BenchmarkId::new(*name, n), |b| b.iter(|| a.batch(n)));
+        }
+    }
     g.finish();
 }
 
