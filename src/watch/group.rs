@@ -13,9 +13,11 @@
 //! interval tree for that; distinct ranges are few in practice (clients
 //! watch a handful of prefixes), so a flat list of them is simpler and fast.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::mvcc::KeyRange;
+
+use super::IdSet;
 
 /// A watcher's handle inside the broadcaster: unique for the broadcaster's
 /// lifetime (client watch ids are only unique per stream).
@@ -25,9 +27,9 @@ pub type WatcherKey = u64;
 #[derive(Debug, Default)]
 pub struct WatcherGroup {
     /// Single-key watchers, by key.
-    keys: HashMap<Vec<u8>, HashSet<WatcherKey>>,
+    keys: HashMap<Vec<u8>, IdSet<WatcherKey>>,
     /// Range watchers, by their exact range.
-    ranges: HashMap<KeyRange, HashSet<WatcherKey>>,
+    ranges: HashMap<KeyRange, IdSet<WatcherKey>>,
     /// Number of watchers in the group.
     len: usize,
 }
@@ -83,7 +85,7 @@ impl WatcherGroup {
 }
 
 fn remove_from<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, HashSet<WatcherKey>>,
+    map: &mut HashMap<K, IdSet<WatcherKey>>,
     k: &K,
     w: WatcherKey,
 ) -> bool {

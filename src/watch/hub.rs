@@ -35,7 +35,7 @@ use crate::proto::etcdserverpb::WatchCreateRequest;
 use crate::proto::mvccpb::{event::EventType, Event};
 
 use super::group::{WatcherGroup, WatcherKey};
-use super::{event_rev, CtrlPermit, EventsResponse, Outbound, StreamId, CTRL_BUFFER};
+use super::{event_rev, CtrlPermit, EventsResponse, IdMap, Outbound, StreamId, CTRL_BUFFER};
 
 /// Most revisions one catch-up pass reads (etcd's `watchBatchMaxRevs`).
 pub const MAX_REVS_PER_SYNC: i64 = 1000;
@@ -155,8 +155,8 @@ pub struct Hub {
     store: Arc<Store>,
     /// The last revision whose events were dispatched to synced watchers.
     rev: i64,
-    streams: HashMap<StreamId, Stream>,
-    watchers: HashMap<WatcherKey, Watcher>,
+    streams: IdMap<StreamId, Stream>,
+    watchers: IdMap<WatcherKey, Watcher>,
     /// Watchers that get live events.
     synced: WatcherGroup,
     /// Watchers catching up from history.
@@ -173,8 +173,8 @@ impl Hub {
         Hub {
             store,
             rev,
-            streams: HashMap::new(),
-            watchers: HashMap::new(),
+            streams: IdMap::default(),
+            watchers: IdMap::default(),
             synced: WatcherGroup::new(),
             unsynced: WatcherGroup::new(),
             next_stream: 1,
@@ -438,7 +438,7 @@ impl Hub {
             return self.has_unsynced();
         }
 
-        let mut mine: HashMap<WatcherKey, Vec<u32>> = HashMap::new();
+        let mut mine: IdMap<WatcherKey, Vec<u32>> = IdMap::default();
         for (i, e) in events.iter().enumerate().skip(first) {
             let Some(kv) = &e.kv else { continue };
             for k in self.synced.matching(&kv.key) {
@@ -449,8 +449,8 @@ impl Hub {
         }
         self.rev = revision;
 
-        let mut by_stream: HashMap<StreamId, (Vec<WatcherKey>, Vec<EventsResponse>)> =
-            HashMap::new();
+        let mut by_stream: IdMap<StreamId, (Vec<WatcherKey>, Vec<EventsResponse>)> =
+            IdMap::default();
         for (k, indexes) in mine {
             if let Some(w) = self.watchers.get(&k) {
                 let entry = by_stream.entry(w.stream).or_default();
@@ -551,8 +551,8 @@ impl Hub {
             Err(ReadError::Storage(e)) => fatal("reading watch history", &e),
         };
 
-        let mut by_stream: HashMap<StreamId, (Vec<WatcherKey>, Vec<EventsResponse>)> =
-            HashMap::new();
+        let mut by_stream: IdMap<StreamId, (Vec<WatcherKey>, Vec<EventsResponse>)> =
+            IdMap::default();
         let mut caught_up = Vec::new();
         for k in chosen {
             let Some(w) = self.watchers.get(&k) else {

@@ -43,6 +43,14 @@ pub use broadcaster::WatchBroadcaster;
 /// Identifies one gRPC Watch stream inside the broadcaster.
 pub type StreamId = u64;
 
+/// A map keyed by ids the broadcaster assigns itself ([`StreamId`],
+/// [`group::WatcherKey`]): foldhash instead of std's SipHash, which cost
+/// half of live dispatch. Keys a client chooses (watch ids, watched keys)
+/// keep SipHash.
+pub(crate) type IdMap<K, V> = foldhash::HashMap<K, V>;
+/// A set of ids the broadcaster assigns itself; see [`IdMap`].
+pub(crate) type IdSet<K> = foldhash::HashSet<K>;
+
 /// Items a stream's channel holds for data (events, progress, compaction)
 /// before its watchers are moved to the unsynced group: etcd's `chanBufLen`.
 pub const STREAM_BUFFER: usize = 128;
