@@ -126,10 +126,8 @@ pub struct EventsResponse {
     pub revision: i64,
     /// Once delivered, the watcher has seen every event up to this revision.
     pub through: i64,
-    /// The events, shared by every watcher they concern.
-    pub batch: Arc<Vec<Event>>,
-    /// Which of `batch` belong to this watcher, in order.
-    pub indexes: Vec<u32>,
+    /// The events, shared by every watcher that gets the same ones.
+    pub selection: Arc<Selection>,
     /// Keep `prev_kv` (else it is cleared).
     pub prev_kv: bool,
     /// Split the response if it exceeds the request size limit.
@@ -139,9 +137,8 @@ pub struct EventsResponse {
 impl EventsResponse {
     /// This watcher's events, as they go on the wire.
     pub fn events(&self) -> Vec<Event> {
-        self.indexes
-            .iter()
-            .filter_map(|&i| self.batch.get(i as usize))
+        self.selection
+            .events()
             .map(|e| {
                 let mut e = e.clone();
                 if !self.prev_kv {
@@ -150,6 +147,26 @@ impl EventsResponse {
                 e
             })
             .collect()
+    }
+}
+
+/// Some events of a batch (or history window): what one watcher gets, or
+/// every watcher of a range when they all accept the same events (the
+/// common case), so that those share one list.
+#[derive(Debug)]
+pub struct Selection {
+    /// The events of the batch, shared by every selection of it.
+    pub batch: Arc<Vec<Event>>,
+    /// Which of `batch` are selected, in order.
+    pub indexes: Vec<u32>,
+}
+
+impl Selection {
+    /// The selected events, in order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.indexes
+            .iter()
+            .filter_map(|&i| self.batch.get(i as usize))
     }
 }
 
