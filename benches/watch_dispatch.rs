@@ -12,10 +12,10 @@
 //!   items and dropping them — the whole life of the hub's allocations (a
 //!   stream's sender task frees them in production, on another thread).
 //! * `to_wire/prefix_s10`: `drained/prefix_s10` plus what the gRPC sender
-//!   does per watcher before tonic takes over: `EventsResponse::events()`
-//!   (one copy of the event per watcher) and the `WatchResponse` encoded to
-//!   bytes (tonic's framing, HTTP/2 and the per-response header are not
-//!   included).
+//!   does per watcher before tonic takes over: its `WatchReply` built from
+//!   the selection's encoded events (encoded by the first watcher of the
+//!   selection, copied by the others) and encoded to bytes (tonic's framing,
+//!   HTTP/2 and the per-response header are not included).
 //!
 //! Timed: only the calls named above. Building the event (256 B value,
 //! revision = the hub's + 1) and, for `applied/*`, draining the channels
@@ -29,8 +29,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn::grpc::watch::WatchReply;
 use cairn::mvcc::{MemBackend, Store};
-use cairn::proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
+use cairn::proto::etcdserverpb::WatchCreateRequest;
 use cairn::proto::mvccpb::{event::EventType, Event, KeyValue};
 use cairn::watch::hub::Hub;
 use cairn::watch::{outbound_channel, Outbound};
@@ -150,12 +151,9 @@ impl Fixture {
             while let Ok(item) = rx.try_recv() {
                 let Outbound::Events(rs) = item else { continue };
                 for r in rs {
-                    let resp = WatchResponse {
-                        watch_id: r.watch_id,
-                        events: r.events(),
-                        ..Default::default()
-                    };
-                    bytes += black_box(resp.encode_to_vec()).len();
+                    let reply =
+                        WatchReply::events(None, r.watch_id, r.selection.encoded(r.prev_kv));
+                    bytes += black_box(reply.encode_to_vec()).len();
                 }
             }
         }

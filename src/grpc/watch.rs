@@ -31,6 +31,14 @@
 //! -1 once every watch of the stream is synced; a client half-close keeps
 //! the stream sending; fragmenting splits a response only at event
 //! boundaries, with `fragment: true` on all parts but the last.
+//!
+//! **Encoding.** The stream carries [`WatchReply`] rather than
+//! `WatchResponse` (the service is declared in `build.rs` for that): an
+//! event response copies its events' bytes, encoded once per shared event
+//! list, instead of cloning and encoding every event for every watcher. The
+//! bytes on the wire are the same (see [`reply`]).
+
+mod reply;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -38,7 +46,6 @@ use std::sync::Arc;
 
 use actix::Addr;
 use futures::FutureExt;
-use prost::Message;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -46,15 +53,16 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{Api, GRPC_OVERHEAD_BYTES};
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
-use crate::proto::mvccpb::Event;
+use crate::proto::watch_wire::watch_server::Watch;
 use crate::watch::broadcaster::{
     CancelWatch, CloseStream, CreateWatch, OpenStream, RequestProgress, RestartWatchers,
 };
 use crate::watch::{
     failpoint, outbound_channel, Outbound, StreamId, WatchBroadcaster, CTRL_BUFFER,
 };
+
+pub use reply::{fragments, WatchReply};
 
 /// Responses buffered between the sender task and tonic. Small: once the
 /// client stops reading, the backlog should build up in the broadcaster's
@@ -91,7 +99,7 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = ReceiverStream<Result<WatchReply, Status>>;
 
     async fn watch(
         &self,
@@ -135,7 +143,7 @@ async fn supervise(
     inbound: Streaming<WatchRequest>,
     rx: mpsc::Receiver<Outbound>,
     sender: Sender,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Result<WatchReply, Status>>,
     broadcaster: Addr<WatchBroadcaster>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -236,7 +244,7 @@ struct Gone;
 /// A stream's sending side. See the module documentation.
 struct Sender {
     stream: StreamId,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Result<WatchReply, Status>>,
     api: Api,
     broadcaster: Addr<WatchBroadcaster>,
     max_bytes: usize,
@@ -306,8 +314,8 @@ impl Sender {
         })
     }
 
-    async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
-        self.out.send(Ok(resp)).await.map_err(|_| Gone)
+    async fn send(&self, reply: impl Into<WatchReply>) -> Result<(), Gone> {
+        self.out.send(Ok(reply.into())).await.map_err(|_| Gone)
     }
 
     async fn deliver(&mut self, item: Outbound) -> Result<(), Gone> {
@@ -403,26 +411,24 @@ impl Sender {
                     if self.dead_epochs.contains(&r.epoch) {
                         continue;
                     }
-                    let events = r.events();
                     failpoint::sender_panic(
                         r.watch_id,
-                        events
-                            .iter()
+                        r.selection
+                            .events()
                             .filter_map(|e| e.kv.as_ref())
                             .map(|kv| kv.key.as_slice()),
                     );
-                    let resp = WatchResponse {
-                        header: self.header(r.revision),
-                        watch_id: r.watch_id,
-                        events,
-                        ..Default::default()
-                    };
+                    // Encoded once per selection, by whichever stream's
+                    // sender gets there first; copied here.
+                    let events = r.selection.encoded(r.prev_kv);
+                    let header = self.header(r.revision);
                     if r.fragment {
-                        for part in fragments(resp, self.max_bytes) {
+                        for part in fragments(header, r.watch_id, events, self.max_bytes) {
                             self.send(part).await?;
                         }
                     } else {
-                        self.send(resp).await?;
+                        self.send(WatchReply::events(header, r.watch_id, events))
+                            .await?;
                     }
                     self.delivered.insert(r.watch_id, r.through);
                 }
@@ -432,127 +438,11 @@ impl Sender {
     }
 }
 
-/// etcd's `sendFragments`: a response of at least `max_bytes` with two or
-/// more events is split into parts, each as large as possible below
-/// `max_bytes` but holding at least one event; every part but the last
-/// has `fragment: true`.
-pub fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
-    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
-        return vec![resp];
-    }
-    let event_len = |e: &Event| prost::encoding::message::encoded_len(11, e);
-    let mut template = resp;
-    let events = std::mem::take(&mut template.events);
-    template.fragment = true;
-    let base = template.encoded_len();
-    let mut parts = Vec::new();
-    let mut cur = template.clone();
-    let mut size = base;
-    for e in events {
-        let len = event_len(&e);
-        if !cur.events.is_empty() && size + len >= max_bytes {
-            parts.push(std::mem::replace(&mut cur, template.clone()));
-            size = base;
-        }
-        size += len;
-        cur.events.push(e);
-    }
-    cur.fragment = false;
-    parts.push(cur);
-    parts
-}
-
 fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
     match panic.downcast::<String>() {
         Ok(s) => *s,
         Err(p) => p
             .downcast_ref::<&str>()
             .map_or_else(|| "(non-string panic)".to_string(), |s| s.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::mvccpb::KeyValue;
-
-    fn event(key: &str, value_len: usize) -> Event {
-        Event {
-            kv: Some(KeyValue {
-                key: key.into(),
-                value: vec![b'x'; value_len],
-                mod_revision: 2,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn fragments_split_at_event_boundaries_like_etcd() {
-        struct Case {
-            name: &'static str,
-            values: &'static [usize],
-            max: usize,
-            /// Events per part.
-            want: &'static [usize],
-        }
-        let cases = [
-            Case {
-                name: "small enough: untouched",
-                values: &[10, 10, 10],
-                max: 1000,
-                want: &[3],
-            },
-            Case {
-                name: "one event is never split, however large",
-                values: &[5000],
-                max: 1000,
-                want: &[1],
-            },
-            Case {
-                name: "two per part",
-                values: &[400, 400, 400, 400, 400],
-                max: 1000,
-                want: &[2, 2, 1],
-            },
-            Case {
-                name: "an oversized event gets a part of its own",
-                values: &[100, 3000, 100],
-                max: 1000,
-                want: &[1, 1, 1],
-            },
-        ];
-        for c in &cases {
-            let resp = WatchResponse {
-                header: Some(ResponseHeader {
-                    revision: 2,
-                    ..Default::default()
-                }),
-                watch_id: 7,
-                events: c.values.iter().map(|&n| event("k", n)).collect(),
-                ..Default::default()
-            };
-            let parts = fragments(resp.clone(), c.max);
-            let sizes: Vec<usize> = parts.iter().map(|p| p.events.len()).collect();
-            assert_eq!(sizes, c.want, "{}", c.name);
-            let flags: Vec<bool> = parts.iter().map(|p| p.fragment).collect();
-            let mut want_flags = vec![true; parts.len()];
-            if let Some(last) = want_flags.last_mut() {
-                *last = false;
-            }
-            assert_eq!(flags, want_flags, "{}", c.name);
-            for p in &parts {
-                assert_eq!((p.watch_id, p.header), (7, resp.header));
-                assert!(
-                    p.events.len() == 1 || p.encoded_len() < c.max,
-                    "{}: a part of {} bytes",
-                    c.name,
-                    p.encoded_len()
-                );
-            }
-            let all: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
-            assert_eq!(all, resp.events, "{}", c.name);
-        }
     }
 }

@@ -513,10 +513,7 @@ impl Hub {
         let matched: usize = sets.iter().map(|(ws, _)| ws.len()).sum();
         let mut by_stream: IdMap<StreamId, Outgoing> = IdMap::default();
         for (ws, indexes) in sets {
-            let shared = Arc::new(Selection {
-                batch: events.clone(),
-                indexes,
-            });
+            let shared = Arc::new(Selection::new(events.clone(), indexes));
             let kinds = Kinds::of(&shared);
             for k in ws {
                 let Some(w) = self.watchers.get(k) else {
@@ -538,10 +535,7 @@ impl Hub {
                     if indexes.is_empty() {
                         continue;
                     }
-                    Arc::new(Selection {
-                        batch: events.clone(),
-                        indexes,
-                    })
+                    Arc::new(Selection::new(events.clone(), indexes))
                 };
                 let streams = &self.streams;
                 by_stream
@@ -666,10 +660,7 @@ impl Hub {
             if indexes.is_empty() {
                 caught_up.push(k);
             } else {
-                let selection = Arc::new(Selection {
-                    batch: events.clone(),
-                    indexes,
-                });
+                let selection = Arc::new(Selection::new(events.clone(), indexes));
                 by_stream
                     .entry(w.stream)
                     .or_default()
