@@ -62,7 +62,7 @@ use crate::watch::{
     failpoint, outbound_channel, Outbound, StreamId, WatchBroadcaster, CTRL_BUFFER,
 };
 
-pub use reply::{fragments, WatchReply};
+pub use reply::{fragments, EncodedHeader, WatchReply};
 
 /// Responses buffered between the sender task and tonic. Small: once the
 /// client stops reading, the backlog should build up in the broadcaster's
@@ -122,6 +122,7 @@ impl Watch for WatchService {
             delivered: HashMap::new(),
             dead_epochs: HashSet::new(),
             generation: 0,
+            last_header: None,
         };
         tokio::spawn(supervise(
             stream,
@@ -255,6 +256,8 @@ struct Sender {
     dead_epochs: HashSet<u64>,
     /// Restarts asked for so far.
     generation: u64,
+    /// The last header encoded for event replies: all of a batch's share it.
+    last_header: Option<(ResponseHeader, EncodedHeader)>,
 }
 
 impl Sender {
@@ -312,6 +315,19 @@ impl Sender {
             revision,
             ..self.api.header(revision.max(1))
         })
+    }
+
+    /// The header of an event reply at `revision`, encoded.
+    fn encoded_header(&mut self, revision: i64) -> EncodedHeader {
+        let header = self.header(revision).unwrap_or_default();
+        match self.last_header {
+            Some((h, encoded)) if h == header => encoded,
+            _ => {
+                let encoded = EncodedHeader::new(&header);
+                self.last_header = Some((header, encoded));
+                encoded
+            }
+        }
     }
 
     async fn send(&self, reply: impl Into<WatchReply>) -> Result<(), Gone> {
@@ -421,7 +437,7 @@ impl Sender {
                     // Encoded once per selection, by whichever stream's
                     // sender gets there first; copied here.
                     let events = r.selection.encoded(r.prev_kv);
-                    let header = self.header(r.revision);
+                    let header = self.encoded_header(r.revision);
                     if r.fragment {
                         for part in fragments(header, r.watch_id, events, self.max_bytes) {
                             self.send(part).await?;

@@ -24,6 +24,37 @@ const HEADER_FIELD: u32 = 1;
 const WATCH_ID_FIELD: u32 = 2;
 const FRAGMENT_FIELD: u32 = 7;
 
+/// The most bytes an encoded header takes: tag, length, and four 64-bit
+/// varints with their tags.
+const HEADER_MAX: usize = 2 + 4 * 11;
+/// The most bytes the fields before the events take: the header, the watch
+/// id (tag and a 64-bit varint) and the fragment flag.
+const PREFIX_MAX: usize = HEADER_MAX + 11 + 2;
+
+/// A `ResponseHeader` encoded as field 1 of a `WatchResponse`: encoded once
+/// for all the replies that carry it (every watcher of a batch gets the
+/// same), as prost writes one varint a byte at a time, and into tonic's
+/// buffer each byte is a call that checks the capacity and copies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncodedHeader {
+    bytes: [u8; HEADER_MAX],
+    len: u8,
+}
+
+impl EncodedHeader {
+    pub fn new(header: &ResponseHeader) -> Self {
+        let mut bytes = [0; HEADER_MAX];
+        let mut free = &mut bytes[..];
+        encoding::message::encode(HEADER_FIELD, header, &mut free);
+        let len = (HEADER_MAX - free.len()) as u8;
+        EncodedHeader { bytes, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// One message of a Watch stream, encoded as a `WatchResponse`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchReply {
@@ -32,7 +63,7 @@ pub enum WatchReply {
     /// Events for one watcher: the fields of its own, and its events as
     /// encoded bytes shared with other watchers.
     Events {
-        header: Option<ResponseHeader>,
+        header: EncodedHeader,
         watch_id: i64,
         /// More parts of this response follow (fragmented watches).
         fragment: bool,
@@ -55,7 +86,7 @@ impl From<WatchResponse> for WatchReply {
 
 impl WatchReply {
     /// A watcher's response carrying all of `events`.
-    pub fn events(header: Option<ResponseHeader>, watch_id: i64, events: &EncodedEvents) -> Self {
+    pub fn events(header: EncodedHeader, watch_id: i64, events: &EncodedEvents) -> Self {
         WatchReply::Events {
             header,
             watch_id,
@@ -84,16 +115,20 @@ impl Message for WatchReply {
                 fragment,
                 events,
             } => {
-                // In field order, defaults omitted: as prost encodes WatchResponse.
-                if let Some(h) = header {
-                    encoding::message::encode(HEADER_FIELD, h, buf);
-                }
+                // In field order, defaults omitted: as prost encodes
+                // WatchResponse. The fields before the events are gathered
+                // on the stack and copied in one piece (see EncodedHeader).
+                let mut prefix = [0u8; PREFIX_MAX];
+                let mut free = &mut prefix[..];
+                free.put_slice(header.as_bytes());
                 if *watch_id != 0 {
-                    encoding::int64::encode(WATCH_ID_FIELD, watch_id, buf);
+                    encoding::int64::encode(WATCH_ID_FIELD, watch_id, &mut free);
                 }
                 if *fragment {
-                    encoding::bool::encode(FRAGMENT_FIELD, fragment, buf);
+                    encoding::bool::encode(FRAGMENT_FIELD, fragment, &mut free);
                 }
+                let used = PREFIX_MAX - free.len();
+                buf.put_slice(&prefix[..used]);
                 buf.put_slice(events);
             }
         }
@@ -126,9 +161,7 @@ impl Message for WatchReply {
                 fragment,
                 events,
             } => {
-                header
-                    .as_ref()
-                    .map_or(0, |h| encoding::message::encoded_len(HEADER_FIELD, h))
+                header.as_bytes().len()
                     + if *watch_id != 0 {
                         encoding::int64::encoded_len(WATCH_ID_FIELD, watch_id)
                     } else {
@@ -154,7 +187,7 @@ impl Message for WatchReply {
 /// `max_bytes` but holding at least one event; every part but the last
 /// has `fragment: true`.
 pub fn fragments(
-    header: Option<ResponseHeader>,
+    header: EncodedHeader,
     watch_id: i64,
     events: &EncodedEvents,
     max_bytes: usize,
@@ -216,13 +249,13 @@ mod tests {
         }
     }
 
-    fn header() -> Option<ResponseHeader> {
-        Some(ResponseHeader {
+    fn header() -> ResponseHeader {
+        ResponseHeader {
             cluster_id: 0xcdf8_1819_4e3a_8c32,
             member_id: 0x8e9e_05c5_2164_694d,
             revision: 3,
             raft_term: 2,
-        })
+        }
     }
 
     /// The selection of all of `events`.
@@ -234,7 +267,7 @@ mod tests {
     /// The WatchResponse prost would send for these events.
     fn response(watch_id: i64, events: &[Event], prev_kv: bool) -> WatchResponse {
         WatchResponse {
-            header: header(),
+            header: Some(header()),
             watch_id,
             events: events
                 .iter()
@@ -244,6 +277,32 @@ mod tests {
                 })
                 .collect(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn encoded_headers_are_prost_s() {
+        let headers = [
+            ResponseHeader::default(),
+            header(),
+            ResponseHeader {
+                cluster_id: u64::MAX,
+                member_id: u64::MAX,
+                revision: i64::MAX,
+                raft_term: u64::MAX,
+            },
+            ResponseHeader {
+                revision: -1,
+                ..header()
+            },
+        ];
+        for h in headers {
+            let want = WatchResponse {
+                header: Some(h),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            assert_eq!(EncodedHeader::new(&h).as_bytes(), want, "{h:?}");
         }
     }
 
@@ -287,7 +346,11 @@ mod tests {
         for c in cases {
             let s = selection(c.events.clone());
             for prev_kv in [false, true] {
-                let reply = WatchReply::events(header(), c.watch_id, s.encoded(prev_kv));
+                let reply = WatchReply::events(
+                    EncodedHeader::new(&header()),
+                    c.watch_id,
+                    s.encoded(prev_kv),
+                );
                 let want = response(c.watch_id, &c.events, prev_kv);
                 assert_eq!(reply.encoded_len(), want.encoded_len(), "{}", c.name);
                 assert_eq!(
@@ -356,7 +419,7 @@ mod tests {
             } else {
                 c.max
             };
-            let parts = fragments(header(), 7, encoded, max);
+            let parts = fragments(EncodedHeader::new(&header()), 7, encoded, max);
             let parts: Vec<WatchResponse> = parts
                 .iter()
                 .map(|p| p.to_response().expect("decodes"))
@@ -370,7 +433,7 @@ mod tests {
             }
             assert_eq!(flags, want_flags, "{}", c.name);
             for p in &parts {
-                assert_eq!((p.watch_id, p.header), (7, header()), "{}", c.name);
+                assert_eq!((p.watch_id, p.header), (7, Some(header())), "{}", c.name);
                 assert!(
                     p.events.len() == 1 || p.encoded_len() < max,
                     "{}: a part of {} bytes",
