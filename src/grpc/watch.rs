@@ -6,8 +6,9 @@
 //!  client ──WatchRequest──▶ recv task ──CreateWatch / CancelWatch / RequestProgress──▶ WatchBroadcaster
 //!                              (waits for one of CTRL_BUFFER permits first: a client that
 //!                               floods requests without reading is slowed down, as in etcd)
-//!  client ◀─WatchResponse── sender task ◀── bounded Outbound channel ◀── WatchBroadcaster
-//!                              (header, prev_kv, fragment; tracks what it delivered)
+//!  client ◀─WatchResponse── tonic ◀── Replies ◀── sender task ◀── bounded Outbound channel ◀── WatchBroadcaster
+//!                                     (one batch per item:   (header, prev_kv, fragment;
+//!                                      GRPC_BUFFER of them)   tracks what it delivered)
 //!  supervisor: ends the stream when the client goes away, a task fails for good
 //!              or the server shuts down, and tells the broadcaster (CloseStream)
 //! ```
@@ -36,18 +37,21 @@
 //! `WatchResponse` (the service is declared in `build.rs` for that): an
 //! event response copies its events' bytes, encoded once per shared event
 //! list, instead of cloning and encoding every event for every watcher. The
-//! bytes on the wire are the same (see [`reply`]).
+//! bytes on the wire are the same (see [`reply`]). The replies of one queued
+//! item reach tonic as one batch ([`Replies`]), so they are encoded into one
+//! buffer and written together.
 
 mod reply;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use actix::Addr;
-use futures::FutureExt;
+use futures::{FutureExt, Stream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, GRPC_OVERHEAD_BYTES};
@@ -64,10 +68,43 @@ use crate::watch::{
 
 pub use reply::{fragments, EncodedHeader, WatchReply};
 
-/// Responses buffered between the sender task and tonic. Small: once the
-/// client stops reading, the backlog should build up in the broadcaster's
-/// channel, where it turns the stream's watchers unsynced.
-const GRPC_BUFFER: usize = 16;
+/// Batches of replies (one per queued item) buffered between the sender
+/// task and tonic. Small: once the client stops reading, the backlog should
+/// build up in the broadcaster's channel, where it turns the stream's
+/// watchers unsynced.
+const GRPC_BUFFER: usize = 2;
+
+/// What the sender hands tonic at once: the replies of one queued item, or
+/// the error that ends the stream.
+type Batch = Result<Vec<WatchReply>, Status>;
+
+/// The stream tonic sends: the sender's batches, a reply at a time. A batch
+/// crosses the channel as one item, and tonic then finds all its replies
+/// ready and encodes them into one buffer, so a batch of event responses
+/// costs one channel hand-over and about one HTTP/2 frame and socket write,
+/// not one per watcher.
+pub struct Replies {
+    rx: mpsc::Receiver<Batch>,
+    /// What is left of the batch being sent.
+    batch: std::vec::IntoIter<WatchReply>,
+}
+
+impl Stream for Replies {
+    type Item = Result<WatchReply, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(reply) = self.batch.next() {
+                return Poll::Ready(Some(Ok(reply)));
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(batch)) => self.batch = batch.into_iter(),
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
 
 pub struct WatchService {
     api: Api,
@@ -99,7 +136,7 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchReply, Status>>;
+    type WatchStream = Replies;
 
     async fn watch(
         &self,
@@ -133,7 +170,10 @@ impl Watch for WatchService {
             self.broadcaster.clone(),
             self.stopping.clone(),
         ));
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        Ok(Response::new(Replies {
+            rx: out_rx,
+            batch: Vec::new().into_iter(),
+        }))
     }
 }
 
@@ -144,7 +184,7 @@ async fn supervise(
     inbound: Streaming<WatchRequest>,
     rx: mpsc::Receiver<Outbound>,
     sender: Sender,
-    out: mpsc::Sender<Result<WatchReply, Status>>,
+    out: mpsc::Sender<Batch>,
     broadcaster: Addr<WatchBroadcaster>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -245,7 +285,7 @@ struct Gone;
 /// A stream's sending side. See the module documentation.
 struct Sender {
     stream: StreamId,
-    out: mpsc::Sender<Result<WatchReply, Status>>,
+    out: mpsc::Sender<Batch>,
     api: Api,
     broadcaster: Addr<WatchBroadcaster>,
     max_bytes: usize,
@@ -331,7 +371,11 @@ impl Sender {
     }
 
     async fn send(&self, reply: impl Into<WatchReply>) -> Result<(), Gone> {
-        self.out.send(Ok(reply.into())).await.map_err(|_| Gone)
+        self.send_all(vec![reply.into()]).await
+    }
+
+    async fn send_all(&self, replies: Vec<WatchReply>) -> Result<(), Gone> {
+        self.out.send(Ok(replies)).await.map_err(|_| Gone)
     }
 
     async fn deliver(&mut self, item: Outbound) -> Result<(), Gone> {
@@ -423,6 +467,8 @@ impl Sender {
                 .await
             }
             Outbound::Events(responses) => {
+                let mut replies = Vec::with_capacity(responses.len());
+                let mut through = Vec::with_capacity(responses.len());
                 for r in responses {
                     if self.dead_epochs.contains(&r.epoch) {
                         continue;
@@ -439,15 +485,18 @@ impl Sender {
                     let events = r.selection.encoded(r.prev_kv);
                     let header = self.encoded_header(r.revision);
                     if r.fragment {
-                        for part in fragments(header, r.watch_id, events, self.max_bytes) {
-                            self.send(part).await?;
-                        }
+                        replies.extend(fragments(header, r.watch_id, events, self.max_bytes));
                     } else {
-                        self.send(WatchReply::events(header, r.watch_id, events))
-                            .await?;
+                        replies.push(WatchReply::events(header, r.watch_id, events));
                     }
-                    self.delivered.insert(r.watch_id, r.through);
+                    through.push((r.watch_id, r.through));
                 }
+                // All or nothing: if building a reply panicked, none of the
+                // item went out and its watchers restart from before it.
+                if !replies.is_empty() {
+                    self.send_all(replies).await?;
+                }
+                self.delivered.extend(through);
                 Ok(())
             }
         }
