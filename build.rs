@@ -18,5 +18,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // The Watch service's server side once more, declared by hand so that it
+    // streams `grpc::watch::WatchReply` (the bytes of a WatchResponse, with
+    // each batch's events encoded once for all its watchers) instead of
+    // WatchResponse. Same package, service and method: same route.
+    use tonic_prost_build::manual::{Builder, Method, Service};
+    let watch = Service::builder()
+        .name("Watch")
+        .package("etcdserverpb")
+        .method(
+            Method::builder()
+                .name("watch")
+                .route_name("Watch")
+                .input_type("crate::proto::etcdserverpb::WatchRequest")
+                .output_type("crate::grpc::watch::WatchReply")
+                .codec_path("tonic_prost::ProstCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    Builder::new().build_client(false).compile(&[watch]);
     Ok(())
 }

@@ -23,3 +23,11 @@ pub mod v3electionpb {
 pub mod cairnpb {
     tonic::include_proto!("cairnpb");
 }
+
+/// The server side of etcd's Watch service, declared in `build.rs` rather
+/// than generated from `rpc.proto`, so that it streams
+/// [`crate::grpc::watch::WatchReply`]: WatchResponse's bytes, built from
+/// events encoded once per batch. Clients use `etcdserverpb::watch_client`.
+pub mod watch_wire {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
+}

@@ -208,9 +208,9 @@ pub async fn serve(
     use crate::proto::etcdserverpb::kv_server::KvServer;
     use crate::proto::etcdserverpb::lease_server::LeaseServer;
     use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
-    use crate::proto::etcdserverpb::watch_server::WatchServer;
     use crate::proto::v3electionpb::election_server::ElectionServer;
     use crate::proto::v3lockpb::lock_server::LockServer;
+    use crate::proto::watch_wire::watch_server::WatchServer;
 
     let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
     // Watch streams never finish on their own, and a graceful shutdown

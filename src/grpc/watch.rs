@@ -6,8 +6,9 @@
 //!  client ──WatchRequest──▶ recv task ──CreateWatch / CancelWatch / RequestProgress──▶ WatchBroadcaster
 //!                              (waits for one of CTRL_BUFFER permits first: a client that
 //!                               floods requests without reading is slowed down, as in etcd)
-//!  client ◀─WatchResponse── sender task ◀── bounded Outbound channel ◀── WatchBroadcaster
-//!                              (header, prev_kv, fragment; tracks what it delivered)
+//!  client ◀─WatchResponse── tonic ◀── Replies ◀── sender task ◀── bounded Outbound channel ◀── WatchBroadcaster
+//!                                     (one batch per item:   (header, prev_kv, fragment;
+//!                                      GRPC_BUFFER of them)   tracks what it delivered)
 //!  supervisor: ends the stream when the client goes away, a task fails for good
 //!              or the server shuts down, and tells the broadcaster (CloseStream)
 //! ```
@@ -31,24 +32,33 @@
 //! -1 once every watch of the stream is synced; a client half-close keeps
 //! the stream sending; fragmenting splits a response only at event
 //! boundaries, with `fragment: true` on all parts but the last.
+//!
+//! **Encoding.** The stream carries [`WatchReply`] rather than
+//! `WatchResponse` (the service is declared in `build.rs` for that): an
+//! event response copies its events' bytes, encoded once per shared event
+//! list, instead of cloning and encoding every event for every watcher. The
+//! bytes on the wire are the same (see [`reply`]). The replies of one queued
+//! item reach tonic as one batch ([`Replies`]), so they are encoded into one
+//! buffer and written together.
+
+mod reply;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use actix::Addr;
-use futures::FutureExt;
-use prost::Message;
+use futures::{FutureExt, Stream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, GRPC_OVERHEAD_BYTES};
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
-use crate::proto::mvccpb::Event;
+use crate::proto::watch_wire::watch_server::Watch;
 use crate::watch::broadcaster::{
     CancelWatch, CloseStream, CreateWatch, OpenStream, RequestProgress, RestartWatchers,
 };
@@ -56,10 +66,45 @@ use crate::watch::{
     failpoint, outbound_channel, Outbound, StreamId, WatchBroadcaster, CTRL_BUFFER,
 };
 
-/// Responses buffered between the sender task and tonic. Small: once the
-/// client stops reading, the backlog should build up in the broadcaster's
-/// channel, where it turns the stream's watchers unsynced.
-const GRPC_BUFFER: usize = 16;
+pub use reply::{fragments, EncodedHeader, WatchReply};
+
+/// Batches of replies (one per queued item) buffered between the sender
+/// task and tonic. Small: once the client stops reading, the backlog should
+/// build up in the broadcaster's channel, where it turns the stream's
+/// watchers unsynced.
+const GRPC_BUFFER: usize = 2;
+
+/// What the sender hands tonic at once: the replies of one queued item, or
+/// the error that ends the stream.
+type Batch = Result<Vec<WatchReply>, Status>;
+
+/// The stream tonic sends: the sender's batches, a reply at a time. A batch
+/// crosses the channel as one item, and tonic then finds all its replies
+/// ready and encodes them into one buffer, so a batch of event responses
+/// costs one channel hand-over and about one HTTP/2 frame and socket write,
+/// not one per watcher.
+pub struct Replies {
+    rx: mpsc::Receiver<Batch>,
+    /// What is left of the batch being sent.
+    batch: std::vec::IntoIter<WatchReply>,
+}
+
+impl Stream for Replies {
+    type Item = Result<WatchReply, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(reply) = self.batch.next() {
+                return Poll::Ready(Some(Ok(reply)));
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(batch)) => self.batch = batch.into_iter(),
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
 
 pub struct WatchService {
     api: Api,
@@ -91,7 +136,7 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = Replies;
 
     async fn watch(
         &self,
@@ -114,6 +159,7 @@ impl Watch for WatchService {
             delivered: HashMap::new(),
             dead_epochs: HashSet::new(),
             generation: 0,
+            last_header: None,
         };
         tokio::spawn(supervise(
             stream,
@@ -124,7 +170,10 @@ impl Watch for WatchService {
             self.broadcaster.clone(),
             self.stopping.clone(),
         ));
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        Ok(Response::new(Replies {
+            rx: out_rx,
+            batch: Vec::new().into_iter(),
+        }))
     }
 }
 
@@ -135,7 +184,7 @@ async fn supervise(
     inbound: Streaming<WatchRequest>,
     rx: mpsc::Receiver<Outbound>,
     sender: Sender,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Batch>,
     broadcaster: Addr<WatchBroadcaster>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -236,7 +285,7 @@ struct Gone;
 /// A stream's sending side. See the module documentation.
 struct Sender {
     stream: StreamId,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Batch>,
     api: Api,
     broadcaster: Addr<WatchBroadcaster>,
     max_bytes: usize,
@@ -247,6 +296,8 @@ struct Sender {
     dead_epochs: HashSet<u64>,
     /// Restarts asked for so far.
     generation: u64,
+    /// The last header encoded for event replies: all of a batch's share it.
+    last_header: Option<(ResponseHeader, EncodedHeader)>,
 }
 
 impl Sender {
@@ -306,8 +357,25 @@ impl Sender {
         })
     }
 
-    async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
-        self.out.send(Ok(resp)).await.map_err(|_| Gone)
+    /// The header of an event reply at `revision`, encoded.
+    fn encoded_header(&mut self, revision: i64) -> EncodedHeader {
+        let header = self.header(revision).unwrap_or_default();
+        match self.last_header {
+            Some((h, encoded)) if h == header => encoded,
+            _ => {
+                let encoded = EncodedHeader::new(&header);
+                self.last_header = Some((header, encoded));
+                encoded
+            }
+        }
+    }
+
+    async fn send(&self, reply: impl Into<WatchReply>) -> Result<(), Gone> {
+        self.send_all(vec![reply.into()]).await
+    }
+
+    async fn send_all(&self, replies: Vec<WatchReply>) -> Result<(), Gone> {
+        self.out.send(Ok(replies)).await.map_err(|_| Gone)
     }
 
     async fn deliver(&mut self, item: Outbound) -> Result<(), Gone> {
@@ -399,67 +467,40 @@ impl Sender {
                 .await
             }
             Outbound::Events(responses) => {
+                let mut replies = Vec::with_capacity(responses.len());
+                let mut through = Vec::with_capacity(responses.len());
                 for r in responses {
                     if self.dead_epochs.contains(&r.epoch) {
                         continue;
                     }
-                    let events = r.events();
                     failpoint::sender_panic(
                         r.watch_id,
-                        events
-                            .iter()
+                        r.selection
+                            .events()
                             .filter_map(|e| e.kv.as_ref())
                             .map(|kv| kv.key.as_slice()),
                     );
-                    let resp = WatchResponse {
-                        header: self.header(r.revision),
-                        watch_id: r.watch_id,
-                        events,
-                        ..Default::default()
-                    };
+                    // Encoded once per selection, by whichever stream's
+                    // sender gets there first; copied here.
+                    let events = r.selection.encoded(r.prev_kv);
+                    let header = self.encoded_header(r.revision);
                     if r.fragment {
-                        for part in fragments(resp, self.max_bytes) {
-                            self.send(part).await?;
-                        }
+                        replies.extend(fragments(header, r.watch_id, events, self.max_bytes));
                     } else {
-                        self.send(resp).await?;
+                        replies.push(WatchReply::events(header, r.watch_id, events));
                     }
-                    self.delivered.insert(r.watch_id, r.through);
+                    through.push((r.watch_id, r.through));
                 }
+                // All or nothing: if building a reply panicked, none of the
+                // item went out and its watchers restart from before it.
+                if !replies.is_empty() {
+                    self.send_all(replies).await?;
+                }
+                self.delivered.extend(through);
                 Ok(())
             }
         }
     }
-}
-
-/// etcd's `sendFragments`: a response of at least `max_bytes` with two or
-/// more events is split into parts, each as large as possible below
-/// `max_bytes` but holding at least one event; every part but the last
-/// has `fragment: true`.
-pub fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
-    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
-        return vec![resp];
-    }
-    let event_len = |e: &Event| prost::encoding::message::encoded_len(11, e);
-    let mut template = resp;
-    let events = std::mem::take(&mut template.events);
-    template.fragment = true;
-    let base = template.encoded_len();
-    let mut parts = Vec::new();
-    let mut cur = template.clone();
-    let mut size = base;
-    for e in events {
-        let len = event_len(&e);
-        if !cur.events.is_empty() && size + len >= max_bytes {
-            parts.push(std::mem::replace(&mut cur, template.clone()));
-            size = base;
-        }
-        size += len;
-        cur.events.push(e);
-    }
-    cur.fragment = false;
-    parts.push(cur);
-    parts
 }
 
 fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
@@ -468,91 +509,5 @@ fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
         Err(p) => p
             .downcast_ref::<&str>()
             .map_or_else(|| "(non-string panic)".to_string(), |s| s.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::mvccpb::KeyValue;
-
-    fn event(key: &str, value_len: usize) -> Event {
-        Event {
-            kv: Some(KeyValue {
-                key: key.into(),
-                value: vec![b'x'; value_len],
-                mod_revision: 2,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn fragments_split_at_event_boundaries_like_etcd() {
-        struct Case {
-            name: &'static str,
-            values: &'static [usize],
-            max: usize,
-            /// Events per part.
-            want: &'static [usize],
-        }
-        let cases = [
-            Case {
-                name: "small enough: untouched",
-                values: &[10, 10, 10],
-                max: 1000,
-                want: &[3],
-            },
-            Case {
-                name: "one event is never split, however large",
-                values: &[5000],
-                max: 1000,
-                want: &[1],
-            },
-            Case {
-                name: "two per part",
-                values: &[400, 400, 400, 400, 400],
-                max: 1000,
-                want: &[2, 2, 1],
-            },
-            Case {
-                name: "an oversized event gets a part of its own",
-                values: &[100, 3000, 100],
-                max: 1000,
-                want: &[1, 1, 1],
-            },
-        ];
-        for c in &cases {
-            let resp = WatchResponse {
-                header: Some(ResponseHeader {
-                    revision: 2,
-                    ..Default::default()
-                }),
-                watch_id: 7,
-                events: c.values.iter().map(|&n| event("k", n)).collect(),
-                ..Default::default()
-            };
-            let parts = fragments(resp.clone(), c.max);
-            let sizes: Vec<usize> = parts.iter().map(|p| p.events.len()).collect();
-            assert_eq!(sizes, c.want, "{}", c.name);
-            let flags: Vec<bool> = parts.iter().map(|p| p.fragment).collect();
-            let mut want_flags = vec![true; parts.len()];
-            if let Some(last) = want_flags.last_mut() {
-                *last = false;
-            }
-            assert_eq!(flags, want_flags, "{}", c.name);
-            for p in &parts {
-                assert_eq!((p.watch_id, p.header), (7, resp.header));
-                assert!(
-                    p.events.len() == 1 || p.encoded_len() < c.max,
-                    "{}: a part of {} bytes",
-                    c.name,
-                    p.encoded_len()
-                );
-            }
-            let all: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
-            assert_eq!(all, resp.events, "{}", c.name);
-        }
     }
 }

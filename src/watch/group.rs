@@ -13,9 +13,12 @@
 //! interval tree for that; distinct ranges are few in practice (clients
 //! watch a handful of prefixes), so a flat list of them is simpler and fast.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::mvcc::KeyRange;
+use crate::proto::mvccpb::Event;
+
+use super::IdSet;
 
 /// A watcher's handle inside the broadcaster: unique for the broadcaster's
 /// lifetime (client watch ids are only unique per stream).
@@ -25,9 +28,9 @@ pub type WatcherKey = u64;
 #[derive(Debug, Default)]
 pub struct WatcherGroup {
     /// Single-key watchers, by key.
-    keys: HashMap<Vec<u8>, HashSet<WatcherKey>>,
+    keys: HashMap<Vec<u8>, IdSet<WatcherKey>>,
     /// Range watchers, by their exact range.
-    ranges: HashMap<KeyRange, HashSet<WatcherKey>>,
+    ranges: HashMap<KeyRange, IdSet<WatcherKey>>,
     /// Number of watchers in the group.
     len: usize,
 }
@@ -76,6 +79,52 @@ impl WatcherGroup {
         single.chain(ranged)
     }
 
+    /// The events of `events[from..]` each set of watchers gets, by their
+    /// keys: for every range (and every watched key) that holds at least one
+    /// of the events, its watchers and the indexes of those events, in order.
+    /// All watchers of a set share the range, so the key comparisons are made
+    /// once per set, not once per watcher.
+    pub fn select<'a>(
+        &'a self,
+        events: &[Event],
+        from: usize,
+    ) -> Vec<(&'a IdSet<WatcherKey>, Vec<u32>)> {
+        let keyed = || {
+            events
+                .iter()
+                .enumerate()
+                .skip(from)
+                .filter_map(|(i, e)| Some((i as u32, e.kv.as_ref()?.key.as_slice())))
+        };
+        let mut out = Vec::new();
+        for (range, watchers) in &self.ranges {
+            let indexes: Vec<u32> = keyed()
+                .filter(|(_, k)| range.contains(k))
+                .map(|(i, _)| i)
+                .collect();
+            if !indexes.is_empty() {
+                out.push((watchers, indexes));
+            }
+        }
+        if !self.keys.is_empty() {
+            // Where each watched key's set is in `out`.
+            let mut slot: HashMap<&[u8], usize> = HashMap::new();
+            for (i, k) in keyed() {
+                let Some((key, watchers)) = self.keys.get_key_value(k) else {
+                    continue;
+                };
+                let at = *slot.entry(key.as_slice()).or_insert_with(|| {
+                    out.push((watchers, Vec::new()));
+                    out.len() - 1
+                });
+                if let Some((_, indexes)) = out.get_mut(at) {
+                    indexes.push(i);
+                }
+            }
+        }
+        out
+    }
+
     /// Whether any watcher's range holds `key` (the key filter of a history read).
     pub fn wants(&self, key: &[u8]) -> bool {
         self.keys.contains_key(key) || self.ranges.keys().any(|r| r.contains(key))
@@ -83,7 +132,7 @@ impl WatcherGroup {
 }
 
 fn remove_from<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, HashSet<WatcherKey>>,
+    map: &mut HashMap<K, IdSet<WatcherKey>>,
     k: &K,
     w: WatcherKey,
 ) -> bool {
@@ -171,6 +220,53 @@ mod tests {
             assert!(g.wants(c.key), "key {:?}", String::from_utf8_lossy(c.key));
         }
         assert_eq!(g.len(), 7);
+    }
+
+    #[test]
+    fn a_batch_is_selected_once_per_range_and_per_key() {
+        use crate::proto::mvccpb::KeyValue;
+        // 1, 2: prefix "p/"; 3: key "p/a"; 4, 5: key "q"; 6: key "z".
+        let g = group(&[
+            (1, b"p/", b"p0"),
+            (2, b"p/", b"p0"),
+            (3, b"p/a", b""),
+            (4, b"q", b""),
+            (5, b"q", b""),
+            (6, b"z", b""),
+        ]);
+        let event = |key: &str| Event {
+            kv: Some(KeyValue {
+                key: key.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let events = [
+            event("p/a"),
+            event("q"),
+            event("p/b"),
+            Event::default(),
+            event("q"),
+            event("p/a"),
+        ];
+        let mut got: Vec<(Vec<WatcherKey>, Vec<u32>)> = g
+            .select(&events, 1)
+            .into_iter()
+            .map(|(ws, indexes)| {
+                let mut ws: Vec<WatcherKey> = ws.iter().copied().collect();
+                ws.sort();
+                (ws, indexes)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (vec![1, 2], vec![2, 5]),
+                (vec![3], vec![5]),
+                (vec![4, 5], vec![1, 4]),
+            ]
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ use crate::proto::etcdserverpb::WatchCreateRequest;
 use crate::proto::mvccpb::{event::EventType, Event};
 
 use super::group::{WatcherGroup, WatcherKey};
-use super::{event_rev, CtrlPermit, EventsResponse, Outbound, StreamId, CTRL_BUFFER};
+use super::{
+    event_rev, CtrlPermit, EventsResponse, IdMap, Outbound, Selection, StreamId, CTRL_BUFFER,
+};
 
 /// Most revisions one catch-up pass reads (etcd's `watchBatchMaxRevs`).
 pub const MAX_REVS_PER_SYNC: i64 = 1000;
@@ -122,10 +124,15 @@ impl Watcher {
     /// Whether this event goes to this watcher: its range, its start
     /// revision, its filters.
     fn accepts(&self, e: &Event) -> bool {
+        e.kv.as_ref().is_some_and(|kv| self.range.contains(&kv.key)) && self.accepts_in_range(e)
+    }
+
+    /// [`Watcher::accepts`] for an event already known to be in the range.
+    fn accepts_in_range(&self, e: &Event) -> bool {
         let Some(kv) = &e.kv else {
             return false;
         };
-        if kv.mod_revision < self.min_rev || !self.range.contains(&kv.key) {
+        if kv.mod_revision < self.min_rev {
             return false;
         }
         match EventType::try_from(e.r#type) {
@@ -135,17 +142,78 @@ impl Watcher {
         }
     }
 
-    fn response(&self, batch: &Arc<Vec<Event>>, indexes: Vec<u32>, rev: i64) -> EventsResponse {
+    /// Whether this watcher accepts every event of a selection in its range
+    /// (so it can share the selection rather than get its own).
+    fn accepts_all(&self, kinds: &Kinds) -> bool {
+        kinds.first_rev >= self.min_rev
+            && kinds.valid
+            && !(self.no_put && kinds.put)
+            && !(self.no_delete && kinds.delete)
+    }
+
+    fn response(&self, selection: Arc<Selection>, rev: i64) -> EventsResponse {
         EventsResponse {
             watch_id: self.id,
             epoch: self.epoch,
             revision: rev,
             through: rev,
-            batch: batch.clone(),
-            indexes,
+            selection,
             prev_kv: self.prev_kv,
             fragment: self.fragment,
         }
+    }
+}
+
+/// What a selection holds, for [`Watcher::accepts_all`].
+struct Kinds {
+    /// The revision of its first event (they are in revision order).
+    first_rev: i64,
+    /// Some event is a Put.
+    put: bool,
+    /// Some event is a Delete.
+    delete: bool,
+    /// Every event has a key-value and a known type.
+    valid: bool,
+}
+
+impl Kinds {
+    fn of(selection: &Selection) -> Kinds {
+        let mut kinds = Kinds {
+            first_rev: selection.events().next().map_or(0, event_rev),
+            put: false,
+            delete: false,
+            valid: true,
+        };
+        for e in selection.events() {
+            match EventType::try_from(e.r#type) {
+                Ok(EventType::Put) => kinds.put = true,
+                Ok(EventType::Delete) => kinds.delete = true,
+                Err(_) => kinds.valid = false,
+            }
+            kinds.valid &= e.kv.is_some();
+        }
+        kinds
+    }
+}
+
+/// Event responses bound for one stream, and whose they are.
+#[derive(Default)]
+struct Outgoing {
+    keys: Vec<WatcherKey>,
+    responses: Vec<EventsResponse>,
+}
+
+impl Outgoing {
+    fn with_capacity(n: usize) -> Outgoing {
+        Outgoing {
+            keys: Vec::with_capacity(n),
+            responses: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, key: WatcherKey, response: EventsResponse) {
+        self.keys.push(key);
+        self.responses.push(response);
     }
 }
 
@@ -155,8 +223,8 @@ pub struct Hub {
     store: Arc<Store>,
     /// The last revision whose events were dispatched to synced watchers.
     rev: i64,
-    streams: HashMap<StreamId, Stream>,
-    watchers: HashMap<WatcherKey, Watcher>,
+    streams: IdMap<StreamId, Stream>,
+    watchers: IdMap<WatcherKey, Watcher>,
     /// Watchers that get live events.
     synced: WatcherGroup,
     /// Watchers catching up from history.
@@ -173,8 +241,8 @@ impl Hub {
         Hub {
             store,
             rev,
-            streams: HashMap::new(),
-            watchers: HashMap::new(),
+            streams: IdMap::default(),
+            watchers: IdMap::default(),
             synced: WatcherGroup::new(),
             unsynced: WatcherGroup::new(),
             next_stream: 1,
@@ -438,28 +506,51 @@ impl Hub {
             return self.has_unsynced();
         }
 
-        let mut mine: HashMap<WatcherKey, Vec<u32>> = HashMap::new();
-        for (i, e) in events.iter().enumerate().skip(first) {
-            let Some(kv) = &e.kv else { continue };
-            for k in self.synced.matching(&kv.key) {
-                if self.watchers.get(&k).is_some_and(|w| w.accepts(e)) {
-                    mine.entry(k).or_default().push(i as u32);
-                }
+        // One pass over the watchers each event concerns, set by set (a
+        // range's watchers share its selection unless a filter or a start
+        // revision makes one's events differ), building each stream's item.
+        let sets = self.synced.select(&events, first);
+        let matched: usize = sets.iter().map(|(ws, _)| ws.len()).sum();
+        let mut by_stream: IdMap<StreamId, Outgoing> = IdMap::default();
+        for (ws, indexes) in sets {
+            let shared = Arc::new(Selection::new(events.clone(), indexes));
+            let kinds = Kinds::of(&shared);
+            for k in ws {
+                let Some(w) = self.watchers.get(k) else {
+                    continue;
+                };
+                let selection = if w.accepts_all(&kinds) {
+                    shared.clone()
+                } else {
+                    let indexes: Vec<u32> = shared
+                        .indexes
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            events
+                                .get(i as usize)
+                                .is_some_and(|e| w.accepts_in_range(e))
+                        })
+                        .collect();
+                    if indexes.is_empty() {
+                        continue;
+                    }
+                    Arc::new(Selection::new(events.clone(), indexes))
+                };
+                let streams = &self.streams;
+                by_stream
+                    .entry(w.stream)
+                    .or_insert_with(|| {
+                        let watchers = streams.get(&w.stream).map_or(0, |s| s.ids.len());
+                        Outgoing::with_capacity(watchers.min(matched))
+                    })
+                    .push(*k, w.response(selection, revision));
             }
         }
         self.rev = revision;
 
-        let mut by_stream: HashMap<StreamId, (Vec<WatcherKey>, Vec<EventsResponse>)> =
-            HashMap::new();
-        for (k, indexes) in mine {
-            if let Some(w) = self.watchers.get(&k) {
-                let entry = by_stream.entry(w.stream).or_default();
-                entry.0.push(k);
-                entry.1.push(w.response(&events, indexes, revision));
-            }
-        }
         let mut need_sync = false;
-        for (sid, (keys, responses)) in by_stream {
+        for (sid, Outgoing { keys, responses }) in by_stream {
             let pushed = self
                 .streams
                 .get(&sid)
@@ -551,8 +642,7 @@ impl Hub {
             Err(ReadError::Storage(e)) => fatal("reading watch history", &e),
         };
 
-        let mut by_stream: HashMap<StreamId, (Vec<WatcherKey>, Vec<EventsResponse>)> =
-            HashMap::new();
+        let mut by_stream: IdMap<StreamId, Outgoing> = IdMap::default();
         let mut caught_up = Vec::new();
         for k in chosen {
             let Some(w) = self.watchers.get(&k) else {
@@ -570,12 +660,14 @@ impl Hub {
             if indexes.is_empty() {
                 caught_up.push(k);
             } else {
-                let entry = by_stream.entry(w.stream).or_default();
-                entry.0.push(k);
-                entry.1.push(w.response(&events, indexes, to));
+                let selection = Arc::new(Selection::new(events.clone(), indexes));
+                by_stream
+                    .entry(w.stream)
+                    .or_default()
+                    .push(k, w.response(selection, to));
             }
         }
-        for (sid, (keys, responses)) in by_stream {
+        for (sid, Outgoing { keys, responses }) in by_stream {
             let pushed = self
                 .streams
                 .get(&sid)

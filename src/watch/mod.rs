@@ -32,8 +32,10 @@ pub mod failpoint;
 pub mod group;
 pub mod hub;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::{Bytes, BytesMut};
+use prost::encoding;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::proto::mvccpb::Event;
@@ -42,6 +44,14 @@ pub use broadcaster::WatchBroadcaster;
 
 /// Identifies one gRPC Watch stream inside the broadcaster.
 pub type StreamId = u64;
+
+/// A map keyed by ids the broadcaster assigns itself ([`StreamId`],
+/// [`group::WatcherKey`]): foldhash instead of std's SipHash, which cost
+/// half of live dispatch. Keys a client chooses (watch ids, watched keys)
+/// keep SipHash.
+pub(crate) type IdMap<K, V> = foldhash::HashMap<K, V>;
+/// A set of ids the broadcaster assigns itself; see [`IdMap`].
+pub(crate) type IdSet<K> = foldhash::HashSet<K>;
 
 /// Items a stream's channel holds for data (events, progress, compaction)
 /// before its watchers are moved to the unsynced group: etcd's `chanBufLen`.
@@ -118,10 +128,8 @@ pub struct EventsResponse {
     pub revision: i64,
     /// Once delivered, the watcher has seen every event up to this revision.
     pub through: i64,
-    /// The events, shared by every watcher they concern.
-    pub batch: Arc<Vec<Event>>,
-    /// Which of `batch` belong to this watcher, in order.
-    pub indexes: Vec<u32>,
+    /// The events, shared by every watcher that gets the same ones.
+    pub selection: Arc<Selection>,
     /// Keep `prev_kv` (else it is cleared).
     pub prev_kv: bool,
     /// Split the response if it exceeds the request size limit.
@@ -131,9 +139,8 @@ pub struct EventsResponse {
 impl EventsResponse {
     /// This watcher's events, as they go on the wire.
     pub fn events(&self) -> Vec<Event> {
-        self.indexes
-            .iter()
-            .filter_map(|&i| self.batch.get(i as usize))
+        self.selection
+            .events()
             .map(|e| {
                 let mut e = e.clone();
                 if !self.prev_kv {
@@ -142,6 +149,112 @@ impl EventsResponse {
                 e
             })
             .collect()
+    }
+}
+
+/// Some events of a batch (or history window): what one watcher gets, or
+/// every watcher of a range when they all accept the same events (the
+/// common case), so that those share one list, and its wire encoding.
+#[derive(Debug)]
+pub struct Selection {
+    /// The events of the batch, shared by every selection of it.
+    pub batch: Arc<Vec<Event>>,
+    /// Which of `batch` are selected, in order.
+    pub indexes: Vec<u32>,
+    /// The events encoded without their prev_kv, by the first stream sender
+    /// that needs them; the others copy the bytes.
+    wire: OnceLock<EncodedEvents>,
+    /// The same with prev_kv, or None when no event has one (then the
+    /// encoding above serves both).
+    wire_prev_kv: OnceLock<Option<EncodedEvents>>,
+}
+
+impl Selection {
+    pub fn new(batch: Arc<Vec<Event>>, indexes: Vec<u32>) -> Selection {
+        Selection {
+            batch,
+            indexes,
+            wire: OnceLock::new(),
+            wire_prev_kv: OnceLock::new(),
+        }
+    }
+
+    /// The selected events, in order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> + Clone {
+        self.indexes
+            .iter()
+            .filter_map(|&i| self.batch.get(i as usize))
+    }
+
+    /// The selected events as a WatchResponse's `events` field carries them,
+    /// with their prev_kv only if `prev_kv`: encoded on the first call,
+    /// shared by every later one.
+    pub fn encoded(&self, prev_kv: bool) -> &EncodedEvents {
+        let with = prev_kv
+            .then(|| {
+                self.wire_prev_kv
+                    .get_or_init(|| {
+                        let any = self.events().any(|e| e.prev_kv.is_some());
+                        any.then(|| EncodedEvents::new(self.events(), true))
+                    })
+                    .as_ref()
+            })
+            .flatten();
+        with.unwrap_or_else(|| {
+            self.wire
+                .get_or_init(|| EncodedEvents::new(self.events(), false))
+        })
+    }
+}
+
+/// The field number of `WatchResponse.events` (etcd's `rpc.proto`).
+pub const EVENTS_FIELD: u32 = 11;
+
+/// Events encoded as repeated field [`EVENTS_FIELD`] of a WatchResponse:
+/// each one's tag, length and bytes, back to back, exactly as prost encodes
+/// `WatchResponse.events`, so that a response is its other fields followed
+/// by (a slice of) these bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedEvents {
+    pub bytes: Bytes,
+    /// Where each event ends in `bytes`.
+    pub ends: Vec<usize>,
+}
+
+impl EncodedEvents {
+    fn new<'a>(events: impl Iterator<Item = &'a Event> + Clone, prev_kv: bool) -> EncodedEvents {
+        let len = events
+            .clone()
+            .map(|e| encoding::message::encoded_len(EVENTS_FIELD, e))
+            .sum();
+        let mut buf = BytesMut::with_capacity(len);
+        let mut ends = Vec::new();
+        for e in events {
+            if prev_kv || e.prev_kv.is_none() {
+                encoding::message::encode(EVENTS_FIELD, e, &mut buf);
+            } else {
+                let e = Event {
+                    r#type: e.r#type,
+                    kv: e.kv.clone(),
+                    prev_kv: None,
+                };
+                encoding::message::encode(EVENTS_FIELD, &e, &mut buf);
+            }
+            ends.push(buf.len());
+        }
+        EncodedEvents {
+            bytes: buf.freeze(),
+            ends,
+        }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 }
 

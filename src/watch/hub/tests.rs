@@ -240,6 +240,112 @@ fn live_events_reach_exactly_the_matching_watchers() {
 }
 
 #[test]
+fn watchers_of_one_range_share_events_unless_a_filter_or_start_sets_them_apart() {
+    struct Case {
+        name: &'static str,
+        filters: &'static [FilterType],
+        start: i64,
+        /// (key, revision) of the events this watcher must get.
+        want: &'static [(&'static str, i64)],
+        /// Gets the same selection as the plain watchers (no copy of its own).
+        shares: bool,
+    }
+    // One batch, two revisions: 2 puts m/1 and m/2; 3 deletes m/1, puts m/3.
+    let all: &[(&str, i64)] = &[("m/1", 2), ("m/2", 2), ("m/1", 3), ("m/3", 3)];
+    let cases = [
+        Case {
+            name: "plain",
+            filters: &[],
+            start: 0,
+            want: all,
+            shares: true,
+        },
+        Case {
+            name: "plain, again",
+            filters: &[],
+            start: 0,
+            want: all,
+            shares: true,
+        },
+        Case {
+            name: "start revision at the batch's first",
+            filters: &[],
+            start: 2,
+            want: all,
+            shares: true,
+        },
+        Case {
+            name: "start revision inside the batch",
+            filters: &[],
+            start: 3,
+            want: &[("m/1", 3), ("m/3", 3)],
+            shares: false,
+        },
+        Case {
+            name: "NOPUT",
+            filters: &[FilterType::Noput],
+            start: 0,
+            want: &[("m/1", 3)],
+            shares: false,
+        },
+        Case {
+            name: "NODELETE",
+            filters: &[FilterType::Nodelete],
+            start: 0,
+            want: &[("m/1", 2), ("m/2", 2), ("m/3", 3)],
+            shares: false,
+        },
+        Case {
+            name: "start revision past the batch",
+            filters: &[],
+            start: 4,
+            want: &[],
+            shares: false,
+        },
+    ];
+    let mut f = Fixture::new();
+    let (sid, mut rx) = f.open();
+    for (i, c) in cases.iter().enumerate() {
+        f.watch(
+            sid,
+            WatchCreateRequest {
+                watch_id: i as i64,
+                filters: c.filters.iter().map(|&f| f as i32).collect(),
+                ..req("m/", "m0", c.start)
+            },
+        );
+    }
+    drain(&mut rx);
+    f.write(&[&[("m/1", "1"), ("m/2", "1")], &[("m/1", ""), ("m/3", "1")]]);
+    let items = drain(&mut rx);
+    let responses: Vec<&EventsResponse> = items
+        .iter()
+        .filter_map(|i| match i {
+            Outbound::Events(rs) => Some(rs),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let plain = responses
+        .iter()
+        .find(|r| r.watch_id == 0)
+        .map(|r| r.selection.clone())
+        .expect("the plain watcher's response");
+    for (i, c) in cases.iter().enumerate() {
+        let got: Vec<(String, i64)> = seen(&items, i as i64)
+            .into_iter()
+            .map(|s| (s.1, s.2))
+            .collect();
+        let want: Vec<(String, i64)> = c.want.iter().map(|(k, r)| (k.to_string(), *r)).collect();
+        assert_eq!(got, want, "{}", c.name);
+        let shares = responses
+            .iter()
+            .any(|r| r.watch_id == i as i64 && Arc::ptr_eq(&r.selection, &plain));
+        assert_eq!(shares, c.shares, "{}", c.name);
+    }
+}
+
+#[test]
 fn prev_kv_only_when_asked() {
     let mut f = Fixture::new();
     let (sid, mut rx) = f.open();
@@ -384,7 +490,7 @@ fn long_catch_up_reads_windows_of_whole_revisions() {
     let responses: Vec<(i64, usize)> = items
         .iter()
         .filter_map(|i| match i {
-            Outbound::Events(r) => Some((r[0].through, r[0].indexes.len())),
+            Outbound::Events(r) => Some((r[0].through, r[0].selection.indexes.len())),
             _ => None,
         })
         .collect();
