@@ -220,12 +220,12 @@ impl StorageActor {
                     }
                     Ok(())
                 }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
+                // The write buffer is poisoned by now; never report a
+                // flush that did not happen, or the log would be truncated
+                // past entries the state store may not hold.
+                Ok(Err(e)) => fatal("flushing the state store", &e),
+                Err(e) => fatal("flushing the state store (task)", &e),
             };
-            if let Err(e) = &r {
-                tracing::error!(cause = %e, "state store flush failed");
-            }
             if let Some(done) = done {
                 let _ = done.send(r);
             }

@@ -31,6 +31,12 @@
 //! - **Readers never miss a write.** An entry leaves `frozen` only after the
 //!   inner backend has it, so a reader that finds a key in neither overlay
 //!   finds it (or its absence) in the inner backend.
+//! - **A failed commit poisons the buffer and never loses a write.** The
+//!   overlay that failed stays in `frozen` (readers still see it), every
+//!   later write, commit and flush fails, and the poison hook runs; the
+//!   server's hook stops the member ([`crate::error::fatal`]). A flush can
+//!   therefore never succeed after a lost commit, so the raft log is never
+//!   truncated past entries the state store does not hold.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -102,9 +108,14 @@ struct Shared {
     /// The inner backend's size, refreshed after each commit (sled's own
     /// `size_on_disk` lists the directory: too slow for every apply).
     inner_size: AtomicU64,
-    /// The first commit error; every later write or flush returns it.
+    /// The first commit error; every later write, commit or flush returns it.
     failed: Mutex<Option<String>>,
+    /// Told of the first commit error (the server's stops the member).
+    on_poison: PoisonHook,
 }
+
+/// What a [`BufferedBackend`] does when a commit to the inner backend fails.
+pub type PoisonHook = Arc<dyn Fn(&StorageError) + Send + Sync>;
 
 #[derive(Default)]
 struct Signal {
@@ -125,7 +136,22 @@ pub struct BufferedBackend {
 }
 
 impl BufferedBackend {
+    /// A write buffer whose first failed commit stops the process
+    /// ([`crate::error::fatal`]): the member must not run on with a state
+    /// store that lost writes.
     pub fn new(inner: Arc<dyn Backend>) -> Result<BufferedBackend, StorageError> {
+        Self::with_poison_hook(
+            inner,
+            Arc::new(|e| crate::error::fatal("committing buffered writes to the state store", e)),
+        )
+    }
+
+    /// Like [`BufferedBackend::new`], with another reaction to a failed
+    /// commit (tests). The buffer is poisoned either way.
+    pub fn with_poison_hook(
+        inner: Arc<dyn Backend>,
+        on_poison: PoisonHook,
+    ) -> Result<BufferedBackend, StorageError> {
         let size = inner.size_on_disk()?;
         let shared = Arc::new(Shared {
             inner,
@@ -135,6 +161,7 @@ impl BufferedBackend {
             wake: Condvar::new(),
             inner_size: AtomicU64::new(size),
             failed: Mutex::new(None),
+            on_poison,
         });
         let s = shared.clone();
         let committer = std::thread::Builder::new()
@@ -189,19 +216,19 @@ impl Shared {
                 sig.pending = false;
                 sig.urgent = false;
             }
-            if let Err(e) = self.commit_once() {
-                tracing::error!(cause = %e, "committing buffered writes to the state store failed");
-                let mut failed = self.failed.lock();
-                if failed.is_none() {
-                    *failed = Some(e.to_string());
-                }
+            if self.commit_once().is_err() {
+                // Poisoned (and the hook told): nothing more to commit.
+                return;
             }
         }
     }
 
     /// Freezes `active` and writes it to the inner backend as one batch.
+    /// On failure the buffer is poisoned: the frozen overlay stays readable
+    /// and is never dropped, and every later commit fails at once.
     fn commit_once(&self) -> Result<(), StorageError> {
         let _serial = self.commit.lock();
+        self.check()?;
         let frozen = {
             let mut o = self.overlay.write();
             if o.active.is_empty() {
@@ -220,17 +247,31 @@ impl Shared {
                 None => batch.delete(k.as_slice()),
             }
         }
-        let result = self.inner.write_batch(batch);
-        if result.is_ok() {
-            if let Ok(size) = self.inner.size_on_disk() {
-                self.inner_size.store(size, Ordering::Relaxed);
-            }
+        if let Err(e) = self.inner.write_batch(batch) {
+            self.poison(&e);
+            return Err(e);
+        }
+        if let Ok(size) = self.inner.size_on_disk() {
+            self.inner_size.store(size, Ordering::Relaxed);
         }
         // Only now may readers stop finding these writes in the overlay.
         let mut o = self.overlay.write();
         o.frozen = None;
         o.frozen_bytes = 0;
-        result
+        Ok(())
+    }
+
+    /// Records the first failure and tells the hook, once.
+    fn poison(&self, e: &StorageError) {
+        {
+            let mut failed = self.failed.lock();
+            if failed.is_some() {
+                return;
+            }
+            *failed = Some(e.to_string());
+        }
+        tracing::error!(cause = %e, "committing buffered writes to the state store failed; the write buffer is poisoned");
+        (self.on_poison)(e);
     }
 
     /// The newest buffered state of `key`: `Some(op)` if an overlay has it.
@@ -268,6 +309,10 @@ impl Drop for BufferedBackend {
             let _ = t.join();
         }
         // Best effort: whatever is still buffered is also in the raft log.
+        // A poisoned buffer is left as it is.
+        if self.shared.check().is_err() {
+            return;
+        }
         if let Err(e) = self.shared.commit_once() {
             tracing::warn!(cause = %e, "committing buffered writes on close failed");
         }
@@ -327,7 +372,8 @@ impl Backend for BufferedBackend {
             (first, urgent, over_limit)
         };
         if over_limit {
-            // Waits for the committer's current commit, then moves ours.
+            // Waits for the committer's current commit, then moves ours
+            // (a failure poisons the buffer, as in the committer).
             return self.shared.commit_once();
         }
         if first || urgent {
@@ -341,9 +387,11 @@ impl Backend for BufferedBackend {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.shared.check()?;
         self.shared.commit_once()?;
-        self.shared.inner.flush()?;
+        if let Err(e) = self.shared.inner.flush() {
+            self.shared.poison(&e);
+            return Err(e);
+        }
         if let Ok(size) = self.shared.inner.size_on_disk() {
             self.shared.inner_size.store(size, Ordering::Relaxed);
         }
@@ -554,6 +602,18 @@ mod tests {
     /// Fails every write, to check that a background failure is not lost.
     struct Broken;
 
+    /// A buffer over `inner` whose poison hook counts calls instead of
+    /// stopping the process.
+    fn poisonable(inner: Arc<dyn Backend>) -> (BufferedBackend, Arc<AtomicU64>) {
+        let poisoned = Arc::new(AtomicU64::new(0));
+        let count = poisoned.clone();
+        let hook: PoisonHook = Arc::new(move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+        });
+        let b = BufferedBackend::with_poison_hook(inner, hook).expect("buffered");
+        (b, poisoned)
+    }
+
     impl Backend for Broken {
         fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
             Ok(None)
@@ -579,18 +639,68 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_background_commit_fails_later_writes_and_flushes() {
-        let b = BufferedBackend::new(Arc::new(Broken)).expect("buffered");
+    fn a_failed_background_commit_poisons_and_keeps_the_writes() {
+        let (b, poisoned) = poisonable(Arc::new(Broken));
         b.write_batch(batch(&[("k", Some("v"))]))
             .expect("buffered write");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while b.write_batch(batch(&[("k", Some("v"))])).is_ok() {
+        while poisoned.load(Ordering::SeqCst) == 0 {
             assert!(
                 Instant::now() < deadline,
                 "commit failure not reported within 10 s"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert!(b.write_batch(batch(&[("k2", Some("v"))])).is_err());
         assert!(matches!(b.flush(), Err(StorageError::CommitFailed(_))));
+        assert!(matches!(b.commit(), Err(StorageError::CommitFailed(_))));
+        // The failed overlay was not thrown away: readers still see it.
+        assert_eq!(b.get(b"k").expect("get"), Some(b"v".to_vec()));
+        assert_eq!(b.buffered_ops(), 1);
+        assert_eq!(poisoned.load(Ordering::SeqCst), 1, "the hook runs once");
+    }
+
+    /// Accepts writes but fails `flush` (sled's fsync).
+    struct FlushFails(MemBackend);
+
+    impl Backend for FlushFails {
+        fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.0.get(k)
+        }
+        fn scan_prefix(&self, p: &[u8]) -> ScanIter<'_> {
+            self.0.scan_prefix(p)
+        }
+        fn scan_range(&self, s: &[u8], e: &[u8]) -> ScanIter<'_> {
+            self.0.scan_range(s, e)
+        }
+        fn write_batch(&self, b: WriteBatch) -> Result<(), StorageError> {
+            self.0.write_batch(b)
+        }
+        fn flush(&self) -> Result<(), StorageError> {
+            Err(StorageError::Io(std::io::Error::other("fsync failed")))
+        }
+        fn size_on_disk(&self) -> Result<u64, StorageError> {
+            self.0.size_on_disk()
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_or_backpressure_commit_poisons() {
+        let (b, poisoned) = poisonable(Arc::new(FlushFails(MemBackend::new())));
+        b.write_batch(batch(&[("k", Some("v"))])).expect("write");
+        assert!(b.flush().is_err(), "the inner flush failed");
+        assert_eq!(poisoned.load(Ordering::SeqCst), 1);
+        assert!(b.flush().is_err(), "a later flush must not succeed");
+        assert!(b.write_batch(batch(&[("k", Some("w"))])).is_err());
+
+        // The writer's own commit past the limit (backpressure) poisons too.
+        let (b, poisoned) = poisonable(Arc::new(Broken));
+        let mut wb = WriteBatch::new();
+        for i in 0..LIMIT_OPS {
+            wb.put(format!("k{i:06}").into_bytes(), b"v".to_vec());
+        }
+        assert!(b.write_batch(wb).is_err());
+        assert_eq!(poisoned.load(Ordering::SeqCst), 1);
+        assert_eq!(b.get(b"k000000").expect("get"), Some(b"v".to_vec()));
     }
 }
