@@ -52,6 +52,29 @@ impl ReadyWork {
     }
 }
 
+/// Where the log may be truncated once the state store has durably flushed
+/// everything up to `flushed`: `keep` entries behind it stay for slow
+/// followers, and never past `persisted_commit`, the commit index in the
+/// durable hard state. A Ready that only advances the commit index is not
+/// written (it needs no fsync), so after a burst the persisted commit can lag
+/// far behind what was applied; truncating past it leaves a log raft-rs
+/// refuses to load ("hs.commit is out of range"). Truncation waits until
+/// the log holds at least `threshold` entries (etcd's --snapshot-count).
+/// Returns the last index to drop, if any.
+pub fn truncation_point(
+    first_index: u64,
+    flushed: u64,
+    persisted_commit: u64,
+    keep: u64,
+    threshold: u64,
+) -> Option<u64> {
+    if flushed.saturating_sub(first_index) < threshold {
+        return None;
+    }
+    let upto = flushed.saturating_sub(keep).min(persisted_commit);
+    (upto >= first_index).then_some(upto)
+}
+
 /// Member-local consensus state: a RawNode over the raft-engine log.
 pub struct Core {
     node: RawNode<LogStore>,
@@ -165,13 +188,25 @@ impl Core {
             // Only a peer can send a snapshot; peers arrive with clustering.
             tracing::error!("received a raft snapshot, which this member cannot install yet");
         }
+        let entries = ready.take_entries();
+        let must_sync = ready.must_sync();
+        // Every write carries the current hard state, commit index included.
+        // raft-rs reports a changed hard state only once, and a Ready whose
+        // only change is the commit index is not written (no fsync), so
+        // storing just `ready.hs()` would leave the durable commit index
+        // behind for good; log truncation is bounded by it.
+        let hard_state = if !entries.is_empty() || must_sync {
+            Some(self.node.raft.hard_state())
+        } else {
+            ready.hs().cloned()
+        };
         let work = ReadyWork {
             number: ready.number(),
             send_now: ready.take_messages(),
             apply: ready.take_committed_entries(),
-            entries: ready.take_entries(),
-            hard_state: ready.hs().cloned(),
-            must_sync: ready.must_sync(),
+            entries,
+            hard_state,
+            must_sync,
             persisted_messages: ready.take_persisted_messages(),
         };
         self.node.store().stage(&work.entries);
@@ -299,6 +334,81 @@ mod tests {
             payloads(cycle(&mut core)),
             vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
         );
+    }
+
+    /// A burst larger than the keep window, then truncation, then a
+    /// restart: the log must load. Truncating at `flushed - keep` alone
+    /// passes the persisted commit index and the reopened log is refused.
+    #[test]
+    fn truncation_never_passes_the_persisted_commit_index() {
+        const KEEP: u64 = 50;
+        let burst = |dir: &std::path::Path| -> (LogStore, u64) {
+            let mut core = elected(dir, 0);
+            // One Ready carries the whole burst; the Ready that then commits
+            // it only moves the commit index, so it is never written.
+            for i in 0..(3 * KEEP) {
+                core.propose(i.to_le_bytes().to_vec()).expect("propose");
+            }
+            let applied = cycle(&mut core).last().map(|e| e.index).expect("applied");
+            let log = core.store().clone();
+            assert!(
+                log.hard_state().commit < applied - KEEP,
+                "the burst's commit is not persisted"
+            );
+            (log, applied)
+        };
+        // raft-rs panics on such a log (its `fatal!`) rather than erring.
+        let reopen = |dir: &std::path::Path, applied: u64| -> bool {
+            let dir = dir.to_path_buf();
+            std::panic::catch_unwind(move || {
+                let store = LogStore::open(&dir).expect("reopen");
+                Core::new(1, store, applied, 10, 1, &logger()).is_ok()
+            })
+            .unwrap_or(false)
+        };
+
+        // The seeded fault: the old rule, `applied - keep`.
+        let bad = tempfile::tempdir().expect("tempdir");
+        let (log, applied) = burst(bad.path());
+        log.compact_to(applied - KEEP).expect("compact");
+        drop(log);
+        assert!(!reopen(bad.path(), applied), "raft-rs must refuse this log");
+
+        let good = tempfile::tempdir().expect("tempdir");
+        let (log, applied) = burst(good.path());
+        let first = raft::Storage::first_index(&log).expect("first");
+        let at = |log: &LogStore, flushed| {
+            truncation_point(first, flushed, log.hard_state().commit, KEEP, 10)
+        };
+        let commit = log.hard_state().commit;
+        assert_eq!(
+            at(&log, applied),
+            Some(commit).filter(|c| *c >= first),
+            "bounded by the persisted commit, not the keep window"
+        );
+        // The next write persists the burst's commit with it; now the keep
+        // window is what limits truncation.
+        let mut core = Core::new(1, log.clone(), applied, 10, 1, &logger()).expect("core");
+        core.campaign_if_alone().expect("campaign");
+        cycle(&mut core);
+        core.propose(b"next".to_vec()).expect("propose");
+        let applied = cycle(&mut core).last().map(|e| e.index).expect("applied");
+        assert_eq!(at(&log, applied), Some(applied - KEEP));
+        log.compact_to(applied - KEEP).expect("compact");
+        drop((core, log));
+        assert!(reopen(good.path(), applied), "the truncated log loads");
+    }
+
+    #[test]
+    fn truncation_point_keeps_the_window_and_waits_for_the_threshold() {
+        // Below the threshold: nothing.
+        assert_eq!(truncation_point(1, 900, 900, 100, 1000), None);
+        // Keep window behind the flushed index.
+        assert_eq!(truncation_point(1, 5000, 5000, 100, 1000), Some(4900));
+        // Clamped by the persisted commit.
+        assert_eq!(truncation_point(1, 5000, 3000, 100, 1000), Some(3000));
+        // Nothing left to drop.
+        assert_eq!(truncation_point(4000, 5050, 3000, 100, 1000), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::client::Proposals;
-use super::core::{Core, Progress, ReadyWork};
+use super::core::{truncation_point, Core, Progress, ReadyWork};
 use super::log_store::LogStore;
 use super::transport::Transport;
 use crate::error::{fatal, EtcdError};
@@ -316,11 +316,20 @@ impl Handler<Step> for RaftNode {
 impl Handler<LogFlushed> for RaftNode {
     type Result = ();
     fn handle(&mut self, msg: LogFlushed, ctx: &mut Context<Self>) {
-        let first = raft::Storage::first_index(&self.log).unwrap_or(1);
-        let upto = msg.applied_index.saturating_sub(CATCH_UP_ENTRIES);
-        if self.compacting || upto < first || msg.applied_index - first < self.snapshot_count {
+        if self.compacting {
             return;
         }
+        let first = raft::Storage::first_index(&self.log).unwrap_or(1);
+        let persisted_commit = self.log.hard_state().commit;
+        let Some(upto) = truncation_point(
+            first,
+            msg.applied_index,
+            persisted_commit,
+            CATCH_UP_ENTRIES,
+            self.snapshot_count,
+        ) else {
+            return;
+        };
         self.compacting = true;
         let log = self.log.clone();
         let job = async move { tokio::task::spawn_blocking(move || log.compact_to(upto)).await };
