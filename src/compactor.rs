@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::AutoCompaction;
 use crate::error::EtcdError;
+use crate::msg::RaftClient;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::CompactionRequest;
-use crate::raft::client::RaftClient;
 
 const REVISION_MODE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 

@@ -162,8 +162,8 @@ impl From<crate::mvcc::ReadError> for tonic::Status {
 /// it stops, loudly, instead of serving. (The raft log keeps every
 /// acknowledged write; a restart re-applies from it.)
 pub fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
-    tracing::error!(cause = %e, "fatal storage error while {what}; stopping the member");
-    std::process::exit(70)
+    tracing::error!(cause = %e, "fatal: storage error while {what}; stopping the member");
+    std::process::exit(crate::supervise::FATAL_EXIT_CODE)
 }
 
 impl StorageError {

@@ -23,20 +23,16 @@ use tokio::sync::watch;
 use crate::cluster::ClusterInfo;
 use crate::config::Config;
 use crate::grpc::{self, Api};
-use crate::lease::keeper::{LeaseKeeper, SetProposer};
+use crate::lease::keeper::LeaseKeeper;
+use crate::msg::{FlushNow, Proposals, RaftClient, RaftStatus, Shutdown};
 use crate::mvcc::{BufferedBackend, SledBackend, Store};
-use crate::raft::client::{Proposals, RaftClient};
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
-use crate::raft::node::{RaftNode, RaftStatus, Shutdown};
+use crate::raft::node::RaftNode;
 use crate::raft::transport::NoPeers;
-use crate::storage::{
-    FlushNow, SetApplyListener, SetFlushListener, SetLeaseListener, StorageActor,
-};
+use crate::storage::{Listeners, StorageActor};
+use crate::supervise::{self, mailbox};
 use crate::watch::WatchBroadcaster;
-
-/// How often Storage makes applied state durable (and so lets the log shrink).
-const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 async fn resolve(url: &url::Url) -> anyhow::Result<Vec<SocketAddr>> {
     let host = url.host_str().context("listen URL has no host")?;
@@ -114,56 +110,67 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // etcd's request timeout: 5 s plus two election timeouts.
     let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
 
+    supervise::install();
     let system = System::new();
     system.block_on(async move {
         let proposals = Arc::new(Proposals::new(cluster.local_id));
         let status = Arc::new(RaftStatus::default());
         let (applied_tx, applied_rx) = watch::channel(store.applied_index());
 
-        let leases = {
+        // Every mailbox first, so each actor is built knowing whom it talks to.
+        let (raft, raft_mailbox) = mailbox::<RaftNode>();
+        let (storage, storage_mailbox) = mailbox::<StorageActor>();
+        let (leases, lease_mailbox) = mailbox::<LeaseKeeper>();
+        let (watch, watch_mailbox) = mailbox::<WatchBroadcaster>();
+        let client = RaftClient::new(
+            raft.clone().recipient(),
+            raft.clone().recipient(),
+            proposals.clone(),
+            status.clone(),
+            applied_rx,
+            cfg.max_request_bytes as usize,
+            request_timeout,
+        );
+
+        // One arbiter (thread) per core actor: RaftNode's ticks, heartbeats
+        // and peer messages never queue behind applying a batch, a sled
+        // commit or a watch catch-up (see docs/ARCHITECTURE.md).
+        let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
+        {
             let initial: Vec<(i64, i64)> = store.leases().iter().map(|l| (l.id, l.ttl)).collect();
-            let status = status.clone();
+            let (status, client) = (status.clone(), client.clone());
             // etcd: promotion extends every lease by one election timeout;
             // an expired lease's revoke is retried after a request timeout.
             let (extend, retry) = (cfg.election_timeout, request_timeout);
-            LeaseKeeper::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                LeaseKeeper::new(initial, status, extend, retry)
-            })
-        };
-        // RaftNode and Storage share the core arbiter: committed entries
-        // reach Storage without a cross-thread wake-up. Neither blocks it
-        // (fsync and sled writes run on other threads).
-        let core_arbiter = Arbiter::new();
-        let storage = {
+            lease_mailbox.start_on(&arbiters[0].handle(), move || {
+                LeaseKeeper::new(initial, status, extend, retry, client)
+            });
+        }
+        {
+            let (store, interval) = (store.clone(), cfg.watch_progress_notify_interval);
+            watch_mailbox.start_on(&arbiters[1].handle(), move || WatchBroadcaster::new(store, interval));
+        }
+        {
+            let listeners = Listeners {
+                flushed: raft.clone().recipient(),
+                applied: watch.clone().recipient(),
+                leases: leases.clone().recipient(),
+            };
             let (store, proposals) = (store.clone(), proposals.clone());
             let (quota, member, min_ttl) = (cfg.quota_backend_bytes, cluster.local_id, cfg.min_lease_ttl());
-            StorageActor::start_in_arbiter(&core_arbiter.handle(), move |_| {
-                StorageActor::new(store, proposals, applied_tx, quota, member, min_ttl, FLUSH_INTERVAL)
-            })
-        };
-        storage.do_send(SetLeaseListener(leases.clone().recipient()));
-        let raft = {
+            storage_mailbox.start_on(&arbiters[2].handle(), move || {
+                StorageActor::new(store, proposals, applied_tx, listeners, quota, member, min_ttl)
+            });
+        }
+        {
             let (recipient, status) = (storage.clone().recipient(), status.clone());
             let proposals = proposals.clone();
             let snapshot_count = cfg.snapshot_count;
-            RaftNode::start_in_arbiter(&core_arbiter.handle(), move |_| {
+            raft_mailbox.start_on(&arbiters[3].handle(), move || {
                 RaftNode::new(core, recipient, proposals, Box::new(NoPeers), status, heartbeat, snapshot_count)
-            })
-        };
-        storage.do_send(SetFlushListener(raft.clone().recipient()));
-        // Watchers hear of every applied batch; the broadcaster has its own
-        // arbiter so that catching slow watchers up never delays Storage.
-        let watch = {
-            let (store, interval) = (store.clone(), cfg.watch_progress_notify_interval);
-            WatchBroadcaster::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                WatchBroadcaster::new(store, interval)
-            })
-        };
-        storage.do_send(SetApplyListener(watch.clone().recipient()));
+            });
+        }
 
-        let client =
-            RaftClient::new(raft.clone(), proposals, applied_rx, cfg.max_request_bytes as usize, request_timeout);
-        leases.do_send(SetProposer(client.clone()));
         let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops, leases, watch };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on
@@ -216,6 +223,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         })?;
 
         let served = done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("gRPC thread died")));
+        supervise::begin_shutdown();
         let _ = raft.send(Shutdown).await;
         match storage.send(FlushNow).await {
             Ok(Ok(())) => tracing::info!("state store flushed; bye"),

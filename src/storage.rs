@@ -25,50 +25,25 @@ use tokio::sync::{oneshot, watch};
 
 use crate::apply::apply_batch;
 use crate::error::{fatal, StorageError};
-use crate::lease::keeper::AppliedLeases;
+use crate::msg::{
+    Applied, AppliedLeases, ApplyCommitted, FlushNow, LogFlushed, Proposals, MAILBOX_CAPACITY,
+};
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
-use crate::proto::mvccpb::Event;
-use crate::raft::client::Proposals;
-use crate::raft::node::{LogFlushed, MAILBOX_CAPACITY};
+use crate::supervise::Lifeline;
 
-/// Committed entries, in log order, from RaftNode.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ApplyCommitted {
-    pub entries: Vec<Entry>,
+/// Where Storage reports what it did; all given at construction.
+pub struct Listeners {
+    /// RaftNode, told how far the log may be truncated.
+    pub flushed: Recipient<LogFlushed>,
+    /// WatchBroadcaster, told what every applied batch changed.
+    pub applied: Recipient<Applied>,
+    /// LeaseKeeper, told about grants, revokes and leader no-op entries.
+    pub leases: Recipient<AppliedLeases>,
 }
 
-/// Tells Storage where to report flushed indexes (RaftNode starts after it).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetFlushListener(pub Recipient<LogFlushed>);
-
-/// What one applied batch changed, for watchers: every event in revision
-/// order, and the store's revision after the batch (so a watcher can tell it
-/// has seen everything up to there even when no event matched it).
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Applied {
-    pub revision: i64,
-    pub events: Arc<Vec<Event>>,
-}
-
-/// Tells Storage where to send [`Applied`] (WatchBroadcaster starts after it).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetApplyListener(pub Recipient<Applied>);
-
-/// Tells Storage where to send [`AppliedLeases`]; must arrive before the
-/// first ApplyCommitted (the server sends it before starting RaftNode).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetLeaseListener(pub Recipient<AppliedLeases>);
-
-/// Make everything applied so far durable now (graceful shutdown).
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct FlushNow;
+/// How often Storage makes applied state durable (and so lets the log shrink).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 pub struct StorageActor {
     /// The MVCC store, shared with readers on gRPC threads.
@@ -77,12 +52,8 @@ pub struct StorageActor {
     proposals: Arc<Proposals>,
     /// Publishes the applied index.
     applied_tx: watch::Sender<u64>,
-    /// RaftNode, told how far the log may be truncated.
-    flush_listener: Option<Recipient<LogFlushed>>,
-    /// WatchBroadcaster, told what every applied batch changed.
-    apply_listener: Option<Recipient<Applied>>,
-    /// LeaseKeeper, told about grants, revokes and leader no-op entries.
-    lease_listener: Option<Recipient<AppliedLeases>>,
+    /// Who hears of flushes, applied events and lease changes.
+    listeners: Listeners,
     /// Lease grants below this TTL (seconds) are raised to it.
     min_lease_ttl: i64,
     /// --quota-backend-bytes.
@@ -93,8 +64,8 @@ pub struct StorageActor {
     flushed: u64,
     /// A flush is running on a blocking thread.
     flushing: bool,
-    /// How often to flush the state store.
-    flush_interval: Duration,
+    /// A core actor: if it goes, the member stops (crate::supervise).
+    _lifeline: Lifeline,
 }
 
 impl StorageActor {
@@ -102,25 +73,23 @@ impl StorageActor {
         store: Arc<Store>,
         proposals: Arc<Proposals>,
         applied_tx: watch::Sender<u64>,
+        listeners: Listeners,
         quota_bytes: u64,
         member_id: u64,
         min_lease_ttl: i64,
-        flush_interval: Duration,
     ) -> StorageActor {
         let flushed = store.applied_index();
         StorageActor {
             store,
             proposals,
             applied_tx,
-            flush_listener: None,
-            apply_listener: None,
-            lease_listener: None,
+            listeners,
             min_lease_ttl,
             quota_bytes,
             member_id,
             flushed,
             flushing: false,
-            flush_interval,
+            _lifeline: Lifeline::new("Storage"),
         }
     }
 
@@ -132,11 +101,21 @@ impl StorageActor {
         let mut batch = Vec::with_capacity(entries.len());
         let mut leader_noop_term = None;
         for e in entries {
-            if e.get_entry_type() == EntryType::EntryNormal && e.data.is_empty() {
-                leader_noop_term = Some(e.term);
+            if e.get_entry_type() != EntryType::EntryNormal {
+                // Applying a membership change is not built yet; skipping
+                // one would leave this member's view of the cluster wrong.
+                return Err(StorageError::corrupt(
+                    "raft entry",
+                    format!(
+                        "index {}: {:?} cannot be applied by this member yet",
+                        e.index,
+                        e.get_entry_type()
+                    ),
+                ));
             }
-            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
-                // Leader no-op entries; conf changes arrive with clustering.
+            if e.data.is_empty() {
+                // The empty entry a new leader appends to open its term.
+                leader_noop_term = Some(e.term);
                 ids.push(None);
                 batch.push((e.index, None));
                 continue;
@@ -155,21 +134,17 @@ impl StorageActor {
             self.member_id,
             self.min_lease_ttl,
         )?;
-        if let Some(listener) = &self.lease_listener {
-            if !out.lease_changes.is_empty() || leader_noop_term.is_some() {
-                listener.do_send(AppliedLeases {
-                    changes: out.lease_changes,
-                    leader_noop_term,
-                });
-            }
+        if !out.lease_changes.is_empty() || leader_noop_term.is_some() {
+            self.listeners.leases.do_send(AppliedLeases {
+                changes: out.lease_changes,
+                leader_noop_term,
+            });
         }
-        if let Some(listener) = &self.apply_listener {
-            if !out.events.is_empty() {
-                listener.do_send(Applied {
-                    revision: self.store.current_revision(),
-                    events: Arc::new(out.events),
-                });
-            }
+        if !out.events.is_empty() {
+            self.listeners.applied.do_send(Applied {
+                revision: self.store.current_revision(),
+                events: Arc::new(out.events),
+            });
         }
         for (id, result) in ids.into_iter().zip(out.results) {
             if let (Some(id), Some(result)) = (id, result) {
@@ -213,11 +188,9 @@ impl StorageActor {
             let r = match r {
                 Ok(Ok(())) => {
                     act.flushed = applied;
-                    if let Some(l) = &act.flush_listener {
-                        l.do_send(LogFlushed {
-                            applied_index: applied,
-                        });
-                    }
+                    act.listeners.flushed.do_send(LogFlushed {
+                        applied_index: applied,
+                    });
                     Ok(())
                 }
                 // The write buffer is poisoned by now; never report a
@@ -238,37 +211,17 @@ impl Actor for StorageActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        ctx.run_interval(self.flush_interval, |act, ctx| act.maybe_flush(ctx, None));
+        ctx.run_interval(FLUSH_INTERVAL, |act, ctx| act.maybe_flush(ctx, None));
     }
 }
 
 impl Handler<ApplyCommitted> for StorageActor {
     type Result = ();
     fn handle(&mut self, msg: ApplyCommitted, _: &mut Context<Self>) {
+        crate::failpoint::hit("storage-apply");
         if let Err(e) = self.apply(msg.entries) {
             fatal("applying committed entries", &e);
         }
-    }
-}
-
-impl Handler<SetFlushListener> for StorageActor {
-    type Result = ();
-    fn handle(&mut self, msg: SetFlushListener, _: &mut Context<Self>) {
-        self.flush_listener = Some(msg.0);
-    }
-}
-
-impl Handler<SetApplyListener> for StorageActor {
-    type Result = ();
-    fn handle(&mut self, msg: SetApplyListener, _: &mut Context<Self>) {
-        self.apply_listener = Some(msg.0);
-    }
-}
-
-impl Handler<SetLeaseListener> for StorageActor {
-    type Result = ();
-    fn handle(&mut self, msg: SetLeaseListener, _: &mut Context<Self>) {
-        self.lease_listener = Some(msg.0);
     }
 }
 

@@ -32,11 +32,10 @@ use crate::apply::ApplyResponse;
 use crate::cluster::ClusterInfo;
 use crate::error::EtcdError;
 use crate::lease::keeper::LeaseKeeper;
+use crate::msg::{RaftClient, RaftStatus};
 use crate::mvcc::Store;
 use crate::proto::cairnpb::internal_request::Request;
 use crate::proto::etcdserverpb::{self as pb, ResponseHeader};
-use crate::raft::client::RaftClient;
-use crate::raft::node::RaftStatus;
 
 /// The etcd release whose client API cairn serves. Clients gate features on
 /// Status.version (kube-apiserver enables watch progress requests only from
@@ -221,9 +220,11 @@ pub async fn serve(
         let _ = streams_stop.send(true);
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    tokio::spawn(track_health(
+        health,
+        api.status.clone(),
+        streams_stopped.clone(),
+    ));
 
     Server::builder()
         .tcp_nodelay(true)
@@ -262,4 +263,39 @@ pub async fn serve(
         )
         .serve_with_shutdown(addr, shutdown)
         .await
+}
+
+/// How often health follows the member's state.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Keeps grpc.health.v1 true to the member: SERVING only while it knows a
+/// leader (it can then serve linearizable requests), NOT_SERVING without
+/// one and from the start of a shutdown. A member whose core failed has
+/// already stopped (crate::supervise).
+async fn track_health(
+    health: tonic_health::server::HealthReporter,
+    status: Arc<RaftStatus>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let mut last = None;
+    loop {
+        let stopped = *stopping.borrow();
+        let now = if status.leader_id() != 0 && !stopped {
+            Serving
+        } else {
+            NotServing
+        };
+        if last != Some(now) {
+            health.set_service_status("", now).await;
+            last = Some(now);
+        }
+        if stopped {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_POLL) => {}
+            _ = stopping.changed() => {}
+        }
+    }
 }

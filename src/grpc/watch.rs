@@ -44,13 +44,12 @@
 mod reply;
 
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use actix::Addr;
-use futures::{FutureExt, Stream};
+use futures::Stream;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -59,6 +58,7 @@ use crate::error::EtcdError;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
 use crate::proto::watch_wire::watch_server::Watch;
+use crate::supervise::restartable;
 use crate::watch::broadcaster::{
     CancelWatch, CloseStream, CreateWatch, OpenStream, RequestProgress, RestartWatchers,
 };
@@ -189,16 +189,24 @@ async fn supervise(
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let ctrl = Arc::new(Semaphore::new(CTRL_BUFFER));
-    let mut send_task = tokio::spawn(sender.run(rx));
-    let mut recv_task = tokio::spawn(receive(stream, inbound, broadcaster.clone(), ctrl));
+    // Both halves are restartable parts (crate::supervise): a panic ends
+    // this stream with an error the client can re-watch from, and nothing
+    // else; the sender also restarts its watchers itself (Sender::run).
+    let mut send_task = tokio::spawn(restartable(sender.run(rx)));
+    let mut recv_task = tokio::spawn(restartable(receive(
+        stream,
+        inbound,
+        broadcaster.clone(),
+        ctrl,
+    )));
     let mut receiving = true;
     loop {
         tokio::select! {
             r = &mut send_task => {
                 let failure = match r {
-                    Ok(Ok(())) => None,
-                    Ok(Err(why)) => Some(why),
-                    Err(e) if e.is_panic() => Some(format!("sender task panicked: {}", panic_text(e.into_panic()))),
+                    Ok(Ok(Ok(()))) => None,
+                    Ok(Ok(Err(why))) => Some(why),
+                    Ok(Err(panic)) => Some(format!("sender task panicked: {panic}")),
                     Err(_) => None,
                 };
                 if let Some(why) = failure {
@@ -209,17 +217,16 @@ async fn supervise(
             }
             r = &mut recv_task, if receiving => match r {
                 // Half-close: etcd keeps sending events.
-                Ok(Ok(())) => receiving = false,
-                Ok(Err(status)) => {
+                Ok(Ok(Ok(()))) => receiving = false,
+                Ok(Ok(Err(status))) => {
                     tracing::debug!(stream, cause = %status, "watch stream receive ended");
                     break;
                 }
-                Err(e) => {
-                    if e.is_panic() {
-                        tracing::error!(stream, cause = %panic_text(e.into_panic()), "watch receive task panicked");
-                    }
+                Ok(Err(panic)) => {
+                    tracing::error!(stream, cause = %panic, "watch receive task panicked; ending the stream");
                     break;
                 }
+                Err(_) => break,
             },
             _ = out.closed() => break,
             _ = stopping.wait_for(|stop| *stop) => {
@@ -309,11 +316,10 @@ impl Sender {
                 }
                 _ => None,
             };
-            match AssertUnwindSafe(self.deliver(item)).catch_unwind().await {
+            match crate::supervise::restartable(self.deliver(item)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(Gone)) => return Ok(()),
-                Err(panic) => {
-                    let cause = panic_text(panic);
+                Err(cause) => {
                     let Some(watchers) = watchers else {
                         return Err(format!("control response lost: {cause}"));
                     };
@@ -500,14 +506,5 @@ impl Sender {
                 Ok(())
             }
         }
-    }
-}
-
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    match panic.downcast::<String>() {
-        Ok(s) => *s,
-        Err(p) => p
-            .downcast_ref::<&str>()
-            .map_or_else(|| "(non-string panic)".to_string(), |s| s.to_string()),
     }
 }

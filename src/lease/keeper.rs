@@ -2,7 +2,7 @@
 //!
 //! Takes [`AppliedLeases`] from Storage (grants, revokes and checkpoints in
 //! apply order, and the term of any applied leader no-op entry),
-//! [`SetProposer`] once RaftNode is up, and from the gRPC Lease service
+//! and from the gRPC Lease service
 //! [`Renew`] (keep-alive), [`TimeToLive`] and [`ListLeases`]. Reads
 //! [`RaftStatus`] on every tick to learn leadership. Sends LeaseRevoke
 //! proposals through [`RaftClient::propose`] for leases that expired.
@@ -21,10 +21,10 @@ use actix::prelude::*;
 use super::lessor::{LeaseTtl, Lessor, NotAnswered};
 use crate::apply::LeaseChange;
 use crate::error::EtcdError;
+use crate::msg::{AppliedLeases, RaftClient, RaftStatus};
 use crate::proto::cairnpb::internal_request::Request;
 use crate::proto::etcdserverpb::LeaseRevokeRequest;
-use crate::raft::client::RaftClient;
-use crate::raft::node::RaftStatus;
+use crate::supervise::Lifeline;
 
 /// How often expiry and leadership are checked: expired keys go within
 /// about this much (plus one commit) of their TTL.
@@ -32,22 +32,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// At most this many revokes are proposed per tick (etcd: 500 per 500 ms).
 const REVOKES_PER_TICK: usize = 100;
-
-/// What one applied batch did to leases, from Storage.
-#[derive(Message, Debug, Clone, Default)]
-#[rtype(result = "()")]
-pub struct AppliedLeases {
-    /// Grants, revokes and checkpoints, in log order.
-    pub changes: Vec<LeaseChange>,
-    /// The term of the last empty leader entry in the batch: once a leader
-    /// applied the entry opening its term, it may become the primary lessor.
-    pub leader_noop_term: Option<u64>,
-}
-
-/// Where to propose revokes of expired leases (RaftNode starts after us).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetProposer(pub RaftClient);
 
 /// A keep-alive: reset the lease's expiry; answers its TTL.
 #[derive(Message)]
@@ -73,8 +57,10 @@ pub struct LeaseKeeper {
     lessor: Lessor,
     /// Leadership and term, published by RaftNode.
     status: Arc<RaftStatus>,
-    /// Proposes revokes; None until the server wires it.
-    proposer: Option<RaftClient>,
+    /// Proposes revokes of expired leases.
+    proposer: RaftClient,
+    /// A core actor: if it goes, the member stops (crate::supervise).
+    _lifeline: Lifeline,
 }
 
 impl LeaseKeeper {
@@ -85,6 +71,7 @@ impl LeaseKeeper {
         status: Arc<RaftStatus>,
         promote_extend: Duration,
         retry: Duration,
+        proposer: RaftClient,
     ) -> LeaseKeeper {
         let mut lessor = Lessor::new(promote_extend, retry);
         let now = Instant::now();
@@ -94,7 +81,8 @@ impl LeaseKeeper {
         LeaseKeeper {
             lessor,
             status,
-            proposer: None,
+            proposer,
+            _lifeline: Lifeline::new("LeaseKeeper"),
         }
     }
 
@@ -110,14 +98,12 @@ impl LeaseKeeper {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        crate::failpoint::hit("lease-tick");
         let now = Instant::now();
         self.observe_status(now);
-        let Some(proposer) = &self.proposer else {
-            return;
-        };
         for id in self.lessor.expired(now, REVOKES_PER_TICK) {
             tracing::debug!(lease = %format!("{id:x}"), "lease expired; proposing revoke");
-            let proposer = proposer.clone();
+            let proposer = self.proposer.clone();
             let revoke = async move {
                 proposer
                     .propose(Request::LeaseRevoke(LeaseRevokeRequest { id }))
@@ -153,13 +139,6 @@ impl Handler<AppliedLeases> for LeaseKeeper {
             self.lessor.noop_applied(term);
             self.observe_status(now);
         }
-    }
-}
-
-impl Handler<SetProposer> for LeaseKeeper {
-    type Result = ();
-    fn handle(&mut self, msg: SetProposer, _: &mut Context<Self>) {
-        self.proposer = Some(msg.0);
     }
 }
 

@@ -23,6 +23,19 @@ use raft::{Config as RaftConfig, RawNode, StateRole};
 
 use super::log_store::LogStore;
 use crate::error::{EtcdError, StorageError};
+use crate::msg::Progress;
+
+/// Bytes of proposals a leader holds uncommitted before it refuses more
+/// (etcd's `MaxUncommittedEntriesSize`, 1 GiB).
+pub const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
+
+/// A Ready this member cannot handle yet. Carrying on would silently diverge
+/// from the cluster, so the caller stops the member.
+#[derive(Debug, thiserror::Error)]
+#[error("received a raft snapshot (index {index}), which this member cannot install yet")]
+pub struct UnsupportedSnapshot {
+    pub index: u64,
+}
 
 /// What a Ready asks of the caller before it can be advanced.
 pub struct ReadyWork {
@@ -80,15 +93,6 @@ pub struct Core {
     node: RawNode<LogStore>,
 }
 
-/// A snapshot of the node's role, for response headers and Status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub term: u64,
-    pub leader_id: u64,
-    pub commit_index: u64,
-    pub is_leader: bool,
-}
-
 impl Core {
     /// `applied` is the state store's applied index: raft-rs will hand out
     /// committed entries after it (so a restart re-applies what the state
@@ -113,6 +117,9 @@ impl Core {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
+            // etcd's MaxUncommittedEntriesSize: a leader refuses proposals
+            // (ProposalDropped) once this many bytes wait for a quorum.
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
             ..Default::default()
         };
         cfg.validate()?;
@@ -178,15 +185,17 @@ impl Core {
         }
     }
 
-    /// Takes the next Ready, if any.
-    pub fn begin_ready(&mut self) -> Option<ReadyWork> {
+    /// Takes the next Ready, if any. A Ready that carries a snapshot is an
+    /// error: installing one is not built yet, and it must not be ignored.
+    pub fn begin_ready(&mut self) -> Result<Option<ReadyWork>, UnsupportedSnapshot> {
         if !self.node.has_ready() {
-            return None;
+            return Ok(None);
         }
         let mut ready = self.node.ready();
         if !ready.snapshot().is_empty() {
-            // Only a peer can send a snapshot; peers arrive with clustering.
-            tracing::error!("received a raft snapshot, which this member cannot install yet");
+            return Err(UnsupportedSnapshot {
+                index: ready.snapshot().get_metadata().index,
+            });
         }
         let entries = ready.take_entries();
         let must_sync = ready.must_sync();
@@ -214,7 +223,7 @@ impl Core {
         // Committed entries are handed to Storage, which applies them in log
         // order; raft-rs only needs to know they were handed out.
         self.node.advance_apply();
-        Some(work)
+        Ok(Some(work))
     }
 
     /// Runs the persist synchronously (tests and shutdown use this).
@@ -252,7 +261,7 @@ mod tests {
     /// handed out for applying.
     fn cycle(core: &mut Core) -> Vec<Entry> {
         let mut applied = Vec::new();
-        while let Some(work) = core.begin_ready() {
+        while let Some(work) = core.begin_ready().expect("no snapshot") {
             applied.extend(work.apply.clone());
             Core::persist(&core.store().clone(), &work).expect("persist");
             core.finish_ready(work);
@@ -297,7 +306,7 @@ mod tests {
         for i in 0..3u8 {
             core.propose(vec![i]).expect("propose");
         }
-        let work = core.begin_ready().expect("ready");
+        let work = core.begin_ready().expect("no snapshot").expect("ready");
         assert_eq!(
             work.entries.len(),
             3,
@@ -307,7 +316,10 @@ mod tests {
         core.finish_ready(work);
         // The Ready that hands out the committed entries only moves the
         // commit index: it costs no fsync.
-        let work = core.begin_ready().expect("ready with committed entries");
+        let work = core
+            .begin_ready()
+            .expect("no snapshot")
+            .expect("ready with committed entries");
         assert!(
             work.nothing_to_persist(),
             "a commit-only Ready must not be synced"
@@ -324,7 +336,7 @@ mod tests {
         let mut core = elected(dir.path(), 0);
 
         core.propose(b"a".to_vec()).expect("propose");
-        let first = core.begin_ready().expect("ready");
+        let first = core.begin_ready().expect("no snapshot").expect("ready");
         // The fsync of `first` is running: more proposals arrive meanwhile.
         core.propose(b"b".to_vec()).expect("propose");
         core.propose(b"c".to_vec()).expect("propose");

@@ -12,92 +12,25 @@
 //! flight the actor keeps taking proposals, ticks and peer messages, which
 //! all join the next Ready.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::client::Proposals;
-use super::core::{truncation_point, Core, Progress, ReadyWork};
+use super::core::{truncation_point, Core, ReadyWork};
 use super::log_store::LogStore;
 use super::transport::Transport;
 use crate::error::{fatal, EtcdError};
-use crate::storage::ApplyCommitted;
+use crate::msg::{
+    ApplyCommitted, LogFlushed, Proposals, Propose, RaftStatus, ReadIndex, Shutdown, Step,
+    MAILBOX_CAPACITY,
+};
+use crate::supervise::Lifeline;
 
 /// Entries kept behind the flushed index so a slow follower can catch up
 /// from the log instead of needing a snapshot (etcd keeps 5000 too).
 const CATCH_UP_ENTRIES: u64 = 5000;
-
-/// Mailbox depth of RaftNode and Storage.
-pub const MAILBOX_CAPACITY: usize = 1 << 16;
-
-/// Consensus progress published for readers outside the actor (response
-/// headers, Status) without a round trip through the mailbox.
-#[derive(Debug, Default)]
-pub struct RaftStatus {
-    pub term: AtomicU64,
-    pub leader_id: AtomicU64,
-    pub commit_index: AtomicU64,
-    pub is_leader: AtomicBool,
-}
-
-impl RaftStatus {
-    fn publish(&self, p: Progress) {
-        self.term.store(p.term, Ordering::Release);
-        self.leader_id.store(p.leader_id, Ordering::Release);
-        self.commit_index.store(p.commit_index, Ordering::Release);
-        self.is_leader.store(p.is_leader, Ordering::Release);
-    }
-
-    pub fn term(&self) -> u64 {
-        self.term.load(Ordering::Acquire)
-    }
-    pub fn leader_id(&self) -> u64 {
-        self.leader_id.load(Ordering::Acquire)
-    }
-    pub fn commit_index(&self) -> u64 {
-        self.commit_index.load(Ordering::Acquire)
-    }
-    pub fn is_leader(&self) -> bool {
-        self.is_leader.load(Ordering::Acquire)
-    }
-}
-
-/// Appends an encoded `cairnpb::InternalRequest` to the log. No reply: the
-/// proposer hears back only through its waiter in [`Proposals`], with the
-/// applied result, or with the error if raft refused the proposal (one
-/// wake-up of the proposer per write instead of two).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Propose {
-    /// The proposal id (the waiter's key), also inside `data`.
-    pub id: u64,
-    pub data: Vec<u8>,
-}
-
-/// Asks for an index that a linearizable read must wait to be applied.
-#[derive(Message)]
-#[rtype(result = "Result<u64, EtcdError>")]
-pub struct ReadIndex;
-
-/// A raft message from a peer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Step(pub raft::eraftpb::Message);
-
-/// The state store has durably flushed everything up to `applied_index`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LogFlushed {
-    pub applied_index: u64,
-}
-
-/// Stop taking proposals and let the in-flight persist finish.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -132,6 +65,8 @@ pub struct RaftNode {
     stopping: bool,
     /// Shutdown callers waiting for the in-flight persist.
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// A core actor: if it goes, the member stops (crate::supervise).
+    _lifeline: Lifeline,
 }
 
 impl RaftNode {
@@ -161,6 +96,7 @@ impl RaftNode {
             compacting: false,
             stopping: false,
             stop_waiters: Vec::new(),
+            _lifeline: Lifeline::new("RaftNode"),
         }
     }
 
@@ -209,9 +145,13 @@ impl RaftNode {
         if self.persisting {
             return;
         }
-        let Some(mut work) = self.core.begin_ready() else {
-            self.after_progress();
-            return;
+        let mut work = match self.core.begin_ready() {
+            Ok(Some(work)) => work,
+            Ok(None) => {
+                self.after_progress();
+                return;
+            }
+            Err(e) => fatal("handling a raft Ready", &e),
         };
         let send_now = std::mem::take(&mut work.send_now);
         let apply = std::mem::take(&mut work.apply);
@@ -258,6 +198,7 @@ impl Actor for RaftNode {
             tracing::error!(cause = %e, "campaign failed");
         }
         ctx.run_interval(self.tick_interval, |act, ctx| {
+            crate::failpoint::hit("raft-tick");
             act.core.tick();
             act.queue_drive(ctx);
         });

@@ -16,10 +16,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::msg::{Applied, MAILBOX_CAPACITY};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::WatchCreateRequest;
-use crate::raft::node::MAILBOX_CAPACITY;
-use crate::storage::Applied;
+use crate::supervise::Lifeline;
 
 use super::hub::{Hub, SyncOutcome};
 use super::{CtrlPermit, Outbound, StreamId};
@@ -83,6 +83,8 @@ pub struct WatchBroadcaster {
     sync_scheduled: bool,
     /// How often watchers that asked for progress_notify get one.
     progress_interval: Duration,
+    /// A core actor: if it goes, the member stops (crate::supervise).
+    _lifeline: Lifeline,
 }
 
 impl WatchBroadcaster {
@@ -91,6 +93,7 @@ impl WatchBroadcaster {
             hub: Hub::new(store),
             sync_scheduled: false,
             progress_interval,
+            _lifeline: Lifeline::new("WatchBroadcaster"),
         }
     }
 
@@ -125,6 +128,7 @@ impl Actor for WatchBroadcaster {
 impl Handler<Applied> for WatchBroadcaster {
     type Result = ();
     fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
+        crate::failpoint::hit("watch-applied");
         if self.hub.applied(msg.revision, msg.events) {
             self.schedule_sync(ctx, Duration::ZERO);
         }

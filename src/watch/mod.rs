@@ -1,6 +1,6 @@
 //! Watch: etcd's Watch API behind one actor, the **WatchBroadcaster**.
 //!
-//! It owns every watcher of the member. It takes [`crate::storage::Applied`]
+//! It owns every watcher of the member. It takes [`crate::msg::Applied`]
 //! from Storage (the events of each applied batch, in revision order) and the
 //! requests of the gRPC Watch streams (open/close a stream, create/cancel a
 //! watch, request progress, restart watchers after a sender failure), and it

@@ -229,6 +229,21 @@ impl Server {
         );
     }
 
+    /// Waits (bounded) for the server to exit on its own; returns its exit
+    /// status, or None if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// Whether the binary really running is etcd (asked for, or
     /// `CAIRN_TEST_SERVER=etcd`): tests of cairn-only features skip then.
     pub fn is_etcd(&self) -> bool {

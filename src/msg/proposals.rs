@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix::prelude::SendError;
-use actix::Addr;
+use actix::prelude::{Recipient, SendError};
 use dashmap::DashMap;
 use prost::Message as _;
 use tokio::sync::{oneshot, watch};
 
-use super::node::{Propose, RaftNode, ReadIndex};
+use super::{Propose, RaftStatus, ReadIndex};
 use crate::apply::ApplyResponse;
 use crate::error::EtcdError;
 use crate::proto::cairnpb::{internal_request::Request, InternalRequest};
@@ -65,6 +64,11 @@ impl Proposals {
         self.waiters.remove(&id);
     }
 
+    /// Waiters registered and not yet completed or cancelled.
+    pub fn pending(&self) -> usize {
+        self.waiters.len()
+    }
+
     /// Called by Storage when the entry carrying `id` has been applied.
     /// Ids proposed by other members (or before a restart) have no waiter.
     pub fn complete(&self, id: u64, result: Result<ApplyResponse, EtcdError>) {
@@ -74,11 +78,36 @@ impl Proposals {
     }
 }
 
+/// Removes a proposal's waiter when its caller goes away (a client that
+/// disconnects, a timeout), so the waiter table never grows with abandoned
+/// proposals whose entries are never applied here.
+struct WaiterGuard<'a> {
+    proposals: &'a Proposals,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        // A no-op when Storage already completed it.
+        self.proposals.cancel(self.id);
+    }
+}
+
+/// etcd's `maxGapBetweenApplyAndCommitIndex`: proposals are refused with
+/// "too many requests" while more entries than this are committed but not
+/// yet applied, so a slow apply cannot queue unbounded work.
+pub const MAX_APPLY_GAP: u64 = 5000;
+
 /// Cheap to clone; one per gRPC service.
 #[derive(Clone)]
 pub struct RaftClient {
-    raft: Addr<RaftNode>,
+    /// RaftNode's inbox for proposals.
+    propose: Recipient<Propose>,
+    /// RaftNode's inbox for read index requests.
+    read_index: Recipient<ReadIndex>,
     proposals: Arc<Proposals>,
+    /// The commit index, for the apply-gap admission check.
+    status: Arc<RaftStatus>,
     /// Applied index published by Storage.
     applied: watch::Receiver<u64>,
     /// etcd's --max-request-bytes, checked on the encoded proposal.
@@ -90,15 +119,19 @@ pub struct RaftClient {
 
 impl RaftClient {
     pub fn new(
-        raft: Addr<RaftNode>,
+        propose: Recipient<Propose>,
+        read_index: Recipient<ReadIndex>,
         proposals: Arc<Proposals>,
+        status: Arc<RaftStatus>,
         applied: watch::Receiver<u64>,
         max_request_bytes: usize,
         timeout: Duration,
     ) -> RaftClient {
         RaftClient {
-            raft,
+            propose,
+            read_index,
             proposals,
+            status,
             applied,
             max_request_bytes,
             timeout,
@@ -107,34 +140,36 @@ impl RaftClient {
 
     /// Replicates `request` and returns its applied result.
     pub async fn propose(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
+        if self.status.commit_index() > self.applied_index() + MAX_APPLY_GAP {
+            return Err(EtcdError::TooManyRequests);
+        }
         let (id, rx) = self.proposals.register();
+        let _guard = WaiterGuard {
+            proposals: &self.proposals,
+            id,
+        };
         let data = InternalRequest {
             id,
             request: Some(request),
         }
         .encode_to_vec();
         if data.len() > self.max_request_bytes {
-            self.proposals.cancel(id);
             return Err(EtcdError::RequestTooLarge);
         }
         // No reply to wait for: a refusal comes through the waiter. A full
         // mailbox makes the proposer wait for room (backpressure).
-        let sent = match self.raft.try_send(Propose { id, data }) {
+        let sent = match self.propose.try_send(Propose { id, data }) {
             Ok(()) => Ok(()),
-            Err(SendError::Full(msg)) => self.raft.send(msg).await.map_err(|_| ()),
+            Err(SendError::Full(msg)) => self.propose.send(msg).await.map_err(|_| ()),
             Err(SendError::Closed(_)) => Err(()),
         };
         if sent.is_err() {
-            self.proposals.cancel(id);
             return Err(EtcdError::Stopped);
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(EtcdError::Stopped),
-            Err(_) => {
-                self.proposals.cancel(id);
-                Err(EtcdError::Timeout)
-            }
+            Err(_) => Err(EtcdError::Timeout),
         }
     }
 
@@ -144,7 +179,7 @@ impl RaftClient {
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
         let wait = async {
             let index = self
-                .raft
+                .read_index
                 .send(ReadIndex)
                 .await
                 .map_err(|_| EtcdError::Stopped)??;

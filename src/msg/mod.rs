@@ -1,0 +1,116 @@
+//! The messages actors exchange, and the handles they share.
+//!
+//! Every actor imports from here and from nothing of another actor, so
+//! dependencies run one way: `grpc` → actors (`raft`, `storage`, `lease`,
+//! `watch`) → `msg` → the plain layers below (`apply`, `mvcc`, `proto`,
+//! `error`). Each message names the actor that takes it; an actor's
+//! addresses are made before any actor starts ([`crate::supervise::mailbox`]),
+//! so each is given its listeners when it is built, never later.
+//!
+//! ```text
+//!  grpc ──Propose / ReadIndex (RaftClient)──▶ RaftNode ──ApplyCommitted──▶ Storage
+//!  peers ──Step──────────────────────────────▶ RaftNode ◀──LogFlushed────── Storage
+//!                                                         Storage ──AppliedLeases──▶ LeaseKeeper
+//!                                                         Storage ──Applied────────▶ WatchBroadcaster
+//! ```
+//!
+//! Shared handles: [`RaftStatus`] (consensus progress, published by
+//! RaftNode, read by anyone), [`Proposals`] (waiters of this member's
+//! proposals, completed by Storage) and [`RaftClient`] (how the API layer
+//! and LeaseKeeper propose and read).
+
+mod proposals;
+mod status;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use raft::eraftpb::{Entry, Message as RaftMessage};
+
+pub use proposals::{Proposals, RaftClient, MAX_APPLY_GAP};
+pub use status::{Progress, RaftStatus};
+
+use crate::apply::LeaseChange;
+use crate::error::EtcdError;
+use crate::proto::mvccpb::Event;
+
+/// Mailbox depth of the core actors. Proposals are many and small: a deep
+/// mailbox lets thousands of clients queue for the next Ready; past it,
+/// `send` waits (backpressure).
+pub const MAILBOX_CAPACITY: usize = 1 << 16;
+
+// ---- RaftNode's inbox -------------------------------------------------------
+
+/// Appends an encoded `cairnpb::InternalRequest` to the log. No reply: the
+/// proposer hears back only through its waiter in [`Proposals`], with the
+/// applied result, or with the error if raft refused the proposal (one
+/// wake-up of the proposer per write instead of two).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Propose {
+    /// The proposal id (the waiter's key), also inside `data`.
+    pub id: u64,
+    pub data: Vec<u8>,
+}
+
+/// Asks for an index that a linearizable read must wait to be applied.
+#[derive(Message)]
+#[rtype(result = "Result<u64, EtcdError>")]
+pub struct ReadIndex;
+
+/// A raft message from a peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Step(pub RaftMessage);
+
+/// From Storage: the state store has durably flushed everything up to
+/// `applied_index`, so the log may be truncated behind it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LogFlushed {
+    pub applied_index: u64,
+}
+
+/// Stop taking proposals and let the in-flight persist finish (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+// ---- Storage's inbox --------------------------------------------------------
+
+/// Committed entries, in log order, from RaftNode.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyCommitted {
+    pub entries: Vec<Entry>,
+}
+
+/// Make everything applied so far durable now (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct FlushNow;
+
+// ---- WatchBroadcaster's inbox (from Storage) --------------------------------
+
+/// What one applied batch changed, for watchers: every event in revision
+/// order, and the store's revision after the batch (so a watcher can tell it
+/// has seen everything up to there even when no event matched it).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Applied {
+    pub revision: i64,
+    pub events: Arc<Vec<Event>>,
+}
+
+// ---- LeaseKeeper's inbox (from Storage) -------------------------------------
+
+/// What one applied batch did to leases.
+#[derive(Message, Debug, Clone, Default)]
+#[rtype(result = "()")]
+pub struct AppliedLeases {
+    /// Grants, revokes and checkpoints, in log order.
+    pub changes: Vec<LeaseChange>,
+    /// The term of the last empty leader entry in the batch: once a leader
+    /// applied the entry opening its term, it may become the primary lessor.
+    pub leader_noop_term: Option<u64>,
+}
