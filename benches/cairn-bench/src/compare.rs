@@ -593,14 +593,23 @@ pub async fn compare(o: &CompareOpts) -> Result<Summary, BenchError> {
     if o.rounds == 0 {
         return Err(BenchError::Usage("--rounds must be at least 1".into()));
     }
-    let cairn_bin = match &o.cairn_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("cairn"),
+    // The default is the cairn built next to this binary: both packages of
+    // the workspace share one target dir, but building cairn-bench alone
+    // (`cargo run -p cairn-bench`) does not build the server.
+    let (cairn_bin, hint) = match &o.cairn_bin {
+        Some(p) => (p.clone(), ""),
+        None => (
+            std::env::current_exe()?.with_file_name("cairn"),
+            " (build the server next to cairn-bench: cargo build --release --workspace)",
+        ),
     };
-    for (what, p) in [("--cairn-bin", &cairn_bin), ("--etcd-bin", &o.etcd_bin)] {
+    for (what, p, hint) in [
+        ("--cairn-bin", &cairn_bin, hint),
+        ("--etcd-bin", &o.etcd_bin, ""),
+    ] {
         if !p.is_file() {
             return Err(BenchError::Usage(format!(
-                "{what} {}: no such file",
+                "{what} {}: no such file{hint}",
                 p.display()
             )));
         }
