@@ -25,11 +25,8 @@
 //!
 //! [`config`] holds the etcd-compatible flags, [`cluster`] the member and
 //! cluster identities, [`error`] the one table of etcd's error codes and strings.
-//! [`bench`] is no part of the server: it is the `cairn-bench` load generator
-//! and etcd comparison (docs/performance.md).
 
 pub mod apply;
-pub mod bench;
 pub mod cluster;
 pub mod compactor;
 pub mod config;

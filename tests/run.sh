@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command (README and .ci/run call it): format check, clippy with
-# warnings denied, every test target (benchmarks included, once each in test mode).
-# Exits non-zero on any failure.
+# warnings denied, every test target of every workspace package (the cairn
+# server and benches/cairn-bench; benchmarks included, once each in test
+# mode). Exits non-zero on any failure.
 #
 # The integration tests need etcd 3.4's etcdctl (and real etcd, for the
 # differential test). When they are missing and we run as root, install the
@@ -23,10 +24,13 @@ fi
 
 echo "==> cargo fmt --all -- --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
-echo "==> cargo test --all-targets --no-fail-fast"
-cargo test --all-targets --no-fail-fast
+echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo test --workspace --all-targets --no-fail-fast"
+cargo test --workspace --all-targets --no-fail-fast
+# `cargo test --workspace` builds every binary of the workspace before it runs
+# any test, so the cairn-bench smoke tests find target/debug/cairn (a package's
+# tests can only ask cargo for their own package's binaries).
 # `cargo test --all-targets` above also builds every criterion benchmark and
 # runs each once in criterion's test mode (no timing asserted), so the benches
 # keep compiling and working without a release build in CI; docs/performance.md

@@ -50,11 +50,38 @@ impl Kind {
             Kind::Etcd => etcd_path(),
             Kind::Cairn => match std::env::var("CAIRN_TEST_SERVER").as_deref() {
                 Ok("etcd") => etcd_path(),
-                Ok("cairn") | Ok("") | Err(_) => PathBuf::from(env!("CARGO_BIN_EXE_cairn")),
+                Ok("cairn") | Ok("") | Err(_) => cairn_path(),
                 Ok(other) => panic!("CAIRN_TEST_SERVER={other:?}: expected \"etcd\" or \"cairn\""),
             },
         }
     }
+}
+
+/// The `cairn` server binary under test. Tests of the `cairn` package get
+/// its path from cargo; other workspace packages that share this harness
+/// (the `cairn-bench` smoke tests, which include it with `#[path]`) cannot
+/// name another package's binary, so they find it in the workspace target
+/// dir, next to their own test executable's `deps/` directory. Cargo builds
+/// it there for `cargo test --workspace` (tests/run.sh); fails the test if
+/// it is missing.
+pub fn cairn_path() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_cairn") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("path of the test executable");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/cairn
+    let p = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("cairn"))
+        .expect("the test executable lives in target/<profile>/deps/");
+    assert!(
+        p.is_file(),
+        "cairn not found at {}: build it first (`cargo build --bin cairn`; \
+         `cargo test --workspace`, as tests/run.sh runs it, builds it too)",
+        p.display()
+    );
+    p
 }
 
 fn etcd_path_unchecked() -> PathBuf {

@@ -7,16 +7,22 @@
 //!
 //! The Watch and Lease scenarios run against real etcd (`*_against_etcd`)
 //! as well as cairn, so the checker itself is proven on a reference server.
+//!
+//! The servers are started by the `cairn` package's test harness, shared
+//! rather than copied. It finds the `cairn` binary in the workspace target
+//! dir (`cargo test --workspace` builds it; run `cargo build --bin cairn`
+//! before `cargo test -p cairn-bench` alone) and etcd at `/usr/bin/etcd`.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use cairn::bench::kv::{CasOpts, Consistency, MixedOpts, PutOpts, RangeOpts};
-use cairn::bench::lease::LeaseOpts;
-use cairn::bench::watch::WatchOpts;
-use cairn::bench::{run, BenchError, Load, Report, Scenario};
+use cairn_bench::kv::{CasOpts, Consistency, MixedOpts, PutOpts, RangeOpts};
+use cairn_bench::lease::LeaseOpts;
+use cairn_bench::watch::WatchOpts;
+use cairn_bench::{run, BenchError, Load, Report, Scenario};
 use common::{Kind, Server};
 
 /// Runs `scenario` against `server` with `clients` clients over 2
@@ -268,7 +274,7 @@ fn compare_runs_every_kind_of_scenario_and_writes_its_outputs() {
         ])
         .args(["--load-keys", "500", "--restart-keys", "1000", "--quiet"])
         .arg("--cairn-bin")
-        .arg(env!("CARGO_BIN_EXE_cairn"))
+        .arg(common::cairn_path())
         .arg("--etcd-bin")
         .arg(common::etcd_path())
         .arg("--out")

@@ -17,12 +17,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use super::conn::Pool;
-use super::report::{add_error_sample, Latencies, Report};
-use super::runner::{finish, progress_bar, Load, OP_TIMEOUT};
-use super::BenchError;
-use crate::proto::etcdserverpb::lease_client::LeaseClient;
-use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
+use crate::conn::Pool;
+use crate::report::{add_error_sample, Latencies, Report};
+use crate::runner::{finish, progress_bar, Load, OP_TIMEOUT};
+use crate::BenchError;
+use cairn::proto::etcdserverpb::lease_client::LeaseClient;
+use cairn::proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
 
 /// Options of `lease`.
 #[derive(Args, Clone, Debug, Serialize)]

@@ -1,7 +1,7 @@
 //! `cairn-bench compare`: the same scenarios against real etcd and cairn on
 //! the same machine, the way a fair A/B comparison is made.
 //!
-//! * Both servers get the same etcd flags (see [`server`](super::server)) and
+//! * Both servers get the same etcd flags (see [`server`](crate::server)) and
 //!   a fresh data dir for every run, so no run inherits another's data.
 //! * Only one server runs at a time, and the two alternate: for each round,
 //!   for each scenario, etcd then cairn (A B A B …), so slow drift of the
@@ -22,15 +22,15 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::conn::Pool;
-use super::keys::KeyGen;
-use super::kv::{self, CasOpts, Consistency, MixedOpts, PutOpts, RangeOpts};
-use super::lease::LeaseOpts;
-use super::server::{Kind, ServerProc};
-use super::watch::WatchOpts;
-use super::{chart, run, BenchError, Load, Report, Scenario};
-use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::RangeRequest;
+use crate::conn::Pool;
+use crate::keys::KeyGen;
+use crate::kv::{self, CasOpts, Consistency, MixedOpts, PutOpts, RangeOpts};
+use crate::lease::LeaseOpts;
+use crate::server::{Kind, ServerProc};
+use crate::watch::WatchOpts;
+use crate::{chart, run, BenchError, Load, Report, Scenario};
+use cairn::proto::etcdserverpb::kv_client::KvClient;
+use cairn::proto::etcdserverpb::RangeRequest;
 
 /// The scenarios run when `--scenarios` is not given.
 pub const DEFAULT_SCENARIOS: &str = "put,range-l,range-s,txn-cas,mixed,watch,watch-sat,lease";
@@ -593,14 +593,23 @@ pub async fn compare(o: &CompareOpts) -> Result<Summary, BenchError> {
     if o.rounds == 0 {
         return Err(BenchError::Usage("--rounds must be at least 1".into()));
     }
-    let cairn_bin = match &o.cairn_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("cairn"),
+    // The default is the cairn built next to this binary: both packages of
+    // the workspace share one target dir, but building cairn-bench alone
+    // (`cargo run -p cairn-bench`) does not build the server.
+    let (cairn_bin, hint) = match &o.cairn_bin {
+        Some(p) => (p.clone(), ""),
+        None => (
+            std::env::current_exe()?.with_file_name("cairn"),
+            " (build the server next to cairn-bench: cargo build --release --workspace)",
+        ),
     };
-    for (what, p) in [("--cairn-bin", &cairn_bin), ("--etcd-bin", &o.etcd_bin)] {
+    for (what, p, hint) in [
+        ("--cairn-bin", &cairn_bin, hint),
+        ("--etcd-bin", &o.etcd_bin, ""),
+    ] {
         if !p.is_file() {
             return Err(BenchError::Usage(format!(
-                "{what} {}: no such file",
+                "{what} {}: no such file{hint}",
                 p.display()
             )));
         }
@@ -693,7 +702,7 @@ mod tests {
 
     #[test]
     fn watch_sat_saturates_with_concurrent_writers_and_is_run_by_default() {
-        use super::super::cli::{Cli, Command};
+        use crate::cli::{Cli, Command};
         use clap::Parser;
         let Command::Compare(o) =
             Cli::parse_from(["cairn-bench", "compare", "--ops", "3000"]).command
@@ -732,7 +741,7 @@ mod tests {
             scenario: "put".into(),
             report: Some(Report {
                 throughput: tput,
-                latency_ms: super::super::report::LatencySummary {
+                latency_ms: crate::report::LatencySummary {
                     p99,
                     ..Default::default()
                 },

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::report::{add_error_sample, Latencies, Report};
+use crate::report::{add_error_sample, Latencies, Report};
 
 /// How long one operation may take before it counts as an error.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -5,7 +5,7 @@
 use plotters::coord::combinators::IntoLogRange;
 use plotters::prelude::*;
 
-use super::compare::Summary;
+use crate::compare::Summary;
 
 /// One client count's medians.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-use super::BenchError;
+use crate::BenchError;
 
 /// The connections of one run.
 #[derive(Clone, Debug)]

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::compare::{self, CompareOpts, Summary};
-use super::kv::{CasOpts, MixedOpts, PutOpts, RangeOpts};
-use super::lease::LeaseOpts;
-use super::watch::WatchOpts;
-use super::{chart, run, BenchError, Load, Report, Scenario};
+use crate::compare::{self, CompareOpts, Summary};
+use crate::kv::{CasOpts, MixedOpts, PutOpts, RangeOpts};
+use crate::lease::LeaseOpts;
+use crate::watch::WatchOpts;
+use crate::{chart, run, BenchError, Load, Report, Scenario};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -15,8 +15,11 @@
 //!   throughput and p99 against client count as SVG.
 //! * [`cli`]: the command line of `cairn-bench`.
 //!
-//! This module is a client of the server, never part of it: nothing in the
-//! write or read path depends on it.
+//! This crate is a client of the server, never part of it: it sits in its
+//! own workspace package so that the `cairn` package's dependencies are only
+//! what the server runs. From `cairn` it takes the generated etcd v3 client
+//! stubs ([`cairn::proto`]) and nothing else; the server it measures is the
+//! `cairn` binary, started as a process (`--cairn-bin`).
 
 pub mod chart;
 pub mod cli;

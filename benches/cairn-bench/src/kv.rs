@@ -1,23 +1,23 @@
 //! The KV scenarios: `put`, `range`, `txn-cas`, `mixed`, and the bulk load
 //! the read scenarios, `load-100k` and `restart-1m` start with.
 //!
-//! Each is a [`Client`] for the closed-loop [`runner`](super::runner): one
+//! Each is a [`Client`] for the closed-loop [`runner`](crate::runner): one
 //! KV gRPC client per simulated client, on the connection the pool gives it.
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::keys::{KeyGen, Rng};
-use super::runner::{drive, Client, Done, Load};
-use super::Report;
-use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::request_op::Request as Op;
-use crate::proto::etcdserverpb::response_op::Response as OpResponse;
-use crate::proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::keys::{KeyGen, Rng};
+use crate::runner::{drive, Client, Done, Load};
+use crate::Report;
+use cairn::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn::proto::etcdserverpb::kv_client::KvClient;
+use cairn::proto::etcdserverpb::request_op::Request as Op;
+use cairn::proto::etcdserverpb::response_op::Response as OpResponse;
+use cairn::proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
-use super::conn::Pool;
+use crate::conn::Pool;
 
 /// etcd's default `--max-txn-ops`: the most puts one load transaction carries.
 pub const LOAD_BATCH: usize = 128;
@@ -186,7 +186,7 @@ impl Client for Putter {
     }
 }
 
-pub async fn run_put(load: &Load, o: &PutOpts) -> Result<Report, super::BenchError> {
+pub async fn run_put(load: &Load, o: &PutOpts) -> Result<Report, crate::BenchError> {
     let pool = Pool::connect(&load.endpoints, load.conns).await?;
     let keys = KeyGen::new(&o.prefix, o.key_size, o.key_space);
     Ok(drive("put", load, |i| {
@@ -248,7 +248,7 @@ impl Client for Reader {
     }
 }
 
-pub async fn run_range(load: &Load, o: &RangeOpts) -> Result<Report, super::BenchError> {
+pub async fn run_range(load: &Load, o: &RangeOpts) -> Result<Report, crate::BenchError> {
     let pool = Pool::connect(&load.endpoints, load.conns).await?;
     let keys = KeyGen::new(&o.prefix, o.key_size, o.keys);
     preload(&pool, &keys, o.keys, o.val_size, load).await?;
@@ -322,7 +322,7 @@ impl Client for Casser {
     }
 }
 
-pub async fn run_txn_cas(load: &Load, o: &CasOpts) -> Result<Report, super::BenchError> {
+pub async fn run_txn_cas(load: &Load, o: &CasOpts) -> Result<Report, crate::BenchError> {
     let pool = Pool::connect(&load.endpoints, load.conns).await?;
     let shared = o.key_space > 0;
     let space = if shared {
@@ -370,9 +370,9 @@ impl Client for Mixer {
     }
 }
 
-pub async fn run_mixed(load: &Load, o: &MixedOpts) -> Result<Report, super::BenchError> {
+pub async fn run_mixed(load: &Load, o: &MixedOpts) -> Result<Report, crate::BenchError> {
     if !(0.0..=1.0).contains(&o.read_ratio) {
-        return Err(super::BenchError::Usage(format!(
+        return Err(crate::BenchError::Usage(format!(
             "--read-ratio {} is not between 0 and 1",
             o.read_ratio
         )));
@@ -464,14 +464,14 @@ async fn preload(
     n: u64,
     val_size: usize,
     load: &Load,
-) -> Result<(), super::BenchError> {
+) -> Result<(), crate::BenchError> {
     let spec = Load {
         progress: false,
         ..load.clone()
     };
     let r = load_keys(pool, keys, n, val_size, &spec, "preload").await;
     if r.errors > 0 || r.ops < n {
-        return Err(super::BenchError::Setup(format!(
+        return Err(crate::BenchError::Setup(format!(
             "loading {n} keys: {} loaded, {} errors: {:?}",
             r.ops, r.errors, r.error_samples
         )));

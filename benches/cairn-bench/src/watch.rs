@@ -33,15 +33,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::conn::Pool;
-use super::keys::{prefix_end, Rng};
-use super::report::{add_error_sample, Latencies, Report};
-use super::runner::{finish, progress_bar, Load};
-use super::BenchError;
-use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::watch_client::WatchClient;
-use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::conn::Pool;
+use crate::keys::{prefix_end, Rng};
+use crate::report::{add_error_sample, Latencies, Report};
+use crate::runner::{finish, progress_bar, Load};
+use crate::BenchError;
+use cairn::proto::etcdserverpb::kv_client::KvClient;
+use cairn::proto::etcdserverpb::watch_client::WatchClient;
+use cairn::proto::etcdserverpb::watch_request::RequestUnion;
+use cairn::proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
 
 /// Options of `watch`.
 #[derive(Args, Clone, Debug, Serialize)]

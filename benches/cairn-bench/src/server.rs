@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::conn::normalise_endpoint;
-use super::BenchError;
-use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::RangeRequest;
+use crate::conn::normalise_endpoint;
+use crate::BenchError;
+use cairn::proto::etcdserverpb::kv_client::KvClient;
+use cairn::proto::etcdserverpb::RangeRequest;
 
 /// The member name both servers get.
 const MEMBER_NAME: &str = "bench";
