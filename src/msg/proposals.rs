@@ -216,3 +216,86 @@ impl RaftClient {
         *self.applied.borrow()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Progress;
+    use crate::proto::etcdserverpb::PutRequest;
+    use actix::{Actor, Context, Handler, System};
+
+    /// A RaftNode that takes proposals and never commits them.
+    struct BlackHole;
+
+    impl Actor for BlackHole {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Propose> for BlackHole {
+        type Result = ();
+        fn handle(&mut self, _: Propose, _: &mut Context<Self>) {}
+    }
+
+    impl Handler<ReadIndex> for BlackHole {
+        type Result = Result<u64, EtcdError>;
+        fn handle(&mut self, _: ReadIndex, _: &mut Context<Self>) -> Self::Result {
+            Ok(0)
+        }
+    }
+
+    fn client(status: Arc<RaftStatus>, applied: watch::Receiver<u64>) -> RaftClient {
+        let node = BlackHole.start();
+        RaftClient::new(
+            node.clone().recipient(),
+            node.recipient(),
+            Arc::new(Proposals::new(1)),
+            status,
+            applied,
+            1 << 20,
+            Duration::from_millis(200),
+        )
+    }
+
+    fn put() -> Request {
+        Request::Put(PutRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn abandoned_and_timed_out_proposals_leave_no_waiter() {
+        System::new().block_on(async {
+            let (_tx, applied) = watch::channel(0);
+            let c = client(Arc::new(RaftStatus::default()), applied);
+            assert!(matches!(c.propose(put()).await, Err(EtcdError::Timeout)));
+            assert_eq!(c.proposals.pending(), 0, "a timed-out waiter stays");
+
+            // The caller goes away while its proposal is in flight.
+            let abandoned = tokio::time::timeout(Duration::from_millis(20), c.propose(put()));
+            assert!(abandoned.await.is_err());
+            assert_eq!(c.proposals.pending(), 0, "an abandoned waiter stays");
+        });
+    }
+
+    #[test]
+    fn proposals_are_refused_past_the_apply_gap() {
+        System::new().block_on(async {
+            let status = Arc::new(RaftStatus::default());
+            let (tx, applied) = watch::channel(100);
+            let c = client(status.clone(), applied);
+            status.publish(Progress {
+                commit_index: 100 + MAX_APPLY_GAP + 1,
+                ..Default::default()
+            });
+            assert!(matches!(
+                c.propose(put()).await,
+                Err(EtcdError::TooManyRequests)
+            ));
+            assert_eq!(c.proposals.pending(), 0);
+            // Apply catches up: proposals are taken again (and time out here).
+            tx.send_replace(101);
+            assert!(matches!(c.propose(put()).await, Err(EtcdError::Timeout)));
+        });
+    }
+}
