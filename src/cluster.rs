@@ -10,6 +10,7 @@
 use sha1::{Digest, Sha1};
 use url::Url;
 
+use crate::proto::cairnpb::MemberIdentity;
 use crate::proto::etcdserverpb::Member as PbMember;
 
 /// One member of the cluster as configured.
@@ -122,6 +123,42 @@ impl ClusterInfo {
         }
     }
 
+    /// The identity to store when this member is bootstrapped.
+    pub fn identity(&self, token: &str) -> MemberIdentity {
+        MemberIdentity {
+            name: self.local().map(|m| m.name.clone()).unwrap_or_default(),
+            member_id: self.local_id,
+            cluster_id: self.cluster_id,
+            cluster_token: token.to_string(),
+        }
+    }
+
+    /// Adopts a stored identity: on restart it wins over what the flags
+    /// computed. Flags that contradict it (another `--name`, another
+    /// `--initial-cluster-token`) are an error naming both.
+    pub fn adopt(&mut self, stored: &MemberIdentity, token: &str) -> Result<(), String> {
+        let name = self.local().map(|m| m.name.clone()).unwrap_or_default();
+        let whose = format!(
+            "the data dir belongs to member {} ({:x}) of cluster {:x}",
+            stored.name, stored.member_id, stored.cluster_id
+        );
+        if name != stored.name {
+            return Err(format!("--name {name} contradicts it: {whose}"));
+        }
+        if token != stored.cluster_token {
+            return Err(format!(
+                "--initial-cluster-token {token} contradicts it: {whose}, token {}",
+                stored.cluster_token
+            ));
+        }
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == self.local_id) {
+            m.id = stored.member_id;
+        }
+        self.local_id = stored.member_id;
+        self.cluster_id = stored.cluster_id;
+        Ok(())
+    }
+
     pub fn local(&self) -> Option<&Member> {
         self.members.iter().find(|m| m.id == self.local_id)
     }
@@ -201,5 +238,44 @@ mod tests {
         assert_eq!(a.cluster_id, b.cluster_id);
         assert_eq!(a.local_id, b.local_id);
         assert_eq!(a.members.len(), 2);
+    }
+
+    #[test]
+    fn a_stored_identity_wins_and_contradicting_flags_are_refused() {
+        let initial = [("a".to_string(), url("http://127.0.0.1:1"))];
+        let boot = ClusterInfo::from_initial_cluster(&initial, "t", "a", &[]);
+        let stored = boot.identity("t");
+        assert_eq!(
+            (stored.name.as_str(), stored.member_id),
+            ("a", boot.local_id)
+        );
+
+        // Restarted with the same flags: nothing changes.
+        let mut same = ClusterInfo::from_initial_cluster(&initial, "t", "a", &[]);
+        same.adopt(&stored, "t").expect("same flags");
+        assert_eq!(
+            (same.local_id, same.cluster_id),
+            (boot.local_id, boot.cluster_id)
+        );
+
+        // Peer URLs changed since (member update): the stored ids win.
+        let moved = [("a".to_string(), url("http://127.0.0.1:9"))];
+        let mut c = ClusterInfo::from_initial_cluster(&moved, "t", "a", &[]);
+        assert_ne!(c.local_id, boot.local_id);
+        c.adopt(&stored, "t").expect("ids are not flags");
+        assert_eq!((c.local_id, c.cluster_id), (boot.local_id, boot.cluster_id));
+        assert_eq!(c.local().map(|m| m.id), Some(boot.local_id));
+
+        let renamed = [("b".to_string(), url("http://127.0.0.1:1"))];
+        let mut c = ClusterInfo::from_initial_cluster(&renamed, "t", "b", &[]);
+        let err = c.adopt(&stored, "t").expect_err("another name");
+        assert!(
+            err.contains("--name b") && err.contains("member a"),
+            "{err}"
+        );
+
+        let mut c = ClusterInfo::from_initial_cluster(&initial, "other", "a", &[]);
+        let err = c.adopt(&stored, "other").expect_err("another token");
+        assert!(err.contains("--initial-cluster-token other"), "{err}");
     }
 }

@@ -71,21 +71,34 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::new(BufferedBackend::new(Arc::new(sled)).context("opening the state store")?);
     let store = Arc::new(Store::open(backend).context("loading the state store")?);
 
-    let cluster = Arc::new(ClusterInfo::from_initial_cluster(
+    let mut cluster = ClusterInfo::from_initial_cluster(
         &cfg.initial_cluster,
         &cfg.initial_cluster_token,
         &cfg.name,
         &cfg.advertise_client_urls,
-    ));
+    );
     anyhow::ensure!(
         cluster.local_id != 0,
         "--name {} is not in --initial-cluster",
         cfg.name
     );
+    // The identity is fixed when the member is bootstrapped and stored with
+    // the log; on every later start the stored one wins over the flags.
+    let token = &cfg.initial_cluster_token;
     if log.is_new() {
         log.bootstrap(cluster.voter_ids())
             .context("bootstrapping the raft log")?;
     }
+    match log.identity().context("reading the member identity")? {
+        Some(stored) => cluster
+            .adopt(&stored, token)
+            .map_err(|e| anyhow::anyhow!("{e} (data dir {})", cfg.data_dir.display()))?,
+        // New, or made by a cairn that did not store it yet.
+        None => log
+            .store_identity(&cluster.identity(token))
+            .context("storing the member identity")?,
+    }
+    let cluster = Arc::new(cluster);
     tracing::info!(
         name = %cfg.name,
         member_id = %format!("{:x}", cluster.local_id),

@@ -17,12 +17,14 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use raft_engine::{Config as EngineConfig, Engine, LogBatch, MessageExt};
 
 use crate::error::StorageError;
+use crate::proto::cairnpb::MemberIdentity;
 
 /// raft-engine stores many raft groups; cairn has one.
 const GROUP: u64 = 1;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_TRUNCATED: &[u8] = b"truncated";
+const KEY_IDENTITY: &[u8] = b"identity";
 
 /// Tells raft-engine how to find the index of a raft-rs entry.
 #[derive(Clone)]
@@ -115,6 +117,27 @@ impl LogStore {
         batch.put_message(GROUP, KEY_CONF_STATE.to_vec(), &cs)?;
         self.engine.write(&mut batch, true)?;
         self.meta.write().conf_state = cs;
+        Ok(())
+    }
+
+    /// The member identity stored at bootstrap, if any (a data dir made by
+    /// an older cairn has none).
+    pub fn identity(&self) -> Result<Option<MemberIdentity>, StorageError> {
+        use prost::Message as _;
+        match self.engine.get(GROUP, KEY_IDENTITY) {
+            None => Ok(None),
+            Some(raw) => MemberIdentity::decode(raw.as_slice())
+                .map(Some)
+                .map_err(|e| StorageError::corrupt("raft log", format!("member identity: {e}"))),
+        }
+    }
+
+    /// Stores the member identity (durably).
+    pub fn store_identity(&self, identity: &MemberIdentity) -> Result<(), StorageError> {
+        use prost::Message as _;
+        let mut batch = LogBatch::default();
+        batch.put(GROUP, KEY_IDENTITY.to_vec(), identity.encode_to_vec())?;
+        self.engine.write(&mut batch, true)?;
         Ok(())
     }
 
