@@ -25,6 +25,7 @@ pub mod watch;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::Status;
 
@@ -226,21 +227,27 @@ pub async fn serve(
         streams_stopped.clone(),
     ));
 
+    // etcd's interceptor: a request carrying `hasleader: true` fails fast
+    // on a member that knows no leader (clientv3 WithRequireLeader).
+    let leader = RequireLeader(api.status.clone());
     Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
-        .add_service(
+        .add_service(InterceptedService::new(
             KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),
-        )
-        .add_service(
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
             LeaseServer::new(lease::LeaseService::new(api.clone()))
                 .max_decoding_message_size(max_decode),
-        )
-        .add_service(
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
             MaintenanceServer::new(maintenance::MaintenanceService::new(api.clone()))
                 .max_decoding_message_size(max_decode),
-        )
-        .add_service(
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
             WatchServer::new(watch::WatchService::new(
                 api.clone(),
                 api.watch.clone(),
@@ -248,19 +255,23 @@ pub async fn serve(
                 streams_stopped,
             ))
             .max_decoding_message_size(max_decode),
-        )
-        .add_service(
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ClusterServer::new(cluster::ClusterService::new(api))
                 .max_decoding_message_size(max_decode),
-        )
-        .add_service(
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
             LockServer::new(lock::LockService::new(local.clone()))
                 .max_decoding_message_size(max_decode),
-        )
-        .add_service(
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ElectionServer::new(election::ElectionService::new(local))
                 .max_decoding_message_size(max_decode),
-        )
+            leader.clone(),
+        ))
         .serve_with_shutdown(addr, shutdown)
         .await
 }
@@ -297,5 +308,24 @@ async fn track_health(
             _ = tokio::time::sleep(HEALTH_POLL) => {}
             _ = stopping.changed() => {}
         }
+    }
+}
+
+/// etcd's `hasleader` check: a request with the metadata `hasleader: true`
+/// is refused with `etcdserver: no leader` while this member knows none,
+/// instead of waiting for the request timeout.
+#[derive(Clone)]
+struct RequireLeader(Arc<RaftStatus>);
+
+impl tonic::service::Interceptor for RequireLeader {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let wants_leader = req
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        if wants_leader && self.0.leader_id() == 0 {
+            return Err(EtcdError::NoLeader.into());
+        }
+        Ok(req)
     }
 }
