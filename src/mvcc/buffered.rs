@@ -251,9 +251,13 @@ impl Shared {
             self.poison(&e);
             return Err(e);
         }
-        if let Ok(size) = self.inner.size_on_disk() {
-            self.inner_size.store(size, Ordering::Relaxed);
-        }
+        // sled's file size lags the writes it took until it writes its log
+        // out, so right after a commit it may even read 0: never let the
+        // estimate drop below what it counted with the overlay. `flush`
+        // sets the exact size again.
+        let committed = self.inner_size.load(Ordering::Relaxed) + self.overlay.read().frozen_bytes;
+        let size = self.inner.size_on_disk().unwrap_or(0).max(committed);
+        self.inner_size.store(size, Ordering::Relaxed);
         // Only now may readers stop finding these writes in the overlay.
         let mut o = self.overlay.write();
         o.frozen = None;
