@@ -41,6 +41,7 @@ pub mod proto;
 pub mod raft;
 pub mod recipes;
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 pub mod supervise;
 pub mod validate;

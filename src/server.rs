@@ -184,7 +184,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             });
         }
 
-        let api = Api { store: store.clone(), raft: client.clone(), status, cluster, max_txn_ops: cfg.max_txn_ops, leases, watch };
+        let api = Api {
+            store: store.clone(),
+            raft: client.clone(),
+            status,
+            cluster,
+            max_txn_ops: cfg.max_txn_ops,
+            leases,
+            storage: storage.clone().recipient(),
+            watch,
+        };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on
         // its threads, in parallel with the actors' arbiters.

@@ -26,10 +26,12 @@ use tokio::sync::{oneshot, watch};
 use crate::apply::apply_batch;
 use crate::error::{fatal, StorageError};
 use crate::msg::{
-    Applied, AppliedLeases, ApplyCommitted, FlushNow, LogFlushed, Proposals, MAILBOX_CAPACITY,
+    Applied, AppliedLeases, ApplyCommitted, CaptureImage, FlushNow, LogFlushed, Proposals,
+    MAILBOX_CAPACITY,
 };
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
+use crate::snapshot::{capture_head, ImageHead};
 use crate::supervise::Lifeline;
 
 /// Where Storage reports what it did; all given at construction.
@@ -222,6 +224,14 @@ impl Handler<ApplyCommitted> for StorageActor {
         if let Err(e) = self.apply(msg.entries) {
             fatal("applying committed entries", &e);
         }
+    }
+}
+
+impl Handler<CaptureImage> for StorageActor {
+    type Result = Result<ImageHead, StorageError>;
+    fn handle(&mut self, _: CaptureImage, _: &mut Context<Self>) -> Self::Result {
+        // Between two batches: nothing is being applied.
+        capture_head(&self.store)
     }
 }
 

@@ -11,6 +11,11 @@ use cairn::config::{Config, ConfigError};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `cairn snapshot restore|status …`: the offline tools (etcdutl's).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
+        let code = cairn::snapshot::cli::run(std::env::args_os().skip(1));
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let (cfg, warnings) = match Config::load_with_warnings(std::env::args_os(), std::env::vars()) {
         Ok(loaded) => loaded,
         Err(e @ (ConfigError::Help(_) | ConfigError::Version(_))) => {

@@ -781,3 +781,14 @@ fn raw(value: &Value) -> Result<Raw, String> {
         _ => scalar(value).map(Raw::Text),
     }
 }
+
+/// `--initial-cluster`'s format (`name=url,…`), for tools outside the server
+/// (`cairn snapshot restore`).
+pub fn parse_initial_cluster(text: &str) -> Result<Vec<(String, Url)>, String> {
+    values::initial_cluster(&[text.to_string()])
+}
+
+/// A comma-separated URL list, as `--initial-advertise-peer-urls` takes.
+pub fn parse_url_list(text: &str) -> Result<Vec<Url>, String> {
+    values::url_list(&[text.to_string()])
+}

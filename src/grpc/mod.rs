@@ -57,6 +57,8 @@ pub struct Api {
     pub max_txn_ops: usize,
     /// Lease expiry: keep-alives and time-to-live go here, not to the log.
     pub leases: actix::Addr<LeaseKeeper>,
+    /// Storage, which takes the head of a snapshot between two batches.
+    pub storage: actix::Recipient<crate::msg::CaptureImage>,
     /// The WatchBroadcaster actor, which every Watch stream talks to.
     pub watch: actix::Addr<crate::watch::WatchBroadcaster>,
 }

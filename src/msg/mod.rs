@@ -90,6 +90,12 @@ pub struct ApplyCommitted {
 #[rtype(result = "Result<(), String>")]
 pub struct FlushNow;
 
+/// Take the first part of a consistent image of the applied state
+/// (`snapshot::capture_head`), between two applied batches.
+#[derive(Message)]
+#[rtype(result = "Result<crate::snapshot::ImageHead, crate::error::StorageError>")]
+pub struct CaptureImage;
+
 // ---- WatchBroadcaster's inbox (from Storage) --------------------------------
 
 /// What one applied batch changed, for watchers: every event in revision
