@@ -29,7 +29,6 @@ use crate::raft::client::{Proposals, RaftClient};
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::{RaftNode, RaftStatus, Shutdown};
-use crate::raft::transport::NoPeers;
 use crate::storage::{
     FlushNow, SetApplyListener, SetFlushListener, SetLeaseListener, StorageActor,
 };
@@ -86,6 +85,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         "--name {} is not in --initial-cluster",
         cfg.name
     );
+    // Peer ports are bound before anything starts: one in use fails here.
+    let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone())?;
     if log.is_new() {
         log.bootstrap(cluster.voter_ids())
             .context("bootstrapping the raft log")?;
@@ -144,13 +145,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         storage.do_send(SetLeaseListener(leases.clone().recipient()));
         let raft = {
             let (recipient, status) = (storage.clone().recipient(), status.clone());
+            let transport = peers.transport();
             let proposals = proposals.clone();
             let snapshot_count = cfg.snapshot_count;
             RaftNode::start_in_arbiter(&core_arbiter.handle(), move |_| {
-                RaftNode::new(core, recipient, proposals, Box::new(NoPeers), status, heartbeat, snapshot_count)
+                RaftNode::new(core, recipient, proposals, transport, status, heartbeat, snapshot_count)
             })
         };
         storage.do_send(SetFlushListener(raft.clone().recipient()));
+        peers.start(raft.clone());
         // Watchers hear of every applied batch; the broadcaster has its own
         // arbiter so that catching slow watchers up never delays Storage.
         let watch = {

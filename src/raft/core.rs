@@ -43,6 +43,8 @@ pub struct ReadyWork {
     must_sync: bool,
     /// Messages (votes, append responses) that must wait for the persist.
     persisted_messages: Vec<Message>,
+    /// Answered ReadIndex requests: (request ctx, read index).
+    pub read_states: Vec<(u64, u64)>,
 }
 
 impl ReadyWork {
@@ -114,28 +116,35 @@ impl Core {
         self.node.step(msg)
     }
 
-    /// Appends a proposal to the leader's log (not yet durable).
+    /// Appends a proposal to the log (not yet durable). On a follower,
+    /// raft-rs forwards it to the leader as a MsgProp; either way the
+    /// proposer's waiter is completed when the entry is applied here (its
+    /// id travels inside the entry). Refused when no leader is known.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), EtcdError> {
-        if self.node.raft.state != StateRole::Leader {
-            return Err(if self.node.raft.leader_id == 0 {
-                EtcdError::NoLeader
-            } else {
-                EtcdError::NotLeader
-            });
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return Err(EtcdError::NoLeader);
         }
         self.node.propose(Vec::new(), data).map_err(|e| match e {
+            // raft-rs drops a proposal when there is no leader (a candidate,
+            // or a follower that just lost it), during a leadership transfer,
+            // and on a member removed from the configuration.
+            raft::Error::ProposalDropped if self.node.raft.leader_id == raft::INVALID_ID => {
+                EtcdError::NoLeader
+            }
             raft::Error::ProposalDropped => EtcdError::LeaderChanged,
             _ => EtcdError::Stopped,
         })
     }
 
-    /// The commit index if it can serve a linearizable read now: this member
-    /// leads and has committed an entry in its own term (before that, an
-    /// entry acknowledged under the previous term may not yet count as
-    /// committed here). `None` means ask again after the next Ready.
+    /// The commit index if this member can serve a linearizable read with
+    /// no round trip: it is the only voter and has committed an entry in its
+    /// own term (before that, an entry acknowledged under the previous term
+    /// may not yet count as committed here). `None` means: on a single
+    /// member, ask again after the next Ready; in a cluster, go through
+    /// [`Core::request_read`].
     pub fn read_index(&self) -> Option<u64> {
         let raft = &self.node.raft;
-        if raft.state != StateRole::Leader {
+        if raft.state != StateRole::Leader || !raft.prs().is_singleton() {
             return None;
         }
         let committed = raft.raft_log.committed;
@@ -143,6 +152,36 @@ impl Core {
             Ok(t) if t == raft.term => Some(committed),
             _ => None,
         }
+    }
+
+    /// True when this member is the only voter (no peers to ask).
+    pub fn is_alone(&self) -> bool {
+        self.node.raft.prs().is_singleton()
+    }
+
+    /// Starts raft's ReadIndex protocol for the reads batched under `ctx`:
+    /// the leader confirms it still leads with a heartbeat round, and the
+    /// answer comes out of a later Ready as a read state (`ReadyWork::
+    /// read_states`). raft-rs drops the request silently when no leader is
+    /// known or the leader has not yet committed in its term, so the caller
+    /// issues it again until it is answered or its caller gives up.
+    pub fn request_read(&mut self, ctx: u64) {
+        self.node.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    /// A message to `id` was dropped before leaving this member.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    /// A snapshot sent to `id` was delivered (`ok`) or lost.
+    pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(id, status);
     }
 
     pub fn progress(&self) -> Progress {
@@ -162,7 +201,8 @@ impl Core {
         }
         let mut ready = self.node.ready();
         if !ready.snapshot().is_empty() {
-            // Only a peer can send a snapshot; peers arrive with clustering.
+            // No member sends snapshots yet (the peer Snapshot stream is
+            // reserved, and the log store offers none).
             tracing::error!("received a raft snapshot, which this member cannot install yet");
         }
         let work = ReadyWork {
@@ -173,6 +213,14 @@ impl Core {
             hard_state: ready.hs().cloned(),
             must_sync: ready.must_sync(),
             persisted_messages: ready.take_persisted_messages(),
+            read_states: ready
+                .take_read_states()
+                .into_iter()
+                .filter_map(|rs| {
+                    let ctx: [u8; 8] = rs.request_ctx.as_slice().try_into().ok()?;
+                    Some((u64::from_be_bytes(ctx), rs.index))
+                })
+                .collect(),
         };
         self.node.store().stage(&work.entries);
         self.node.advance_append_async(ready);

@@ -1,7 +1,8 @@
 //! The RaftNode actor: the only owner of consensus state.
 //!
 //! Takes [`Propose`] (from the gRPC layer, through [`super::proposal`]),
-//! [`ReadIndex`] (linearizable reads), [`Step`] (messages from peers) and
+//! [`ReadIndex`] (linearizable reads), [`Step`] (messages from peers),
+//! [`ReportUnreachable`] and [`ReportSnapshot`] (from PeerLinks) and
 //! [`LogFlushed`] (from Storage: how far the log may be truncated). Sends
 //! committed entries to the Storage actor as `ApplyCommitted`, and raft
 //! messages to peers through a [`Transport`].
@@ -12,6 +13,7 @@
 //! flight the actor keeps taking proposals, ticks and peer messages, which
 //! all join the next Ready.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use tokio::sync::oneshot;
 use super::client::Proposals;
 use super::core::{Core, Progress, ReadyWork};
 use super::log_store::LogStore;
-use super::transport::Transport;
+use super::transport::{Transport, Undelivered};
 use crate::error::{fatal, EtcdError};
 use crate::storage::ApplyCommitted;
 
@@ -87,6 +89,23 @@ pub struct ReadIndex;
 #[rtype(result = "()")]
 pub struct Step(pub raft::eraftpb::Message);
 
+/// A PeerLink dropped a message to member `id` (queue full, or the link is
+/// down): raft-rs stops streaming appends to it and probes it instead.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportUnreachable {
+    pub id: u64,
+}
+
+/// A MsgSnapshot to member `id` was delivered (`ok`) or lost: raft-rs waits
+/// for this before it sends that member anything else.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportSnapshot {
+    pub id: u64,
+    pub ok: bool,
+}
+
 /// The state store has durably flushed everything up to `applied_index`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -118,8 +137,8 @@ pub struct RaftNode {
     status: Arc<RaftStatus>,
     /// True while a Ready's persist runs: at most one Ready in flight.
     persisting: bool,
-    /// Reads waiting for the leader to commit in its term.
-    pending_reads: Vec<oneshot::Sender<Result<u64, EtcdError>>>,
+    /// Linearizable reads waiting for a read index.
+    reads: PendingReads,
     /// A Drive is already queued; avoid queueing one per proposal.
     drive_queued: bool,
     /// Tick period (etcd's --heartbeat-interval).
@@ -154,7 +173,7 @@ impl RaftNode {
             transport,
             status,
             persisting: false,
-            pending_reads: Vec::new(),
+            reads: PendingReads::default(),
             drive_queued: false,
             tick_interval,
             snapshot_count,
@@ -175,7 +194,10 @@ impl RaftNode {
 
     fn hand_off(&mut self, msgs: Vec<raft::eraftpb::Message>, entries: Vec<raft::eraftpb::Entry>) {
         if !msgs.is_empty() {
-            self.transport.send(msgs);
+            let undelivered = self.transport.send(msgs);
+            if !undelivered.is_empty() {
+                self.report(undelivered);
+            }
         }
         if !entries.is_empty() {
             tracing::trace!(
@@ -187,15 +209,44 @@ impl RaftNode {
         }
     }
 
+    fn report(&mut self, undelivered: Undelivered) {
+        for id in undelivered.snapshots {
+            tracing::error!(
+                to = id,
+                "raft snapshot not sent: cairn cannot ship snapshots yet"
+            );
+            self.core.report_snapshot(id, false);
+        }
+        for id in undelivered.unreachable {
+            self.core.report_unreachable(id);
+        }
+    }
+
+    /// Starts raft's ReadIndex for the reads queued since the last batch
+    /// (one request for all of them, as etcd batches reads), or answers
+    /// them at once on a single member.
+    fn serve_reads(&mut self) {
+        if self.reads.queued.is_empty() {
+            return;
+        }
+        if let Some(index) = self.core.read_index() {
+            for tx in self.reads.queued.drain(..) {
+                let _ = tx.send(Ok(index));
+            }
+            return;
+        }
+        if self.core.is_alone() {
+            // A single member still electing itself or committing its
+            // term's first entry: after_progress asks again.
+            return;
+        }
+        let ctx = self.reads.issue();
+        self.core.request_read(ctx);
+    }
+
     fn after_progress(&mut self) {
         self.status.publish(self.core.progress());
-        if !self.pending_reads.is_empty() {
-            if let Some(index) = self.core.read_index() {
-                for tx in self.pending_reads.drain(..) {
-                    let _ = tx.send(Ok(index));
-                }
-            }
-        }
+        self.serve_reads();
         if self.stopping && !self.persisting {
             for tx in self.stop_waiters.drain(..) {
                 let _ = tx.send(());
@@ -206,6 +257,7 @@ impl RaftNode {
     /// One step of the Ready loop: hand out what is safe now, persist the
     /// rest off-thread, and continue when the persist is done.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        self.serve_reads();
         if self.persisting {
             return;
         }
@@ -213,6 +265,9 @@ impl RaftNode {
             self.after_progress();
             return;
         };
+        for (read_ctx, index) in std::mem::take(&mut work.read_states) {
+            self.reads.answer(read_ctx, index);
+        }
         let send_now = std::mem::take(&mut work.send_now);
         let apply = std::mem::take(&mut work.apply);
         self.hand_off(send_now, apply);
@@ -259,6 +314,11 @@ impl Actor for RaftNode {
         }
         ctx.run_interval(self.tick_interval, |act, ctx| {
             act.core.tick();
+            // raft-rs drops a ReadIndex silently when no leader is known (or
+            // the leader has not committed in its term yet): ask again.
+            for read_ctx in act.reads.retry() {
+                act.core.request_read(read_ctx);
+            }
             act.queue_drive(ctx);
         });
         self.queue_drive(ctx);
@@ -294,10 +354,12 @@ impl Handler<ReadIndex> for RaftNode {
         if let Some(index) = self.core.read_index() {
             return Box::pin(async move { Ok(index) });
         }
-        // Not yet committed in this term (or not leader): wait for the next
-        // Ready. Callers bound the wait with their request timeout.
+        // Cluster (or a single member not yet committed in its term): wait
+        // for raft's read index, requested at the next Drive together with
+        // every read queued meanwhile. Callers bound the wait with their
+        // request timeout.
         let (tx, rx) = oneshot::channel();
-        self.pending_reads.push(tx);
+        self.reads.queued.push(tx);
         self.queue_drive(ctx);
         Box::pin(async move { rx.await.unwrap_or(Err(EtcdError::Stopped)) })
     }
@@ -309,6 +371,22 @@ impl Handler<Step> for RaftNode {
         if let Err(e) = self.core.step(msg.0) {
             tracing::debug!(cause = %e, "dropped raft message");
         }
+        self.queue_drive(ctx);
+    }
+}
+
+impl Handler<ReportUnreachable> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, msg: ReportUnreachable, ctx: &mut Context<Self>) {
+        self.core.report_unreachable(msg.id);
+        self.queue_drive(ctx);
+    }
+}
+
+impl Handler<ReportSnapshot> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, msg: ReportSnapshot, ctx: &mut Context<Self>) {
+        self.core.report_snapshot(msg.id, msg.ok);
         self.queue_drive(ctx);
     }
 }
@@ -348,5 +426,57 @@ impl Handler<Shutdown> for RaftNode {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+type ReadWaiter = oneshot::Sender<Result<u64, EtcdError>>;
+
+/// Linearizable reads between their arrival and their read index.
+#[derive(Default)]
+struct PendingReads {
+    /// Arrived since the last request: they share the next one (a read
+    /// index obtained before a read arrived must not answer it).
+    queued: Vec<ReadWaiter>,
+    /// Requested from raft, by request ctx: the waiters and how many retry
+    /// rounds (ticks) they have waited.
+    issued: HashMap<u64, (Vec<ReadWaiter>, u32)>,
+    /// The last ctx handed out; ctxs are unique for the process's life.
+    last_ctx: u64,
+}
+
+impl PendingReads {
+    /// Moves the queued reads under a fresh ctx and returns it.
+    fn issue(&mut self) -> u64 {
+        self.last_ctx += 1;
+        let waiters = std::mem::take(&mut self.queued);
+        self.issued.insert(self.last_ctx, (waiters, 0));
+        self.last_ctx
+    }
+
+    /// raft answered `ctx` with `index` (answers for unknown ctxs, e.g. to
+    /// a request re-issued after it was answered, are ignored).
+    fn answer(&mut self, ctx: u64, index: u64) {
+        if let Some((waiters, _)) = self.issued.remove(&ctx) {
+            for tx in waiters {
+                let _ = tx.send(Ok(index));
+            }
+        }
+    }
+
+    /// The ctxs to request again: those waiting for at least one tick whose
+    /// callers have not given up (those that all have are forgotten).
+    fn retry(&mut self) -> Vec<u64> {
+        self.issued.retain(|_, (waiters, _)| {
+            waiters.retain(|tx| !tx.is_closed());
+            !waiters.is_empty()
+        });
+        let mut again = Vec::new();
+        for (ctx, (_, rounds)) in self.issued.iter_mut() {
+            *rounds += 1;
+            if *rounds > 1 {
+                again.push(*ctx);
+            }
+        }
+        again
     }
 }
