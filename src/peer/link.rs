@@ -214,7 +214,9 @@ async fn send_loop(
                 // The call ended: its outcome says why.
                 return std::future::pending().await;
             }
-            connected.store(true, Ordering::Relaxed);
+            if !connected.swap(true, Ordering::Relaxed) {
+                tracing::info!(remote_peer_id = %format!("{:x}", target.to), %url, "peer link connected");
+            }
         }
     };
     tokio::select! {
