@@ -297,8 +297,10 @@ mod tests {
         rt.block_on(async {
             let (tx, mut rx) = mpsc::channel(16);
             for i in 0..3 {
-                let mut m = raft::eraftpb::Message::default();
-                m.index = i;
+                let m = raft::eraftpb::Message {
+                    index: i,
+                    ..Default::default()
+                };
                 tx.send(m).await.expect("send");
             }
             let target = Target {

@@ -150,10 +150,12 @@ mod tests {
     }
 
     fn encoded(from: u64, to: u64, index: u64) -> Vec<u8> {
-        let mut m = raft::eraftpb::Message::default();
-        m.from = from;
-        m.to = to;
-        m.index = index;
+        let m = raft::eraftpb::Message {
+            from,
+            to,
+            index,
+            ..Default::default()
+        };
         m.write_to_bytes().expect("encode")
     }
 

@@ -49,8 +49,10 @@ mod tests {
     use super::*;
 
     fn msg(to: u64, t: MessageType) -> Message {
-        let mut m = Message::default();
-        m.to = to;
+        let mut m = Message {
+            to,
+            ..Default::default()
+        };
         m.set_msg_type(t);
         m
     }

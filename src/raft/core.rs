@@ -368,4 +368,143 @@ mod tests {
             vec![b"a".to_vec(), b"b".to_vec()]
         );
     }
+
+    /// Three cores joined by an in-memory network whose links can be cut;
+    /// each `round` runs every core's Ready loop once and delivers what it
+    /// sent (raft messages never cross a real socket here).
+    struct Net {
+        _dirs: Vec<tempfile::TempDir>,
+        cores: Vec<Core>,
+        /// Members cut off from everyone (their messages are dropped).
+        isolated: Vec<u64>,
+        /// Read states seen, per member: (ctx, index).
+        reads: Vec<Vec<(u64, u64)>>,
+        /// Entries handed out for applying, per member.
+        applied: Vec<Vec<Entry>>,
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let mut dirs = Vec::new();
+            let mut cores = Vec::new();
+            for id in 1..=3u64 {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = LogStore::open(dir.path()).expect("open");
+                store.bootstrap(vec![1, 2, 3]).expect("bootstrap");
+                cores.push(Core::new(id, store, 0, 10, 1, &logger()).expect("core"));
+                dirs.push(dir);
+            }
+            Net {
+                _dirs: dirs,
+                cores,
+                isolated: Vec::new(),
+                reads: vec![Vec::new(); 3],
+                applied: vec![Vec::new(); 3],
+            }
+        }
+
+        fn round(&mut self) {
+            let mut wire = Vec::new();
+            for (i, core) in self.cores.iter_mut().enumerate() {
+                while let Some(mut work) = core.begin_ready() {
+                    wire.append(&mut work.send_now);
+                    self.reads[i].append(&mut work.read_states);
+                    self.applied[i].append(&mut work.apply);
+                    Core::persist(&core.store().clone(), &work).expect("persist");
+                    wire.extend(core.finish_ready(work));
+                }
+            }
+            for m in wire {
+                if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) {
+                    continue;
+                }
+                let _ = self.cores[(m.to - 1) as usize].step(m);
+            }
+        }
+
+        fn tick_until(&mut self, what: &str, mut done: impl FnMut(&Net) -> bool) {
+            for _ in 0..500 {
+                if done(self) {
+                    return;
+                }
+                for core in &mut self.cores {
+                    core.tick();
+                }
+                self.round();
+            }
+            panic!("{what}: not within 500 ticks");
+        }
+
+        fn leader(&self) -> Option<usize> {
+            let leaders: Vec<usize> = (0..3)
+                .filter(|&i| {
+                    !self.isolated.contains(&(i as u64 + 1)) && self.cores[i].progress().is_leader
+                })
+                .collect();
+            (leaders.len() == 1).then(|| leaders[0])
+        }
+    }
+
+    #[test]
+    fn cluster_forwards_follower_proposals_and_serves_read_index_on_followers() {
+        let mut net = Net::new();
+        assert_eq!(
+            net.cores[0].propose(b"x".to_vec()),
+            Err(EtcdError::NoLeader)
+        );
+        net.tick_until("a leader elected", |n| {
+            n.leader().is_some() && n.cores.iter().all(|c| c.progress().leader_id != 0)
+        });
+        let leader = net.leader().expect("leader");
+        let follower = (leader + 1) % 3;
+        assert_eq!(
+            net.cores[follower].read_index(),
+            None,
+            "no shortcut with peers"
+        );
+
+        net.cores[follower]
+            .propose(b"from-follower".to_vec())
+            .expect("forwarded");
+        net.tick_until("the follower's proposal applied everywhere", |n| {
+            n.applied
+                .iter()
+                .all(|a| a.iter().any(|e| e.data.as_ref() == b"from-follower"))
+        });
+
+        let commit = net.cores[leader].progress().commit_index;
+        net.cores[follower].request_read(7);
+        net.tick_until("the follower's read answered", |n| {
+            !n.reads[follower].is_empty()
+        });
+        assert_eq!(net.reads[follower], vec![(7, commit)]);
+    }
+
+    #[test]
+    fn a_deposed_leader_answers_no_read() {
+        let mut net = Net::new();
+        net.tick_until("a leader elected", |n| n.leader().is_some());
+        let old = net.leader().expect("leader");
+        net.isolated.push(old as u64 + 1);
+        net.cores[old].request_read(1);
+        net.tick_until("another leader elected", |n| {
+            n.leader().is_some_and(|l| l != old)
+        });
+        for _ in 0..50 {
+            net.cores[old].request_read(1);
+            for core in &mut net.cores {
+                core.tick();
+            }
+            net.round();
+        }
+        assert!(
+            net.reads[old].is_empty(),
+            "isolated old leader answered {:?}",
+            net.reads[old]
+        );
+        assert!(
+            !net.cores[old].progress().is_leader,
+            "check_quorum steps it down"
+        );
+    }
 }

@@ -480,3 +480,39 @@ impl PendingReads {
         again
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_reads_batch_answer_once_and_retry_until_given_up() {
+        let mut reads = PendingReads::default();
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        reads.queued.extend([tx1, tx2]);
+        let first = reads.issue();
+        // A read arriving after the request went out needs a new one.
+        let (tx3, mut rx3) = oneshot::channel();
+        reads.queued.push(tx3);
+        let second = reads.issue();
+        assert_ne!(first, second);
+
+        // The tick right after issuing does not re-issue; the next ones do.
+        assert!(reads.retry().is_empty());
+        let mut again = reads.retry();
+        again.sort_unstable();
+        assert_eq!(again, vec![first, second]);
+
+        reads.answer(first, 42);
+        reads.answer(first, 43); // a re-issued request answered twice
+        assert_eq!(rx1.try_recv(), Ok(Ok(42)));
+        assert_eq!(rx2.try_recv(), Ok(Ok(42)));
+        assert!(rx3.try_recv().is_err(), "second batch still waits");
+
+        // Its caller gives up (request timeout): nothing left to retry.
+        drop(rx3);
+        assert!(reads.retry().is_empty());
+        assert!(reads.issued.is_empty());
+    }
+}
