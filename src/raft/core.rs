@@ -164,7 +164,9 @@ impl Core {
     /// answer comes out of a later Ready as a read state (`ReadyWork::
     /// read_states`). raft-rs drops the request silently when no leader is
     /// known or the leader has not yet committed in its term, so the caller
-    /// issues it again until it is answered or its caller gives up.
+    /// issues it again until it is answered or its caller gives up. `ctx`
+    /// must never be reused, by any member, across restarts: the leader
+    /// merges requests with equal ctxs.
     pub fn request_read(&mut self, ctx: u64) {
         self.node.read_index(ctx.to_be_bytes().to_vec());
     }

@@ -240,7 +240,12 @@ impl RaftNode {
             // term's first entry: after_progress asks again.
             return;
         }
-        let ctx = self.reads.issue();
+        // Drawn from the proposal id generator: unique across members and
+        // restarts, so the leader can never mistake this request for an
+        // older one (from another member, or from before a restart) and
+        // answer it with an index fixed before these reads arrived.
+        let ctx = self.proposals.fresh_id();
+        self.reads.issue(ctx);
         self.core.request_read(ctx);
     }
 
@@ -440,17 +445,13 @@ struct PendingReads {
     /// Requested from raft, by request ctx: the waiters and how many retry
     /// rounds (ticks) they have waited.
     issued: HashMap<u64, (Vec<ReadWaiter>, u32)>,
-    /// The last ctx handed out; ctxs are unique for the process's life.
-    last_ctx: u64,
 }
 
 impl PendingReads {
-    /// Moves the queued reads under a fresh ctx and returns it.
-    fn issue(&mut self) -> u64 {
-        self.last_ctx += 1;
+    /// Moves the queued reads under `ctx` (unique, never reused).
+    fn issue(&mut self, ctx: u64) {
         let waiters = std::mem::take(&mut self.queued);
-        self.issued.insert(self.last_ctx, (waiters, 0));
-        self.last_ctx
+        self.issued.insert(ctx, (waiters, 0));
     }
 
     /// raft answered `ctx` with `index` (answers for unknown ctxs, e.g. to
@@ -491,12 +492,12 @@ mod tests {
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
         reads.queued.extend([tx1, tx2]);
-        let first = reads.issue();
+        let (first, second) = (11, 12);
+        reads.issue(first);
         // A read arriving after the request went out needs a new one.
         let (tx3, mut rx3) = oneshot::channel();
         reads.queued.push(tx3);
-        let second = reads.issue();
-        assert_ne!(first, second);
+        reads.issue(second);
 
         // The tick right after issuing does not re-issue; the next ones do.
         assert!(reads.retry().is_empty());
