@@ -137,7 +137,11 @@ impl PeerLink {
                             );
                         }
                     }
-                    tracing::debug!(remote_peer_id = %to, cause = %e, "peer link down; reconnecting");
+                    if act.connected.load(Ordering::Relaxed) {
+                        tracing::warn!(remote_peer_id = %to, cause = %e, "lost the stream to the remote peer; reconnecting");
+                    } else {
+                        tracing::debug!(remote_peer_id = %to, cause = %e, "peer link still down; retrying");
+                    }
                 }
                 Err(panic) => {
                     let what = panic

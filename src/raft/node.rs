@@ -250,7 +250,16 @@ impl RaftNode {
     }
 
     fn after_progress(&mut self) {
-        self.status.publish(self.core.progress());
+        let progress = self.core.progress();
+        if progress.leader_id != self.status.leader_id() || progress.term != self.status.term() {
+            tracing::info!(
+                term = progress.term,
+                leader = %format!("{:x}", progress.leader_id),
+                is_leader = progress.is_leader,
+                "raft leader changed"
+            );
+        }
+        self.status.publish(progress);
         self.serve_reads();
         if self.stopping && !self.persisting {
             for tx in self.stop_waiters.drain(..) {
