@@ -7,6 +7,7 @@
 //! * SIGKILL of the leader: a new leader within a few election timeouts,
 //!   writes resume, no acknowledged write is lost, and the old leader
 //!   rejoins and converges (same revision, same HashKV at it everywhere);
+//! * a leader cut off from both followers answers no linearizable read;
 //! * a panicking peer link (failpoint) restarts by itself while writes keep
 //!   committing;
 //! * a member of another cluster is refused with etcd's "cluster ID mismatch".
@@ -540,4 +541,59 @@ fn a_member_of_another_cluster_is_refused() {
     );
     // The member carries on.
     put(&c.members[0].client_url(), "still", "serving").expect("put");
+}
+
+/// A linearizable Range of `key` through `url`, with a client deadline
+/// longer than the server's request timeout (5 s + 2 election timeouts).
+fn get_slowly(url: &str, key: &str) -> Result<usize, tonic::Status> {
+    let (url, key) = (url.to_string(), key.to_string());
+    block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| tonic::Status::unknown(e.to_string()))?
+            .timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let r = KvClient::new(channel)
+            .range(RangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(r.into_inner().kvs.len())
+    })
+}
+
+#[test]
+fn a_leader_cut_off_from_its_followers_answers_no_linearizable_read() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let url = c.members[leader].client_url();
+    put(&url, "before", "x").expect("put while the cluster is whole");
+    assert_eq!(get_slowly(&url, "before").map_err(|e| e.to_string()), Ok(1));
+    for i in (0..3).filter(|&i| i != leader) {
+        c.kill(i);
+    }
+    // It may still believe it leads for an election timeout (check-quorum
+    // then deposes it), but without a quorum it must not confirm a read.
+    let started = Instant::now();
+    let read = get_slowly(&url, "before");
+    let status = read.expect_err("a member without a quorum answered a linearizable read");
+    assert_eq!(
+        status.message(),
+        "etcdserver: request timed out",
+        "{status:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    let s = status_of_minority(&url);
+    assert!(
+        s.is_none_or(|leader| leader == 0),
+        "still reports leader {s:?}"
+    );
+}
+
+/// The leader a lone member reports (None when Status fails, as it does
+/// with no leader).
+fn status_of_minority(url: &str) -> Option<u64> {
+    status(url).map(|s| s.leader)
 }
