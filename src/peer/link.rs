@@ -7,8 +7,8 @@
 //!                                     report_unreachable        │ error, stream end or PANIC
 //!                                                               ▼
 //!                               PeerLink (supervisor): log, report the member unreachable to raft,
-//!                               wait a jittered backoff (50 ms doubling to 1 s; reset once a
-//!                               stream carried a batch), start a new sender on the same queue
+//!                               wait a jittered backoff (50 ms doubling to 1 s; reset after a
+//!                               stream that worked for over 1 s), start a new sender on the same queue
 //!                               (a failed connect drops what was queued: stale by then)
 //! ```
 //!
@@ -123,7 +123,8 @@ impl PeerLink {
             self.connected.clone(),
         );
         let guarded = AssertUnwindSafe(sender).catch_unwind();
-        ctx.spawn(guarded.into_actor(self).map(|ended, act, ctx| {
+        let launched = std::time::Instant::now();
+        ctx.spawn(guarded.into_actor(self).map(move |ended, act, ctx| {
             let to = format!("{:x}", act.target.to);
             match ended {
                 Ok(Ok(())) => return, // the transport is gone: shutting down
@@ -152,7 +153,9 @@ impl PeerLink {
                     tracing::error!(remote_peer_id = %to, panic = what, "peer link sender panicked; restarting it");
                 }
             }
-            if act.connected.load(Ordering::Relaxed) {
+            // A stream that carried batches for a while was healthy: retry
+            // fast. One refused at once (another cluster) keeps backing off.
+            if act.connected.load(Ordering::Relaxed) && launched.elapsed() > MAX_BACKOFF {
                 act.backoff = FIRST_BACKOFF;
             }
             // What was in flight is lost: raft-rs should probe the member
