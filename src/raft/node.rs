@@ -223,8 +223,9 @@ impl RaftNode {
     }
 
     /// Starts raft's ReadIndex for the reads queued since the last batch
-    /// (one request for all of them, as etcd batches reads), or answers
-    /// them at once on a single member.
+    /// (one request for all of them, and one request in flight at a time,
+    /// as etcd's read loop does: each costs the leader a heartbeat round),
+    /// or answers them at once on a single member.
     fn serve_reads(&mut self) {
         if self.reads.queued.is_empty() {
             return;
@@ -235,9 +236,10 @@ impl RaftNode {
             }
             return;
         }
-        if self.core.is_alone() {
+        if self.core.is_alone() || !self.reads.issued.is_empty() {
             // A single member still electing itself or committing its
-            // term's first entry: after_progress asks again.
+            // term's first entry, or a request in flight: after_progress
+            // asks again.
             return;
         }
         // Drawn from the proposal id generator: unique across members and
