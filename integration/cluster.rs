@@ -65,8 +65,10 @@ impl Member {
 struct Cluster {
     tmp: tempfile::TempDir,
     members: Vec<Member>,
-    /// Environment of every member process (e.g. a failpoint).
-    env: Vec<(String, String)>,
+    /// Arms the link-panic failpoint in every member: (index of the member
+    /// whose incoming links panic, at which batch). Resolved to a member id
+    /// at each spawn, since ids follow the ports.
+    link_panic: Option<(usize, u32)>,
 }
 
 impl Cluster {
@@ -74,9 +76,56 @@ impl Cluster {
     /// Range (so a leader is elected and known everywhere).
     fn start(n: usize) -> Cluster {
         let mut cluster = Cluster::new(n);
-        cluster.spawn_all();
-        cluster.wait_ready();
+        cluster.spawn_all_and_wait();
         cluster
+    }
+
+    /// Starts every member and waits until all serve. A free port can be
+    /// taken by another process between the probe and the bind: then every
+    /// member starts again, from scratch, on new ports.
+    fn spawn_all_and_wait(&mut self) {
+        for attempt in 1..=3 {
+            self.spawn_all();
+            let mut ready = vec![false; self.members.len()];
+            let mut lost_port = false;
+            let settled = wait_until(START_TIMEOUT, || {
+                for i in 0..self.members.len() {
+                    if !ready[i] {
+                        ready[i] = common::grpc::range_ok(&self.members[i].client_url());
+                    }
+                    if self.exited(i) {
+                        lost_port = self.logs(i).contains("Address already in use");
+                        return true;
+                    }
+                }
+                ready.iter().all(|r| *r)
+            });
+            if settled && !lost_port && ready.iter().all(|r| *r) {
+                return;
+            }
+            assert!(
+                lost_port && attempt < 3,
+                "the cluster did not start within {START_TIMEOUT:?} (ready: {ready:?})"
+            );
+            for i in 0..self.members.len() {
+                self.kill(i);
+                let _ = std::fs::remove_dir_all(self.tmp.path().join(&self.members[i].name));
+                self.members[i].client_port = free_port();
+                self.members[i].peer_port = free_port();
+            }
+        }
+    }
+
+    /// Whether member `i`'s process has exited on its own.
+    fn exited(&mut self, i: usize) -> bool {
+        let m = &mut self.members[i];
+        match m.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                m.child = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Picks ports and a temp dir for `n` members; starts none.
@@ -97,7 +146,7 @@ impl Cluster {
         Cluster {
             tmp,
             members,
-            env: Vec::new(),
+            link_panic: None,
         }
     }
 
@@ -131,6 +180,14 @@ impl Cluster {
 
     fn spawn_member(&mut self, i: usize) {
         let initial = self.initial_cluster();
+        let env: Vec<(&str, String)> = self
+            .link_panic
+            .iter()
+            .map(|&(target, batch)| {
+                let id = self.members[target].id();
+                (LINK_PANIC_ENV, format!("{id:x}:{batch}"))
+            })
+            .collect();
         let data_dir = self.tmp.path().join(&self.members[i].name);
         self.members[i].starts += 1;
         let log = File::create(self.log_path(i, self.members[i].starts)).expect("create log");
@@ -147,7 +204,7 @@ impl Cluster {
             .args(["--initial-cluster-token", TOKEN])
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -457,10 +514,9 @@ fn a_panicking_link_restarts_while_writes_keep_committing() {
     // Every member's link to m3 panics once, when it is about to send its
     // 40th batch: on the leader that is mid-way through the writes below.
     let mut c = Cluster::new(3);
+    c.link_panic = Some((2, 40));
+    c.spawn_all_and_wait();
     let m3 = format!("{:x}", c.members[2].id());
-    c.env = vec![(LINK_PANIC_ENV.to_string(), format!("{m3}:40"))];
-    c.spawn_all();
-    c.wait_ready();
     c.wait_leader(START_TIMEOUT);
 
     let mut panicked = None;
