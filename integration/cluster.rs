@@ -89,9 +89,9 @@ impl Cluster {
             let mut ready = vec![false; self.members.len()];
             let mut lost_port = false;
             let settled = wait_until(START_TIMEOUT, || {
-                for i in 0..self.members.len() {
-                    if !ready[i] {
-                        ready[i] = common::grpc::range_ok(&self.members[i].client_url());
+                for (i, ready) in ready.iter_mut().enumerate() {
+                    if !*ready {
+                        *ready = common::grpc::range_ok(&self.members[i].client_url());
                     }
                     if self.exited(i) {
                         lost_port = self.logs(i).contains("Address already in use");
