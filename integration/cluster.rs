@@ -7,6 +7,8 @@
 //! * SIGKILL of the leader: a new leader within a few election timeouts,
 //!   writes resume, no acknowledged write is lost, and the old leader
 //!   rejoins and converges (same revision, same HashKV at it everywhere);
+//!   then the same again with the second leader, so the rejoined member
+//!   has to take part in the election;
 //! * a leader cut off from both followers answers no linearizable read;
 //! * a panicking peer link (failpoint) restarts by itself while writes keep
 //!   committing;
@@ -497,6 +499,17 @@ fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
     write_until(&c, &mut acked, 70);
     let rev = c.wait_converged(Duration::from_secs(10));
     assert!(rev > 70, "revision {rev} after 70 acknowledged puts");
+
+    // The rejoined member is a full voter again: without the current
+    // leader, it and the third member elect a leader and commit.
+    let second = c.wait_leader(Duration::from_secs(5));
+    c.kill(second);
+    let next = c.wait_leader(Duration::from_secs(10));
+    assert_ne!(next, second);
+    write_until(&c, &mut acked, 90);
+    c.spawn_member(second);
+    c.wait_ready();
+    c.wait_converged(Duration::from_secs(10));
     for m in &c.members {
         let got = get_prefix(&m.client_url(), "w/").expect("linearizable read");
         for (k, v) in &acked {
