@@ -32,6 +32,8 @@ pub struct PeerService {
     pub local_id: u64,
     /// Every member of the cluster; a stream from anyone else is refused.
     pub members: HashSet<u64>,
+    /// Where decoded messages go: RaftNode's `Step`, with `try_send` (a
+    /// closure, so the service is tested without an actor).
     pub deliver: Deliver,
 }
 
@@ -67,7 +69,7 @@ impl PeerService {
 
     /// Decodes a checked batch and delivers its messages; returns how many
     /// were dropped.
-    fn deliver(&self, batch: RaftBatch) -> usize {
+    fn step_all(&self, batch: RaftBatch) -> usize {
         let mut dropped = 0;
         for bytes in batch.messages {
             match raft::eraftpb::Message::parse_from_bytes(&bytes) {
@@ -108,7 +110,7 @@ impl Peer for PeerService {
                 from = Some(batch.from);
                 tracing::info!(remote_peer_id = %format!("{:x}", batch.from), "peer stream opened");
             }
-            let dropped = self.deliver(batch);
+            let dropped = self.step_all(batch);
             if dropped > 0 {
                 tracing::debug!(
                     dropped,
@@ -243,7 +245,7 @@ mod tests {
                 encoded(2, 1, 12),
             ],
         };
-        assert_eq!(s.deliver(batch), 2);
+        assert_eq!(s.step_all(batch), 2);
         assert_eq!(*got.lock().expect("lock"), vec![10, 12]);
     }
 }
