@@ -77,7 +77,7 @@ impl Peers {
         }
         let mut senders = HashMap::new();
         let mut queues = HashMap::new();
-        for m in cluster.members.iter().filter(|m| m.id != cluster.local_id) {
+        for m in cluster.remote_members() {
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             senders.insert(m.id, tx);
             queues.insert(m.id, Arc::new(Mutex::new(rx)));
@@ -131,7 +131,7 @@ impl Peers {
                 }
             });
         }
-        for m in cluster.members.iter().filter(|m| m.id != cluster.local_id) {
+        for m in cluster.remote_members() {
             let Some(queue) = self.queues.get(&m.id).cloned() else {
                 continue;
             };
