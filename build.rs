@@ -1,5 +1,6 @@
-//! Compiles the etcd v3 wire API in `proto/` with protox (a pure-Rust protobuf
-//! compiler), so `cargo build` needs no system `protoc`.
+//! Compiles the etcd v3 wire API and cairn's own protocols (`proto/cairnpb/`)
+//! with protox (a pure-Rust protobuf compiler), so `cargo build` needs no
+//! system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -9,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v3lockpb/v3lock.proto",
         "proto/v3electionpb/v3election.proto",
         "proto/cairnpb/internal.proto",
+        "proto/cairnpb/peer.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -163,6 +163,11 @@ impl ClusterInfo {
         self.members.iter().find(|m| m.id == self.local_id)
     }
 
+    /// Every member but this one: those a PeerLink connects to.
+    pub fn remote_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.id != self.local_id)
+    }
+
     pub fn voter_ids(&self) -> Vec<u64> {
         self.members.iter().map(|m| m.id).collect()
     }
@@ -238,6 +243,8 @@ mod tests {
         assert_eq!(a.cluster_id, b.cluster_id);
         assert_eq!(a.local_id, b.local_id);
         assert_eq!(a.members.len(), 2);
+        let remote: Vec<&str> = a.remote_members().map(|m| m.name.as_str()).collect();
+        assert_eq!(remote, vec!["b"]);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! * [`storage`]: the **Storage** actor applies committed entries in log order
 //!   to the [`mvcc`] store (on sled), exactly once across restarts, and answers
 //!   the proposer.
+//! * [`peer`]: **PeerLink** actors carry raft messages to the other members
+//!   (one supervised link each) and the peer service takes theirs.
 //! * [`lease`]: the **LeaseKeeper** actor owns lease expiry; it learns grants
 //!   and revokes from Storage and, on the leader, proposes a LeaseRevoke when a
 //!   lease expires. Keep-alives are answered by it without touching the log.
@@ -37,6 +39,7 @@ pub mod lease;
 pub mod logging;
 pub mod msg;
 pub mod mvcc;
+pub mod peer;
 pub mod proto;
 pub mod raft;
 pub mod recipes;

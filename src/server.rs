@@ -29,7 +29,6 @@ use crate::mvcc::{BufferedBackend, SledBackend, Store};
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::RaftNode;
-use crate::raft::transport::NoPeers;
 use crate::storage::{Listeners, StorageActor};
 use crate::supervise::{self, mailbox};
 use crate::watch::WatchBroadcaster;
@@ -99,6 +98,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .context("storing the member identity")?,
     }
     let cluster = Arc::new(cluster);
+    // Peer ports are bound before anything starts: one in use fails here.
+    let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone())?;
     tracing::info!(
         name = %cfg.name,
         member_id = %format!("{:x}", cluster.local_id),
@@ -177,12 +178,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         {
             let (recipient, status) = (storage.clone().recipient(), status.clone());
+            let transport = peers.transport();
             let proposals = proposals.clone();
             let snapshot_count = cfg.snapshot_count;
             raft_mailbox.start_on(&arbiters[3].handle(), move || {
-                RaftNode::new(core, recipient, proposals, Box::new(NoPeers), status, heartbeat, snapshot_count)
+                RaftNode::new(core, recipient, proposals, transport, status, heartbeat, snapshot_count)
             });
         }
+        peers.start(raft.clone().recipient(), raft.clone().recipient());
 
         let api = Api {
             store: store.clone(),

@@ -63,6 +63,23 @@ pub struct ReadIndex;
 #[rtype(result = "()")]
 pub struct Step(pub RaftMessage);
 
+/// A PeerLink dropped a message to member `id` (queue full, or the link is
+/// down): raft-rs stops streaming appends to it and probes it instead.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportUnreachable {
+    pub id: u64,
+}
+
+/// A MsgSnapshot to member `id` was delivered (`ok`) or lost: raft-rs waits
+/// for this before it sends that member anything else.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportSnapshot {
+    pub id: u64,
+    pub ok: bool,
+}
+
 /// From Storage: the state store has durably flushed everything up to
 /// `applied_index`, so the log may be truncated behind it.
 #[derive(Message)]

@@ -56,6 +56,8 @@ pub struct ReadyWork {
     must_sync: bool,
     /// Messages (votes, append responses) that must wait for the persist.
     persisted_messages: Vec<Message>,
+    /// Answered ReadIndex requests: (request ctx, read index).
+    pub read_states: Vec<(u64, u64)>,
 }
 
 impl ReadyWork {
@@ -144,28 +146,35 @@ impl Core {
         self.node.step(msg)
     }
 
-    /// Appends a proposal to the leader's log (not yet durable).
+    /// Appends a proposal to the log (not yet durable). On a follower,
+    /// raft-rs forwards it to the leader as a MsgProp; either way the
+    /// proposer's waiter is completed when the entry is applied here (its
+    /// id travels inside the entry). Refused when no leader is known.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), EtcdError> {
-        if self.node.raft.state != StateRole::Leader {
-            return Err(if self.node.raft.leader_id == 0 {
-                EtcdError::NoLeader
-            } else {
-                EtcdError::NotLeader
-            });
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return Err(EtcdError::NoLeader);
         }
         self.node.propose(Vec::new(), data).map_err(|e| match e {
+            // raft-rs drops a proposal when there is no leader (a candidate,
+            // or a follower that just lost it), during a leadership transfer,
+            // and on a member removed from the configuration.
+            raft::Error::ProposalDropped if self.node.raft.leader_id == raft::INVALID_ID => {
+                EtcdError::NoLeader
+            }
             raft::Error::ProposalDropped => EtcdError::LeaderChanged,
             _ => EtcdError::Stopped,
         })
     }
 
-    /// The commit index if it can serve a linearizable read now: this member
-    /// leads and has committed an entry in its own term (before that, an
-    /// entry acknowledged under the previous term may not yet count as
-    /// committed here). `None` means ask again after the next Ready.
+    /// The commit index if this member can serve a linearizable read with
+    /// no round trip: it is the only voter and has committed an entry in its
+    /// own term (before that, an entry acknowledged under the previous term
+    /// may not yet count as committed here). `None` means: on a single
+    /// member, ask again after the next Ready; in a cluster, go through
+    /// [`Core::request_read`].
     pub fn read_index(&self) -> Option<u64> {
         let raft = &self.node.raft;
-        if raft.state != StateRole::Leader {
+        if raft.state != StateRole::Leader || !raft.prs().is_singleton() {
             return None;
         }
         let committed = raft.raft_log.committed;
@@ -173,6 +182,38 @@ impl Core {
             Ok(t) if t == raft.term => Some(committed),
             _ => None,
         }
+    }
+
+    /// True when this member is the only voter (no peers to ask).
+    pub fn is_alone(&self) -> bool {
+        self.node.raft.prs().is_singleton()
+    }
+
+    /// Starts raft's ReadIndex protocol for the reads batched under `ctx`:
+    /// the leader confirms it still leads with a heartbeat round, and the
+    /// answer comes out of a later Ready as a read state (`ReadyWork::
+    /// read_states`). raft-rs drops the request silently when no leader is
+    /// known or the leader has not yet committed in its term, so the caller
+    /// issues it again until it is answered or its caller gives up. `ctx`
+    /// must never be reused, by any member, across restarts: the leader
+    /// merges requests with equal ctxs.
+    pub fn request_read(&mut self, ctx: u64) {
+        self.node.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    /// A message to `id` was dropped before leaving this member.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    /// A snapshot sent to `id` was delivered (`ok`) or lost.
+    pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(id, status);
     }
 
     pub fn progress(&self) -> Progress {
@@ -217,6 +258,14 @@ impl Core {
             hard_state,
             must_sync,
             persisted_messages: ready.take_persisted_messages(),
+            read_states: ready
+                .take_read_states()
+                .into_iter()
+                .filter_map(|rs| {
+                    let ctx: [u8; 8] = rs.request_ctx.as_slice().try_into().ok()?;
+                    Some((u64::from_be_bytes(ctx), rs.index))
+                })
+                .collect(),
         };
         self.node.store().stage(&work.entries);
         self.node.advance_append_async(ready);
@@ -440,6 +489,145 @@ mod tests {
         assert_eq!(
             payloads(cycle(&mut core)),
             vec![b"a".to_vec(), b"b".to_vec()]
+        );
+    }
+
+    /// Three cores joined by an in-memory network whose links can be cut;
+    /// each `round` runs every core's Ready loop once and delivers what it
+    /// sent (raft messages never cross a real socket here).
+    struct Net {
+        _dirs: Vec<tempfile::TempDir>,
+        cores: Vec<Core>,
+        /// Members cut off from everyone (their messages are dropped).
+        isolated: Vec<u64>,
+        /// Read states seen, per member: (ctx, index).
+        reads: Vec<Vec<(u64, u64)>>,
+        /// Entries handed out for applying, per member.
+        applied: Vec<Vec<Entry>>,
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let mut dirs = Vec::new();
+            let mut cores = Vec::new();
+            for id in 1..=3u64 {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = LogStore::open(dir.path()).expect("open");
+                store.bootstrap(vec![1, 2, 3]).expect("bootstrap");
+                cores.push(Core::new(id, store, 0, 10, 1, &logger()).expect("core"));
+                dirs.push(dir);
+            }
+            Net {
+                _dirs: dirs,
+                cores,
+                isolated: Vec::new(),
+                reads: vec![Vec::new(); 3],
+                applied: vec![Vec::new(); 3],
+            }
+        }
+
+        fn round(&mut self) {
+            let mut wire = Vec::new();
+            for (i, core) in self.cores.iter_mut().enumerate() {
+                while let Some(mut work) = core.begin_ready().expect("no snapshot") {
+                    wire.append(&mut work.send_now);
+                    self.reads[i].append(&mut work.read_states);
+                    self.applied[i].append(&mut work.apply);
+                    Core::persist(&core.store().clone(), &work).expect("persist");
+                    wire.extend(core.finish_ready(work));
+                }
+            }
+            for m in wire {
+                if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) {
+                    continue;
+                }
+                let _ = self.cores[(m.to - 1) as usize].step(m);
+            }
+        }
+
+        fn tick_until(&mut self, what: &str, mut done: impl FnMut(&Net) -> bool) {
+            for _ in 0..500 {
+                if done(self) {
+                    return;
+                }
+                for core in &mut self.cores {
+                    core.tick();
+                }
+                self.round();
+            }
+            panic!("{what}: not within 500 ticks");
+        }
+
+        fn leader(&self) -> Option<usize> {
+            let leaders: Vec<usize> = (0..3)
+                .filter(|&i| {
+                    !self.isolated.contains(&(i as u64 + 1)) && self.cores[i].progress().is_leader
+                })
+                .collect();
+            (leaders.len() == 1).then(|| leaders[0])
+        }
+    }
+
+    #[test]
+    fn cluster_forwards_follower_proposals_and_serves_read_index_on_followers() {
+        let mut net = Net::new();
+        assert_eq!(
+            net.cores[0].propose(b"x".to_vec()),
+            Err(EtcdError::NoLeader)
+        );
+        net.tick_until("a leader elected", |n| {
+            n.leader().is_some() && n.cores.iter().all(|c| c.progress().leader_id != 0)
+        });
+        let leader = net.leader().expect("leader");
+        let follower = (leader + 1) % 3;
+        assert_eq!(
+            net.cores[follower].read_index(),
+            None,
+            "no shortcut with peers"
+        );
+
+        net.cores[follower]
+            .propose(b"from-follower".to_vec())
+            .expect("forwarded");
+        net.tick_until("the follower's proposal applied everywhere", |n| {
+            n.applied
+                .iter()
+                .all(|a| a.iter().any(|e| e.data.as_ref() == b"from-follower"))
+        });
+
+        let commit = net.cores[leader].progress().commit_index;
+        net.cores[follower].request_read(7);
+        net.tick_until("the follower's read answered", |n| {
+            !n.reads[follower].is_empty()
+        });
+        assert_eq!(net.reads[follower], vec![(7, commit)]);
+    }
+
+    #[test]
+    fn a_deposed_leader_answers_no_read() {
+        let mut net = Net::new();
+        net.tick_until("a leader elected", |n| n.leader().is_some());
+        let old = net.leader().expect("leader");
+        net.isolated.push(old as u64 + 1);
+        net.cores[old].request_read(1);
+        net.tick_until("another leader elected", |n| {
+            n.leader().is_some_and(|l| l != old)
+        });
+        for _ in 0..50 {
+            net.cores[old].request_read(1);
+            for core in &mut net.cores {
+                core.tick();
+            }
+            net.round();
+        }
+        assert!(
+            net.reads[old].is_empty(),
+            "isolated old leader answered {:?}",
+            net.reads[old]
+        );
+        assert!(
+            !net.cores[old].progress().is_leader,
+            "check_quorum steps it down"
         );
     }
 }

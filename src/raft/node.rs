@@ -1,7 +1,8 @@
 //! The RaftNode actor: the only owner of consensus state.
 //!
 //! Takes [`Propose`] (from the gRPC layer, through [`super::proposal`]),
-//! [`ReadIndex`] (linearizable reads), [`Step`] (messages from peers) and
+//! [`ReadIndex`] (linearizable reads), [`Step`] (messages from peers),
+//! [`ReportUnreachable`] and [`ReportSnapshot`] (from PeerLinks) and
 //! [`LogFlushed`] (from Storage: how far the log may be truncated). Sends
 //! committed entries to the Storage actor as `ApplyCommitted`, and raft
 //! messages to peers through a [`Transport`].
@@ -12,6 +13,7 @@
 //! flight the actor keeps taking proposals, ticks and peer messages, which
 //! all join the next Ready.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +22,11 @@ use tokio::sync::oneshot;
 
 use super::core::{truncation_point, Core, ReadyWork};
 use super::log_store::LogStore;
-use super::transport::Transport;
+use super::transport::{Transport, Undelivered};
 use crate::error::{fatal, EtcdError};
 use crate::msg::{
-    ApplyCommitted, LogFlushed, Proposals, Propose, RaftStatus, ReadIndex, Shutdown, Step,
-    MAILBOX_CAPACITY,
+    ApplyCommitted, LogFlushed, Proposals, Propose, RaftStatus, ReadIndex, ReportSnapshot,
+    ReportUnreachable, Shutdown, Step, MAILBOX_CAPACITY,
 };
 use crate::supervise::Lifeline;
 
@@ -51,8 +53,8 @@ pub struct RaftNode {
     status: Arc<RaftStatus>,
     /// True while a Ready's persist runs: at most one Ready in flight.
     persisting: bool,
-    /// Reads waiting for the leader to commit in its term.
-    pending_reads: Vec<oneshot::Sender<Result<u64, EtcdError>>>,
+    /// Linearizable reads waiting for a read index.
+    reads: PendingReads,
     /// A Drive is already queued; avoid queueing one per proposal.
     drive_queued: bool,
     /// Tick period (etcd's --heartbeat-interval).
@@ -89,7 +91,7 @@ impl RaftNode {
             transport,
             status,
             persisting: false,
-            pending_reads: Vec::new(),
+            reads: PendingReads::default(),
             drive_queued: false,
             tick_interval,
             snapshot_count,
@@ -111,7 +113,10 @@ impl RaftNode {
 
     fn hand_off(&mut self, msgs: Vec<raft::eraftpb::Message>, entries: Vec<raft::eraftpb::Entry>) {
         if !msgs.is_empty() {
-            self.transport.send(msgs);
+            let undelivered = self.transport.send(msgs);
+            if !undelivered.is_empty() {
+                self.report(undelivered);
+            }
         }
         if !entries.is_empty() {
             tracing::trace!(
@@ -123,15 +128,60 @@ impl RaftNode {
         }
     }
 
-    fn after_progress(&mut self) {
-        self.status.publish(self.core.progress());
-        if !self.pending_reads.is_empty() {
-            if let Some(index) = self.core.read_index() {
-                for tx in self.pending_reads.drain(..) {
-                    let _ = tx.send(Ok(index));
-                }
-            }
+    fn report(&mut self, undelivered: Undelivered) {
+        for id in undelivered.snapshots {
+            tracing::error!(
+                to = id,
+                "raft snapshot not sent: cairn cannot ship snapshots yet"
+            );
+            self.core.report_snapshot(id, false);
         }
+        for id in undelivered.unreachable {
+            self.core.report_unreachable(id);
+        }
+    }
+
+    /// Starts raft's ReadIndex for the reads queued since the last batch
+    /// (one request for all of them, and one request in flight at a time,
+    /// as etcd's read loop does: each costs the leader a heartbeat round),
+    /// or answers them at once on a single member.
+    fn serve_reads(&mut self) {
+        if self.reads.queued.is_empty() {
+            return;
+        }
+        if let Some(index) = self.core.read_index() {
+            for tx in self.reads.queued.drain(..) {
+                let _ = tx.send(Ok(index));
+            }
+            return;
+        }
+        if self.core.is_alone() || !self.reads.issued.is_empty() {
+            // A single member still electing itself or committing its
+            // term's first entry, or a request in flight: after_progress
+            // asks again.
+            return;
+        }
+        // Drawn from the proposal id generator: unique across members and
+        // restarts, so the leader can never mistake this request for an
+        // older one (from another member, or from before a restart) and
+        // answer it with an index fixed before these reads arrived.
+        let ctx = self.proposals.fresh_id();
+        self.reads.issue(ctx);
+        self.core.request_read(ctx);
+    }
+
+    fn after_progress(&mut self) {
+        let progress = self.core.progress();
+        if progress.leader_id != self.status.leader_id() || progress.term != self.status.term() {
+            tracing::info!(
+                term = progress.term,
+                leader = %format!("{:x}", progress.leader_id),
+                is_leader = progress.is_leader,
+                "raft leader changed"
+            );
+        }
+        self.status.publish(progress);
+        self.serve_reads();
         if self.stopping && !self.persisting {
             for tx in self.stop_waiters.drain(..) {
                 let _ = tx.send(());
@@ -142,6 +192,7 @@ impl RaftNode {
     /// One step of the Ready loop: hand out what is safe now, persist the
     /// rest off-thread, and continue when the persist is done.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        self.serve_reads();
         if self.persisting {
             return;
         }
@@ -153,6 +204,9 @@ impl RaftNode {
             }
             Err(e) => fatal("handling a raft Ready", &e),
         };
+        for (read_ctx, index) in std::mem::take(&mut work.read_states) {
+            self.reads.answer(read_ctx, index);
+        }
         let send_now = std::mem::take(&mut work.send_now);
         let apply = std::mem::take(&mut work.apply);
         self.hand_off(send_now, apply);
@@ -200,6 +254,11 @@ impl Actor for RaftNode {
         ctx.run_interval(self.tick_interval, |act, ctx| {
             crate::failpoint::hit("raft-tick");
             act.core.tick();
+            // raft-rs drops a ReadIndex silently when no leader is known (or
+            // the leader has not committed in its term yet): ask again.
+            for read_ctx in act.reads.retry() {
+                act.core.request_read(read_ctx);
+            }
             act.queue_drive(ctx);
         });
         self.queue_drive(ctx);
@@ -235,10 +294,12 @@ impl Handler<ReadIndex> for RaftNode {
         if let Some(index) = self.core.read_index() {
             return Box::pin(async move { Ok(index) });
         }
-        // Not yet committed in this term (or not leader): wait for the next
-        // Ready. Callers bound the wait with their request timeout.
+        // Cluster (or a single member not yet committed in its term): wait
+        // for raft's read index, requested at the next Drive together with
+        // every read queued meanwhile. Callers bound the wait with their
+        // request timeout.
         let (tx, rx) = oneshot::channel();
-        self.pending_reads.push(tx);
+        self.reads.queued.push(tx);
         self.queue_drive(ctx);
         Box::pin(async move { rx.await.unwrap_or(Err(EtcdError::Stopped)) })
     }
@@ -250,6 +311,22 @@ impl Handler<Step> for RaftNode {
         if let Err(e) = self.core.step(msg.0) {
             tracing::debug!(cause = %e, "dropped raft message");
         }
+        self.queue_drive(ctx);
+    }
+}
+
+impl Handler<ReportUnreachable> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, msg: ReportUnreachable, ctx: &mut Context<Self>) {
+        self.core.report_unreachable(msg.id);
+        self.queue_drive(ctx);
+    }
+}
+
+impl Handler<ReportSnapshot> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, msg: ReportSnapshot, ctx: &mut Context<Self>) {
+        self.core.report_snapshot(msg.id, msg.ok);
         self.queue_drive(ctx);
     }
 }
@@ -298,5 +375,89 @@ impl Handler<Shutdown> for RaftNode {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+type ReadWaiter = oneshot::Sender<Result<u64, EtcdError>>;
+
+/// Linearizable reads between their arrival and their read index.
+#[derive(Default)]
+struct PendingReads {
+    /// Arrived since the last request: they share the next one (a read
+    /// index obtained before a read arrived must not answer it).
+    queued: Vec<ReadWaiter>,
+    /// Requested from raft, by request ctx: the waiters and how many retry
+    /// rounds (ticks) they have waited.
+    issued: HashMap<u64, (Vec<ReadWaiter>, u32)>,
+}
+
+impl PendingReads {
+    /// Moves the queued reads under `ctx` (unique, never reused).
+    fn issue(&mut self, ctx: u64) {
+        let waiters = std::mem::take(&mut self.queued);
+        self.issued.insert(ctx, (waiters, 0));
+    }
+
+    /// raft answered `ctx` with `index` (answers for unknown ctxs, e.g. to
+    /// a request re-issued after it was answered, are ignored).
+    fn answer(&mut self, ctx: u64, index: u64) {
+        if let Some((waiters, _)) = self.issued.remove(&ctx) {
+            for tx in waiters {
+                let _ = tx.send(Ok(index));
+            }
+        }
+    }
+
+    /// The ctxs to request again: those waiting for at least one tick whose
+    /// callers have not given up (those that all have are forgotten).
+    fn retry(&mut self) -> Vec<u64> {
+        self.issued.retain(|_, (waiters, _)| {
+            waiters.retain(|tx| !tx.is_closed());
+            !waiters.is_empty()
+        });
+        let mut again = Vec::new();
+        for (ctx, (_, rounds)) in self.issued.iter_mut() {
+            *rounds += 1;
+            if *rounds > 1 {
+                again.push(*ctx);
+            }
+        }
+        again
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_reads_batch_answer_once_and_retry_until_given_up() {
+        let mut reads = PendingReads::default();
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        reads.queued.extend([tx1, tx2]);
+        let (first, second) = (11, 12);
+        reads.issue(first);
+        // A read arriving after the request went out needs a new one.
+        let (tx3, mut rx3) = oneshot::channel();
+        reads.queued.push(tx3);
+        reads.issue(second);
+
+        // The tick right after issuing does not re-issue; the next ones do.
+        assert!(reads.retry().is_empty());
+        let mut again = reads.retry();
+        again.sort_unstable();
+        assert_eq!(again, vec![first, second]);
+
+        reads.answer(first, 42);
+        reads.answer(first, 43); // a re-issued request answered twice
+        assert_eq!(rx1.try_recv(), Ok(Ok(42)));
+        assert_eq!(rx2.try_recv(), Ok(Ok(42)));
+        assert!(rx3.try_recv().is_err(), "second batch still waits");
+
+        // Its caller gives up (request timeout): nothing left to retry.
+        drop(rx3);
+        assert!(reads.retry().is_empty());
+        assert!(reads.issued.is_empty());
     }
 }

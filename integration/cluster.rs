@@ -1,0 +1,668 @@
+//! Replication across real members: N `cairn` processes on free 127.0.0.1
+//! ports, each with its own data dir, bootstrapped together with
+//! `--initial-cluster` and driven through the etcd gRPC API.
+//!
+//! * three members elect exactly one leader, and a write sent to a follower
+//!   is forwarded, committed and readable (linearizably) on every member;
+//! * SIGKILL of the leader: a new leader within a few election timeouts,
+//!   writes resume, no acknowledged write is lost, and the old leader
+//!   rejoins and converges (same revision, same HashKV at it everywhere);
+//!   then the same again with the second leader, so the rejoined member
+//!   has to take part in the election;
+//! * a leader cut off from both followers answers no linearizable read;
+//! * a panicking peer link (failpoint) restarts by itself while writes keep
+//!   committing;
+//! * a member of another cluster is refused with etcd's "cluster ID mismatch".
+//!
+//! Short raft timings (50 ms heartbeat, 500 ms election timeout) keep the
+//! file fast; every wait is a condition with a deadline.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn::proto::etcdserverpb::kv_client::KvClient;
+use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn::proto::etcdserverpb::{
+    HashKvRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
+use common::{free_port, wait_until};
+
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MS: u64 = 500;
+const TOKEN: &str = "cairn-cluster-test";
+/// How long a fresh cluster gets to elect a leader and serve reads.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const LINK_PANIC_ENV: &str = "CAIRN_FAILPOINT_PEER_LINK_PANIC";
+
+/// One member process.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    /// Incremented per start, so each incarnation logs to its own file.
+    starts: u32,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    /// etcd's (and cairn's) member id for this member.
+    fn id(&self) -> u64 {
+        cairn::cluster::member_id(&[self.peer_url()], TOKEN)
+    }
+}
+
+/// N members sharing one temp dir (a data dir and log files per member);
+/// killed on drop, with the tail of every log printed if the test failed.
+struct Cluster {
+    tmp: tempfile::TempDir,
+    members: Vec<Member>,
+    /// Arms the link-panic failpoint in every member: (index of the member
+    /// whose incoming links panic, at which batch). Resolved to a member id
+    /// at each spawn, since ids follow the ports.
+    link_panic: Option<(usize, u32)>,
+}
+
+impl Cluster {
+    /// Starts `n` members and waits until every one serves a linearizable
+    /// Range (so a leader is elected and known everywhere).
+    fn start(n: usize) -> Cluster {
+        let mut cluster = Cluster::new(n);
+        cluster.spawn_all_and_wait();
+        cluster
+    }
+
+    /// Starts every member and waits until all serve. A free port can be
+    /// taken by another process between the probe and the bind: then every
+    /// member starts again, from scratch, on new ports.
+    fn spawn_all_and_wait(&mut self) {
+        for attempt in 1..=3 {
+            self.spawn_all();
+            let mut ready = vec![false; self.members.len()];
+            let mut lost_port = false;
+            let settled = wait_until(START_TIMEOUT, || {
+                for (i, ready) in ready.iter_mut().enumerate() {
+                    if !*ready {
+                        *ready = common::grpc::range_ok(&self.members[i].client_url());
+                    }
+                    if self.exited(i) {
+                        lost_port = self.logs(i).contains("Address already in use");
+                        return true;
+                    }
+                }
+                ready.iter().all(|r| *r)
+            });
+            if settled && !lost_port && ready.iter().all(|r| *r) {
+                return;
+            }
+            assert!(
+                lost_port && attempt < 3,
+                "the cluster did not start within {START_TIMEOUT:?} (ready: {ready:?})"
+            );
+            for i in 0..self.members.len() {
+                self.kill(i);
+                let _ = std::fs::remove_dir_all(self.tmp.path().join(&self.members[i].name));
+                self.members[i].client_port = free_port();
+                self.members[i].peer_port = free_port();
+            }
+        }
+    }
+
+    /// Whether member `i`'s process has exited on its own.
+    fn exited(&mut self, i: usize) -> bool {
+        let m = &mut self.members[i];
+        match m.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                m.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Picks ports and a temp dir for `n` members; starts none.
+    fn new(n: usize) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("cairn-cluster-")
+            .tempdir()
+            .expect("create temp dir");
+        let members = (1..=n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                starts: 0,
+            })
+            .collect();
+        Cluster {
+            tmp,
+            members,
+            link_panic: None,
+        }
+    }
+
+    fn spawn_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.spawn_member(i);
+        }
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn log_path(&self, i: usize, start: u32) -> PathBuf {
+        self.tmp
+            .path()
+            .join(format!("{}-{start}.stderr", self.members[i].name))
+    }
+
+    /// Every incarnation's stderr of member `i`, oldest first.
+    fn logs(&self, i: usize) -> String {
+        (1..=self.members[i].starts)
+            .map(|s| std::fs::read_to_string(self.log_path(i, s)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn spawn_member(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let env: Vec<(&str, String)> = self
+            .link_panic
+            .iter()
+            .map(|&(target, batch)| {
+                let id = self.members[target].id();
+                (LINK_PANIC_ENV, format!("{id:x}:{batch}"))
+            })
+            .collect();
+        let data_dir = self.tmp.path().join(&self.members[i].name);
+        self.members[i].starts += 1;
+        let log = File::create(self.log_path(i, self.members[i].starts)).expect("create log");
+        let m = &self.members[i];
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen-client-urls", &m.client_url()])
+            .args(["--advertise-client-urls", &m.client_url()])
+            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-token", TOKEN])
+            .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ELECTION_MS.to_string()])
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn cairn");
+        self.members[i].child = Some(child);
+    }
+
+    /// SIGKILL and reap member `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .collect()
+    }
+
+    fn wait_ready(&self) {
+        for i in self.live() {
+            let url = self.members[i].client_url();
+            assert!(
+                wait_until(START_TIMEOUT, || common::grpc::range_ok(&url)),
+                "member {} did not serve a linearizable Range within {START_TIMEOUT:?}",
+                self.members[i].name
+            );
+        }
+    }
+
+    /// The index of the member every live member names as leader, once they
+    /// agree and that member says it leads.
+    fn agreed_leader(&self) -> Option<usize> {
+        let live = self.live();
+        let mut leader = None;
+        for &i in &live {
+            let s = status(&self.members[i].client_url())?;
+            if s.leader == 0 || leader.is_some_and(|l| l != s.leader) {
+                return None;
+            }
+            leader = Some(s.leader);
+        }
+        let leader = leader?;
+        live.into_iter().find(|&i| self.members[i].id() == leader)
+    }
+
+    fn wait_leader(&self, timeout: Duration) -> usize {
+        let mut leader = None;
+        assert!(
+            wait_until(timeout, || {
+                leader = self.agreed_leader();
+                leader.is_some()
+            }),
+            "no leader agreed on by every live member within {timeout:?}"
+        );
+        leader.expect("checked")
+    }
+
+    /// Waits until every live member has applied the same revision and
+    /// reports the same HashKV at it; returns that revision.
+    fn wait_converged(&self, timeout: Duration) -> i64 {
+        let mut seen = Vec::new();
+        let converged = wait_until(timeout, || {
+            seen = self
+                .live()
+                .into_iter()
+                .map(|i| hash_kv(&self.members[i].client_url()))
+                .collect();
+            seen.iter().all(|s| s.is_some() && *s == seen[0])
+        });
+        assert!(
+            converged,
+            "members did not converge within {timeout:?}: (revision, hash) = {seen:?}"
+        );
+        seen[0].expect("checked").0
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            for i in 0..self.members.len() {
+                let logs = self.logs(i);
+                let mut cut = logs.len().saturating_sub(8_000);
+                while !logs.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                eprintln!(
+                    "===== member {} ({:x}) =====\n{}",
+                    self.members[i].name,
+                    self.members[i].id(),
+                    &logs[cut..]
+                );
+            }
+        }
+    }
+}
+
+fn block_on<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    common::grpc::block_on(f)
+}
+
+async fn channel(url: &str) -> Option<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .ok()
+}
+
+/// Maintenance Status of one member (None if it does not answer).
+fn status(url: &str) -> Option<StatusResponse> {
+    let url = url.to_string();
+    block_on(async move {
+        let mut m = MaintenanceClient::new(channel(&url).await?);
+        m.status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    })
+}
+
+/// (revision, hash) of a member's HashKV at its current revision.
+fn hash_kv(url: &str) -> Option<(i64, u32)> {
+    let url = url.to_string();
+    block_on(async move {
+        let mut m = MaintenanceClient::new(channel(&url).await?);
+        let r = m.hash_kv(HashKvRequest { revision: 0 }).await.ok()?;
+        let r = r.into_inner();
+        Some((r.header?.revision, r.hash))
+    })
+}
+
+/// Puts `key` through member `url`; the revision it was committed at.
+fn put(url: &str, key: &str, value: &str) -> Result<i64, String> {
+    let (url, key, value) = (url.to_string(), key.to_string(), value.to_string());
+    block_on(async move {
+        let mut kv = KvClient::new(channel(&url).await.ok_or("cannot connect")?);
+        let r = kv
+            .put(PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.into_inner().header.map_or(0, |h| h.revision))
+    })
+}
+
+/// Puts through whichever member is up, retrying until `timeout`: a write
+/// may meet an election (the shared test machine can starve a member long
+/// enough for one), and must then commit once there is a leader again.
+fn put_within(c: &Cluster, key: &str, value: &str, timeout: Duration) -> Result<i64, String> {
+    let deadline = Instant::now() + timeout;
+    let live = c.live();
+    let mut attempt = 0;
+    loop {
+        let url = c.members[live[attempt % live.len()]].client_url();
+        match put(&url, key, value) {
+            Ok(rev) => return Ok(rev),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => attempt += 1,
+        }
+    }
+}
+
+/// Every key and value under `prefix`, read linearizably from member `url`.
+fn get_prefix(url: &str, prefix: &str) -> Result<Vec<(String, String)>, String> {
+    let (url, prefix) = (url.to_string(), prefix.to_string());
+    block_on(async move {
+        let mut kv = KvClient::new(channel(&url).await.ok_or("cannot connect")?);
+        let mut end = prefix.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let r = kv
+            .range(RangeRequest {
+                key: prefix.into_bytes(),
+                range_end: end,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.into_inner()
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
+            .collect())
+    })
+}
+
+#[test]
+fn three_members_elect_one_leader_and_serve_follower_writes_everywhere() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let statuses: Vec<StatusResponse> = (0..3)
+        .map(|i| status(&c.members[i].client_url()).expect("status"))
+        .collect();
+    let cluster_ids: Vec<u64> = statuses
+        .iter()
+        .map(|s| s.header.as_ref().expect("header").cluster_id)
+        .collect();
+    assert!(
+        cluster_ids.iter().all(|&id| id == cluster_ids[0]),
+        "one cluster id: {cluster_ids:x?}"
+    );
+    for (i, s) in statuses.iter().enumerate() {
+        assert_eq!(
+            s.header.as_ref().expect("header").member_id,
+            c.members[i].id(),
+            "member ids derived as etcd does"
+        );
+    }
+
+    let follower = (leader + 1) % 3;
+    let rev = put(
+        &c.members[follower].client_url(),
+        "f/key",
+        "from-a-follower",
+    )
+    .expect("put on a follower is forwarded to the leader");
+    assert!(rev > 1);
+    for m in &c.members {
+        // Linearizable: answered only once the member has applied the put.
+        assert_eq!(
+            get_prefix(&m.client_url(), "f/").expect("linearizable read"),
+            vec![("f/key".to_string(), "from-a-follower".to_string())],
+            "member {}",
+            m.name
+        );
+    }
+    c.wait_converged(Duration::from_secs(5));
+}
+
+#[test]
+fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3);
+    let old = c.wait_leader(START_TIMEOUT);
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut seq = 0u32;
+    // Writes through every member in turn until `until` holds; failures
+    // (the killed member, no leader yet) are retried on the next member.
+    let mut write_until = |c: &Cluster, acked: &mut Vec<(String, String)>, want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let live = c.live();
+        while acked.len() < want {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} writes acknowledged",
+                acked.len()
+            );
+            seq += 1;
+            let (key, value) = (format!("w/{seq:05}"), format!("v{seq}"));
+            let url = c.members[live[seq as usize % live.len()]].client_url();
+            if put(&url, &key, &value).is_ok() {
+                acked.push((key, value));
+            }
+        }
+    };
+    write_until(&c, &mut acked, 30);
+
+    c.kill(old);
+    let killed = Instant::now();
+    let new = c.wait_leader(Duration::from_secs(10));
+    let elected_after = killed.elapsed();
+    assert_ne!(new, old);
+    eprintln!("new leader elected {elected_after:?} after SIGKILL of the old one");
+    assert!(
+        elected_after < Duration::from_millis(ELECTION_MS * 8),
+        "election took {elected_after:?}"
+    );
+    write_until(&c, &mut acked, 60);
+
+    c.spawn_member(old);
+    c.wait_ready();
+    write_until(&c, &mut acked, 70);
+    let rev = c.wait_converged(Duration::from_secs(10));
+    assert!(rev > 70, "revision {rev} after 70 acknowledged puts");
+
+    // The rejoined member is a full voter again: without the current
+    // leader, it and the third member elect a leader and commit.
+    let second = c.wait_leader(Duration::from_secs(5));
+    c.kill(second);
+    let next = c.wait_leader(Duration::from_secs(10));
+    assert_ne!(next, second);
+    write_until(&c, &mut acked, 90);
+    c.spawn_member(second);
+    c.wait_ready();
+    c.wait_converged(Duration::from_secs(10));
+    for m in &c.members {
+        let got = get_prefix(&m.client_url(), "w/").expect("linearizable read");
+        for (k, v) in &acked {
+            assert!(
+                got.iter().any(|(gk, gv)| gk == k && gv == v),
+                "acknowledged {k}={v} missing on member {}",
+                m.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_panicking_link_restarts_while_writes_keep_committing() {
+    // Every member's link to m3 panics once, when it is about to send its
+    // 40th batch: on the leader that is mid-way through the writes below.
+    let mut c = Cluster::new(3);
+    c.link_panic = Some((2, 40));
+    c.spawn_all_and_wait();
+    let m3 = format!("{:x}", c.members[2].id());
+    c.wait_leader(START_TIMEOUT);
+
+    let mut panicked = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while panicked.is_none() || n < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "after {n} writes: link panicked = {panicked:?}"
+        );
+        n += 1;
+        put_within(&c, &format!("p/{n:04}"), "x", Duration::from_secs(5))
+            .expect("writes keep committing while a link restarts");
+        if panicked.is_none() {
+            panicked = (0..3).find(|&i| c.logs(i).contains("peer link sender panicked"));
+        }
+    }
+    let who = panicked.expect("checked");
+    // The link came back: a new stream to m3 after the panic.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let logs = c.logs(who);
+            let at = logs.find("peer link sender panicked").expect("seen");
+            logs[at..]
+                .lines()
+                .any(|l| l.contains("peer link connected") && l.contains(&m3))
+        }),
+        "the link from {} to m3 did not reconnect after its panic",
+        c.members[who].name
+    );
+    c.wait_converged(Duration::from_secs(10));
+    let got = get_prefix(&c.members[2].client_url(), "p/").expect("read on m3");
+    assert_eq!(got.len(), n, "m3 has every write");
+}
+
+#[test]
+fn a_member_of_another_cluster_is_refused() {
+    let c = Cluster::start(1);
+    // A stranger whose --initial-cluster names the first member's peer URL
+    // under another token: its link sends to that URL with its own cluster id.
+    let stranger_peer = free_port();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log_path = tmp.path().join("stranger.stderr");
+    let log = File::create(&log_path).expect("log");
+    let peer = format!("http://127.0.0.1:{stranger_peer}");
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--name", "stranger"])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args([
+            "--initial-cluster",
+            &format!("stranger={peer},m1={}", c.members[0].peer_url()),
+        ])
+        .args(["--initial-cluster-token", "another-cluster"])
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn stranger");
+    let refused = wait_until(Duration::from_secs(15), || {
+        c.logs(0).contains("request cluster ID mismatch")
+            && std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("request sent was ignored by remote peer due to cluster ID mismatch")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        refused,
+        "no cluster ID mismatch logged; stranger's log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    // The member carries on.
+    put(&c.members[0].client_url(), "still", "serving").expect("put");
+}
+
+/// A linearizable Range of `key` through `url`, with a client deadline
+/// longer than the server's request timeout (5 s + 2 election timeouts).
+fn get_slowly(url: &str, key: &str) -> Result<usize, tonic::Status> {
+    let (url, key) = (url.to_string(), key.to_string());
+    block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| tonic::Status::unknown(e.to_string()))?
+            .timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let r = KvClient::new(channel)
+            .range(RangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(r.into_inner().kvs.len())
+    })
+}
+
+#[test]
+fn a_leader_cut_off_from_its_followers_answers_no_linearizable_read() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let url = c.members[leader].client_url();
+    put(&url, "before", "x").expect("put while the cluster is whole");
+    assert_eq!(get_slowly(&url, "before").map_err(|e| e.to_string()), Ok(1));
+    for i in (0..3).filter(|&i| i != leader) {
+        c.kill(i);
+    }
+    // It may still believe it leads for an election timeout (check-quorum
+    // then deposes it), but without a quorum it must not confirm a read.
+    let started = Instant::now();
+    let read = get_slowly(&url, "before");
+    let status = read.expect_err("a member without a quorum answered a linearizable read");
+    assert_eq!(
+        status.message(),
+        "etcdserver: request timed out",
+        "{status:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    let s = status_of_minority(&url);
+    assert!(
+        s.is_none_or(|leader| leader == 0),
+        "still reports leader {s:?}"
+    );
+}
+
+/// The leader a lone member reports (None when Status fails, as it does
+/// with no leader).
+fn status_of_minority(url: &str) -> Option<u64> {
+    status(url).map(|s| s.leader)
+}

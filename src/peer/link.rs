@@ -1,0 +1,333 @@
+//! The PeerLink actor: delivers this member's raft messages to one remote
+//! member, and restarts its own sender when it fails.
+//!
+//! ```text
+//!  RaftNode ─ PeerTransport::send ─ try_send ─▶ queue (4096) ─▶ sender task ── Raft stream ──▶ remote member
+//!                                     full ⇒ dropped,           │ connect (1 s timeout), batch what is queued
+//!                                     report_unreachable        │ error, stream end or PANIC
+//!                                                               ▼
+//!                               PeerLink (supervisor): log, report the member unreachable to raft,
+//!                               wait a jittered backoff (50 ms doubling to 1 s; reset after a
+//!                               stream that worked for over 1 s), start a new sender on the same queue
+//!                               (a failed connect drops what was queued: stale by then)
+//! ```
+//!
+//! The sender runs as a future inside the actor's context, wrapped in
+//! `supervise::restartable` (catch_unwind, and the panic hook lets the
+//! process live). That is what makes the restart real: a panic inside an
+//! actix handler would kill the actor silently, and actix's `Supervisor`
+//! restarts only actors that *stop*. Here a panic ends the future with an
+//! error, the actor stays, and nothing outside the link notices: RaftNode
+//! keeps ticking and the other links keep sending. The queue outlives every
+//! sender (it sits behind an async mutex the sender holds while it runs).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use protobuf::Message as _;
+use tokio::sync::{mpsc, Mutex};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::msg::ReportUnreachable;
+use crate::proto::cairnpb::peer_client::PeerClient;
+use crate::proto::cairnpb::RaftBatch;
+
+/// Messages queued per link before new ones are dropped.
+pub const QUEUE_CAPACITY: usize = 4096;
+/// A batch holds at most this many messages...
+const BATCH_MESSAGES: usize = 512;
+/// ... and about this many bytes (one more message may push it over).
+const BATCH_BYTES: usize = 4 << 20;
+/// Largest batch a member accepts (a message may carry 1 MiB of entries,
+/// or one entry of up to --max-request-bytes).
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub type Queue = Arc<Mutex<mpsc::Receiver<raft::eraftpb::Message>>>;
+
+/// Where a link sends, and as whom.
+#[derive(Clone)]
+pub struct Target {
+    pub cluster_id: u64,
+    pub from: u64,
+    pub to: u64,
+    /// The remote member's peer URLs; attempts go round them.
+    pub urls: Vec<String>,
+}
+
+/// Why a sender stopped.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("cannot connect to {url}: {cause}")]
+    Connect { url: String, cause: String },
+    #[error("stream to {url} failed: {status}")]
+    Stream { url: String, status: tonic::Status },
+    #[error("stream to {url} ended by the remote member")]
+    Ended { url: String },
+}
+
+pub struct PeerLink {
+    target: Target,
+    queue: Queue,
+    raft: Recipient<ReportUnreachable>,
+    /// The next restart's delay before jitter.
+    backoff: Duration,
+    /// Which of the target's URLs the next attempt uses.
+    attempt: usize,
+    /// Set by the sender once its stream is up; resets the backoff.
+    connected: Arc<AtomicBool>,
+    /// Jitter source (xorshift; the exact values do not matter).
+    rng: u64,
+}
+
+impl PeerLink {
+    pub fn new(target: Target, queue: Queue, raft: Recipient<ReportUnreachable>) -> PeerLink {
+        let seed = target.from ^ target.to.rotate_left(17) ^ std::process::id() as u64;
+        PeerLink {
+            target,
+            queue,
+            raft,
+            backoff: FIRST_BACKOFF,
+            attempt: 0,
+            connected: Arc::new(AtomicBool::new(false)),
+            rng: seed | 1,
+        }
+    }
+
+    /// A delay in [backoff/2, backoff], then doubles the backoff up to the cap.
+    fn next_delay(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = self.backoff / 2;
+        let jitter = half.mul_f64((self.rng % 1000) as f64 / 1000.0);
+        let delay = half + jitter;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        delay
+    }
+
+    /// Starts a sender task; when it ends, however it ends, schedules the next.
+    fn launch(&mut self, ctx: &mut Context<Self>) {
+        let url = self.target.urls[self.attempt % self.target.urls.len()].clone();
+        self.attempt = self.attempt.wrapping_add(1);
+        self.connected.store(false, Ordering::Relaxed);
+        let sender = send_loop(
+            self.target.clone(),
+            url,
+            self.queue.clone(),
+            self.connected.clone(),
+        );
+        // A restartable part (crate::supervise): a panic ends this future
+        // and the link starts a new one; the process lives on.
+        let guarded = crate::supervise::restartable(sender);
+        let launched = std::time::Instant::now();
+        ctx.spawn(guarded.into_actor(self).map(move |ended, act, ctx| {
+            let to = format!("{:x}", act.target.to);
+            match ended {
+                Ok(Ok(())) => return, // the transport is gone: shutting down
+                Ok(Err(e)) => {
+                    if let LinkError::Stream { status, .. } = &e {
+                        if status.message() == super::service::CLUSTER_ID_MISMATCH {
+                            tracing::error!(
+                                remote_peer_id = %to,
+                                local_member_cluster_id = %format!("{:x}", act.target.cluster_id),
+                                "request sent was ignored by remote peer due to cluster ID mismatch"
+                            );
+                        }
+                    }
+                    if act.connected.load(Ordering::Relaxed) {
+                        tracing::warn!(remote_peer_id = %to, cause = %e, "lost the stream to the remote peer; reconnecting");
+                    } else {
+                        tracing::debug!(remote_peer_id = %to, cause = %e, "peer link still down; retrying");
+                    }
+                }
+                Err(what) => {
+                    tracing::error!(remote_peer_id = %to, panic = %what, "peer link sender panicked; restarting it");
+                }
+            }
+            // A stream that carried batches for a while was healthy: retry
+            // fast. One refused at once (another cluster) keeps backing off.
+            if act.connected.load(Ordering::Relaxed) && launched.elapsed() > MAX_BACKOFF {
+                act.backoff = FIRST_BACKOFF;
+            }
+            // What was in flight is lost: raft-rs should probe the member
+            // again rather than assume its stream of appends arrived.
+            let _ = act.raft.try_send(ReportUnreachable { id: act.target.to });
+            let delay = act.next_delay();
+            ctx.run_later(delay, |act, ctx| act.launch(ctx));
+        }));
+    }
+}
+
+impl Actor for PeerLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        tracing::info!(remote_peer_id = %format!("{:x}", self.target.to), urls = ?self.target.urls, "peer link started");
+        self.launch(ctx);
+    }
+}
+
+/// Connects, opens the Raft stream and feeds it from the queue until
+/// something fails. Returns Ok only when the queue's sender (the transport)
+/// is gone.
+async fn send_loop(
+    target: Target,
+    url: String,
+    queue: Queue,
+    connected: Arc<AtomicBool>,
+) -> Result<(), LinkError> {
+    let mut queue = queue.lock_owned().await;
+    let connect_err = |cause: String| LinkError::Connect {
+        url: url.clone(),
+        cause,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| connect_err(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        // A member that vanishes without closing its connections (a
+        // partition, a frozen host) is noticed within a few seconds.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true);
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(e) => {
+            // Messages queued for a member that cannot be reached are stale
+            // by the time it can: drop them (raft resends what matters).
+            while queue.try_recv().is_ok() {}
+            return Err(connect_err(format!("{e:?}")));
+        }
+    };
+    let mut client = PeerClient::new(channel).max_encoding_message_size(MAX_BATCH_BYTES);
+    let (tx, rx) = mpsc::channel::<RaftBatch>(4);
+    let call = client.raft(ReceiverStream::new(rx));
+    let pump = async {
+        loop {
+            let Some(batch) = next_batch(&target, &mut queue).await else {
+                return Ok(());
+            };
+            super::failpoint::link_panic(target.to);
+            if tx.send(batch).await.is_err() {
+                // The call ended: its outcome says why.
+                return std::future::pending().await;
+            }
+            if !connected.swap(true, Ordering::Relaxed) {
+                tracing::info!(remote_peer_id = %format!("{:x}", target.to), %url, "peer link connected");
+            }
+        }
+    };
+    tokio::select! {
+        r = pump => r,
+        r = call => Err(match r {
+            Ok(_) => LinkError::Ended { url },
+            Err(status) => LinkError::Stream { url, status },
+        }),
+    }
+}
+
+/// Waits for the next message, then takes whatever else is queued, up to a
+/// batch's limits. None when the transport is gone.
+async fn next_batch(
+    target: &Target,
+    queue: &mut mpsc::Receiver<raft::eraftpb::Message>,
+) -> Option<RaftBatch> {
+    let first = queue.recv().await?;
+    let mut batch = RaftBatch {
+        cluster_id: target.cluster_id,
+        from: target.from,
+        to: target.to,
+        messages: Vec::new(),
+    };
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(m) = next.take() {
+        match m.write_to_bytes() {
+            Ok(b) => {
+                bytes += b.len();
+                batch.messages.push(b);
+            }
+            Err(e) => tracing::error!(cause = %e, "cannot encode a raft message; dropped"),
+        }
+        if batch.messages.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+            next = queue.try_recv().ok();
+        }
+    }
+    Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_doubles_and_is_capped() {
+        let (_tx, rx) = mpsc::channel(1);
+        let target = Target {
+            cluster_id: 1,
+            from: 1,
+            to: 2,
+            urls: vec!["http://127.0.0.1:1".into()],
+        };
+        let sys = actix::System::new();
+        sys.block_on(async move {
+            let raft = Dummy.start().recipient();
+            let mut link = PeerLink::new(target, Arc::new(Mutex::new(rx)), raft);
+            let mut bound = FIRST_BACKOFF;
+            for _ in 0..10 {
+                let d = link.next_delay();
+                assert!(
+                    d >= bound / 2 && d <= bound,
+                    "{d:?} not in [{:?}, {bound:?}]",
+                    bound / 2
+                );
+                bound = (bound * 2).min(MAX_BACKOFF);
+            }
+            assert_eq!(link.backoff, MAX_BACKOFF);
+        });
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(16);
+            for i in 0..3 {
+                let m = raft::eraftpb::Message {
+                    index: i,
+                    ..Default::default()
+                };
+                tx.send(m).await.expect("send");
+            }
+            let target = Target {
+                cluster_id: 9,
+                from: 1,
+                to: 2,
+                urls: vec![],
+            };
+            let batch = next_batch(&target, &mut rx).await.expect("batch");
+            assert_eq!(
+                (batch.cluster_id, batch.from, batch.to, batch.messages.len()),
+                (9, 1, 2, 3)
+            );
+            drop(tx);
+            assert!(next_batch(&target, &mut rx).await.is_none());
+        });
+    }
+
+    struct Dummy;
+    impl Actor for Dummy {
+        type Context = Context<Self>;
+    }
+    impl Handler<ReportUnreachable> for Dummy {
+        type Result = ();
+        fn handle(&mut self, _: ReportUnreachable, _: &mut Context<Self>) {}
+    }
+}

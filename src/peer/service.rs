@@ -1,0 +1,251 @@
+//! The peer gRPC service (`cairnpb.Peer`), served on `--listen-peer-urls`.
+//!
+//! Each remote member's PeerLink holds one `Raft` stream open to this
+//! member. Every batch is checked (cluster id, sender, addressee) before its
+//! messages are decoded and handed to RaftNode as `Step` with `try_send`:
+//! when RaftNode's mailbox is full the message is dropped and raft retries,
+//! so a flood from peers can never block this service or the raft thread.
+//!
+//! A peer of another cluster is refused as etcd's rafthttp refuses it: the
+//! receiver logs `request cluster ID mismatch` and answers `cluster ID
+//! mismatch` (HTTP 412 Precondition Failed in etcd; gRPC FailedPrecondition
+//! here); the sender logs that its request was ignored.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::cairnpb::peer_server::Peer;
+use crate::proto::cairnpb::{RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotDone};
+
+/// etcd's rafthttp error text for a request from another cluster.
+pub const CLUSTER_ID_MISMATCH: &str = "cluster ID mismatch";
+
+/// Hands one decoded raft message to RaftNode; false if it was dropped.
+pub type Deliver = Arc<dyn Fn(raft::eraftpb::Message) -> bool + Send + Sync>;
+
+pub struct PeerService {
+    /// This member's cluster: batches from any other are refused.
+    pub cluster_id: u64,
+    pub local_id: u64,
+    /// Every member of the cluster; a stream from anyone else is refused.
+    pub members: HashSet<u64>,
+    /// Where decoded messages go: RaftNode's `Step`, with `try_send` (a
+    /// closure, so the service is tested without an actor).
+    pub deliver: Deliver,
+}
+
+impl PeerService {
+    /// The rafthttp checks, on every batch.
+    fn check(&self, batch: &RaftBatch) -> Result<(), Status> {
+        if batch.cluster_id != self.cluster_id {
+            tracing::warn!(
+                local_member_id = %format!("{:x}", self.local_id),
+                local_member_cluster_id = %format!("{:x}", self.cluster_id),
+                remote_peer_id = %format!("{:x}", batch.from),
+                remote_peer_cluster_id = %format!("{:x}", batch.cluster_id),
+                "request cluster ID mismatch"
+            );
+            return Err(Status::failed_precondition(CLUSTER_ID_MISMATCH));
+        }
+        if !self.members.contains(&batch.from) || batch.from == self.local_id {
+            tracing::warn!(remote_peer_id = %format!("{:x}", batch.from), "raft stream from a member not in this cluster refused");
+            return Err(Status::permission_denied(format!(
+                "member {:x} is not in cluster {:x}",
+                batch.from, self.cluster_id
+            )));
+        }
+        if batch.to != self.local_id {
+            tracing::warn!(remote_peer_id = %format!("{:x}", batch.from), to = %format!("{:x}", batch.to), "raft stream for another member refused");
+            return Err(Status::failed_precondition(format!(
+                "raft messages for member {:x} sent to member {:x}",
+                batch.to, self.local_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes a checked batch and delivers its messages; returns how many
+    /// were dropped.
+    fn step_all(&self, batch: RaftBatch) -> usize {
+        let mut dropped = 0;
+        for bytes in batch.messages {
+            match raft::eraftpb::Message::parse_from_bytes(&bytes) {
+                Ok(m) if m.from == batch.from && m.to == batch.to => {
+                    if !(self.deliver)(m) {
+                        dropped += 1;
+                    }
+                }
+                Ok(m) => {
+                    tracing::warn!(
+                        from = m.from,
+                        to = m.to,
+                        "raft message with a forged sender or addressee dropped"
+                    );
+                    dropped += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, remote_peer_id = %format!("{:x}", batch.from), "undecodable raft message dropped");
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(
+        &self,
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftStreamEnd>, Status> {
+        let mut stream = request.into_inner();
+        let mut from = None;
+        while let Some(batch) = stream.message().await? {
+            self.check(&batch)?;
+            if from.is_none() {
+                from = Some(batch.from);
+                tracing::info!(remote_peer_id = %format!("{:x}", batch.from), "peer stream opened");
+            }
+            let dropped = self.step_all(batch);
+            if dropped > 0 {
+                tracing::debug!(
+                    dropped,
+                    "raft messages dropped (RaftNode busy); raft retries"
+                );
+            }
+        }
+        if let Some(from) = from {
+            tracing::info!(remote_peer_id = %format!("{from:x}"), "peer stream closed");
+        }
+        Ok(Response::new(RaftStreamEnd {}))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotDone>, Status> {
+        Err(Status::unimplemented(
+            "cairn: raft snapshots are not implemented yet",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn service(got: Arc<Mutex<Vec<u64>>>) -> PeerService {
+        PeerService {
+            cluster_id: 7,
+            local_id: 1,
+            members: HashSet::from([1, 2, 3]),
+            deliver: Arc::new(move |m| {
+                got.lock().expect("lock").push(m.index);
+                true
+            }),
+        }
+    }
+
+    fn encoded(from: u64, to: u64, index: u64) -> Vec<u8> {
+        let m = raft::eraftpb::Message {
+            from,
+            to,
+            index,
+            ..Default::default()
+        };
+        m.write_to_bytes().expect("encode")
+    }
+
+    #[test]
+    fn refuses_other_clusters_strangers_and_misaddressed_batches() {
+        struct Case {
+            cluster_id: u64,
+            from: u64,
+            to: u64,
+            code: Option<tonic::Code>,
+            message: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                cluster_id: 7,
+                from: 2,
+                to: 1,
+                code: None,
+                message: None,
+            },
+            Case {
+                cluster_id: 8,
+                from: 2,
+                to: 1,
+                code: Some(tonic::Code::FailedPrecondition),
+                message: Some(CLUSTER_ID_MISMATCH),
+            },
+            Case {
+                cluster_id: 7,
+                from: 9,
+                to: 1,
+                code: Some(tonic::Code::PermissionDenied),
+                message: None,
+            },
+            Case {
+                cluster_id: 7,
+                from: 1,
+                to: 1,
+                code: Some(tonic::Code::PermissionDenied),
+                message: None,
+            },
+            Case {
+                cluster_id: 7,
+                from: 2,
+                to: 3,
+                code: Some(tonic::Code::FailedPrecondition),
+                message: None,
+            },
+        ];
+        let s = service(Arc::default());
+        for c in cases {
+            let batch = RaftBatch {
+                cluster_id: c.cluster_id,
+                from: c.from,
+                to: c.to,
+                messages: vec![],
+            };
+            let r = s.check(&batch);
+            assert_eq!(
+                r.as_ref().err().map(|e| e.code()),
+                c.code,
+                "cluster {} from {} to {}",
+                c.cluster_id,
+                c.from,
+                c.to
+            );
+            if let (Some(want), Err(e)) = (c.message, &r) {
+                assert_eq!(e.message(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn delivers_decoded_messages_and_drops_forged_ones() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let s = service(got.clone());
+        let batch = RaftBatch {
+            cluster_id: 7,
+            from: 2,
+            to: 1,
+            messages: vec![
+                encoded(2, 1, 10),
+                encoded(3, 1, 11),
+                b"\xff\xff".to_vec(),
+                encoded(2, 1, 12),
+            ],
+        };
+        assert_eq!(s.step_all(batch), 2);
+        assert_eq!(*got.lock().expect("lock"), vec![10, 12]);
+    }
+}

@@ -1,0 +1,94 @@
+//! [`PeerTransport`]: RaftNode's [`Transport`] in a cluster.
+//!
+//! Routes each outgoing raft message by `to` into that member's link queue
+//! with `try_send`: the raft thread never waits for the network. A full
+//! queue (the member is slow or unreachable) drops the message and reports
+//! the member unreachable; raft-rs then probes it instead of streaming.
+//! MsgSnapshot is never queued: the snapshot stream is not served yet, so it
+//! is reported failed at once (raft-rs would otherwise wait for it forever).
+
+use std::collections::HashMap;
+
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+
+use crate::raft::transport::{Transport, Undelivered};
+
+/// One bounded queue per remote member, keyed by member id.
+pub struct PeerTransport {
+    pub(super) queues: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+impl Transport for PeerTransport {
+    fn send(&mut self, msgs: Vec<Message>) -> Undelivered {
+        let mut undelivered = Undelivered::default();
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                undelivered.dropped(&m);
+                continue;
+            }
+            let Some(queue) = self.queues.get(&m.to) else {
+                tracing::warn!(to = %format!("{:x}", m.to), msg_type = ?m.get_msg_type(), "no link to member; message dropped");
+                undelivered.dropped(&m);
+                continue;
+            };
+            if let Err(e) = queue.try_send(m) {
+                let m = match e {
+                    mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+                };
+                tracing::debug!(to = %format!("{:x}", m.to), "peer queue full; message dropped");
+                undelivered.dropped(&m);
+            }
+        }
+        undelivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(to: u64, t: MessageType) -> Message {
+        let mut m = Message {
+            to,
+            ..Default::default()
+        };
+        m.set_msg_type(t);
+        m
+    }
+
+    #[test]
+    fn routes_by_member_and_reports_what_it_drops() {
+        let (tx2, mut rx2) = mpsc::channel(1);
+        let (tx3, mut rx3) = mpsc::channel(1);
+        let mut t = PeerTransport {
+            queues: HashMap::from([(2, tx2), (3, tx3)]),
+        };
+        let out = t.send(vec![
+            msg(2, MessageType::MsgAppend),
+            msg(3, MessageType::MsgHeartbeat),
+            // 2's queue holds one message: this one is dropped.
+            msg(2, MessageType::MsgHeartbeat),
+            // Snapshots are never queued.
+            msg(3, MessageType::MsgSnapshot),
+            // No link to 9.
+            msg(9, MessageType::MsgAppend),
+        ]);
+        assert_eq!(
+            rx2.try_recv().map(|m| m.get_msg_type()),
+            Ok(MessageType::MsgAppend)
+        );
+        assert_eq!(
+            rx3.try_recv().map(|m| m.get_msg_type()),
+            Ok(MessageType::MsgHeartbeat)
+        );
+        assert!(rx2.try_recv().is_err() && rx3.try_recv().is_err());
+        assert_eq!(
+            out,
+            Undelivered {
+                unreachable: vec![2, 3, 9],
+                snapshots: vec![3],
+            }
+        );
+    }
+}
