@@ -24,7 +24,7 @@ use crate::cluster::ClusterInfo;
 use crate::config::Config;
 use crate::grpc::{self, Api};
 use crate::lease::keeper::LeaseKeeper;
-use crate::msg::{FlushNow, Proposals, RaftClient, RaftStatus, Shutdown};
+use crate::msg::{FlushNow, Leases, Proposals, RaftClient, RaftStatus, Shutdown};
 use crate::mvcc::{BufferedBackend, SledBackend, Store};
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
@@ -185,8 +185,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 RaftNode::new(core, recipient, proposals, transport, status, heartbeat, snapshot_count)
             });
         }
-        peers.start(raft.clone().recipient(), raft.clone().recipient());
 
+        let leases = Leases::new(
+            (leases.clone().recipient(), leases.clone().recipient(), leases.recipient()),
+            status.clone(),
+            cluster.local_id,
+            peers.lease_forwarder(),
+            request_timeout,
+        );
+        peers.start(raft.clone().recipient(), raft.clone().recipient(), leases.clone());
         let api = Api {
             store: store.clone(),
             raft: client.clone(),

@@ -5,16 +5,15 @@
 //! (a grant without an id gets one here, from the proposal id generator, so
 //! applying it is deterministic). Keep-alive and time-to-live are answered by
 //! the LeaseKeeper actor on the leader, without a log entry: expiry is local
-//! time, as in etcd. While this member is leader but not yet the primary
-//! lessor (just elected, or just restarted) those two wait for it, as etcd's
-//! forwarding to the leader does, up to the request timeout.
+//! time, as in etcd. A follower forwards them to the leader over the peer
+//! protocol (`msg::Leases`); while no member is primary lessor yet (just
+//! elected, or just restarted) they wait for one, up to the request timeout.
 //!
 //! Answers follow etcd's `v3rpc/lease.go`: an unknown or expired lease gets
 //! TTL 0 in a keep-alive response (the stream goes on) and TTL -1 from
 //! LeaseTimeToLive (no error).
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -23,13 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
 use crate::error::EtcdError;
-use crate::lease::keeper::{ListLeases, Renew, TimeToLive};
-use crate::lease::lessor::{LeaseTtl, NotAnswered};
+use crate::msg::LeaseTtl;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::*;
-
-/// Pause between asks while this member is not yet the primary lessor.
-const PRIMARY_POLL: Duration = Duration::from_millis(50);
 
 /// Keep-alive responses buffered per stream before the reader waits.
 const KEEPALIVE_BUFFER: usize = 16;
@@ -44,32 +39,11 @@ impl LeaseService {
     }
 }
 
-/// Asks the LeaseKeeper until it answers as primary lessor or the request
-/// timeout passes. `Ok(None)`: the lease does not exist (or has expired).
-async fn ask_primary<T, F, Fut>(api: &Api, mut ask: F) -> Result<Option<T>, EtcdError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, NotAnswered>, actix::MailboxError>>,
-{
-    let deadline = Instant::now() + api.raft.timeout();
-    loop {
-        match ask().await {
-            Ok(Ok(v)) => return Ok(Some(v)),
-            Ok(Err(NotAnswered::NotFound)) => return Ok(None),
-            Ok(Err(NotAnswered::NotPrimary)) if Instant::now() < deadline => {
-                tokio::time::sleep(PRIMARY_POLL).await;
-            }
-            Ok(Err(NotAnswered::NotPrimary)) => return Err(EtcdError::Timeout),
-            Err(_) => return Err(EtcdError::Stopped),
-        }
-    }
-}
-
 /// One keep-alive: the response header is taken before the renew, as etcd
 /// does, so a client never sees a keep-alive "after" the lease's revoke.
 async fn keep_alive_once(api: &Api, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
     let header = api.header(0);
-    let ttl = ask_primary(api, || api.leases.send(Renew { id })).await?;
+    let ttl = api.leases.renew(id).await?;
     Ok(LeaseKeepAliveResponse {
         header: Some(header),
         id,
@@ -135,7 +109,7 @@ impl Lease for LeaseService {
         // client saw is reflected.
         self.api.raft.read_barrier().await?;
         let id = req.id;
-        let ttl = ask_primary(&self.api, || self.api.leases.send(TimeToLive { id })).await?;
+        let ttl = self.api.leases.time_to_live(id).await?;
         let keys = match (&ttl, req.keys) {
             (Some(_), true) => self
                 .api
@@ -162,12 +136,7 @@ impl Lease for LeaseService {
         &self,
         _req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let ids = self
-            .api
-            .leases
-            .send(ListLeases)
-            .await
-            .map_err(|_| Status::from(EtcdError::Stopped))?;
+        let ids = self.api.leases.list().await?;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.api.header(0)),
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),

@@ -32,7 +32,6 @@ use tonic::Status;
 use crate::apply::ApplyResponse;
 use crate::cluster::ClusterInfo;
 use crate::error::EtcdError;
-use crate::lease::keeper::LeaseKeeper;
 use crate::msg::{RaftClient, RaftStatus};
 use crate::mvcc::Store;
 use crate::proto::cairnpb::internal_request::Request;
@@ -55,8 +54,9 @@ pub struct Api {
     pub status: Arc<RaftStatus>,
     pub cluster: Arc<ClusterInfo>,
     pub max_txn_ops: usize,
-    /// Lease expiry: keep-alives and time-to-live go here, not to the log.
-    pub leases: actix::Addr<LeaseKeeper>,
+    /// Lease expiry: keep-alives and time-to-live go here (or to the
+    /// leader's, from a follower), not to the log.
+    pub leases: crate::msg::Leases,
     /// Storage, which takes the head of a snapshot between two batches.
     pub storage: actix::Recipient<crate::msg::CaptureImage>,
     /// The WatchBroadcaster actor, which every Watch stream talks to.

@@ -22,6 +22,7 @@ use super::lessor::{LeaseTtl, Lessor, NotAnswered};
 use crate::apply::LeaseChange;
 use crate::error::EtcdError;
 use crate::msg::{AppliedLeases, RaftClient, RaftStatus};
+use crate::msg::{ListLeases, Renew, TimeToLive};
 use crate::proto::cairnpb::internal_request::Request;
 use crate::proto::etcdserverpb::LeaseRevokeRequest;
 use crate::supervise::Lifeline;
@@ -32,25 +33,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// At most this many revokes are proposed per tick (etcd: 500 per 500 ms).
 const REVOKES_PER_TICK: usize = 100;
-
-/// A keep-alive: reset the lease's expiry; answers its TTL.
-#[derive(Message)]
-#[rtype(result = "Result<i64, NotAnswered>")]
-pub struct Renew {
-    pub id: i64,
-}
-
-/// Granted and remaining TTL of a lease.
-#[derive(Message)]
-#[rtype(result = "Result<LeaseTtl, NotAnswered>")]
-pub struct TimeToLive {
-    pub id: i64,
-}
-
-/// Every lease id, soonest expiry first.
-#[derive(Message)]
-#[rtype(result = "Vec<i64>")]
-pub struct ListLeases;
 
 pub struct LeaseKeeper {
     /// Expiry times and the primary flag; plain code, see `lessor`.

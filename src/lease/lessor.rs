@@ -24,23 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::LeaseChange;
 
-/// Why a renew or time-to-live lookup was not answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotAnswered {
-    /// This member is not (yet) the primary lessor; ask again or ask the leader.
-    NotPrimary,
-    /// No such lease, or it has expired and is being revoked.
-    NotFound,
-}
-
-/// One lease's TTLs as the lessor knows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseTtl {
-    /// The TTL the lease was granted with, in seconds.
-    pub granted: i64,
-    /// Seconds left, truncated toward zero (etcd's `int64(Remaining().Seconds())`).
-    pub remaining: i64,
-}
+pub use crate::msg::{LeaseTtl, NotAnswered};
 
 #[derive(Debug, Clone, Copy)]
 struct Tracked {

@@ -19,6 +19,7 @@
 //! proposals, completed by Storage) and [`RaftClient`] (how the API layer
 //! and LeaseKeeper propose and read).
 
+mod leases;
 mod proposals;
 mod status;
 
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use raft::eraftpb::{Entry, Message as RaftMessage};
 
+pub use leases::{ForwardToLeader, LeaseTtl, Leases, ListLeases, NotAnswered, Renew, TimeToLive};
 pub use proposals::{Proposals, RaftClient, MAX_APPLY_GAP};
 pub use status::{Progress, RaftStatus};
 

@@ -22,6 +22,7 @@
 //! member (it could no longer hear the others).
 
 pub mod failpoint;
+pub mod forward;
 pub mod link;
 pub mod service;
 pub mod transport;
@@ -101,8 +102,23 @@ impl Peers {
     }
 
     /// Serves the peer service and starts the links, on a `peer` arbiter.
-    /// `step` and `unreachable` are RaftNode's inboxes.
-    pub fn start(self, step: Recipient<Step>, unreachable: Recipient<ReportUnreachable>) {
+    /// How a follower forwards lease requests to the leader; None when
+    /// this member is alone.
+    pub fn lease_forwarder(&self) -> Option<Arc<dyn crate::msg::ForwardToLeader>> {
+        if self.queues.is_empty() {
+            return None;
+        }
+        Some(Arc::new(forward::LeaseForwarder::new(self.cluster.clone())))
+    }
+
+    /// `step` and `unreachable` are RaftNode's inboxes; `leases` answers
+    /// lease requests forwarded by followers.
+    pub fn start(
+        self,
+        step: Recipient<Step>,
+        unreachable: Recipient<ReportUnreachable>,
+        leases: crate::msg::Leases,
+    ) {
         let arbiter = Arbiter::new();
         let cluster = self.cluster;
         let deliver: service::Deliver = Arc::new(move |m| step.try_send(Step(m)).is_ok());
@@ -113,6 +129,7 @@ impl Peers {
                 local_id: cluster.local_id,
                 members: members.clone(),
                 deliver: deliver.clone(),
+                leases: Some(leases.clone()),
             };
             arbiter.spawn(async move {
                 let addr = listener.local_addr().ok();

@@ -17,8 +17,11 @@ use std::sync::Arc;
 use protobuf::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::msg::Leases;
 use crate::proto::cairnpb::peer_server::Peer;
-use crate::proto::cairnpb::{RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotDone};
+use crate::proto::cairnpb::{
+    LeaseAnswer, LeaseForward, RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotDone,
+};
 
 /// etcd's rafthttp error text for a request from another cluster.
 pub const CLUSTER_ID_MISMATCH: &str = "cluster ID mismatch";
@@ -35,6 +38,9 @@ pub struct PeerService {
     /// Where decoded messages go: RaftNode's `Step`, with `try_send` (a
     /// closure, so the service is tested without an actor).
     pub deliver: Deliver,
+    /// This member's lessor, for keep-alives and time-to-live forwarded by
+    /// followers while this member leads (None in unit tests).
+    pub leases: Option<Leases>,
 }
 
 impl PeerService {
@@ -132,6 +138,45 @@ impl Peer for PeerService {
             "cairn: raft snapshots are not implemented yet",
         ))
     }
+
+    async fn lease_renew(
+        &self,
+        request: Request<LeaseForward>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        let (leases, id) = self.lease_request(request.into_inner())?;
+        let ttl = leases.renew_here(id).await?;
+        Ok(Response::new(LeaseAnswer {
+            found: ttl.is_some(),
+            ttl: ttl.unwrap_or(0),
+            granted_ttl: 0,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseForward>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        let (leases, id) = self.lease_request(request.into_inner())?;
+        let ttl = leases.time_to_live_here(id).await?;
+        Ok(Response::new(LeaseAnswer {
+            found: ttl.is_some(),
+            ttl: ttl.map_or(0, |t| t.remaining),
+            granted_ttl: ttl.map_or(0, |t| t.granted),
+        }))
+    }
+}
+
+impl PeerService {
+    fn lease_request(&self, req: LeaseForward) -> Result<(&Leases, i64), Status> {
+        if req.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(CLUSTER_ID_MISMATCH));
+        }
+        let leases = self
+            .leases
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("no lessor"))?;
+        Ok((leases, req.id))
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +189,7 @@ mod tests {
             cluster_id: 7,
             local_id: 1,
             members: HashSet::from([1, 2, 3]),
+            leases: None,
             deliver: Arc::new(move |m| {
                 got.lock().expect("lock").push(m.index);
                 true

@@ -1,0 +1,201 @@
+//! LeaseKeeper's inbox from the API layer and the peer service, and
+//! [`Leases`], the handle both use to ask it: keep-alive and time-to-live
+//! are answered by the primary lessor (the leader) without a log entry; a
+//! follower forwards them to the leader, as etcd's does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::future::BoxFuture;
+
+use super::RaftStatus;
+use crate::error::EtcdError;
+
+/// Pause between asks while this member is not yet the primary lessor.
+const PRIMARY_POLL: Duration = Duration::from_millis(50);
+
+/// Why a renew or time-to-live lookup was not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAnswered {
+    /// This member is not (yet) the primary lessor; ask again or ask the leader.
+    NotPrimary,
+    /// No such lease, or it has expired and is being revoked.
+    NotFound,
+}
+
+/// One lease's TTLs as the lessor knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// The TTL the lease was granted with, in seconds.
+    pub granted: i64,
+    /// Seconds left, truncated toward zero (etcd's `int64(Remaining().Seconds())`).
+    pub remaining: i64,
+}
+
+/// A keep-alive: reset the lease's expiry; answers its TTL.
+#[derive(Message)]
+#[rtype(result = "Result<i64, NotAnswered>")]
+pub struct Renew {
+    pub id: i64,
+}
+
+/// Granted and remaining TTL of a lease.
+#[derive(Message)]
+#[rtype(result = "Result<LeaseTtl, NotAnswered>")]
+pub struct TimeToLive {
+    pub id: i64,
+}
+
+/// Every lease id, soonest expiry first.
+#[derive(Message)]
+#[rtype(result = "Vec<i64>")]
+pub struct ListLeases;
+
+/// Asks the leader's lessor on a follower's behalf (the peer client).
+pub trait ForwardToLeader: Send + Sync {
+    /// Renews lease `id` on member `leader`: its TTL, or None if unknown.
+    fn renew(&self, leader: u64, id: i64) -> BoxFuture<'static, Result<Option<i64>, EtcdError>>;
+    /// Lease `id`'s TTLs on member `leader`, or None if unknown.
+    fn time_to_live(
+        &self,
+        leader: u64,
+        id: i64,
+    ) -> BoxFuture<'static, Result<Option<LeaseTtl>, EtcdError>>;
+}
+
+/// How the gRPC Lease service and the peer service reach the lessor.
+#[derive(Clone)]
+pub struct Leases {
+    renew: Recipient<Renew>,
+    ttl: Recipient<TimeToLive>,
+    list: Recipient<ListLeases>,
+    /// Who leads, to forward to.
+    status: Arc<RaftStatus>,
+    local_id: u64,
+    /// None on a single member (nobody to forward to).
+    forward: Option<Arc<dyn ForwardToLeader>>,
+    /// The request timeout.
+    timeout: Duration,
+}
+
+/// One ask of the local lessor.
+type Asked<T> = Result<Result<T, NotAnswered>, MailboxError>;
+
+impl Leases {
+    /// `renew`, `ttl` and `list` are LeaseKeeper's inboxes.
+    pub fn new(
+        (renew, ttl, list): (
+            Recipient<Renew>,
+            Recipient<TimeToLive>,
+            Recipient<ListLeases>,
+        ),
+        status: Arc<RaftStatus>,
+        local_id: u64,
+        forward: Option<Arc<dyn ForwardToLeader>>,
+        timeout: Duration,
+    ) -> Leases {
+        Leases {
+            renew,
+            ttl,
+            list,
+            status,
+            local_id,
+            forward,
+            timeout,
+        }
+    }
+
+    /// A keep-alive: the lease's TTL, or None if it does not exist (or
+    /// expired). Asked of this member's lessor when it is primary, else of
+    /// the leader's; waits (up to the request timeout) while there is none.
+    pub async fn renew(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        self.ask(
+            || self.renew.send(Renew { id }),
+            |f, leader| f.renew(leader, id),
+        )
+        .await
+    }
+
+    /// Granted and remaining TTL, as [`Leases::renew`] asks.
+    pub async fn time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError> {
+        self.ask(
+            || self.ttl.send(TimeToLive { id }),
+            |f, leader| f.time_to_live(leader, id),
+        )
+        .await
+    }
+
+    /// Like [`Leases::renew`], never forwarded: the leader's side of a
+    /// follower's forward (no forwarding loops).
+    pub async fn renew_here(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        self.ask_local(|| self.renew.send(Renew { id })).await
+    }
+
+    /// Like [`Leases::time_to_live`], never forwarded.
+    pub async fn time_to_live_here(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError> {
+        self.ask_local(|| self.ttl.send(TimeToLive { id })).await
+    }
+
+    /// Every lease id this member's lessor knows.
+    pub async fn list(&self) -> Result<Vec<i64>, EtcdError> {
+        self.list
+            .send(ListLeases)
+            .await
+            .map_err(|_| EtcdError::Stopped)
+    }
+
+    async fn ask_local<T, Fut>(&self, mut ask: impl FnMut() -> Fut) -> Result<Option<T>, EtcdError>
+    where
+        Fut: std::future::Future<Output = Asked<T>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match ask().await {
+                Ok(Ok(v)) => return Ok(Some(v)),
+                Ok(Err(NotAnswered::NotFound)) => return Ok(None),
+                Ok(Err(NotAnswered::NotPrimary)) if Instant::now() < deadline => {
+                    tokio::time::sleep(PRIMARY_POLL).await;
+                }
+                Ok(Err(NotAnswered::NotPrimary)) => return Err(EtcdError::Timeout),
+                Err(_) => return Err(EtcdError::Stopped),
+            }
+        }
+    }
+
+    async fn ask<T, Fut>(
+        &self,
+        mut ask: impl FnMut() -> Fut,
+        forward: impl Fn(&dyn ForwardToLeader, u64) -> BoxFuture<'static, Result<Option<T>, EtcdError>>,
+    ) -> Result<Option<T>, EtcdError>
+    where
+        Fut: std::future::Future<Output = Asked<T>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match ask().await {
+                Ok(Ok(v)) => return Ok(Some(v)),
+                Ok(Err(NotAnswered::NotFound)) => return Ok(None),
+                Ok(Err(NotAnswered::NotPrimary)) => {}
+                Err(_) => return Err(EtcdError::Stopped),
+            }
+            // Not the primary lessor: the leader's answers, if another
+            // member leads (a new leader becomes primary shortly).
+            let leader = self.status.leader_id();
+            if let (Some(f), true) = (&self.forward, leader != 0 && leader != self.local_id) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, forward(f.as_ref(), leader)).await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(e)) => {
+                        tracing::debug!(cause = %e, leader = %format!("{leader:x}"), "forwarding a lease request failed; retrying")
+                    }
+                    Err(_) => return Err(EtcdError::Timeout),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(EtcdError::Timeout);
+            }
+            tokio::time::sleep(PRIMARY_POLL).await;
+        }
+    }
+}
