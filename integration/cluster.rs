@@ -715,3 +715,46 @@ fn leases_work_through_a_follower() {
         assert_eq!(get_prefix(&m.client_url(), "svc/").expect("read"), vec![]);
     }
 }
+
+/// A member whose disk died must not come back under its old identity with
+/// an empty data dir: the leader still counts on the entries it had
+/// acknowledged. As in etcd ("tocommit is out of range ... was the raft log
+/// corrupted, truncated, or lost?"), the member stops loudly at once (exit
+/// 70, one fatal line) and the rest of the cluster carries on. The etcd
+/// runbook's way out is member remove + add (runtime reconfiguration).
+#[test]
+fn a_member_with_a_wiped_data_dir_stops_loudly_and_harms_nothing() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let victim = (leader + 1) % 3;
+    let writer = c.members[leader].client_url();
+    for i in 0..20 {
+        put(&writer, &format!("r/{i:02}"), "before").expect("put");
+    }
+    c.kill(victim);
+    std::fs::remove_dir_all(c.tmp.path().join(&c.members[victim].name)).expect("wipe");
+    c.spawn_member(victim);
+    let mut status = None;
+    assert!(
+        wait_until(START_TIMEOUT, || {
+            status = c.members[victim]
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            status.is_some()
+        }),
+        "the wiped member kept running; logs:\n{}",
+        c.logs(victim)
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(70));
+    c.members[victim].child = None;
+    let logs = c.logs(victim);
+    let fatal: Vec<&str> = logs.lines().filter(|l| l.contains("fatal:")).collect();
+    assert_eq!(fatal.len(), 1, "{logs}");
+    assert!(fatal[0].contains("out of range"), "{}", fatal[0]);
+
+    // The two others still form a quorum: writes and reads go on.
+    put(&writer, "after", "x").expect("put with 2 of 3");
+    c.wait_converged(Duration::from_secs(10));
+    assert_eq!(get_prefix(&writer, "r/").expect("read").len(), 20);
+}
