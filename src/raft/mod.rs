@@ -4,4 +4,5 @@
 pub mod core;
 pub mod log_store;
 pub mod node;
+pub mod tick_clock;
 pub mod transport;

@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::core::{truncation_point, Core, ReadyWork};
 use super::log_store::LogStore;
+use super::tick_clock::TickClock;
 use super::transport::{Transport, Undelivered};
 use crate::error::{fatal, EtcdError};
 use crate::msg::{
@@ -67,6 +68,8 @@ pub struct RaftNode {
     stopping: bool,
     /// Shutdown callers waiting for the in-flight persist.
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// How late ticks fire: whether anything blocks this thread.
+    ticks: TickClock,
     /// A core actor: if it goes, the member stops (crate::supervise).
     _lifeline: Lifeline,
 }
@@ -98,7 +101,31 @@ impl RaftNode {
             compacting: false,
             stopping: false,
             stop_waiters: Vec::new(),
+            ticks: TickClock::new(tick_interval, Instant::now()),
             _lifeline: Lifeline::new("RaftNode"),
+        }
+    }
+
+    /// Measures the tick's lateness; warns when the raft thread was held
+    /// up for more than two intervals (heartbeats went out late).
+    fn observe_tick(&mut self) {
+        let now = Instant::now();
+        let late = self.ticks.tick(now);
+        if late > 2 * self.tick_interval {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                heartbeat_interval_ms = self.tick_interval.as_millis() as u64,
+                "raft tick fired late: the raft thread was held up, heartbeats went out late"
+            );
+        }
+        if let Some(s) = self.ticks.summary(now) {
+            tracing::debug!(
+                ticks = s.ticks,
+                p50_us = s.p50.as_micros() as u64,
+                p99_us = s.p99.as_micros() as u64,
+                max_us = s.max.as_micros() as u64,
+                "raft tick lateness"
+            );
         }
     }
 
@@ -253,6 +280,7 @@ impl Actor for RaftNode {
         }
         ctx.run_interval(self.tick_interval, |act, ctx| {
             crate::failpoint::hit("raft-tick");
+            act.observe_tick();
             act.core.tick();
             // raft-rs drops a ReadIndex silently when no leader is known (or
             // the leader has not committed in its term yet): ask again.
