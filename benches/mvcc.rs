@@ -135,6 +135,8 @@ fn range(c: &mut Criterion) {
 const BLOCKED_KEYS: u64 = 100_000;
 /// Revisions written per key before the compaction.
 const BLOCKED_REVISIONS: u64 = 3;
+/// One 1-put batch per interval during the measurement (2,000 a second).
+const PUT_INTERVAL: Duration = Duration::from_micros(500);
 
 /// Latency summary of the 1-put batches applied during one window: the
 /// percentiles, the worst, and the time spent in puts slower than 1 ms.
@@ -174,11 +176,19 @@ impl Applier {
         t.elapsed()
     }
 
-    /// Applies 1-put batches until `busy` clears; returns their latencies.
+    /// Applies 1-put batches, one per [`PUT_INTERVAL`], until `busy`
+    /// clears; returns their latencies. Paced, so that what is measured is
+    /// how long the apply path is held up, not how the write buffer copes
+    /// with an unbounded stream of writes.
     fn puts_while(&mut self, busy: &AtomicBool) -> Vec<Duration> {
         let mut lat = Vec::new();
+        let mut next = Instant::now();
         while busy.load(Ordering::Acquire) {
             lat.push(self.timed_put());
+            next += PUT_INTERVAL;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
         lat
     }
@@ -214,9 +224,18 @@ fn apply_blocked() {
     );
 
     // Reference: nothing else running.
+    let busy = Arc::new(AtomicBool::new(true));
+    let timer = {
+        let busy = busy.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            busy.store(false, Ordering::Release);
+        })
+    };
     let t = Instant::now();
-    let lat: Vec<_> = (0..2000).map(|_| a.timed_put()).collect();
-    summary("idle", lat, t.elapsed());
+    let lat = a.puts_while(&busy);
+    summary("idle (1 s)", lat, t.elapsed());
+    timer.join().expect("timer");
 
     // (a) Three Ranges over every key, one after the other, on another thread.
     let all = RangeRequest {
@@ -275,8 +294,8 @@ fn apply_blocked() {
 }
 
 /// Returns once compaction to `rev` has removed the old records.
-fn wait_physical_compaction(_store: &Store, _rev: i64) {
-    // Compaction is synchronous with its apply.
+fn wait_physical_compaction(store: &Store, rev: i64) {
+    store.wait_compacted(rev);
 }
 
 /// Runs [`apply_blocked`] when asked for by name, the criterion benchmarks otherwise.
