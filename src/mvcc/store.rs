@@ -336,7 +336,7 @@ impl Store {
     /// Pins the current and compact revisions for a read at `requested`
     /// (<= 0 = current) and registers the read, so that the records it
     /// resolves stay in the backend until it is done.
-    fn snapshot(&self, requested: i64) -> Result<Snapshot<'_>, ReadError> {
+    pub(crate) fn snapshot(&self, requested: i64) -> Result<Snapshot<'_>, ReadError> {
         let c = self.committed.read();
         let at = range::read_revision(requested, c.current_rev, c.compact_rev)?;
         Ok(Snapshot {

@@ -1292,6 +1292,38 @@ fn a_range_racing_compaction_reads_the_right_values_or_compacted() {
 }
 
 #[test]
+fn the_compactor_waits_for_a_read_that_resolved_before_the_compaction() {
+    // A read at 3 resolves its revisions, then compaction at 4 is applied
+    // (the read was admitted before, so it must still get its values): the
+    // compactor reaches the deletion, waits for the read, and deletes only
+    // once it is done.
+    let s = mem_store();
+    rounds(&s, 300, 3); // revisions 2, 3, 4
+    let all = KeyRange::new(b"k", b"l");
+    let snap = s.snapshot(3).expect("snapshot");
+    let revs = snap.live_revisions(&all, 3).expect("resolve");
+    assert_eq!(revs.len(), 300);
+    compact_nowait(&s, 4);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s.compaction.waiting_for_readers() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compactor did not reach the deletion within 10 s"
+        );
+        std::thread::yield_now();
+    }
+    for rev in &revs {
+        let kv = snap.record(*rev).expect("a resolved record is still there");
+        assert_eq!(kv.value, b"2");
+    }
+    assert!(s.compaction.waiting_for_readers(), "still held by the read");
+    assert!(s.compaction_finished() < 4);
+    drop(snap);
+    s.wait_compacted(4);
+    assert_eq!(record_revisions(&s).len(), 300);
+}
+
+#[test]
 fn compacted_records_are_gone_once_the_compactor_finishes() {
     // Several deletion batches' worth: 3 revisions of 1,500 keys.
     let s = mem_store();
