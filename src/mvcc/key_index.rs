@@ -661,6 +661,79 @@ mod tests {
     }
 
     #[test]
+    fn get_compacted_answers_as_the_pruned_index() {
+        for compact in 1..10 {
+            let mut pruned = sample();
+            pruned.compact(compact);
+            for at in (compact - 1)..10 {
+                assert_eq!(
+                    sample().get_compacted(at, compact),
+                    pruned.get(at),
+                    "get({at}) after compact({compact})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_in_steps_equals_compaction_at_once() {
+        let build = || {
+            let mut tree = IndexTree::new();
+            for i in 0..10u8 {
+                let k = [b'k', i];
+                tree.entry(&k).put(r(2));
+                tree.entry(&k).put(r(3 + i64::from(i % 3)));
+                if i % 2 == 0 {
+                    assert!(tree.entry(&k).tombstone(r(6)));
+                }
+            }
+            tree
+        };
+        let mut whole = build();
+        whole.compact(6);
+        let mut steps = build();
+        let mut after = None;
+        let mut n = 0;
+        while let Some(last) = steps.compact_some(6, after.as_deref(), 3) {
+            after = Some(last);
+            n += 1;
+        }
+        assert_eq!(n, 3, "10 keys in steps of 3");
+        let keys = |t: &IndexTree| {
+            t.iter()
+                .map(|(k, ki)| (k.clone(), ki.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&steps), keys(&whole));
+        assert_eq!(steps.len(), 5);
+    }
+
+    #[test]
+    fn range_after_resumes_a_walk() {
+        let mut tree = IndexTree::new();
+        for k in [&b"a"[..], b"b", b"c", b"d"] {
+            tree.entry(k).put(r(2));
+        }
+        let names = |it: Box<dyn Iterator<Item = (&Vec<u8>, &KeyIndex)> + '_>| {
+            it.map(|(k, _)| k.clone()).collect::<Vec<_>>()
+        };
+        let between = KeyRange::new(b"a", b"d");
+        assert_eq!(
+            names(tree.range_after(&between, Some(b"a"))),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
+        assert!(names(tree.range_after(&between, Some(b"c"))).is_empty());
+        let from = KeyRange::new(b"b", b"\0");
+        assert_eq!(
+            names(tree.range_after(&from, Some(b"c"))),
+            vec![b"d".to_vec()]
+        );
+        let single = KeyRange::new(b"b", b"");
+        assert!(names(tree.range_after(&single, Some(b"b"))).is_empty());
+        assert_eq!(names(tree.range_after(&single, None)), vec![b"b".to_vec()]);
+    }
+
+    #[test]
     fn tree_compaction_forgets_dead_keys_and_keep_matches() {
         let mut tree = IndexTree::new();
         tree.entry(b"live").put(r(2));
