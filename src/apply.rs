@@ -445,8 +445,12 @@ fn delete_in(txn: &mut WriteTxn, d: &DeleteRangeRequest) -> Result<DeleteRangeRe
     })
 }
 
-/// Compaction is done synchronously with the batch's commit, so
-/// `physical` (answer only once the old revisions are gone) always holds.
+/// Compaction on the apply thread is only the deterministic, cheap part:
+/// the compact revision, written with the batch's applied index and
+/// published with it (reads below it fail from then on). The store's
+/// background compactor then prunes the key index and deletes the old
+/// records in small batches; `physical` is honoured by the gRPC handler,
+/// which waits for that ([`Store::wait_compacted`]).
 fn apply_compaction(
     w: &mut BatchWriter,
     c: &CompactionRequest,
@@ -493,7 +497,7 @@ enum Planned<'a> {
     Empty,
 }
 
-fn plan<'a, V: ReadView + ?Sized>(view: &V, t: &'a TxnRequest) -> Result<Plan<'a>, StorageError> {
+fn plan<'a, V: ReadView + ?Sized>(view: &V, t: &'a TxnRequest) -> Result<Plan<'a>, ReadError> {
     let mut succeeded = true;
     for c in &t.compare {
         if !compare_holds(view, c)? {
@@ -513,14 +517,14 @@ fn plan<'a, V: ReadView + ?Sized>(view: &V, t: &'a TxnRequest) -> Result<Plan<'a
                 None => Planned::Empty,
             })
         })
-        .collect::<Result<_, StorageError>>()?;
+        .collect::<Result<_, ReadError>>()?;
     Ok(Plan { succeeded, ops })
 }
 
 /// etcd's compare: over every key in the range (all must satisfy it). With no
 /// key in the range, a VALUE compare fails and any other compares against a
 /// zero KeyValue (so `create_revision == 0` tests absence).
-fn compare_holds<V: ReadView + ?Sized>(view: &V, c: &Compare) -> Result<bool, StorageError> {
+fn compare_holds<V: ReadView + ?Sized>(view: &V, c: &Compare) -> Result<bool, ReadError> {
     let kvs = view.range_kvs(&KeyRange::new(&c.key, &c.range_end))?;
     if kvs.is_empty() {
         if c.target == CompareTarget::Value as i32 {

@@ -1077,6 +1077,60 @@ fn compaction_requests() {
 }
 
 #[test]
+fn compaction_is_recorded_with_its_entry_and_finished_by_the_compactor() {
+    use crate::mvcc::store::{META_COMPACT_REV, META_CONSISTENT_INDEX, META_FINISHED_COMPACT_REV};
+    let meta = |s: &Store, key: &[u8]| {
+        s.backend()
+            .get(key)
+            .expect("get")
+            .map(|v| i64::from_be_bytes(v.as_slice().try_into().expect("8 bytes")))
+    };
+    let records = |s: &Store| s.backend().scan_prefix(b"k").count();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || Store::open(Arc::new(open_sled_for_test(dir.path()))).expect("open");
+    let mut h = Harness::on(open());
+    for i in 0..1_200 {
+        h.put(&format!("k{i:04}"), "1");
+        h.put(&format!("k{i:04}"), "2");
+    }
+    h.put("gone", "1");
+    h.one(Request::DeleteRange(DeleteRangeRequest {
+        key: b"gone".to_vec(),
+        ..Default::default()
+    }))
+    .expect("delete");
+    let rev = h.store.current_revision();
+    h.one(Request::Compaction(CompactionRequest {
+        revision: rev,
+        physical: true,
+    }))
+    .expect("compact");
+    // Recorded with the entry that applied it; reads below it refused at once.
+    let applied = h.store.applied_index() as i64;
+    assert_eq!(meta(&h.store, META_COMPACT_REV), Some(rev));
+    assert_eq!(meta(&h.store, META_CONSISTENT_INDEX), Some(applied));
+    assert!(matches!(
+        h.store.range(&RangeRequest {
+            key: b"k0000".to_vec(),
+            revision: rev - 1,
+            ..Default::default()
+        }),
+        Err(ReadError::Client(EtcdError::Compacted))
+    ));
+    h.store.wait_compacted(rev);
+    assert_eq!(h.store.compaction_finished(), rev);
+    assert_eq!(meta(&h.store, META_FINISHED_COMPACT_REV), Some(rev));
+    assert_eq!(records(&h.store), 1_200, "one record per live key");
+    assert_eq!(h.value("k0007"), Some("2".into()));
+    let hash = h.store.hash_kv(0).expect("hash");
+    drop(h);
+    let s = open();
+    assert_eq!((s.compact_revision(), s.compaction_finished()), (rev, rev));
+    assert_eq!(records(&s), 1_200);
+    assert_eq!(s.hash_kv(0).expect("hash"), hash);
+}
+
+#[test]
 fn alarms_and_nospace() {
     let mut h = Harness::new();
     h.put("a", "1");

@@ -68,9 +68,17 @@ impl Kv for KvService {
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = req.into_inner();
         validate::validate_compaction(&req)?;
-        // Compaction runs inside apply, so by the time this returns it is
-        // physically done: `physical` needs no extra wait.
+        let (revision, physical) = (req.revision, req.physical);
         let mut resp = self.api.propose(req).await?;
+        if physical {
+            // Applied means reads below `revision` fail; the old records are
+            // removed afterwards by the store's compactor. etcd answers a
+            // physical compaction only once they are gone.
+            let store = self.api.store.clone();
+            tokio::task::spawn_blocking(move || store.wait_compacted(revision))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{unimplemented, Api, ETCD_API_VERSION};
 use crate::error::{fatal, EtcdError};
 use crate::msg::CaptureImage;
+use crate::mvcc::HashKv;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
 use crate::snapshot::{write_image, SnapshotError};
@@ -31,6 +32,16 @@ impl MaintenanceService {
             .size_on_disk()
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(size as i64)
+    }
+
+    /// Runs [`crate::mvcc::Store::hash_kv`] (a whole-store scan that may
+    /// first wait for a compaction) on a blocking thread.
+    async fn hash_at(&self, revision: i64) -> Result<HashKv, Status> {
+        let store = self.api.store.clone();
+        let h = tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(h)
     }
 }
 
@@ -93,7 +104,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let h = self.api.store.hash_kv(0)?;
+        let h = self.hash_at(0).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.api.header(h.current_revision)),
             hash: h.hash,
@@ -104,7 +115,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        let h = self.api.store.hash_kv(req.into_inner().revision)?;
+        let h = self.hash_at(req.into_inner().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.api.header(h.current_revision)),
             hash: h.hash,

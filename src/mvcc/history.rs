@@ -25,9 +25,13 @@ impl Store {
     /// Fails with `Compacted` when `from` is below the compact revision (the
     /// records it needs may be gone; reading *at* the compact revision is
     /// allowed, as in etcd) and with `FutureRev` when `to` is above the current
-    /// revision. The index read lock is held for the whole scan, so a
-    /// compaction cannot remove records halfway through: callers bound the
-    /// window (the broadcaster reads at most a thousand revisions at a time).
+    /// revision. The index lock is held only to check the window and, with
+    /// `prev_kv`, to resolve the previous revisions; the records themselves
+    /// are read without it. The read is registered below `from`, so the
+    /// compactor deletes nothing it reads until it is done; a compaction past
+    /// `from` that overtakes it makes it fail with `Compacted`, as if it had
+    /// started a moment later. Callers bound the window (the broadcaster
+    /// reads at most a thousand revisions at a time).
     pub fn history(
         &self,
         from: i64,
@@ -35,17 +39,22 @@ impl Store {
         prev_kv: bool,
         wanted: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<Event>, ReadError> {
-        let c = self.committed.read();
-        if from < c.compact_rev {
-            return Err(EtcdError::Compacted.into());
-        }
-        if to > c.current_rev {
-            return Err(EtcdError::FutureRev.into());
-        }
+        let _read = {
+            let c = self.committed.read();
+            if from < c.compact_rev {
+                return Err(EtcdError::Compacted.into());
+            }
+            if to > c.current_rev {
+                return Err(EtcdError::FutureRev.into());
+            }
+            if from > to {
+                return Ok(Vec::new());
+            }
+            // A previous value is the key at an event's revision minus one.
+            self.compaction.register(from - 1)
+        };
         let mut events = Vec::new();
-        if from > to {
-            return Ok(events);
-        }
+        let mut revs = Vec::new();
         let start = rev_key(Revision::new(from.max(0), 0), false);
         let end = rev_key(Revision::new(to.saturating_add(1), 0), false);
         for item in self.backend().scan_range(&start, &end) {
@@ -56,14 +65,6 @@ impl Store {
             if !wanted(&kv.key) {
                 continue;
             }
-            let prev = if prev_kv {
-                match c.index.get(&kv.key).and_then(|ki| ki.get(rev.main - 1)) {
-                    Some(at) => Some(read_record(self.backend().as_ref(), at.modified)?),
-                    None => None,
-                }
-            } else {
-                None
-            };
             let kind = if tombstone {
                 // A tombstone record holds only the key; the event carries
                 // the revision of the delete, as etcd patches it in.
@@ -76,11 +77,40 @@ impl Store {
             } else {
                 EventType::Put
             };
+            revs.push(rev.main);
             events.push(Event {
                 r#type: kind as i32,
                 kv: Some(kv),
-                prev_kv: prev,
+                prev_kv: None,
             });
+        }
+        if !prev_kv || events.is_empty() {
+            return Ok(events);
+        }
+        // The revision each event's key had just before it, read as the
+        // index pruned at the compact revision answers (a record below it
+        // may already be gone).
+        let prevs: Vec<Option<Revision>> = {
+            let c = self.committed.read();
+            if from < c.compact_rev {
+                return Err(EtcdError::Compacted.into());
+            }
+            events
+                .iter()
+                .zip(&revs)
+                .map(|(ev, &rev)| {
+                    let key = ev.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
+                    c.index
+                        .get(key)
+                        .and_then(|ki| ki.get_compacted(rev - 1, c.compact_rev))
+                        .map(|at| at.modified)
+                })
+                .collect()
+        };
+        for (ev, prev) in events.iter_mut().zip(prevs) {
+            if let Some(at) = prev {
+                ev.prev_kv = Some(read_record(self.backend().as_ref(), at)?);
+            }
         }
         Ok(events)
     }

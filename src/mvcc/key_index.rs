@@ -179,6 +179,22 @@ impl KeyIndex {
         })
     }
 
+    /// [`KeyIndex::get`] as the index pruned at `compact` (by
+    /// [`KeyIndex::compact`]) answers it, whether or not it has been pruned
+    /// yet: for `at >= compact` pruning changes nothing; below it, only the
+    /// revision live at `compact` is left, so that is the only answer (the
+    /// background compactor prunes the index some time after a compaction
+    /// is applied, and a revision it would prune may already be gone from
+    /// the backend).
+    pub fn get_compacted(&self, at: i64, compact: i64) -> Option<KeyAt> {
+        let got = self.get(at)?;
+        if at >= compact {
+            return Some(got);
+        }
+        let kept = self.get(compact)?;
+        (kept.modified == got.modified).then_some(got)
+    }
+
     /// The revisions compaction at `at` removes: every revision with main <= at
     /// except the one the key had at `at` (if it was live then). So tombstones
     /// <= at go, and with them whole generations that ended by `at`.
@@ -303,6 +319,32 @@ impl IndexTree {
         }
     }
 
+    /// The key histories in `range` after key `after` (all of them for
+    /// None), in key order: lets a long walk resume where it stopped after
+    /// letting go of the lock.
+    pub fn range_after<'a>(
+        &'a self,
+        range: &KeyRange,
+        after: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a KeyIndex)> + 'a> {
+        let Some((start, end)) = range.bounds() else {
+            return Box::new(std::iter::empty());
+        };
+        let start = match after {
+            // `after` came from this range, so it is at or past its start.
+            Some(a) => Bound::Excluded(a),
+            None => start,
+        };
+        if let (Bound::Excluded(a), Bound::Excluded(e) | Bound::Included(e)) = (start, end) {
+            // Nothing after the range's last key (and BTreeMap::range panics
+            // on an empty excluded range).
+            if a >= e {
+                return Box::new(std::iter::empty());
+            }
+        }
+        Box::new(self.keys.range::<[u8], _>((start, end)))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &KeyIndex)> {
         self.keys.iter()
     }
@@ -317,6 +359,41 @@ impl IndexTree {
         });
         removed.sort();
         removed
+    }
+
+    /// Compacts at `at` the next `max` keys after `after` (from the first
+    /// key for None), forgetting keys left without revisions. Returns the
+    /// last key visited when there may be more to do, None when the end of
+    /// the index was reached: the background compactor prunes the index in
+    /// such bounded steps, each under the write lock.
+    pub fn compact_some(&mut self, at: i64, after: Option<&[u8]>, max: usize) -> Option<Vec<u8>> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        let mut emptied = Vec::new();
+        let mut more = false;
+        let mut last = None;
+        for (n, (k, ki)) in self
+            .keys
+            .range_mut::<[u8], _>((start, Bound::Unbounded))
+            .enumerate()
+        {
+            if n == max {
+                more = true;
+                break;
+            }
+            ki.compact(at);
+            if ki.is_empty() {
+                emptied.push(k.clone());
+            }
+            last = Some(k);
+        }
+        let next = if more { last.cloned() } else { None };
+        for k in emptied {
+            self.keys.remove(&k);
+        }
+        next
     }
 
     /// The revision each key live at `at` had then: what compaction at `at`
@@ -581,6 +658,79 @@ mod tests {
                 assert_eq!(range.contains(k), c.want.contains(&k), "contains {k:?}");
             }
         }
+    }
+
+    #[test]
+    fn get_compacted_answers_as_the_pruned_index() {
+        for compact in 1..10 {
+            let mut pruned = sample();
+            pruned.compact(compact);
+            for at in (compact - 1)..10 {
+                assert_eq!(
+                    sample().get_compacted(at, compact),
+                    pruned.get(at),
+                    "get({at}) after compact({compact})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_in_steps_equals_compaction_at_once() {
+        let build = || {
+            let mut tree = IndexTree::new();
+            for i in 0..10u8 {
+                let k = [b'k', i];
+                tree.entry(&k).put(r(2));
+                tree.entry(&k).put(r(3 + i64::from(i % 3)));
+                if i % 2 == 0 {
+                    assert!(tree.entry(&k).tombstone(r(6)));
+                }
+            }
+            tree
+        };
+        let mut whole = build();
+        whole.compact(6);
+        let mut steps = build();
+        let mut after = None;
+        let mut n = 0;
+        while let Some(last) = steps.compact_some(6, after.as_deref(), 3) {
+            after = Some(last);
+            n += 1;
+        }
+        assert_eq!(n, 3, "10 keys in steps of 3");
+        let keys = |t: &IndexTree| {
+            t.iter()
+                .map(|(k, ki)| (k.clone(), ki.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&steps), keys(&whole));
+        assert_eq!(steps.len(), 5);
+    }
+
+    #[test]
+    fn range_after_resumes_a_walk() {
+        let mut tree = IndexTree::new();
+        for k in [&b"a"[..], b"b", b"c", b"d"] {
+            tree.entry(k).put(r(2));
+        }
+        let names = |it: Box<dyn Iterator<Item = (&Vec<u8>, &KeyIndex)> + '_>| {
+            it.map(|(k, _)| k.clone()).collect::<Vec<_>>()
+        };
+        let between = KeyRange::new(b"a", b"d");
+        assert_eq!(
+            names(tree.range_after(&between, Some(b"a"))),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
+        assert!(names(tree.range_after(&between, Some(b"c"))).is_empty());
+        let from = KeyRange::new(b"b", b"\0");
+        assert_eq!(
+            names(tree.range_after(&from, Some(b"c"))),
+            vec![b"d".to_vec()]
+        );
+        let single = KeyRange::new(b"b", b"");
+        assert!(names(tree.range_after(&single, Some(b"b"))).is_empty());
+        assert_eq!(names(tree.range_after(&single, None)), vec![b"b".to_vec()]);
     }
 
     #[test]

@@ -12,14 +12,19 @@
 //! ```text
 //!  write path: Storage actor ─► apply::apply_batch ─► BatchWriter/WriteTxn ─► Backend (sled)
 //!                                                           └─► publish index + revision
-//!  read path:  gRPC handler ─► Store::range ─► key index (read lock) ─► Backend
+//!  read path:  gRPC handler ─► Store::range ─► key index (read lock, in steps)
+//!                                             └─► Backend (values, no lock held)
 //!  watch:      WatchBroadcaster ─► Store::history ─► revision records in a window
+//!  compaction: apply (compact revision) ─► compactor thread ─► prune index,
+//!                                          delete old records in batches
 //! ```
 //!
 //! * [`revision`]: the (main, sub) clock and its byte encoding.
 //! * [`backend`]: the narrow storage trait, sled and in-memory implementations.
 //! * [`buffered`]: the write buffer in front of sled (batched commits).
 //! * [`key_index`]: per-key generations; compaction of the index.
+//! * [`compaction`]: the background compactor (old records, index pruning)
+//!   and the registry of reads in flight it waits for.
 //! * [`range`]: RangeRequest semantics over any read view.
 //! * [`store`]: [`Store`], open/restore, concurrent reads, HashKV, alarms.
 //! * [`history`]: [`Store::history`], the changes in a window of revisions as
@@ -28,6 +33,7 @@
 
 pub mod backend;
 pub mod buffered;
+pub mod compaction;
 pub mod history;
 pub mod key_index;
 pub mod range;

@@ -34,18 +34,35 @@ pub trait ReadView {
     fn rev(&self) -> i64;
     /// Reads below this revision fail with `Compacted`.
     fn compact_rev(&self) -> i64;
-    /// The record revision of every key in `range` that existed at `at`, in key order.
-    fn live_revisions(&self, range: &KeyRange, at: i64) -> Vec<Revision>;
+    /// The record revision of every key in `range` that existed at `at`, in
+    /// key order. Fails with `Compacted` if a compaction above `at` overtook
+    /// the walk (the committed store lets go of its lock between steps).
+    fn live_revisions(&self, range: &KeyRange, at: i64) -> Result<Vec<Revision>, ReadError>;
     /// The key-value stored at a revision that [`ReadView::live_revisions`] returned.
     fn record(&self, rev: Revision) -> Result<KeyValue, StorageError>;
 
     /// The key-values of every key in `range` at the view's revision.
-    fn range_kvs(&self, range: &KeyRange) -> Result<Vec<KeyValue>, StorageError> {
-        self.live_revisions(range, self.rev())
+    fn range_kvs(&self, range: &KeyRange) -> Result<Vec<KeyValue>, ReadError> {
+        self.live_revisions(range, self.rev())?
             .into_iter()
-            .map(|r| self.record(r))
+            .map(|r| self.record(r).map_err(ReadError::from))
             .collect()
     }
+}
+
+/// The revision a read asking for `requested` (<= 0 = current) reads at, as
+/// etcd checks it: above the current revision is `FutureRev`, below the
+/// compact revision `Compacted` (the compact revision itself is readable).
+pub fn read_revision(requested: i64, current: i64, compact: i64) -> Result<i64, EtcdError> {
+    let at = match requested {
+        r if r > current => return Err(EtcdError::FutureRev),
+        r if r <= 0 => current,
+        r => r,
+    };
+    if at < compact {
+        return Err(EtcdError::Compacted);
+    }
+    Ok(at)
 }
 
 /// A header carrying only the revision; the server fills in the rest.
@@ -66,16 +83,8 @@ pub fn range<V: ReadView + ?Sized>(
     req: &RangeRequest,
 ) -> Result<RangeResponse, ReadError> {
     let cur = view.rev();
-    let at = match req.revision {
-        r if r > cur => return Err(EtcdError::FutureRev.into()),
-        r if r <= 0 => cur,
-        r => r,
-    };
-    if at < view.compact_rev() {
-        return Err(EtcdError::Compacted.into());
-    }
-
-    let revs = view.live_revisions(&KeyRange::new(&req.key, &req.range_end), at);
+    let at = read_revision(req.revision, cur, view.compact_rev())?;
+    let revs = view.live_revisions(&KeyRange::new(&req.key, &req.range_end), at)?;
     let count = revs.len() as i64;
     if req.count_only {
         return Ok(RangeResponse {

@@ -12,22 +12,35 @@
 //! k<main:8><_><sub:8>[t]   revision record -> mvccpb.KeyValue (t = tombstone, value is {key})
 //! m/consistent_index        applied raft index, u64 big-endian
 //! m/compact_rev             last compaction revision, i64 big-endian
+//! m/finished_compact_rev    last compaction whose old records are all gone
 //! a/<member:8><type:4>      an active alarm (empty value)
 //! l/<id:8>                  a lease -> cairnpb.Lease (see `lease::table`)
 //! ```
 //!
 //! Readers never see half of a batch: a write batch's records land in the
 //! backend before the index learns about them and before the new current
-//! revision is published, both under the index write lock. A reader holds the
-//! index read lock from choosing revisions to fetching their records, so a
-//! compaction (which deletes records, and therefore takes the write lock
-//! before touching the backend) cannot pull records out from under it.
+//! revision is published, both under the index write lock.
+//!
+//! Readers hold the index read lock only to choose revisions, never while
+//! reading values, so a big Range, a HashKV or a watch catch-up does not
+//! hold up the apply thread's publish (which takes the write lock). That is
+//! safe because revision records are immutable: a record is written once,
+//! before the index points at it, and is only ever removed by the
+//! background compactor ([`super::compaction`]), which removes only records
+//! below the compact revision that no reader at or above it needs, and waits
+//! for reads that started below it (registered under the read lock) before
+//! removing anything. A Range walks the index in steps of [`RANGE_STEP`]
+//! keys, letting go of the lock in between: the keys live at a fixed past
+//! revision do not change when later writes or a compaction at or below that
+//! revision land, so the steps add up to one consistent answer (a compaction
+//! above the read revision makes the read fail with `Compacted`).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock};
 use prost::Message;
 
 use crate::error::{EtcdError, StorageError};
@@ -43,9 +56,9 @@ use super::key_index::{IndexTree, KeyIndex, KeyRange};
 /// key index needs: the value (field 5) is left out, so prost skips its
 /// bytes instead of copying them (restart time grows with the record count).
 #[derive(Clone, PartialEq, prost::Message)]
-struct RecordHead {
+pub(crate) struct RecordHead {
     #[prost(bytes = "vec", tag = "1")]
-    key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
     #[prost(int64, tag = "2")]
     create_revision: i64,
     #[prost(int64, tag = "4")]
@@ -53,6 +66,7 @@ struct RecordHead {
     #[prost(int64, tag = "6")]
     lease: i64,
 }
+use super::compaction::{self, Compaction, ReadGuard};
 use super::range::{self, ReadError, ReadView};
 use super::revision::Revision;
 
@@ -62,12 +76,20 @@ pub(crate) const REV_PREFIX: &[u8] = b"k";
 pub(crate) const META_CONSISTENT_INDEX: &[u8] = b"m/consistent_index";
 /// Meta key: the revision of the last compaction.
 pub(crate) const META_COMPACT_REV: &[u8] = b"m/compact_rev";
+/// Meta key: the last compaction whose old records are all deleted (etcd's
+/// "finished compact revision"); below `m/compact_rev` while the background
+/// compactor is at work, also across a restart.
+pub(crate) const META_FINISHED_COMPACT_REV: &[u8] = b"m/finished_compact_rev";
 /// Prefix of alarm keys.
 pub(crate) const ALARM_PREFIX: &[u8] = b"a/";
 
 /// The compact revision of a store that was never compacted (etcd's value,
 /// visible to clients in HashKV and watch responses).
 pub const NEVER_COMPACTED: i64 = -1;
+
+/// Keys a Range examines per hold of the index read lock (about half a
+/// millisecond of index walking).
+pub const RANGE_STEP: usize = 10_000;
 
 /// The backend key of a revision record.
 pub(crate) fn rev_key(rev: Revision, tombstone: bool) -> Vec<u8> {
@@ -134,7 +156,8 @@ pub struct Store {
     /// Where revision records and meta keys live.
     backend: Arc<dyn Backend>,
     /// Index, revisions and alarms, published together after each batch.
-    pub(crate) committed: RwLock<Committed>,
+    /// Shared with the compactor thread, which prunes the index.
+    pub(crate) committed: Arc<RwLock<Committed>>,
     /// Copy of `committed.current_rev` readable without the lock (status, metrics).
     current_rev: AtomicI64,
     /// Copy of `committed.compact_rev` readable without the lock.
@@ -146,6 +169,20 @@ pub struct Store {
     /// committed index without the write lock, which is only safe if nobody
     /// else is writing.
     pub(crate) writer: Mutex<()>,
+    /// Reads in flight and the compactor's progress (see [`super::compaction`]).
+    pub(crate) compaction: Arc<Compaction>,
+    /// The compactor thread; stopped and joined when the store is dropped.
+    compactor: Option<JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.compaction.stop();
+        if let Some(t) = self.compactor.take() {
+            // The thread stops between two steps; a panic there was logged.
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -170,10 +207,18 @@ impl Store {
             Some(v) => decode_i64("compact revision", &v)?,
             None => NEVER_COMPACTED,
         };
+        // Missing in stores written before compaction moved to the
+        // background: the pass then runs once more and finds nothing to do.
+        let finished = match backend.get(META_FINISHED_COMPACT_REV)? {
+            Some(v) => decode_i64("finished compact revision", &v)?,
+            None => NEVER_COMPACTED,
+        };
 
         // Replay history in revision order. Compaction leaves, for each key,
         // a first record carrying its create revision and version; tombstones
-        // of keys with no earlier record left are ignored.
+        // of keys with no earlier record left are ignored. A compaction cut
+        // short by a restart leaves a suffix of each key's history, which
+        // replays the same way; the compactor then finishes the job.
         let mut index = IndexTree::new();
         let mut last_main = 1;
         // The lease named by each live key's latest record.
@@ -221,20 +266,38 @@ impl Store {
             leases.attach(lease, &key);
         }
 
+        let committed = Arc::new(RwLock::new(Committed {
+            index,
+            current_rev,
+            compact_rev,
+            alarms,
+            leases,
+        }));
+        let state = Arc::new(Compaction::new(finished.min(compact_rev)));
+        let compactor = compaction::spawn(backend.clone(), committed.clone(), state.clone())?;
         Ok(Store {
             backend,
-            committed: RwLock::new(Committed {
-                index,
-                current_rev,
-                compact_rev,
-                alarms,
-                leases,
-            }),
+            committed,
             current_rev: AtomicI64::new(current_rev),
             compact_rev: AtomicI64::new(compact_rev),
             applied_index: AtomicU64::new(applied),
             writer: Mutex::new(()),
+            compaction: state,
+            compactor: Some(compactor),
         })
+    }
+
+    /// The last compaction whose old records are all gone from the backend
+    /// (at most [`Store::compact_revision`]).
+    pub fn compaction_finished(&self) -> i64 {
+        self.compaction.finished()
+    }
+
+    /// Blocks until the old records of compaction at `rev` (or a later one)
+    /// are gone from the backend: etcd's `physical` Compact. Blocking: async
+    /// callers run it with `spawn_blocking`.
+    pub fn wait_compacted(&self, rev: i64) {
+        self.compaction.wait_finished(rev);
     }
 
     /// Revision of the last applied write.
@@ -263,49 +326,69 @@ impl Store {
         self.applied_index.store(applied_index, Ordering::Release);
     }
 
-    /// A consistent read view of the committed state; holds the read lock.
-    pub(crate) fn view(&self) -> CommittedView<'_> {
-        CommittedView {
-            committed: self.committed.read(),
-            backend: self.backend.as_ref(),
-        }
-    }
-
     /// Answers a RangeRequest (already validated) at `req.revision` (<= 0 =
     /// current). The header has only `revision` set: the store's current
     /// revision at read time; the server fills in the other fields.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ReadError> {
-        range::range(&self.view(), req)
+        range::range(&self.snapshot(req.revision)?, req)
+    }
+
+    /// Pins the current and compact revisions for a read at `requested`
+    /// (<= 0 = current) and registers the read, so that the records it
+    /// resolves stay in the backend until it is done.
+    pub(crate) fn snapshot(&self, requested: i64) -> Result<Snapshot<'_>, ReadError> {
+        let c = self.committed.read();
+        let at = range::read_revision(requested, c.current_rev, c.compact_rev)?;
+        Ok(Snapshot {
+            store: self,
+            rev: c.current_rev,
+            compact_rev: c.compact_rev,
+            _read: self.compaction.register(at),
+        })
     }
 
     /// etcd's HashKV: CRC-32C over the revision records up to `revision` (0 =
     /// current), skipping records at or below the compact revision that a
     /// compaction at `revision` would remove, so that members that compacted
     /// at different moments agree.
+    ///
+    /// Blocking, and long on a big store: callers run it with
+    /// `spawn_blocking`. Like etcd, it first waits for a compaction in
+    /// progress to finish, then keeps the next one from deleting anything
+    /// until it is done (a registered read at the compact revision), so it
+    /// hashes exactly the records a finished compaction leaves. The index
+    /// lock is only held in short steps, never across the scan.
     pub fn hash_kv(&self, revision: i64) -> Result<HashKv, ReadError> {
-        let c = self.committed.read();
-        if revision > 0 && revision <= c.compact_rev {
-            return Err(EtcdError::Compacted.into());
-        }
-        if revision > 0 && revision > c.current_rev {
-            return Err(EtcdError::FutureRev.into());
-        }
-        let upto = if revision == 0 {
-            c.current_rev
-        } else {
-            revision
+        let (compact_rev, current_rev, upto, _read) = loop {
+            self.compaction.wait_finished(self.compact_revision());
+            let c = self.committed.read();
+            if self.compaction.finished() < c.compact_rev {
+                // Another compaction was applied meanwhile: wait for it too.
+                continue;
+            }
+            if revision > 0 && revision <= c.compact_rev {
+                return Err(EtcdError::Compacted.into());
+            }
+            if revision > 0 && revision > c.current_rev {
+                return Err(EtcdError::FutureRev.into());
+            }
+            let upto = if revision == 0 {
+                c.current_rev
+            } else {
+                revision
+            };
+            let read = self.compaction.register(c.compact_rev);
+            break (c.compact_rev, c.current_rev, upto, read);
         };
-        let keep = c.index.keep(upto);
+        let keep = self.keep(upto)?;
         let mut h = Crc32c::new();
         h.update(b"key");
-        for item in self.backend.scan_prefix(REV_PREFIX) {
+        let end = rev_key(Revision::new(upto.saturating_add(1), 0), false);
+        for item in self.backend.scan_range(REV_PREFIX, &end) {
             let (k, v) = item?;
             let rev_bytes = &k[REV_PREFIX.len()..];
             let (rev, _) = Revision::from_bytes(rev_bytes)?;
-            if rev.main > upto {
-                break;
-            }
-            if rev.main <= c.compact_rev && !keep.is_empty() && !keep.contains(&rev) {
+            if rev.main <= compact_rev && !keep.is_empty() && !keep.contains(&rev) {
                 continue;
             }
             h.update(rev_bytes);
@@ -313,9 +396,55 @@ impl Store {
         }
         Ok(HashKv {
             hash: h.finish(),
-            compact_revision: c.compact_rev,
-            current_revision: c.current_rev,
+            compact_revision: compact_rev,
+            current_revision: current_rev,
         })
+    }
+
+    /// The revision of every key live at `at` (etcd's `keep`), walking the
+    /// index in [`RANGE_STEP`] steps; `Compacted` if a compaction above `at`
+    /// overtakes the walk.
+    fn keep(&self, at: i64) -> Result<std::collections::HashSet<Revision>, ReadError> {
+        let mut keep = std::collections::HashSet::new();
+        let all = KeyRange::FromKey(Vec::new());
+        self.walk(&all, at, |ki| {
+            if let Some(k) = ki.get(at) {
+                keep.insert(k.modified);
+            }
+        })?;
+        Ok(keep)
+    }
+
+    /// Calls `f` on the history of every key in `range`, in key order,
+    /// holding the index read lock for [`RANGE_STEP`] keys at a time. Fails
+    /// with `Compacted` when the compact revision passes `at` meanwhile (the
+    /// index may be pruned above `at` from then on).
+    fn walk(
+        &self,
+        range: &KeyRange,
+        at: i64,
+        mut f: impl FnMut(&KeyIndex),
+    ) -> Result<(), ReadError> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let c = self.committed.read();
+            if at < c.compact_rev {
+                return Err(EtcdError::Compacted.into());
+            }
+            let (mut more, mut last) = (false, None);
+            for (n, (k, ki)) in c.index.range_after(range, after.as_deref()).enumerate() {
+                if n == RANGE_STEP {
+                    more = true;
+                    break;
+                }
+                f(ki);
+                last = Some(k);
+            }
+            if !more {
+                return Ok(());
+            }
+            after = last.cloned();
+        }
     }
 
     /// Lease `id` with its attached keys, if it exists.
@@ -339,34 +468,41 @@ impl Store {
     }
 }
 
-/// The committed state as a [`ReadView`], holding the index read lock for as
-/// long as it lives (so records cannot be compacted away mid-read).
-pub(crate) struct CommittedView<'a> {
-    /// The read lock; index and revisions stay consistent while it is held.
-    committed: RwLockReadGuard<'a, Committed>,
-    /// Where the records are fetched from.
-    backend: &'a dyn Backend,
+/// The committed state as a [`ReadView`] for one read: the current and
+/// compact revisions when it began, and its registration, which keeps the
+/// records it resolves in the backend. It holds no lock.
+pub(crate) struct Snapshot<'a> {
+    /// Where the index and the records are.
+    store: &'a Store,
+    /// The current revision when the read began.
+    rev: i64,
+    /// The compact revision when the read began.
+    compact_rev: i64,
+    /// Keeps the compactor from deleting records the read may need.
+    _read: ReadGuard<'a>,
 }
 
-impl ReadView for CommittedView<'_> {
+impl ReadView for Snapshot<'_> {
     fn rev(&self) -> i64 {
-        self.committed.current_rev
+        self.rev
     }
 
     fn compact_rev(&self) -> i64 {
-        self.committed.compact_rev
+        self.compact_rev
     }
 
-    fn live_revisions(&self, range: &KeyRange, at: i64) -> Vec<Revision> {
-        self.committed
-            .index
-            .range(range)
-            .filter_map(|(_, ki)| ki.get(at).map(|k| k.modified))
-            .collect()
+    fn live_revisions(&self, range: &KeyRange, at: i64) -> Result<Vec<Revision>, ReadError> {
+        let mut out = Vec::new();
+        self.store.walk(range, at, |ki| {
+            if let Some(k) = ki.get(at) {
+                out.push(k.modified);
+            }
+        })?;
+        Ok(out)
     }
 
     fn record(&self, rev: Revision) -> Result<KeyValue, StorageError> {
-        read_record(self.backend, rev)
+        read_record(self.store.backend.as_ref(), rev)
     }
 }
 

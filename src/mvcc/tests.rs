@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::backend::open_sled_for_test;
-use super::store::REV_PREFIX;
+use super::store::{RANGE_STEP, REV_PREFIX};
 use super::*;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -44,10 +44,14 @@ fn del(s: &Store, key: &str, end: &str) -> (i64, i64) {
     out
 }
 
+/// Compacts at `rev` and waits for the compactor to remove the old records.
 fn compact(s: &Store, rev: i64) -> Result<(), EtcdError> {
     let mut w = BatchWriter::new(s);
     let r = w.compact(rev);
     w.commit(s.applied_index() + 1).expect("commit");
+    if r.is_ok() {
+        s.wait_compacted(rev);
+    }
     r
 }
 
@@ -94,14 +98,7 @@ fn all(s: &Store) -> Vec<(String, String)> {
 }
 
 fn record_revisions(s: &Store) -> Vec<(i64, i64, bool)> {
-    s.backend()
-        .scan_prefix(REV_PREFIX)
-        .map(|item| {
-            let (k, _) = item.expect("scan");
-            let (r, t) = Revision::from_bytes(&k[REV_PREFIX.len()..]).expect("decode");
-            (r.main, r.sub, t)
-        })
-        .collect()
+    record_revisions_of(s.backend().as_ref())
 }
 
 #[test]
@@ -568,6 +565,7 @@ fn compaction_in_the_same_batch_as_writes() {
     t.put(b"a", b"3", 0).expect("put"); // 4
     t.commit();
     w.commit(3).expect("commit");
+    s.wait_compacted(3);
     assert_eq!(record_revisions(&s), vec![(3, 0, false), (4, 0, false)]);
     assert_eq!(
         get_at(&s, "a", 3).expect("read").map(|kv| kv.value),
@@ -1206,4 +1204,246 @@ fn history_refuses_compacted_and_future_windows() {
     assert_eq!(revs, vec![4, 5, 5, 6]);
     // a's prev at 3 was compacted away: no prev_kv rather than an error.
     assert_eq!(at[0].prev_kv, None);
+}
+
+/// `rounds` batches, each putting keys `k00000..` (`keys` of them) to the
+/// round number: round r is revision r + 1.
+fn rounds(s: &Store, keys: usize, rounds: usize) {
+    for r in 1..=rounds {
+        let mut w = BatchWriter::new(s);
+        let mut t = w.txn();
+        for i in 0..keys {
+            t.put(format!("k{i:05}").as_bytes(), r.to_string().as_bytes(), 0)
+                .expect("put");
+        }
+        t.commit();
+        w.commit(s.applied_index() + 1).expect("commit");
+    }
+}
+
+/// Applies a compaction at `rev` without waiting for the compactor.
+fn compact_nowait(s: &Store, rev: i64) {
+    let mut w = BatchWriter::new(s);
+    w.compact(rev).expect("compact");
+    w.commit(s.applied_index() + 1).expect("commit");
+}
+
+fn finished_meta(s: &Store) -> Option<i64> {
+    s.backend()
+        .get(super::store::META_FINISHED_COMPACT_REV)
+        .expect("get")
+        .map(|v| i64::from_be_bytes(v.as_slice().try_into().expect("8 bytes")))
+}
+
+#[test]
+fn a_range_racing_compaction_reads_the_right_values_or_compacted() {
+    // More keys than one step of the index walk, so reads let go of the
+    // lock mid-walk; every historic revision gets compacted while readers
+    // read at it.
+    const KEYS: usize = RANGE_STEP + 500;
+    const ROUNDS: usize = 4;
+    let s = Arc::new(mem_store());
+    rounds(&s, KEYS, ROUNDS);
+    let last = s.current_revision();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|n| {
+            let (s, stop) = (Arc::clone(&s), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let (mut good, mut compacted) = (0u32, 0u32);
+                let mut i = n;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    // At the compact revision (the one compaction keeps),
+                    // just above it (the next one to be compacted) or newer.
+                    let at = (s.compact_revision().max(2) + i % 3).min(last);
+                    i += 1;
+                    let req = RangeRequest {
+                        key: b"k".to_vec(),
+                        range_end: b"l".to_vec(),
+                        revision: at,
+                        ..Default::default()
+                    };
+                    match s.range(&req) {
+                        Ok(r) => {
+                            assert_eq!(r.kvs.len(), KEYS, "a read at {at} missed keys");
+                            let want = (at - 1).to_string().into_bytes();
+                            assert!(r.kvs.iter().all(|kv| kv.value == want), "at {at}");
+                            assert_eq!(r.count, KEYS as i64);
+                            good += 1;
+                        }
+                        Err(ReadError::Client(EtcdError::Compacted)) => compacted += 1,
+                        Err(e) => panic!("read at {at}: {e}"),
+                    }
+                }
+                (good, compacted)
+            })
+        })
+        .collect();
+    for rev in 2..=last {
+        compact_nowait(&s, rev);
+        s.wait_compacted(rev);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for r in readers {
+        let (good, _compacted) = r.join().expect("reader panicked");
+        assert!(good > 0, "no read succeeded");
+    }
+    assert_eq!(record_revisions(&s).len(), KEYS);
+}
+
+#[test]
+fn the_compactor_waits_for_a_read_that_resolved_before_the_compaction() {
+    // A read at 3 resolves its revisions, then compaction at 4 is applied
+    // (the read was admitted before, so it must still get its values): the
+    // compactor reaches the deletion, waits for the read, and deletes only
+    // once it is done.
+    let s = mem_store();
+    rounds(&s, 300, 3); // revisions 2, 3, 4
+    let all = KeyRange::new(b"k", b"l");
+    let snap = s.snapshot(3).expect("snapshot");
+    let revs = snap.live_revisions(&all, 3).expect("resolve");
+    assert_eq!(revs.len(), 300);
+    compact_nowait(&s, 4);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s.compaction.waiting_for_readers() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compactor did not reach the deletion within 10 s"
+        );
+        std::thread::yield_now();
+    }
+    for rev in &revs {
+        let kv = snap.record(*rev).expect("a resolved record is still there");
+        assert_eq!(kv.value, b"2");
+    }
+    assert!(s.compaction.waiting_for_readers(), "still held by the read");
+    assert!(s.compaction_finished() < 4);
+    drop(snap);
+    s.wait_compacted(4);
+    assert_eq!(record_revisions(&s).len(), 300);
+}
+
+#[test]
+fn compacted_records_are_gone_once_the_compactor_finishes() {
+    // Several deletion batches' worth: 3 revisions of 1,500 keys.
+    let s = mem_store();
+    rounds(&s, 1_500, 3);
+    put(&s, "z", "1");
+    del(&s, "z", ""); // a tombstone at the compaction revision
+    let rev = s.current_revision();
+    let before = s.range(&RangeRequest {
+        key: b"\0".to_vec(),
+        range_end: b"\0".to_vec(),
+        ..Default::default()
+    });
+    compact_nowait(&s, rev);
+    // Refused at once, whatever is still on disk.
+    assert_eq!(get_at(&s, "k00000", rev - 1), Err(EtcdError::Compacted));
+    s.wait_compacted(rev);
+    assert_eq!(s.compaction_finished(), rev);
+    assert_eq!(finished_meta(&s), Some(rev));
+    let left = record_revisions(&s);
+    assert_eq!(left.len(), 1_500, "one record per live key");
+    assert!(left.iter().all(|&(main, _, tomb)| main == 4 && !tomb));
+    let after = s.range(&RangeRequest {
+        key: b"\0".to_vec(),
+        range_end: b"\0".to_vec(),
+        ..Default::default()
+    });
+    assert_eq!(before.expect("range"), after.expect("range"));
+    // The index was pruned too: only live keys with one revision each.
+    let c = s.committed.read();
+    assert_eq!(c.index.len(), 1_500);
+    assert!(c.index.iter().all(|(_, ki)| ki.revisions().count() == 1));
+}
+
+#[test]
+fn physical_compaction_resumes_after_a_restart() {
+    let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
+    let (rev, reads) = {
+        let s = Store::open(backend.clone()).expect("open");
+        rounds(&s, 1_200, 3);
+        put(&s, "gone", "1");
+        del(&s, "gone", "");
+        put(&s, "k00000", "last");
+        let rev = s.current_revision() - 1;
+        let reads: Vec<_> = (rev..=s.current_revision())
+            .map(|at| get_at(&s, "k00000", at).expect("read"))
+            .collect();
+        (rev, reads)
+    };
+    // What a crash right after applying the compaction leaves: the compact
+    // revision recorded, and only part of the old records deleted (the
+    // compactor deletes in revision order).
+    let mut wb = WriteBatch::new();
+    wb.put(super::store::META_COMPACT_REV, rev.to_be_bytes().to_vec());
+    for (main, sub, tomb) in record_revisions_of(backend.as_ref()) {
+        if main == 2 && sub < 700 {
+            wb.delete(super::store::rev_key(Revision::new(main, sub), tomb));
+        }
+    }
+    backend.write_batch(wb).expect("write");
+    let s = Store::open(backend.clone()).expect("reopen");
+    assert_eq!(s.compact_revision(), rev);
+    // Reads at and above the compaction are right before the pass is done.
+    let again: Vec<_> = (rev..=s.current_revision())
+        .map(|at| get_at(&s, "k00000", at).expect("read"))
+        .collect();
+    assert_eq!(again, reads);
+    assert_eq!(get_at(&s, "k00001", rev - 1), Err(EtcdError::Compacted));
+    s.wait_compacted(rev);
+    assert_eq!(finished_meta(&s), Some(rev));
+    // k00000 keeps its put at 4 (live at the compaction) and the one after;
+    // every other key its round-3 put; "gone" nothing.
+    let left = record_revisions(&s);
+    assert_eq!(left.len(), 1_201);
+    assert!(left.iter().all(|&(main, _, tomb)| main >= 4 && !tomb));
+    let again: Vec<_> = (rev..=s.current_revision())
+        .map(|at| get_at(&s, "k00000", at).expect("read"))
+        .collect();
+    assert_eq!(again, reads);
+}
+
+fn record_revisions_of(b: &dyn Backend) -> Vec<(i64, i64, bool)> {
+    b.scan_prefix(REV_PREFIX)
+        .map(|item| {
+            let (k, _) = item.expect("scan");
+            let (r, t) = Revision::from_bytes(&k[REV_PREFIX.len()..]).expect("decode");
+            (r.main, r.sub, t)
+        })
+        .collect()
+}
+
+#[test]
+fn hash_kv_is_the_same_before_during_and_after_physical_compaction() {
+    // Two stores with the same history; one compacts and is hashed at once
+    // (the hash waits for the compactor), from another thread while the
+    // compactor works, and after it is done; the other is compacted and
+    // finished before hashing. All agree, and agree after a reopen.
+    let build = |s: &Store| {
+        rounds(s, 2_500, 3);
+        put(s, "x", "1");
+        del(s, "x", "");
+    };
+    let a = Arc::new(mem_store());
+    build(&a);
+    let b = mem_store();
+    build(&b);
+    let rev = a.current_revision() - 2;
+    compact_nowait(&a, rev);
+    let during = {
+        let a = Arc::clone(&a);
+        std::thread::spawn(move || a.hash_kv(0).expect("hash"))
+    };
+    let first = a.hash_kv(0).expect("hash");
+    compact(&b, rev).expect("compact");
+    let reference = b.hash_kv(0).expect("hash");
+    assert_eq!(first, reference);
+    assert_eq!(during.join().expect("hash thread"), reference);
+    a.wait_compacted(rev);
+    assert_eq!(a.hash_kv(0).expect("hash"), reference);
+    assert_eq!(
+        a.hash_kv(rev + 1).expect("hash"),
+        b.hash_kv(rev + 1).expect("hash")
+    );
 }

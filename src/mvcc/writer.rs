@@ -29,7 +29,7 @@ use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
 use super::backend::WriteBatch;
 use super::key_index::{KeyAt, KeyIndex, KeyRange};
-use super::range::ReadView;
+use super::range::{ReadError, ReadView};
 use super::revision::Revision;
 use super::store::{
     alarm_key, read_record, rev_key, Committed, Store, META_COMPACT_REV, META_CONSISTENT_INDEX,
@@ -55,7 +55,8 @@ pub struct BatchWriter<'s> {
     rev: i64,
     /// Compact revision including compactions earlier in this batch.
     compact_rev: i64,
-    /// Whether this batch compacts (then commit also deletes old records).
+    /// Whether this batch compacts (then commit records the compact
+    /// revision and wakes the background compactor).
     compacted: bool,
     /// Active alarms including this batch's changes.
     alarms: BTreeSet<(u64, i32)>,
@@ -120,8 +121,9 @@ impl<'s> BatchWriter<'s> {
     }
 
     /// Compacts history up to `rev` (etcd's checks: at or below the current
-    /// compaction -> Compacted, above the current revision -> FutureRev). The
-    /// records are removed when the batch commits; reads below `rev` fail from now on.
+    /// compaction -> Compacted, above the current revision -> FutureRev).
+    /// Reads below `rev` fail from now on; the old records are removed in the
+    /// background once the batch has committed.
     pub fn compact(&mut self, rev: i64) -> Result<(), EtcdError> {
         if rev <= self.compact_rev {
             return Err(EtcdError::Compacted);
@@ -283,50 +285,29 @@ impl<'s> BatchWriter<'s> {
             }
         }
 
-        if !self.compacted {
-            // New records are invisible to readers until the index learns of
-            // them, so write first and lock only to publish.
-            store.backend().write_batch(batch)?;
+        if self.compacted {
+            // Only the compact revision is recorded here, with the applied
+            // index; the old records are removed later, in small batches, by
+            // the background compactor (see `compactor`), which also prunes
+            // the key index.
+            batch.put(META_COMPACT_REV, self.compact_rev.to_be_bytes().to_vec());
+        }
+        // New records are invisible to readers until the index learns of
+        // them, so write first and lock only to publish.
+        store.backend().write_batch(batch)?;
+        {
             let mut c = store.committed.write();
             self.publish_into(&mut c, applied_index);
-            return Ok(self.events);
         }
-
-        // Compaction deletes records readers may be about to fetch: plan it
-        // (reading the index is safe, nobody else writes), then hold the
-        // write lock across the backend write.
-        batch.put(META_COMPACT_REV, self.compact_rev.to_be_bytes().to_vec());
-        {
-            let c = store.committed.read();
-            let mut removals = Vec::new();
-            for (k, ki) in c.index.iter() {
-                if !self.keys.contains_key(k.as_slice()) {
-                    removals.extend(ki.compaction_removals(self.compact_rev));
-                }
-            }
-            // Keys written in this batch: their full history is the committed
-            // one plus the batch's changes (a copy, made only when compacting).
-            for (k, tail) in &self.keys {
-                let mut full = c.index.get(k).cloned().unwrap_or_default();
-                replay(&mut full, tail, self.start_rev);
-                removals.extend(full.compaction_removals(self.compact_rev));
-            }
-            for (rev, tombstone) in removals {
-                batch.delete(rev_key(rev, tombstone));
-            }
+        if self.compacted {
+            store.compaction.kick();
         }
-        let mut c = store.committed.write();
-        store.backend().write_batch(batch)?;
-        self.publish_into(&mut c, applied_index);
         Ok(self.events)
     }
 
     fn publish_into(&self, c: &mut Committed, applied_index: u64) {
         for (k, tail) in &self.keys {
             replay(c.index.entry(k), tail, self.start_rev);
-        }
-        if self.compacted {
-            c.index.compact(self.compact_rev);
         }
         c.current_rev = self.rev;
         c.compact_rev = self.compact_rev;
@@ -368,10 +349,10 @@ impl ReadView for BatchWriter<'_> {
         self.compact_rev
     }
 
-    fn live_revisions(&self, range: &KeyRange, at: i64) -> Vec<Revision> {
+    fn live_revisions(&self, range: &KeyRange, at: i64) -> Result<Vec<Revision>, ReadError> {
         let mut out = Vec::new();
         self.for_each_live(range, at, |_, r| out.push(r));
-        out
+        Ok(out)
     }
 
     fn record(&self, rev: Revision) -> Result<KeyValue, StorageError> {
@@ -566,7 +547,7 @@ impl ReadView for WriteTxn<'_, '_> {
         self.w.compact_rev
     }
 
-    fn live_revisions(&self, range: &KeyRange, at: i64) -> Vec<Revision> {
+    fn live_revisions(&self, range: &KeyRange, at: i64) -> Result<Vec<Revision>, ReadError> {
         self.w.live_revisions(range, at)
     }
 
