@@ -618,3 +618,606 @@ fn frame_block(start: &BlockStart, block: &[u8], out: &mut BytesMut) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// One frame as sent on the wire.
+    fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream_id.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn settings() -> Vec<u8> {
+        frame(0x4, 0, 0, &[])
+    }
+
+    fn data(stream_id: u32, body: &[u8]) -> Vec<u8> {
+        frame(0x0, FLAG_END_STREAM, stream_id, body)
+    }
+
+    /// HPACK representations a client's encoder may use (RFC 7541 §6).
+    fn indexed(index: u8) -> Vec<u8> {
+        vec![0x80 | index]
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_string(&mut out, s.as_bytes());
+        out
+    }
+
+    /// Literal with incremental indexing (enters the dynamic table), name
+    /// from the static table.
+    fn indexing(name_index: u8, value: &str) -> Vec<u8> {
+        let mut out = vec![0x40 | name_index];
+        out.extend(string(value));
+        out
+    }
+
+    /// Literal with incremental indexing, new name.
+    fn indexing_new(name: &str, value: &str) -> Vec<u8> {
+        let mut out = vec![0x40];
+        out.extend(string(name));
+        out.extend(string(value));
+        out
+    }
+
+    fn block(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    fn headers(stream_id: u32, block: &[u8]) -> Vec<u8> {
+        frame(TYPE_HEADERS, FLAG_END_HEADERS, stream_id, block)
+    }
+
+    fn list(pairs: &[(&str, &str)]) -> HeaderList {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Runs `input` through a rewriter in chunks of `chunk` bytes.
+    fn rewrite(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut rewriter = Rewriter::new();
+        let mut out = BytesMut::new();
+        for piece in input.chunks(chunk) {
+            rewriter.feed(piece, &mut out);
+        }
+        rewriter.finish(&mut out);
+        out.to_vec()
+    }
+
+    /// What a server sees in the rewriter's output: the frames after the
+    /// preface, with each header block joined and decoded by one decoder
+    /// for the whole connection (as h2 does). Returns (kind, flags, stream,
+    /// payload or decoded block) per frame or block.
+    struct Seen {
+        frames: Vec<(u8, u8, u32, Vec<u8>)>,
+        blocks: Vec<(u32, u8, HeaderList)>,
+    }
+
+    fn server_view(bytes: &[u8]) -> Seen {
+        let bytes = bytes.strip_prefix(&PREFACE[..]).expect("preface first");
+        let mut frames = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            let sid = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]);
+            frames.push((rest[3], rest[4], sid, rest[9..9 + len].to_vec()));
+            rest = &rest[9 + len..];
+        }
+        let mut decoder = loona_hpack::Decoder::new();
+        let mut blocks = Vec::new();
+        let mut open: Option<(u32, u8, Vec<u8>)> = None;
+        for (kind, flags, sid, payload) in &frames {
+            match *kind {
+                TYPE_HEADERS => {
+                    assert!(open.is_none(), "HEADERS inside a block");
+                    let (_, fragment) = split_headers_payload(*flags, payload).expect("HEADERS");
+                    open = Some((*sid, *flags, fragment.to_vec()));
+                }
+                TYPE_CONTINUATION => {
+                    let (s, _, b) = open.as_mut().expect("CONTINUATION after HEADERS");
+                    assert_eq!(*s, *sid);
+                    b.extend_from_slice(payload);
+                }
+                _ => assert!(open.is_none(), "frame {kind} inside a header block"),
+            }
+            if matches!(*kind, TYPE_HEADERS | TYPE_CONTINUATION) && flags & FLAG_END_HEADERS != 0 {
+                let (s, f, b) = open.take().expect("open block");
+                blocks.push((s, f, decoder.decode(&b).expect("server decodes the block")));
+            }
+        }
+        Seen { frames, blocks }
+    }
+
+    #[test]
+    fn repair_keeps_authorities_and_cuts_urls() {
+        struct Case {
+            value: &'static str,
+            want: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                value: "127.0.0.1:2379",
+                want: Some("127.0.0.1:2379"),
+            },
+            Case {
+                value: "localhost",
+                want: Some("localhost"),
+            },
+            Case {
+                value: "[::1]:2379",
+                want: Some("[::1]:2379"),
+            },
+            Case {
+                value: "user@etcd-0.etcd:2379",
+                want: Some("user@etcd-0.etcd:2379"),
+            },
+            Case {
+                value: "http://127.0.0.1:2379",
+                want: Some("127.0.0.1:2379"),
+            },
+            Case {
+                value: "https://[::1]:2379/",
+                want: Some("[::1]:2379"),
+            },
+            Case {
+                value: "https://etcd-0.etcd:2379?x#y",
+                want: Some("etcd-0.etcd:2379"),
+            },
+            // etcd 3.5.0's clientv3, a unix socket path, nothing at all.
+            Case {
+                value: "#initially=[https://127.0.0.1:2379]",
+                want: None,
+            },
+            Case {
+                value: "unix:///run/etcd.sock",
+                want: None,
+            },
+            Case {
+                value: "/run/etcd.sock",
+                want: None,
+            },
+            Case {
+                value: "http://",
+                want: None,
+            },
+            Case {
+                value: "://127.0.0.1:2379",
+                want: None,
+            },
+            Case {
+                value: "",
+                want: None,
+            },
+        ];
+        for case in cases {
+            let v = case.value.as_bytes();
+            let got = match repair(v) {
+                Repair::Keep => Some(case.value),
+                Repair::Replace(r) => Some(&case.value[r]),
+                Repair::Drop => None,
+            };
+            assert_eq!(got, case.want, "{:?}", case.value);
+            if let Some(a) = got {
+                assert!(
+                    http::uri::Authority::try_from(a).is_ok(),
+                    "{a:?} is what h2 takes"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn good_authorities_pass_byte_for_byte() {
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        for sid in [1, 3] {
+            input.extend(headers(
+                sid,
+                &block(&[
+                    indexed(3),
+                    indexed(6),
+                    indexing(4, "/etcdserverpb.KV/Range"),
+                    indexing(1, "127.0.0.1:2379"),
+                    indexing_new("te", "trailers"),
+                ]),
+            ));
+            input.extend(data(sid, &[0, 0, 0, 0, 2, 10, 1]));
+        }
+        for chunk in [1, 7, 4096] {
+            assert_eq!(rewrite(&input, chunk), input, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn url_authority_becomes_host_port_and_other_frames_pass() {
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        let body = data(1, &[0, 0, 0, 0, 2, 10, 1]);
+        input.extend(headers(
+            1,
+            &block(&[
+                indexed(3),
+                indexed(6),
+                indexing(4, "/etcdserverpb.Maintenance/Status"),
+                indexing(1, "http://127.0.0.1:2379"),
+                indexing_new("te", "trailers"),
+            ]),
+        ));
+        input.extend(body.clone());
+        let out = rewrite(&input, 5);
+        let seen = server_view(&out);
+        assert_eq!(
+            seen.blocks,
+            vec![(
+                1,
+                FLAG_END_HEADERS,
+                list(&[
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":path", "/etcdserverpb.Maintenance/Status"),
+                    (":authority", "127.0.0.1:2379"),
+                    ("te", "trailers"),
+                ])
+            )]
+        );
+        assert_eq!(seen.frames[0], (0x4, 0, 0, vec![]), "SETTINGS untouched");
+        assert_eq!(
+            seen.frames.last().map(|f| frame(f.0, f.1, f.2, &f.3)),
+            Some(body)
+        );
+    }
+
+    #[test]
+    fn unrepairable_authority_is_dropped() {
+        let mut input = PREFACE.to_vec();
+        input.extend(headers(
+            1,
+            &block(&[
+                indexed(3),
+                indexed(6),
+                indexing(4, "/etcdserverpb.KV/Range"),
+                indexing(1, "#initially=[http://127.0.0.1:2379]"),
+            ]),
+        ));
+        let seen = server_view(&rewrite(&input, 64));
+        assert_eq!(
+            seen.blocks[0].2,
+            list(&[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/etcdserverpb.KV/Range")
+            ])
+        );
+    }
+
+    #[test]
+    fn block_split_over_continuations_with_padding_and_priority() {
+        let fragment = block(&[
+            indexed(3),
+            indexed(6),
+            indexing(4, "/etcdserverpb.KV/Put"),
+            indexing(1, "https://127.0.0.1:2379"),
+            indexing_new("grpc-timeout", "4999m"),
+        ]);
+        let (a, rest) = fragment.split_at(3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        // HEADERS: pad length 4, priority (exclusive, depends on 0, weight
+        // 15), the first 3 bytes, 4 bytes of padding. No END_HEADERS.
+        let mut first = vec![4];
+        first.extend_from_slice(&[0x80, 0, 0, 0, 15]);
+        first.extend_from_slice(a);
+        first.extend_from_slice(&[0; 4]);
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_PADDED | FLAG_PRIORITY | FLAG_END_STREAM,
+            5,
+            &first,
+        ));
+        input.extend(frame(TYPE_CONTINUATION, 0, 5, b));
+        input.extend(frame(TYPE_CONTINUATION, 0, 5, &[]));
+        input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 5, c));
+        for chunk in [1, 2, 1024] {
+            let out = rewrite(&input, chunk);
+            let seen = server_view(&out);
+            assert_eq!(
+                seen.blocks,
+                vec![(
+                    5,
+                    FLAG_END_HEADERS | FLAG_END_STREAM | FLAG_PRIORITY,
+                    list(&[
+                        (":method", "POST"),
+                        (":scheme", "http"),
+                        (":path", "/etcdserverpb.KV/Put"),
+                        (":authority", "127.0.0.1:2379"),
+                        ("grpc-timeout", "4999m"),
+                    ])
+                )],
+                "chunks of {chunk}"
+            );
+            let (_, _, _, payload) = &seen.frames[1];
+            assert_eq!(payload[..5], [0x80, 0, 0, 0, 15], "priority kept");
+        }
+    }
+
+    /// The client's encoder indexes fields on one request and refers to
+    /// them on later ones; the rewriter's decoder follows its table across
+    /// the passed-through block, the repaired one, and the ones after.
+    #[test]
+    fn follows_the_client_dynamic_table_across_requests() {
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        // Dynamic table after: te(62) authority-good(63) path(64).
+        let first = headers(
+            1,
+            &block(&[
+                indexed(3),
+                indexed(6),
+                indexing(4, "/etcdserverpb.KV/Range"),
+                indexing(1, "127.0.0.1:2379"),
+                indexing_new("te", "trailers"),
+            ]),
+        );
+        input.extend(first.clone());
+        // path is 64 until the bad authority goes in; then te is 63.
+        input.extend(headers(
+            3,
+            &block(&[
+                indexed(3),
+                indexed(6),
+                indexed(64),
+                indexing(1, "http://127.0.0.1:2379"),
+                indexed(63),
+            ]),
+        ));
+        // Table: bad(62) te(63) good(64) path(65). Every field from it.
+        input.extend(headers(
+            5,
+            &block(&[
+                indexed(3),
+                indexed(6),
+                indexed(65),
+                indexed(62),
+                indexed(63),
+            ]),
+        ));
+        // Size updates emptying the table and restoring its size, then
+        // fresh fields.
+        input.extend(headers(
+            7,
+            &block(&[
+                vec![0x20, 0x3f, 0xe1, 0x1f],
+                indexed(3),
+                indexed(6),
+                indexing(4, "/etcdserverpb.KV/Txn"),
+                indexing(1, "127.0.0.1:2379"),
+                indexed(62),
+            ]),
+        ));
+        let out = rewrite(&input, 3);
+        assert!(
+            out.starts_with(&[&PREFACE[..], &settings(), &first].concat()),
+            "first block as sent"
+        );
+        let seen = server_view(&out);
+        let request = |path: &str| {
+            list(&[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "127.0.0.1:2379"),
+                ("te", "trailers"),
+            ])
+        };
+        let mut txn = request("/etcdserverpb.KV/Txn");
+        txn[4] = (b":authority".to_vec(), b"127.0.0.1:2379".to_vec());
+        let got: Vec<(u32, HeaderList)> = seen.blocks.into_iter().map(|(s, _, l)| (s, l)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, request("/etcdserverpb.KV/Range")),
+                (3, request("/etcdserverpb.KV/Range")),
+                (5, request("/etcdserverpb.KV/Range")),
+                (7, txn),
+            ]
+        );
+    }
+
+    #[test]
+    fn large_repaired_block_is_reframed_within_the_frame_size() {
+        let big = "x".repeat(40_000);
+        let mut input = PREFACE.to_vec();
+        input.extend(headers(
+            1,
+            &block(&[
+                indexed(3),
+                indexed(6),
+                indexing(4, "/etcdserverpb.KV/Range"),
+                indexing(1, "http://127.0.0.1:2379"),
+                indexing_new("x-big", &big),
+            ]),
+        ));
+        let seen = server_view(&rewrite(&input, 8192));
+        assert!(seen.frames.iter().all(|f| f.3.len() <= MAX_FRAME_PAYLOAD));
+        assert_eq!(seen.frames.len(), 3, "HEADERS and two CONTINUATIONs");
+        assert_eq!(seen.blocks[0].2[4].1, big.as_bytes());
+        assert_eq!(seen.blocks[0].2[3].1, b"127.0.0.1:2379");
+    }
+
+    /// What the rewriter does not understand goes to h2 exactly as sent.
+    #[test]
+    fn gives_up_unchanged_on_what_it_does_not_understand() {
+        let http1 = b"GET / HTTP/1.1\r\nHost: http://x\r\n\r\n".to_vec();
+        let mut interleaved = PREFACE.to_vec();
+        interleaved.extend(frame(TYPE_HEADERS, 0, 1, &indexed(3)));
+        interleaved.extend(data(1, b"x"));
+        interleaved.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &indexed(6)));
+        interleaved.extend(headers(3, &indexing(1, "http://127.0.0.1:2379")));
+        let mut undecodable = PREFACE.to_vec();
+        undecodable.extend(headers(1, &indexed(70)));
+        undecodable.extend(headers(3, &indexing(1, "http://127.0.0.1:2379")));
+        let mut stray = PREFACE.to_vec();
+        stray.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &indexed(6)));
+        let mut truncated = PREFACE.to_vec();
+        truncated.extend(frame(
+            TYPE_HEADERS,
+            0,
+            1,
+            &indexing(1, "http://127.0.0.1:2379"),
+        ));
+        truncated.extend(&frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &indexed(6))[..5]);
+        let mut oversized = PREFACE.to_vec();
+        oversized.extend(frame(
+            TYPE_HEADERS,
+            0,
+            1,
+            &indexing(1, "http://127.0.0.1:2379"),
+        ));
+        for _ in 0..70 {
+            oversized.extend(frame(TYPE_CONTINUATION, 0, 1, &[0; 16_000]));
+        }
+        for (name, input) in [
+            ("HTTP/1", http1),
+            ("frame inside a block", interleaved),
+            ("bad HPACK index", undecodable),
+            ("CONTINUATION without HEADERS", stray),
+            ("connection ends inside a block", truncated),
+            ("block over MAX_BLOCK", oversized),
+        ] {
+            for chunk in [1, 100, 1 << 21] {
+                assert_eq!(rewrite(&input, chunk), input, "{name}, chunks of {chunk}");
+            }
+        }
+    }
+
+    /// Through the AsyncRead: small and large reads, bodies read straight
+    /// into the caller's buffer, and h2's own server accepting the result.
+    #[tokio::test]
+    async fn h2_server_accepts_the_repaired_request() {
+        use tokio::io::AsyncWriteExt;
+
+        let (mut client, server_io) = tokio::io::duplex(64 * 1024);
+        // Within the 65,535-byte window a client has before it hears the
+        // server's settings; the 16,000-byte frames exceed h2's reads.
+        let body = vec![7u8; 60_000];
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(settings());
+        let fragment = block(&[
+            indexed(3),
+            indexed(6),
+            indexing(4, "/etcdserverpb.Maintenance/Status"),
+            indexing(1, "http://127.0.0.1:2379"),
+            indexing_new("te", "trailers"),
+        ]);
+        let (a, b) = fragment.split_at(10);
+        bytes.extend(frame(TYPE_HEADERS, 0, 1, a));
+        bytes.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, b));
+        for piece in body.chunks(16_000) {
+            bytes.extend(frame(0x0, 0, 1, piece));
+        }
+        bytes.extend(frame(0x0, FLAG_END_STREAM, 1, &[]));
+        let writer = tokio::spawn(async move {
+            client.write_all(&bytes).await.expect("write");
+            client
+        });
+
+        let mut conn = h2::server::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 20)
+            .handshake::<_, bytes::Bytes>(FixAuthority::new(server_io))
+            .await
+            .expect("handshake");
+        let (request, _respond) = conn
+            .accept()
+            .await
+            .expect("a request")
+            .expect("h2 accepts it");
+        assert_eq!(
+            request.uri().authority().map(|a| a.as_str()),
+            Some("127.0.0.1:2379")
+        );
+        assert_eq!(request.uri().path(), "/etcdserverpb.Maintenance/Status");
+        let mut stream = request.into_body();
+        let mut received = Vec::new();
+        let driver = tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        while let Some(chunk) = stream.data().await {
+            let chunk = chunk.expect("body chunk");
+            let _ = stream.flow_control().release_capacity(chunk.len());
+            received.extend_from_slice(&chunk);
+        }
+        assert_eq!(received, body);
+        drop(writer.await.expect("writer"));
+        driver.abort();
+    }
+
+    /// The bug itself, at h2's level: without the rewriter, h2 answers the
+    /// same request with RST_STREAM(PROTOCOL_ERROR); with it, with a request.
+    #[tokio::test]
+    async fn h2_alone_resets_a_url_authority() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(settings());
+        bytes.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            1,
+            &block(&[
+                indexed(3),
+                indexed(6),
+                indexing(4, "/etcdserverpb.Maintenance/Status"),
+                indexing(1, "http://127.0.0.1:2379"),
+            ]),
+        ));
+        for repaired in [false, true] {
+            let (mut client, server_io) = tokio::io::duplex(64 * 1024);
+            client.write_all(&bytes).await.expect("write");
+            let server = tokio::spawn(async move {
+                let accepted = if repaired {
+                    let mut conn = h2::server::handshake(FixAuthority::new(server_io))
+                        .await
+                        .expect("handshake");
+                    conn.accept().await.map(|r| r.is_ok())
+                } else {
+                    let mut conn = h2::server::handshake(server_io).await.expect("handshake");
+                    conn.accept().await.map(|r| r.is_ok())
+                };
+                accepted
+            });
+            if repaired {
+                let accepted = server.await.expect("server task");
+                assert_eq!(accepted, Some(true), "h2 accepts the repaired request");
+                continue;
+            }
+            // Read the server's frames until the reset of stream 1.
+            let mut seen = Vec::new();
+            let reset = frame(0x3, 0, 1, &[0, 0, 0, 1]);
+            let found = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = client.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "connection closed before a reset: {seen:?}");
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(reset.len()).any(|w| w == reset) {
+                        return;
+                    }
+                }
+            })
+            .await;
+            assert!(found.is_ok(), "RST_STREAM(PROTOCOL_ERROR) on stream 1");
+            server.abort();
+        }
+    }
+}
