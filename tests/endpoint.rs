@@ -2,9 +2,10 @@
 //! (`--endpoints=http://127.0.0.1:P`), and their `--cluster` forms, which
 //! dial the client URLs the member advertises.
 //!
-//! For these commands etcdctl 3.4 sends the endpoint as written as the
-//! HTTP/2 `:authority`; cairn repairs it before h2 sees it
-//! (`src/grpc/authority.rs`). The transcripts are compared with real etcd's
+//! For `status` and `hashkv` etcdctl 3.4 sends the endpoint as written as
+//! the HTTP/2 `:authority`; cairn repairs it before h2 sees it
+//! (`src/grpc/authority.rs`). `health` sends `host:port` and is here to
+//! keep it so. The transcripts are compared with real etcd's
 //! for the same session, normalised as in the differential test (ports, ids,
 //! raft term and index, DB size, `took`), and the KV hash masked (cairn's
 //! differs from etcd's by design).

@@ -1,9 +1,9 @@
 //! Repairs the `:authority` of requests whose client put a whole URL there.
 //!
-//! etcdctl 3.4 dials `endpoint status`, `endpoint hashkv` and every
-//! `--cluster` command as `passthrough:///http://127.0.0.1:2379`, and its
-//! grpc-go then sends the endpoint as written, `http://127.0.0.1:2379`, as
-//! the HTTP/2 `:authority`. grpc-go servers (etcd) never judge that field;
+//! etcdctl 3.4 dials `endpoint status` and `endpoint hashkv` (also their
+//! `--cluster` forms, on the advertised client URLs) as
+//! `passthrough:///http://127.0.0.1:2379`, and its grpc-go then sends the
+//! endpoint as written, `http://127.0.0.1:2379`, as the HTTP/2 `:authority`. grpc-go servers (etcd) never judge that field;
 //! h2, under hyper and tonic, parses it as a URI authority and answers the
 //! request with `RST_STREAM(PROTOCOL_ERROR)` ("malformed headers: malformed
 //! authority"), and neither h2, hyper nor tonic has a setting to relax that.

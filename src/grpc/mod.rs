@@ -16,7 +16,7 @@
 //!
 //! Every accepted connection reads through [`authority::FixAuthority`],
 //! which repairs the `:authority` etcdctl sends for `endpoint status` and
-//! the `--cluster` commands (a whole URL, which h2 would refuse).
+//! `endpoint hashkv` (a whole URL, which h2 would refuse).
 
 pub mod authority;
 pub mod cluster;
