@@ -3,8 +3,12 @@
 //! block from a stateful HPACK encoder, then a DATA frame with a 256-byte
 //! value) fed through a `Rewriter`, next to a plain copy of the same bytes
 //! (what the connection costs without it). `pass`: authorities h2 accepts,
-//! blocks go on unchanged; `repair`: etcdctl's `http://…` authority, every
-//! block re-encoded.
+//! so the first block is decoded and the rest handed over unparsed;
+//! `repair`: etcdctl's `http://…` authority, every block decoded and
+//! re-encoded. The encoder here sends no Huffman-coded strings; loona-hpack
+//! builds its Huffman table for each coded string it decodes (grpc-go and
+//! h2 code most strings), which is why only a connection that needs a
+//! repair has every block decoded.
 //!
 //! `cargo bench --bench authority`; `cargo bench -- --test` runs each once.
 
