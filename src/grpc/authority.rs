@@ -49,9 +49,13 @@
 //! with tonic's `Server::tls_config`, which wraps after it).
 //!
 //! Cost: a connection that needs no repair pays one HPACK decode, for its
-//! first request, then nothing (`cargo bench --bench authority`). One that
-//! does (etcdctl's short `endpoint` connections) pays a decode and a
-//! re-encode per request, a few microseconds.
+//! first request, then nothing (`cargo bench --bench authority`; with
+//! `cairn-bench put` at 64 clients the server's CPU per put was 49.0 µs
+//! without this layer and 49.2 µs with it, medians of 10 alternating
+//! rounds). One that does (etcdctl's short `endpoint` connections) pays a
+//! decode and a re-encode per request, a few microseconds. Decoding every
+//! block of every connection instead cost 72 µs per put: loona-hpack builds
+//! its Huffman table for each coded string.
 
 use std::io;
 use std::pin::Pin;
