@@ -137,6 +137,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FixAuthority<IO> {
             // Inside a frame the rewriter passes on (a DATA payload, say),
             // bytes that cannot run past the frame go straight to hyper.
             if this.rewriter.passthrough() >= buf.remaining() {
+                if this.rewriter.is_raw() && !this.scratch.is_empty() {
+                    // Handed over for good: keep no buffers per connection.
+                    this.scratch = Box::default();
+                    this.out = BytesMut::new();
+                }
                 let before = buf.filled().len();
                 ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
                 this.rewriter.passed(buf.filled().len() - before);
@@ -504,7 +509,13 @@ impl Rewriter {
     /// rewriter is done with this connection.
     fn give_up(&mut self, out: &mut BytesMut) {
         out.extend_from_slice(&self.block_raw);
-        self.block_raw.clear();
+        // Nothing is parsed again: free the buffers and the HPACK table.
+        self.block_raw = Vec::new();
+        self.payload = Vec::new();
+        self.fragment = Vec::new();
+        self.fields = Fields::default();
+        self.encoded = Vec::new();
+        self.decoder = loona_hpack::Decoder::new();
         self.block = None;
         self.state = State::Raw;
     }
