@@ -13,7 +13,12 @@
 //!
 //! Services not built yet (Auth) are not registered, so tonic answers
 //! their RPCs with UNIMPLEMENTED.
+//!
+//! Every accepted connection reads through [`authority::FixAuthority`],
+//! which repairs the `:authority` etcdctl sends for `endpoint status` and
+//! `endpoint hashkv` (a whole URL, which h2 would refuse).
 
+pub mod authority;
 pub mod cluster;
 pub mod election;
 pub mod kv;
@@ -26,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::Status;
 
@@ -196,6 +202,15 @@ fn unimplemented(what: &'static str) -> Status {
     EtcdError::Unimplemented(what).into()
 }
 
+/// Why the client API stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen")]
+    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Serves the client API on `addr` until `shutdown` resolves, then drains
 /// in-flight requests and returns. `local` is what the Lock and Election
 /// services use to reach this member's API.
@@ -205,7 +220,7 @@ pub async fn serve(
     addr: SocketAddr,
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     use crate::proto::etcdserverpb::cluster_server::ClusterServer;
     use crate::proto::etcdserverpb::kv_server::KvServer;
     use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -213,6 +228,7 @@ pub async fn serve(
     use crate::proto::v3electionpb::election_server::ElectionServer;
     use crate::proto::v3lockpb::lock_server::LockServer;
     use crate::proto::watch_wire::watch_server::WatchServer;
+    use futures::StreamExt;
 
     let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
     // Watch streams never finish on their own, and a graceful shutdown
@@ -232,8 +248,14 @@ pub async fn serve(
     // etcd's interceptor: a request carrying `hasleader: true` fails fast
     // on a member that knows no leader (clientv3 WithRequireLeader).
     let leader = RequireLeader(api.status.clone());
+    // Each connection reads through the :authority repair (see
+    // `authority`); a TLS acceptor, when there is one, goes before it.
+    let incoming = TcpIncoming::bind(addr)
+        .map_err(ServeError::Bind)?
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(authority::FixAuthority::new));
+
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(InterceptedService::new(
             KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),
@@ -274,8 +296,9 @@ pub async fn serve(
                 .max_decoding_message_size(max_decode),
             leader.clone(),
         ))
-        .serve_with_shutdown(addr, shutdown)
-        .await
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
 }
 
 /// How often health follows the member's state.

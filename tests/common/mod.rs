@@ -440,9 +440,14 @@ pub mod grpc {
 /// `stdin` if given, and fails the test if it does not finish within
 /// [`ETCDCTL_TIMEOUT`].
 pub fn etcdctl(server: &Server, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    etcdctl_at(&server.endpoint(), args, stdin)
+}
+
+/// [`etcdctl`] with `--endpoints` as given (e.g. a URL with its scheme).
+pub fn etcdctl_at(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(etcdctl_path())
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", server.endpoint()))
+        .arg(format!("--endpoints={endpoints}"))
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
