@@ -758,3 +758,67 @@ fn a_member_with_a_wiped_data_dir_stops_loudly_and_harms_nothing() {
     c.wait_converged(Duration::from_secs(10));
     assert_eq!(get_prefix(&writer, "r/").expect("read").len(), 20);
 }
+
+/// `etcdctl move-leader` (Maintenance.MoveLeader): leadership moves to the
+/// named voter; a follower refuses the RPC and an unknown id is a bad
+/// transferee, with etcd's errors.
+#[test]
+fn move_leader_hands_leadership_to_the_named_member() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let target = (leader + 1) % 3;
+    let endpoints: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| m.client_url().trim_start_matches("http://").to_string())
+        .collect();
+    let all = endpoints.join(",");
+    let target_hex = format!("{:x}", c.members[target].id());
+    let out = etcdctl_on(&all, &["move-leader", &target_hex]);
+    assert_eq!(
+        out.trim(),
+        format!(
+            "Leadership transferred from {:x} to {target_hex}",
+            c.members[leader].id()
+        )
+    );
+    assert_eq!(c.wait_leader(START_TIMEOUT), target);
+    put(&c.members[leader].client_url(), "after/move", "x").expect("writes go on");
+
+    let follower = (target + 1) % 3;
+    let url = c.members[follower].client_url();
+    let refused = block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut m = MaintenanceClient::new(channel);
+        let not_leader = m
+            .move_leader(cairn::proto::etcdserverpb::MoveLeaderRequest { target_id: 1 })
+            .await
+            .expect_err("a follower refuses");
+        (not_leader.code(), not_leader.message().to_string())
+    });
+    assert_eq!(
+        refused,
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: not leader".to_string()
+        )
+    );
+    let url = c.members[target].client_url();
+    let bad = block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let e = MaintenanceClient::new(channel)
+            .move_leader(cairn::proto::etcdserverpb::MoveLeaderRequest { target_id: 0x1234 })
+            .await
+            .expect_err("not a member");
+        e.message().to_string()
+    });
+    assert_eq!(bad, "etcdserver: bad leader transferee");
+}

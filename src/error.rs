@@ -70,6 +70,8 @@ pub enum EtcdError {
     Corrupt,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
     // The Lock and Election services' own errors. etcd returns them as plain
     // Go errors, so gRPC carries them with code Unknown and no prefix.
     #[error("election: not leader")]
@@ -99,7 +101,9 @@ impl EtcdError {
             | BadLeaderTransferee => Code::FailedPrecondition,
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
-            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy | TimeoutLeaderTransfer => {
+                Code::Unavailable
+            }
             Corrupt => Code::DataLoss,
             ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | LostWatcher => Code::Unknown,
             Unimplemented(_) => Code::Unimplemented,

@@ -24,7 +24,7 @@ use crate::cluster::ClusterInfo;
 use crate::config::Config;
 use crate::grpc::{self, Api};
 use crate::lease::keeper::LeaseKeeper;
-use crate::msg::{FlushNow, Leases, Proposals, RaftClient, RaftStatus, Shutdown};
+use crate::msg::{FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown};
 use crate::mvcc::{BufferedBackend, SledBackend, Store};
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
@@ -137,8 +137,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (leases, lease_mailbox) = mailbox::<LeaseKeeper>();
         let (watch, watch_mailbox) = mailbox::<WatchBroadcaster>();
         let client = RaftClient::new(
-            raft.clone().recipient(),
-            raft.clone().recipient(),
+            RaftInbox {
+                propose: raft.clone().recipient(),
+                read_index: raft.clone().recipient(),
+                transfer: raft.clone().recipient(),
+            },
             proposals.clone(),
             status.clone(),
             applied_rx,
@@ -202,6 +205,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             max_txn_ops: cfg.max_txn_ops,
             leases,
             storage: storage.clone().recipient(),
+            tick: heartbeat,
             watch,
         };
 

@@ -179,11 +179,21 @@ impl Maintenance for MaintenanceService {
         )))
     }
 
+    /// etcd's MoveLeader: sent to the leader (etcdctl move-leader finds
+    /// it), hands leadership to a voter and answers once this member sees
+    /// the new leader; `etcdserver: not leader` elsewhere, `etcdserver: bad
+    /// leader transferee` for a non-voter, and `etcdserver: request timed
+    /// out, leader transfer took too long` past the request timeout.
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+        let target = req.into_inner().target_id;
+        let header = self.api.header(0);
+        self.api.raft.move_leader(target, self.api.tick).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(header),
+        }))
     }
 
     async fn downgrade(

@@ -63,6 +63,8 @@ pub struct Api {
     /// Lease expiry: keep-alives and time-to-live go here (or to the
     /// leader's, from a follower), not to the log.
     pub leases: crate::msg::Leases,
+    /// --heartbeat-interval: how often MoveLeader looks for the new leader.
+    pub tick: std::time::Duration,
     /// Storage, which takes the head of a snapshot between two batches.
     pub storage: actix::Recipient<crate::msg::CaptureImage>,
     /// The WatchBroadcaster actor, which every Watch stream talks to.

@@ -29,7 +29,7 @@ use actix::prelude::*;
 use raft::eraftpb::{Entry, Message as RaftMessage};
 
 pub use leases::{ForwardToLeader, LeaseTtl, Leases, ListLeases, NotAnswered, Renew, TimeToLive};
-pub use proposals::{Proposals, RaftClient, MAX_APPLY_GAP};
+pub use proposals::{Proposals, RaftClient, RaftInbox, MAX_APPLY_GAP};
 pub use status::{Progress, RaftStatus};
 
 use crate::apply::LeaseChange;
@@ -88,6 +88,13 @@ pub struct ReportSnapshot {
 #[rtype(result = "()")]
 pub struct LogFlushed {
     pub applied_index: u64,
+}
+
+/// Start handing leadership to voter `target` (Maintenance.MoveLeader).
+#[derive(Message)]
+#[rtype(result = "Result<(), EtcdError>")]
+pub struct TransferLeader {
+    pub target: u64,
 }
 
 /// Stop taking proposals and let the in-flight persist finish (shutdown).

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use prost::Message as _;
 use tokio::sync::{oneshot, watch};
 
-use super::{Propose, RaftStatus, ReadIndex};
+use super::{Propose, RaftStatus, ReadIndex, TransferLeader};
 use crate::apply::ApplyResponse;
 use crate::error::EtcdError;
 use crate::proto::cairnpb::{internal_request::Request, InternalRequest};
@@ -98,6 +98,13 @@ impl Drop for WaiterGuard<'_> {
 /// yet applied, so a slow apply cannot queue unbounded work.
 pub const MAX_APPLY_GAP: u64 = 5000;
 
+/// RaftNode's inboxes that the API layer uses.
+pub struct RaftInbox {
+    pub propose: Recipient<Propose>,
+    pub read_index: Recipient<ReadIndex>,
+    pub transfer: Recipient<TransferLeader>,
+}
+
 /// Cheap to clone; one per gRPC service.
 #[derive(Clone)]
 pub struct RaftClient {
@@ -105,6 +112,8 @@ pub struct RaftClient {
     propose: Recipient<Propose>,
     /// RaftNode's inbox for read index requests.
     read_index: Recipient<ReadIndex>,
+    /// RaftNode's inbox for leadership transfers.
+    transfer: Recipient<TransferLeader>,
     proposals: Arc<Proposals>,
     /// The commit index, for the apply-gap admission check.
     status: Arc<RaftStatus>,
@@ -119,17 +128,22 @@ pub struct RaftClient {
 
 impl RaftClient {
     pub fn new(
-        propose: Recipient<Propose>,
-        read_index: Recipient<ReadIndex>,
+        inbox: RaftInbox,
         proposals: Arc<Proposals>,
         status: Arc<RaftStatus>,
         applied: watch::Receiver<u64>,
         max_request_bytes: usize,
         timeout: Duration,
     ) -> RaftClient {
+        let RaftInbox {
+            propose,
+            read_index,
+            transfer,
+        } = inbox;
         RaftClient {
             propose,
             read_index,
+            transfer,
             proposals,
             status,
             applied,
@@ -207,6 +221,23 @@ impl RaftClient {
         }
     }
 
+    /// etcd's MoveLeader: hands leadership to voter `target` and waits until
+    /// this member sees it lead, up to the request timeout.
+    pub async fn move_leader(&self, target: u64, poll: Duration) -> Result<(), EtcdError> {
+        self.transfer
+            .send(TransferLeader { target })
+            .await
+            .map_err(|_| EtcdError::Stopped)??;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while self.status.leader_id() != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EtcdError::TimeoutLeaderTransfer);
+            }
+            tokio::time::sleep(poll).await;
+        }
+        Ok(())
+    }
+
     /// How long a request may wait before "request timed out".
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -236,6 +267,13 @@ mod tests {
         fn handle(&mut self, _: Propose, _: &mut Context<Self>) {}
     }
 
+    impl Handler<TransferLeader> for BlackHole {
+        type Result = Result<(), EtcdError>;
+        fn handle(&mut self, _: TransferLeader, _: &mut Context<Self>) -> Self::Result {
+            Ok(())
+        }
+    }
+
     impl Handler<ReadIndex> for BlackHole {
         type Result = Result<u64, EtcdError>;
         fn handle(&mut self, _: ReadIndex, _: &mut Context<Self>) -> Self::Result {
@@ -246,8 +284,11 @@ mod tests {
     fn client(status: Arc<RaftStatus>, applied: watch::Receiver<u64>) -> RaftClient {
         let node = BlackHole.start();
         RaftClient::new(
-            node.clone().recipient(),
-            node.recipient(),
+            RaftInbox {
+                propose: node.clone().recipient(),
+                read_index: node.clone().recipient(),
+                transfer: node.recipient(),
+            },
             Arc::new(Proposals::new(1)),
             status,
             applied,

@@ -166,6 +166,22 @@ impl Core {
         })
     }
 
+    /// Starts handing leadership to voter `to` (etcd's MoveLeader): only a
+    /// leader can, and only to a voter of the current configuration.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<(), EtcdError> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return Err(EtcdError::NotLeader);
+        }
+        if !raft.prs().conf().voters().contains(to) {
+            return Err(EtcdError::BadLeaderTransferee);
+        }
+        if to != raft.id {
+            self.node.transfer_leader(to);
+        }
+        Ok(())
+    }
+
     /// The commit index if this member can serve a linearizable read with
     /// no round trip: it is the only voter and has committed an entry in its
     /// own term (before that, an entry acknowledged under the previous term

@@ -27,7 +27,7 @@ use super::transport::{Transport, Undelivered};
 use crate::error::{fatal, EtcdError};
 use crate::msg::{
     ApplyCommitted, LogFlushed, Proposals, Propose, RaftStatus, ReadIndex, ReportSnapshot,
-    ReportUnreachable, Shutdown, Step, MAILBOX_CAPACITY,
+    ReportUnreachable, Shutdown, Step, TransferLeader, MAILBOX_CAPACITY,
 };
 use crate::supervise::Lifeline;
 
@@ -387,6 +387,16 @@ impl Handler<LogFlushed> for RaftNode {
                 Err(e) => tracing::warn!(cause = %e, "raft log truncation task failed"),
             }
         }));
+    }
+}
+
+impl Handler<TransferLeader> for RaftNode {
+    type Result = Result<(), EtcdError>;
+    fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) -> Self::Result {
+        self.core.transfer_leader(msg.target)?;
+        tracing::info!(to = %format!("{:x}", msg.target), "transferring leadership");
+        self.queue_drive(ctx);
+        Ok(())
     }
 }
 
