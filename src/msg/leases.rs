@@ -82,6 +82,10 @@ pub struct Leases {
 /// One ask of the local lessor.
 type Asked<T> = Result<Result<T, NotAnswered>, MailboxError>;
 
+/// One ask of the leader's lessor, through the forwarder.
+type Forward<T> =
+    dyn Fn(&dyn ForwardToLeader, u64) -> BoxFuture<'static, Result<Option<T>, EtcdError>> + Sync;
+
 impl Leases {
     /// `renew`, `ttl` and `list` are LeaseKeeper's inboxes.
     pub fn new(
@@ -112,7 +116,7 @@ impl Leases {
     pub async fn renew(&self, id: i64) -> Result<Option<i64>, EtcdError> {
         self.ask(
             || self.renew.send(Renew { id }),
-            |f, leader| f.renew(leader, id),
+            Some(&move |f: &dyn ForwardToLeader, leader| f.renew(leader, id)),
         )
         .await
     }
@@ -121,7 +125,7 @@ impl Leases {
     pub async fn time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError> {
         self.ask(
             || self.ttl.send(TimeToLive { id }),
-            |f, leader| f.time_to_live(leader, id),
+            Some(&move |f: &dyn ForwardToLeader, leader| f.time_to_live(leader, id)),
         )
         .await
     }
@@ -129,12 +133,12 @@ impl Leases {
     /// Like [`Leases::renew`], never forwarded: the leader's side of a
     /// follower's forward (no forwarding loops).
     pub async fn renew_here(&self, id: i64) -> Result<Option<i64>, EtcdError> {
-        self.ask_local(|| self.renew.send(Renew { id })).await
+        self.ask(|| self.renew.send(Renew { id }), None).await
     }
 
     /// Like [`Leases::time_to_live`], never forwarded.
     pub async fn time_to_live_here(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError> {
-        self.ask_local(|| self.ttl.send(TimeToLive { id })).await
+        self.ask(|| self.ttl.send(TimeToLive { id }), None).await
     }
 
     /// Every lease id this member's lessor knows.
@@ -145,28 +149,13 @@ impl Leases {
             .map_err(|_| EtcdError::Stopped)
     }
 
-    async fn ask_local<T, Fut>(&self, mut ask: impl FnMut() -> Fut) -> Result<Option<T>, EtcdError>
-    where
-        Fut: std::future::Future<Output = Asked<T>>,
-    {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match ask().await {
-                Ok(Ok(v)) => return Ok(Some(v)),
-                Ok(Err(NotAnswered::NotFound)) => return Ok(None),
-                Ok(Err(NotAnswered::NotPrimary)) if Instant::now() < deadline => {
-                    tokio::time::sleep(PRIMARY_POLL).await;
-                }
-                Ok(Err(NotAnswered::NotPrimary)) => return Err(EtcdError::Timeout),
-                Err(_) => return Err(EtcdError::Stopped),
-            }
-        }
-    }
-
+    /// Asks this member's lessor until it answers as primary; while it is
+    /// not, asks the leader's through `forward` (if given and another member
+    /// leads); gives up at the request timeout.
     async fn ask<T, Fut>(
         &self,
         mut ask: impl FnMut() -> Fut,
-        forward: impl Fn(&dyn ForwardToLeader, u64) -> BoxFuture<'static, Result<Option<T>, EtcdError>>,
+        forward: Option<&Forward<T>>,
     ) -> Result<Option<T>, EtcdError>
     where
         Fut: std::future::Future<Output = Asked<T>>,
@@ -182,7 +171,9 @@ impl Leases {
             // Not the primary lessor: the leader's answers, if another
             // member leads (a new leader becomes primary shortly).
             let leader = self.status.leader_id();
-            if let (Some(f), true) = (&self.forward, leader != 0 && leader != self.local_id) {
+            let forwarding = self.forward.as_ref().zip(forward);
+            if let (Some((f, forward)), true) = (forwarding, leader != 0 && leader != self.local_id)
+            {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, forward(f.as_ref(), leader)).await {
                     Ok(Ok(answer)) => return Ok(answer),
