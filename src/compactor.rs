@@ -5,6 +5,9 @@
 //! * `periodic D`: sample the current revision at a fixed interval (D when
 //!   D < 1 h, else D / 10) and compact to the newest sample at least D old,
 //!   so the last D of history stays readable.
+//!
+//! Every member plans; only the leader proposes (etcd pauses the compactor
+//! on followers).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -81,6 +84,12 @@ pub async fn run(mode: AutoCompaction, store: Arc<Store>, raft: RaftClient) {
         let Some(revision) = planner.next_target(Instant::now(), store.current_revision()) else {
             continue;
         };
+        // As etcd: only the leader compacts (every member keeps sampling,
+        // so a new leader knows the history). The planner then waits for a
+        // later target; the leader's compaction reaches everyone anyway.
+        if !raft.is_leader() {
+            continue;
+        }
         let req = CompactionRequest {
             revision,
             physical: false,

@@ -238,6 +238,11 @@ impl RaftClient {
         Ok(())
     }
 
+    /// Whether this member leads now.
+    pub fn is_leader(&self) -> bool {
+        self.status.is_leader()
+    }
+
     /// How long a request may wait before "request timed out".
     pub fn timeout(&self) -> Duration {
         self.timeout
