@@ -822,3 +822,46 @@ fn move_leader_hands_leadership_to_the_named_member() {
     });
     assert_eq!(bad, "etcdserver: bad leader transferee");
 }
+
+/// Members publish their name and client URLs through the log (etcd's
+/// publish): every member lists every member's client URLs, so etcdctl's
+/// `--cluster` forms reach the whole cluster from any one endpoint.
+#[test]
+fn every_member_lists_every_client_url() {
+    let c = Cluster::start(3);
+    c.wait_leader(START_TIMEOUT);
+    let mut want: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| {
+            // etcdctl 3.4: ID, status, name, peer URLs, client URLs, is learner.
+            format!(
+                "{:x}, started, {}, {}, {}, false",
+                m.id(),
+                m.name,
+                m.peer_url(),
+                m.client_url()
+            )
+        })
+        .collect();
+    want.sort();
+    for m in &c.members {
+        let ep = m.client_url().trim_start_matches("http://").to_string();
+        let mut got = Vec::new();
+        let listed = wait_until(Duration::from_secs(10), || {
+            let out = etcdctl_on(&ep, &["member", "list"]);
+            got = out.lines().map(str::to_string).collect();
+            got.sort();
+            got == want
+        });
+        assert!(listed, "member list on {}: {got:?}, want {want:?}", m.name);
+    }
+    let ep = c.members[0]
+        .client_url()
+        .trim_start_matches("http://")
+        .to_string();
+    let status = etcdctl_on(&ep, &["endpoint", "status", "--cluster"]);
+    for m in &c.members {
+        assert!(status.contains(&m.client_url()), "{status}");
+    }
+}

@@ -54,6 +54,8 @@ pub enum ApplyResponse {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
+    /// A member's published attributes were recorded (etcd's publish).
+    MemberAttributes,
 }
 
 /// A change to the set of leases, for the LeaseKeeper (which owns expiry).
@@ -234,6 +236,10 @@ fn apply_request(
         Request::LeaseCheckpoint(c) => Ok(ApplyResponse::LeaseCheckpoint(apply_lease_checkpoint(
             w, ctx, &c,
         ))),
+        Request::MemberAttributes(m) => {
+            w.set_member_attributes(m);
+            Ok(ApplyResponse::MemberAttributes)
+        }
     }
 }
 

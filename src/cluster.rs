@@ -10,7 +10,14 @@
 use sha1::{Digest, Sha1};
 use url::Url;
 
-use crate::proto::cairnpb::MemberIdentity;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::msg::RaftClient;
+use crate::mvcc::Store;
+use crate::proto::cairnpb::internal_request::Request;
+use crate::proto::cairnpb::{MemberAttributes, MemberIdentity};
 use crate::proto::etcdserverpb::Member as PbMember;
 
 /// One member of the cluster as configured.
@@ -181,6 +188,68 @@ impl From<&Member> for PbMember {
             peer_ur_ls: m.peer_urls.clone(),
             client_ur_ls: m.client_urls.clone(),
             is_learner: false,
+        }
+    }
+}
+
+/// The member list as clients see it (MemberList, `etcdctl member list`,
+/// `endpoint status --cluster`): the configured members, with the name and
+/// client URLs each has published through the log (etcd's publish); the
+/// local member's own until its publish is applied.
+pub fn member_list(
+    cluster: &ClusterInfo,
+    published: &BTreeMap<u64, MemberAttributes>,
+) -> Vec<PbMember> {
+    cluster
+        .members
+        .iter()
+        .map(|m| {
+            let mut pb = PbMember::from(m);
+            if let Some(p) = published.get(&m.id) {
+                pb.name = p.name.clone();
+                pb.client_ur_ls = p.client_urls.clone();
+            }
+            pb
+        })
+        .collect()
+}
+
+/// etcd's publish: once a leader is known, proposes this member's name and
+/// client URLs until they are applied (retrying each `retry`), unless the
+/// store already holds exactly these. Ends when published or when `stop`
+/// turns true.
+pub async fn publish(
+    raft: RaftClient,
+    store: Arc<Store>,
+    attributes: MemberAttributes,
+    retry: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if store.member_attributes().get(&attributes.id) == Some(&attributes) {
+            return;
+        }
+        if raft.leader_known() {
+            match raft
+                .propose(Request::MemberAttributes(attributes.clone()))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        name = %attributes.name,
+                        client_urls = ?attributes.client_urls,
+                        "published local member to cluster through raft"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(cause = %e, "publishing member attributes failed; retrying")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

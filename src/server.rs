@@ -26,6 +26,7 @@ use crate::grpc::{self, Api};
 use crate::lease::keeper::LeaseKeeper;
 use crate::msg::{FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown};
 use crate::mvcc::{BufferedBackend, SledBackend, Store};
+use crate::proto::cairnpb::MemberAttributes;
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::RaftNode;
@@ -215,14 +216,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let listen = cfg.listen_client_urls.clone();
         let max_request_bytes = cfg.max_request_bytes as usize;
         let auto_compaction = cfg.auto_compaction;
+        let published = MemberAttributes {
+            id: api.cluster.local_id,
+            name: cfg.name.clone(),
+            client_urls: cfg.advertise_client_urls.iter().map(crate::cluster::url_string).collect(),
+        };
         std::thread::Builder::new().name("grpc".into()).spawn(move || {
             let result = (|| -> anyhow::Result<()> {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("grpc").build()?;
                 rt.block_on(async move {
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    tokio::spawn(crate::cluster::publish(
+                        client.clone(),
+                        store.clone(),
+                        published,
+                        Duration::from_millis(500),
+                        stop_rx.clone(),
+                    ));
                     if let Some(mode) = auto_compaction {
                         tokio::spawn(crate::compactor::run(mode, store, client));
                     }
-                    let (stop_tx, stop_rx) = watch::channel(false);
                     let mut addrs = Vec::new();
                     for url in &listen {
                         addrs.extend(resolve(url).await?);

@@ -46,7 +46,10 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: Some(self.api.membership_header()),
-            members: self.api.cluster.members.iter().map(Member::from).collect(),
+            members: crate::cluster::member_list(
+                &self.api.cluster,
+                &self.api.store.member_attributes(),
+            ),
         }))
     }
 

@@ -238,6 +238,11 @@ impl RaftClient {
         Ok(())
     }
 
+    /// Whether this member knows a leader now.
+    pub fn leader_known(&self) -> bool {
+        self.status.leader_id() != 0
+    }
+
     /// Whether this member leads now.
     pub fn is_leader(&self) -> bool {
         self.status.is_leader()

@@ -14,6 +14,7 @@
 //! m/compact_rev             last compaction revision, i64 big-endian
 //! m/finished_compact_rev    last compaction whose old records are all gone
 //! a/<member:8><type:4>      an active alarm (empty value)
+//! n/<member:8>              a member's published name and client URLs
 //! l/<id:8>                  a lease -> cairnpb.Lease (see `lease::table`)
 //! ```
 //!
@@ -35,7 +36,7 @@
 //! revision land, so the steps add up to one consistent answer (a compaction
 //! above the read revision makes the read fail with `Compacted`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,7 +46,7 @@ use prost::Message;
 
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::{decode_lease, LeaseEntry, LeaseTable, LEASE_PREFIX};
-use crate::proto::cairnpb::Lease;
+use crate::proto::cairnpb::{Lease, MemberAttributes};
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
 use crate::proto::mvccpb::KeyValue;
 
@@ -82,6 +83,8 @@ pub(crate) const META_COMPACT_REV: &[u8] = b"m/compact_rev";
 pub(crate) const META_FINISHED_COMPACT_REV: &[u8] = b"m/finished_compact_rev";
 /// Prefix of alarm keys.
 pub(crate) const ALARM_PREFIX: &[u8] = b"a/";
+/// Prefix of published member attributes (etcd's publish).
+pub(crate) const MEMBER_PREFIX: &[u8] = b"n/";
 
 /// The compact revision of a store that was never compacted (etcd's value,
 /// visible to clients in HashKV and watch responses).
@@ -103,6 +106,13 @@ pub(crate) fn alarm_key(member_id: u64, alarm: i32) -> Vec<u8> {
     let mut k = ALARM_PREFIX.to_vec();
     k.extend_from_slice(&member_id.to_be_bytes());
     k.extend_from_slice(&alarm.to_be_bytes());
+    k
+}
+
+/// The backend key of a member's published attributes.
+pub(crate) fn member_key(member_id: u64) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&member_id.to_be_bytes());
     k
 }
 
@@ -138,6 +148,8 @@ pub(crate) struct Committed {
     pub(crate) alarms: BTreeSet<(u64, i32)>,
     /// Every lease with its attached keys.
     pub(crate) leases: LeaseTable,
+    /// Members' published name and client URLs, by member id.
+    pub(crate) members: BTreeMap<u64, MemberAttributes>,
 }
 
 /// The result of [`Store::hash_kv`].
@@ -257,6 +269,14 @@ impl Store {
             alarms.insert(decode_alarm_key(&k)?);
         }
 
+        let mut members = BTreeMap::new();
+        for item in backend.scan_prefix(MEMBER_PREFIX) {
+            let (_, v) = item?;
+            let m = MemberAttributes::decode(v.as_slice())
+                .map_err(|e| StorageError::corrupt("member attributes", e))?;
+            members.insert(m.id, m);
+        }
+
         let mut leases = LeaseTable::new();
         for item in backend.scan_prefix(LEASE_PREFIX) {
             let (_, v) = item?;
@@ -272,6 +292,7 @@ impl Store {
             compact_rev,
             alarms,
             leases,
+            members,
         }));
         let state = Arc::new(Compaction::new(finished.min(compact_rev)));
         let compactor = compaction::spawn(backend.clone(), committed.clone(), state.clone())?;
@@ -455,6 +476,11 @@ impl Store {
     /// Every lease's record, in id order.
     pub fn leases(&self) -> Vec<Lease> {
         self.committed.read().leases.records()
+    }
+
+    /// Every member's published attributes, by member id.
+    pub fn member_attributes(&self) -> BTreeMap<u64, MemberAttributes> {
+        self.committed.read().members.clone()
     }
 
     /// Every active alarm, ordered by member id then alarm type.

@@ -23,7 +23,7 @@ use prost::Message;
 
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::lease_key;
-use crate::proto::cairnpb::Lease;
+use crate::proto::cairnpb::{Lease, MemberAttributes};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -32,7 +32,8 @@ use super::key_index::{KeyAt, KeyIndex, KeyRange};
 use super::range::{ReadError, ReadView};
 use super::revision::Revision;
 use super::store::{
-    alarm_key, read_record, rev_key, Committed, Store, META_COMPACT_REV, META_CONSISTENT_INDEX,
+    alarm_key, member_key, read_record, rev_key, Committed, Store, META_COMPACT_REV,
+    META_CONSISTENT_INDEX,
 };
 
 /// The in-memory effects of one raft batch, not yet in the backend.
@@ -66,6 +67,8 @@ pub struct BatchWriter<'s> {
     /// shadow the committed lease table. Attachments are not tracked here:
     /// they follow from `events` at commit.
     leases: BTreeMap<i64, Option<Lease>>,
+    /// Member attributes published in this batch, by member id.
+    members: BTreeMap<u64, MemberAttributes>,
 }
 
 impl<'s> BatchWriter<'s> {
@@ -87,7 +90,14 @@ impl<'s> BatchWriter<'s> {
             alarms,
             events: Vec::new(),
             leases: BTreeMap::new(),
+            members: BTreeMap::new(),
         }
+    }
+
+    /// Records a member's published name and client URLs (etcd's publish);
+    /// not an MVCC change (no revision).
+    pub fn set_member_attributes(&mut self, m: MemberAttributes) {
+        self.members.insert(m.id, m);
     }
 
     /// Current revision, counting this batch's writes.
@@ -275,6 +285,9 @@ impl<'s> BatchWriter<'s> {
                 None => batch.delete(lease_key(id)),
             }
         }
+        for (&id, m) in &self.members {
+            batch.put(member_key(id), m.encode_to_vec());
+        }
         {
             let c = store.committed.read();
             for &(m, t) in c.alarms.difference(&self.alarms) {
@@ -312,6 +325,9 @@ impl<'s> BatchWriter<'s> {
         c.current_rev = self.rev;
         c.compact_rev = self.compact_rev;
         c.alarms = self.alarms.clone();
+        for (&id, m) in &self.members {
+            c.members.insert(id, m.clone());
+        }
         // Lease records first, then attachments: the events leave each key
         // on the lease of its latest revision (revoked leases ignore them).
         for (&id, rec) in &self.leases {
