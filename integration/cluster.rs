@@ -955,3 +955,83 @@ fn a_new_cluster_restored_from_a_snapshot_taken_under_writes_holds_the_data() {
     assert_eq!(rev, revision + 1);
     new.wait_converged(Duration::from_secs(10));
 }
+
+/// A two-put Txn through `url` with a long client timeout: the server's
+/// own error (or success) and how long it took.
+fn txn_slowly(url: &str, a: &str, b: &str) -> (Result<(), tonic::Status>, Duration) {
+    use cairn::proto::etcdserverpb::{request_op, RequestOp, TxnRequest};
+    let (url, a, b) = (url.to_string(), a.to_string(), b.to_string());
+    block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect");
+        let put = |k: String| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let started = Instant::now();
+        let r = KvClient::new(channel)
+            .txn(TxnRequest {
+                success: vec![put(a), put(b)],
+                ..Default::default()
+            })
+            .await
+            .map(|_| ());
+        (r, started.elapsed())
+    })
+}
+
+/// With a majority of members stopped, a write fails with etcd's error
+/// within the request timeout (5 s + 2 election timeouts), and once the
+/// quorum is back nothing is half-applied: the Txn's two keys are both
+/// there or both absent, on every member.
+#[test]
+fn a_majority_down_fails_writes_in_time_and_half_applies_nothing() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            c.kill(i);
+        }
+    }
+    let (result, took) = txn_slowly(&c.members[survivor].client_url(), "q/a", "q/b");
+    let err = result.expect_err("no quorum: the write cannot be acknowledged");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        [
+            "etcdserver: request timed out",
+            "etcdserver: no leader",
+            "etcdserver: leader changed"
+        ]
+        .contains(&err.message()),
+        "{err:?}"
+    );
+    let request_timeout = Duration::from_secs(5) + 2 * Duration::from_millis(ELECTION_MS);
+    assert!(
+        took <= request_timeout + Duration::from_secs(2),
+        "took {took:?}"
+    );
+
+    for i in 0..3 {
+        if i != survivor {
+            c.spawn_member(i);
+        }
+    }
+    c.wait_ready();
+    c.wait_converged(Duration::from_secs(20));
+    for m in &c.members {
+        let kvs = get_prefix(&m.client_url(), "q/").expect("read");
+        assert!(
+            kvs.is_empty() || kvs.len() == 2,
+            "half-applied on {}: {kvs:?}",
+            m.name
+        );
+    }
+}
