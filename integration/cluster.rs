@@ -1035,3 +1035,32 @@ fn a_majority_down_fails_writes_in_time_and_half_applies_nothing() {
         );
     }
 }
+
+/// Five members tolerate two down, the leader among them: a new leader is
+/// elected, writes and linearizable reads go on, and the two rejoin and
+/// converge with everything written meanwhile.
+#[test]
+fn five_members_survive_two_down_including_the_leader() {
+    let mut c = Cluster::start(5);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let other = (leader + 2) % 5;
+    put(&c.members[other].client_url(), "five/before", "x").expect("put");
+    c.kill(leader);
+    c.kill((leader + 1) % 5);
+    let new_leader = c.wait_leader(START_TIMEOUT);
+    assert!(new_leader != leader);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("five/{i:02}");
+        put_within(&c, &key, "during", Duration::from_secs(10)).expect("put with 3 of 5");
+        acked.push(key);
+    }
+    c.spawn_member(leader);
+    c.spawn_member((leader + 1) % 5);
+    c.wait_ready();
+    c.wait_converged(Duration::from_secs(20));
+    for m in &c.members {
+        let got = get_prefix(&m.client_url(), "five/").expect("linearizable read");
+        assert_eq!(got.len(), acked.len() + 1, "member {}", m.name);
+    }
+}
