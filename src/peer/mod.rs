@@ -13,8 +13,10 @@
 //! per remote member before anything starts (a port in use fails start-up
 //! at once); [`Peers::transport`] hands RaftNode the sending ends;
 //! [`Peers::start`] then starts, on one `peer` arbiter, the peer service and
-//! one [`link::PeerLink`] per remote member (they need RaftNode's address:
-//! links report unreachable members, the service steps messages in).
+//! one [`link::PeerLink`] per remote member (given RaftNode's inboxes: links
+//! report unreachable members, the service steps messages in, and answers
+//! lease requests followers forward to this member when it leads, see
+//! [`forward`]).
 //!
 //! Failure semantics: a link that errors or panics restarts by itself with
 //! a jittered backoff, without disturbing raft or other links; messages lost
