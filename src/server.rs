@@ -24,14 +24,17 @@ use crate::cluster::ClusterInfo;
 use crate::config::Config;
 use crate::grpc::{self, Api};
 use crate::lease::keeper::LeaseKeeper;
-use crate::msg::{FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown};
+use crate::msg::{
+    FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown,
+    WATCH_MAILBOX_CAPACITY,
+};
 use crate::mvcc::{BufferedBackend, SledBackend, Store};
 use crate::proto::cairnpb::MemberAttributes;
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::RaftNode;
 use crate::storage::{Listeners, StorageActor};
-use crate::supervise::{self, mailbox};
+use crate::supervise::{self, mailbox, mailbox_of};
 use crate::watch::WatchBroadcaster;
 
 async fn resolve(url: &url::Url) -> anyhow::Result<Vec<SocketAddr>> {
@@ -136,7 +139,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (raft, raft_mailbox) = mailbox::<RaftNode>();
         let (storage, storage_mailbox) = mailbox::<StorageActor>();
         let (leases, lease_mailbox) = mailbox::<LeaseKeeper>();
-        let (watch, watch_mailbox) = mailbox::<WatchBroadcaster>();
+        let (watch, watch_mailbox) = mailbox_of::<WatchBroadcaster>(WATCH_MAILBOX_CAPACITY);
         let client = RaftClient::new(
             RaftInbox {
                 propose: raft.clone().recipient(),

@@ -31,6 +31,7 @@ use crate::msg::{
 };
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
+use crate::proto::mvccpb::Event;
 use crate::snapshot::{capture_head, ImageHead};
 use crate::supervise::Lifeline;
 
@@ -46,6 +47,9 @@ pub struct Listeners {
 
 /// How often Storage makes applied state durable (and so lets the log shrink).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// How soon a dropped watch notice is followed by a catch-up notice when no
+/// other batch comes.
+const WATCH_RETRY: Duration = Duration::from_millis(50);
 
 pub struct StorageActor {
     /// The MVCC store, shared with readers on gRPC threads.
@@ -66,6 +70,9 @@ pub struct StorageActor {
     flushed: u64,
     /// A flush is running on a blocking thread.
     flushing: bool,
+    /// Notices of applied events were dropped (the broadcaster's mailbox
+    /// was full): the next notice, or a retry, lets it catch up from history.
+    watch_behind: bool,
     /// A core actor: if it goes, the member stops (crate::supervise).
     _lifeline: Lifeline,
 }
@@ -91,7 +98,32 @@ impl StorageActor {
             member_id,
             flushed,
             flushing: false,
+            watch_behind: false,
             _lifeline: Lifeline::new("Storage"),
+        }
+    }
+
+    /// Tells the WatchBroadcaster what a batch changed, never waiting and
+    /// never queueing without bound: `try_send` into its bounded mailbox.
+    /// A notice that does not fit is dropped and remembered; the next one
+    /// (even one with no events, see `started`) then carries a revision
+    /// past what the broadcaster saw, which makes it catch every watcher up
+    /// from MVCC history (the hub's gap path), so no event is lost.
+    fn tell_watchers(&mut self, events: Arc<Vec<Event>>) {
+        let notice = Applied {
+            revision: self.store.current_revision(),
+            events,
+        };
+        match self.listeners.applied.try_send(notice) {
+            Ok(()) => self.watch_behind = false,
+            Err(_) => {
+                if !self.watch_behind {
+                    tracing::warn!(
+                        "the watch broadcaster is behind; its watchers will catch up from history"
+                    );
+                }
+                self.watch_behind = true;
+            }
         }
     }
 
@@ -142,11 +174,8 @@ impl StorageActor {
                 leader_noop_term,
             });
         }
-        if !out.events.is_empty() {
-            self.listeners.applied.do_send(Applied {
-                revision: self.store.current_revision(),
-                events: Arc::new(out.events),
-            });
+        if !out.events.is_empty() || self.watch_behind {
+            self.tell_watchers(Arc::new(out.events));
         }
         for (id, result) in ids.into_iter().zip(out.results) {
             if let (Some(id), Some(result)) = (id, result) {
@@ -214,6 +243,11 @@ impl Actor for StorageActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(FLUSH_INTERVAL, |act, ctx| act.maybe_flush(ctx, None));
+        ctx.run_interval(WATCH_RETRY, |act, _| {
+            if act.watch_behind {
+                act.tell_watchers(Arc::new(Vec::new()));
+            }
+        });
     }
 }
 

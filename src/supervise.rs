@@ -150,7 +150,13 @@ pub struct Mailbox<A: Actor<Context = Context<A>>> {
 
 /// A new mailbox (of [`MAILBOX_CAPACITY`]) and the address that reaches it.
 pub fn mailbox<A: Actor<Context = Context<A>>>() -> (Addr<A>, Mailbox<A>) {
-    let (tx, rx) = channel(MAILBOX_CAPACITY);
+    mailbox_of(MAILBOX_CAPACITY)
+}
+
+/// A new mailbox of `capacity` messages (past it, `send` waits and
+/// `try_send` fails; `do_send` ignores it).
+pub fn mailbox_of<A: Actor<Context = Context<A>>>(capacity: usize) -> (Addr<A>, Mailbox<A>) {
+    let (tx, rx) = channel(capacity);
     (Addr::new(tx), Mailbox { rx })
 }
 

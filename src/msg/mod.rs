@@ -41,6 +41,11 @@ use crate::proto::mvccpb::Event;
 /// `send` waits (backpressure).
 pub const MAILBOX_CAPACITY: usize = 1 << 16;
 
+/// Mailbox depth of the WatchBroadcaster: applied-batch notices (each with
+/// its events) and stream requests. Storage `try_send`s into it; a notice
+/// that does not fit becomes a catch-up from history (see Storage).
+pub const WATCH_MAILBOX_CAPACITY: usize = 4096;
+
 // ---- RaftNode's inbox -------------------------------------------------------
 
 /// Appends an encoded `cairnpb::InternalRequest` to the log. No reply: the

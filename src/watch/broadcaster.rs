@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::msg::{Applied, MAILBOX_CAPACITY};
+use crate::msg::{Applied, WATCH_MAILBOX_CAPACITY};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::WatchCreateRequest;
 use crate::supervise::Lifeline;
@@ -118,7 +118,7 @@ impl Actor for WatchBroadcaster {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(WATCH_MAILBOX_CAPACITY);
         if !self.progress_interval.is_zero() {
             ctx.run_interval(self.progress_interval, |act, _| act.hub.progress_tick());
         }

@@ -710,3 +710,22 @@ fn closing_a_stream_forgets_its_watchers() {
     assert!(!f.hub.has_unsynced());
     assert!(!f.put("k", "v"));
 }
+
+/// Storage tells the broadcaster with `try_send`; when its mailbox was full
+/// the notices were dropped, and Storage later sends one with no events at
+/// the current revision: the watchers catch up from history, missing nothing.
+#[test]
+fn an_empty_notice_past_the_last_revision_catches_up_from_history() {
+    let mut f = Fixture::new();
+    let (sid, mut rx) = f.open();
+    f.watch(sid, req("k", "", 0));
+    f.put("k", "1"); // 2
+    let (rev, _) = f.write_unseen(&[&[("k", "2")], &[("k", "3")]]); // 3, 4: notices dropped
+    assert_eq!(rev, 4);
+    assert!(
+        f.hub.applied(rev, Arc::new(Vec::new())),
+        "a notice past the last revision with no events is a gap"
+    );
+    f.sync_all();
+    assert_eq!(revs(&seen(&drain(&mut rx), 0)), vec![2, 3, 4]);
+}
