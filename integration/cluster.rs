@@ -1064,3 +1064,39 @@ fn five_members_survive_two_down_including_the_leader() {
         assert_eq!(got.len(), acked.len() + 1, "member {}", m.name);
     }
 }
+
+/// A leader stopped with SIGTERM hands leadership to the most up-to-date
+/// voter before it exits (etcd does the same), so the others need no
+/// election timeout: they agree on the member it named.
+#[test]
+fn a_leader_stopping_gracefully_hands_leadership_over() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    put(&c.members[leader].client_url(), "k", "v").expect("put");
+    let mut child = c.members[leader].child.take().expect("running");
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let mut exited = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        exited = child.try_wait().ok().flatten();
+        exited.is_some()
+    }));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "exit status {exited:?}"
+    );
+    let logs = c.logs(leader);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("leadership handed over"))
+        .unwrap_or_else(|| panic!("no hand-over logged:\n{logs}"));
+    let new_leader = c.wait_leader(START_TIMEOUT);
+    assert!(
+        line.contains(&format!("{:x}", c.members[new_leader].id())),
+        "handed to the member now leading: {line}"
+    );
+    put(&c.members[new_leader].client_url(), "k2", "v").expect("writes go on");
+}

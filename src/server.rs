@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::grpc::{self, Api};
 use crate::lease::keeper::LeaseKeeper;
 use crate::msg::{
-    FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown,
+    FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown, StepDown,
     WATCH_MAILBOX_CAPACITY,
 };
 use crate::mvcc::{BufferedBackend, SledBackend, Store};
@@ -204,7 +204,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let api = Api {
             store: store.clone(),
             raft: client.clone(),
-            status,
+            status: status.clone(),
             cluster,
             max_txn_ops: cfg.max_txn_ops,
             leases,
@@ -276,6 +276,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
         let served = done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("gRPC thread died")));
         supervise::begin_shutdown();
+        // As etcd: a leader that stops hands leadership to the most
+        // up-to-date voter first, so the cluster does not wait an election
+        // timeout (bounded by the request timeout).
+        if let Ok(Some(target)) = raft.send(StepDown).await {
+            let deadline = tokio::time::Instant::now() + request_timeout;
+            while status.leader_id() != target && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(heartbeat).await;
+            }
+            if status.leader_id() == target {
+                tracing::info!(leader = %format!("{target:x}"), "leadership handed over");
+            } else {
+                tracing::warn!(to = %format!("{target:x}"), "leadership was not handed over in time");
+            }
+        }
         let _ = raft.send(Shutdown).await;
         match storage.send(FlushNow).await {
             Ok(Ok(())) => tracing::info!("state store flushed; bye"),

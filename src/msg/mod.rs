@@ -102,6 +102,12 @@ pub struct TransferLeader {
     pub target: u64,
 }
 
+/// A graceful stop begins: if this member leads another voter, start
+/// handing leadership to the best one; answers whom (None: nothing to do).
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct StepDown;
+
 /// Stop taking proposals and let the in-flight persist finish (shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -182,6 +182,23 @@ impl Core {
         Ok(())
     }
 
+    /// The voter to hand leadership to before this leader stops (etcd
+    /// transfers leadership on a graceful stop): the other voter with the
+    /// longest matched log, so the transfer completes at once. None when
+    /// this member does not lead or is the only voter.
+    pub fn best_transferee(&self) -> Option<u64> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let voters = raft.prs().conf().voters();
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id && voters.contains(**id))
+            .max_by_key(|(id, p)| (p.matched, **id))
+            .map(|(id, _)| *id)
+    }
+
     /// The commit index if this member can serve a linearizable read with
     /// no round trip: it is the only voter and has committed an entry in its
     /// own term (before that, an entry acknowledged under the previous term

@@ -27,7 +27,7 @@ use super::transport::{Transport, Undelivered};
 use crate::error::{fatal, EtcdError};
 use crate::msg::{
     ApplyCommitted, LogFlushed, Proposals, Propose, RaftStatus, ReadIndex, ReportSnapshot,
-    ReportUnreachable, Shutdown, Step, TransferLeader, MAILBOX_CAPACITY,
+    ReportUnreachable, Shutdown, Step, StepDown, TransferLeader, MAILBOX_CAPACITY,
 };
 use crate::supervise::Lifeline;
 
@@ -397,6 +397,17 @@ impl Handler<TransferLeader> for RaftNode {
         tracing::info!(to = %format!("{:x}", msg.target), "transferring leadership");
         self.queue_drive(ctx);
         Ok(())
+    }
+}
+
+impl Handler<StepDown> for RaftNode {
+    type Result = Option<u64>;
+    fn handle(&mut self, _: StepDown, ctx: &mut Context<Self>) -> Self::Result {
+        let target = self.core.best_transferee()?;
+        self.core.transfer_leader(target).ok()?;
+        tracing::info!(to = %format!("{target:x}"), "stopping: handing leadership over");
+        self.queue_drive(ctx);
+        Some(target)
     }
 }
 
