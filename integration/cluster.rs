@@ -71,6 +71,8 @@ struct Cluster {
     /// whose incoming links panic, at which batch). Resolved to a member id
     /// at each spawn, since ids follow the ports.
     link_panic: Option<(usize, u32)>,
+    /// The server binary: cairn, or real etcd for the differential test.
+    binary: PathBuf,
 }
 
 impl Cluster {
@@ -78,6 +80,14 @@ impl Cluster {
     /// Range (so a leader is elected and known everywhere).
     fn start(n: usize) -> Cluster {
         let mut cluster = Cluster::new(n);
+        cluster.spawn_all_and_wait();
+        cluster
+    }
+
+    /// The same with real etcd (`/usr/bin/etcd`), for differential tests.
+    fn start_etcd(n: usize) -> Cluster {
+        let mut cluster = Cluster::new(n);
+        cluster.binary = common::etcd_path();
         cluster.spawn_all_and_wait();
         cluster
     }
@@ -149,6 +159,7 @@ impl Cluster {
             tmp,
             members,
             link_panic: None,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_cairn")),
         }
     }
 
@@ -194,7 +205,7 @@ impl Cluster {
         self.members[i].starts += 1;
         let log = File::create(self.log_path(i, self.members[i].starts)).expect("create log");
         let m = &self.members[i];
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let child = Command::new(&self.binary)
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -1099,4 +1110,123 @@ fn a_leader_stopping_gracefully_hands_leadership_over() {
         "handed to the member now leading: {line}"
     );
     put(&c.members[new_leader].client_url(), "k2", "v").expect("writes go on");
+}
+
+/// One etcdctl session of the clustering commands an operator runs, against
+/// a 3-member etcd 3.4.23 cluster and a 3-member cairn cluster: the
+/// transcripts must be identical once what legitimately differs is
+/// normalised (ports and member ids → member names or roles; sizes, raft
+/// terms and indexes, hashes and timings masked; which member leads is a
+/// role, since elections pick differently).
+#[test]
+fn cluster_etcdctl_session_matches_etcd() {
+    let etcd = cluster_session(Cluster::start_etcd(3));
+    let cairn = cluster_session(Cluster::start(3));
+    assert_eq!(
+        cairn, etcd,
+        "cairn's transcript (left) differs from etcd's (right)"
+    );
+}
+
+/// Runs the session; returns the normalised transcript.
+fn cluster_session(c: Cluster) -> Vec<String> {
+    let leader = c.wait_leader(START_TIMEOUT);
+    let target = (leader + 1) % 3;
+    let endpoint = |i: usize| {
+        c.members[i]
+            .client_url()
+            .trim_start_matches("http://")
+            .to_string()
+    };
+    let all = (0..3).map(endpoint).collect::<Vec<_>>().join(",");
+    let url_of_first = c.members[0].client_url();
+
+    // Names stand for each member's id and ports; roles where it matters
+    // which member leads.
+    let by_name = |text: &str| -> String {
+        let mut out = text.to_string();
+        for m in &c.members {
+            out = out
+                .replace(&format!("{:x}", m.id()), &format!("<{}-id>", m.name))
+                .replace(&m.client_port.to_string(), &format!("<{}-client>", m.name))
+                .replace(&m.peer_port.to_string(), &format!("<{}-peer>", m.name));
+        }
+        out
+    };
+    let by_role = |text: &str| -> String {
+        text.replace(&format!("{:x}", c.members[leader].id()), "<leader>")
+            .replace(&format!("{:x}", c.members[target].id()), "<target>")
+    };
+    // endpoint status: URL, id, version, db size, is leader, is learner,
+    // raft term, raft index, applied index, errors.
+    let mask_status = |line: &str| -> String {
+        let f: Vec<&str> = line.split(", ").collect();
+        if f.len() < 9 {
+            return line.to_string();
+        }
+        format!(
+            "{}, {}, {}, <size>, <is-leader>, {}, <term>, <index>, <applied>",
+            f[0], f[1], f[2], f[5]
+        )
+    };
+    let mask_after = |line: &str, marker: &str| -> String {
+        match line.find(marker) {
+            Some(i) => format!("{}{marker}<masked>", &line[..i]),
+            None => line.to_string(),
+        }
+    };
+    let sorted = |text: String| -> Vec<String> {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+
+    let mut t = Vec::new();
+    let mut step = |title: &str, lines: Vec<String>| {
+        t.push(format!("$ {title}"));
+        t.extend(lines);
+    };
+    step("put k v", sorted(etcdctl_on(&all, &["put", "k", "v"])));
+    step(
+        "member list",
+        sorted(by_name(&etcdctl_on(&all, &["member", "list"]))),
+    );
+    let status = etcdctl_on(&url_of_first, &["endpoint", "status", "--cluster"]);
+    step(
+        "endpoint status --cluster",
+        sorted(by_name(
+            &status
+                .lines()
+                .map(mask_status)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
+    );
+    let hashes = etcdctl_on(&url_of_first, &["endpoint", "hashkv", "--cluster"]);
+    step(
+        "endpoint hashkv --cluster",
+        sorted(by_name(
+            &hashes
+                .lines()
+                .map(|l| mask_after(l, ", "))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
+    );
+    let target_hex = format!("{:x}", c.members[target].id());
+    step(
+        "move-leader <target>",
+        sorted(by_role(&etcdctl_on(&all, &["move-leader", &target_hex]))),
+    );
+    assert_eq!(c.wait_leader(START_TIMEOUT), target);
+    step(
+        "get k",
+        sorted(etcdctl_on(&endpoint(target), &["get", "k"])),
+    );
+    let leaders = etcdctl_on(&all, &["endpoint", "status"])
+        .lines()
+        .filter(|l| l.split(", ").nth(4) == Some("true"))
+        .count();
+    step("leaders after move-leader", vec![leaders.to_string()]);
+    t
 }

@@ -229,13 +229,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("grpc").build()?;
                 rt.block_on(async move {
                     let (stop_tx, stop_rx) = watch::channel(false);
-                    tokio::spawn(crate::cluster::publish(
+                    let publishing = tokio::spawn(crate::cluster::publish(
                         client.clone(),
                         store.clone(),
                         published,
                         Duration::from_millis(500),
                         stop_rx.clone(),
                     ));
+                    // etcd serves clients only once the member has published
+                    // itself, so a client never sees a member list without
+                    // it. cairn waits for that too, but at most a request
+                    // timeout: a member that cannot reach a quorum then still
+                    // answers health (NOT_SERVING) and serializable reads.
+                    let _ = tokio::time::timeout(request_timeout, publishing).await;
                     if let Some(mode) = auto_compaction {
                         tokio::spawn(crate::compactor::run(mode, store, client));
                     }
