@@ -680,13 +680,12 @@ fn status_of_minority(url: &str) -> Option<u64> {
 
 /// etcdctl against one member (`host:port`), checked to succeed.
 fn etcdctl_on(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new(common::etcdctl_path())
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(["--command-timeout=10s"])
-        .args(args)
-        .output()
-        .expect("run etcdctl");
+    let args: Vec<&str> = ["--command-timeout=10s"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    let out = common::etcdctl_at(endpoint, &args, None);
     assert!(
         out.status.success(),
         "etcdctl {args:?} on {endpoint}: {}",

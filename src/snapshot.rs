@@ -218,8 +218,8 @@ impl<E: FnMut(Vec<u8>, bool) -> bool> Chunker<'_, E> {
     }
 }
 
-/// Checks the file's magic, version and trailing SHA-256.
-pub fn verify(path: &Path) -> Result<(), SnapshotError> {
+/// Checks the file's trailing SHA-256; returns it.
+pub fn verify(path: &Path) -> Result<[u8; HASH_LEN], SnapshotError> {
     let mut file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     if size < (MAGIC.len() + 4 + HASH_LEN) as u64 {
@@ -242,7 +242,7 @@ pub fn verify(path: &Path) -> Result<(), SnapshotError> {
     if hasher.finalize().as_slice() != want {
         return Err(SnapshotError::HashMismatch);
     }
-    Ok(())
+    Ok(want)
 }
 
 /// One frame read back.
@@ -322,15 +322,8 @@ pub struct Status {
 
 /// Verifies the file and summarises it.
 pub fn status(path: &Path) -> Result<Status, SnapshotError> {
-    verify(path)?;
+    let digest = verify(path)?;
     let total_size = std::fs::metadata(path)?.len();
-    let mut file = std::fs::File::open(path)?;
-    let mut hash = [0u8; 4];
-    {
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(total_size - HASH_LEN as u64))?;
-        file.read_exact(&mut hash)?;
-    }
     let (mut revision, mut total_keys, mut tail) = (None, 0, None);
     read_frames(path, |frame| {
         match frame {
@@ -349,7 +342,7 @@ pub fn status(path: &Path) -> Result<Status, SnapshotError> {
         )));
     }
     Ok(Status {
-        hash: u32::from_be_bytes(hash),
+        hash: u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
         revision,
         total_keys,
         total_size,
