@@ -85,6 +85,11 @@ pub(crate) struct Compaction {
     /// Signalled, with `stop` held, when `finished` or `stop` changes or a
     /// compaction is applied.
     changed: Condvar,
+    /// Held by the compactor for each step, and by [`Compaction::pause`].
+    work: Mutex<()>,
+    /// Bumped when the store's whole state is replaced: the compactor then
+    /// drops the pass it was in and starts over from `finished`.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A read in flight at some revision; deregisters when dropped.
@@ -117,7 +122,21 @@ impl Compaction {
             finished: AtomicI64::new(finished),
             stop: Mutex::new(false),
             changed: Condvar::new(),
+            work: Mutex::new(()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Keeps the compactor between two steps while the guard lives.
+    pub(crate) fn pause(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.work.lock()
+    }
+
+    /// The store's state was replaced (while paused): its last finished
+    /// compaction is `finished`, and any pass under way is void.
+    pub(crate) fn restart_from(&self, finished: i64) {
+        self.finished.store(finished, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Counts a read at revision `at` until the guard drops: no record it
@@ -194,6 +213,7 @@ pub(crate) fn spawn(
     let worker = Worker {
         backend,
         committed,
+        epoch: state.epoch.load(Ordering::Acquire),
         state,
         pruned: finished,
         prune: (finished, None),
@@ -212,6 +232,8 @@ struct Worker {
     committed: Arc<RwLock<Committed>>,
     /// Shared with the store.
     state: Arc<Compaction>,
+    /// The store's state epoch this worker's passes belong to.
+    epoch: u64,
     /// The compact revision the whole key index is pruned to.
     pruned: i64,
     /// The pruning pass under way: its revision and the last key pruned.
@@ -224,6 +246,18 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         while let Some(target) = self.next_target() {
+            let state = self.state.clone();
+            let _working = state.work.lock();
+            let epoch = state.epoch.load(Ordering::Acquire);
+            if epoch != self.epoch {
+                // The whole state was replaced: start over.
+                let finished = state.finished();
+                self.epoch = epoch;
+                self.pruned = finished;
+                self.prune = (finished, None);
+                self.pass = (finished, Vec::new());
+                continue;
+            }
             let step = if self.pruned < target {
                 self.prune_step();
                 Ok(())

@@ -39,6 +39,7 @@ impl Store {
         prev_kv: bool,
         wanted: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<Event>, ReadError> {
+        let _gate = self.enter();
         let _read = {
             let c = self.committed.read();
             if from < c.compact_rev {

@@ -50,7 +50,7 @@ use crate::proto::cairnpb::{Lease, MemberAttributes};
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
 use crate::proto::mvccpb::KeyValue;
 
-use super::backend::Backend;
+use super::backend::{Backend, WriteBatch};
 use super::key_index::{IndexTree, KeyIndex, KeyRange};
 
 /// The fields of a revision record (`mvccpb.KeyValue`) that rebuilding the
@@ -183,6 +183,10 @@ pub struct Store {
     pub(crate) writer: Mutex<()>,
     /// Reads in flight and the compactor's progress (see [`super::compaction`]).
     pub(crate) compaction: Arc<Compaction>,
+    /// Taken (shared) by every read before the index lock, for its whole
+    /// length; [`Store::replace_all`] takes it exclusively, so no read ever
+    /// sees half of a state being replaced by another.
+    gate: RwLock<()>,
     /// The compactor thread; stopped and joined when the store is dropped.
     compactor: Option<JoinHandle<()>>,
 }
@@ -211,101 +215,59 @@ impl Store {
     /// Opens the store on `backend`, rebuilding the key index from the
     /// revision records. A fresh store is at revision 1 (the first write gets 2).
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store, StorageError> {
-        let applied = match backend.get(META_CONSISTENT_INDEX)? {
-            Some(v) => decode_i64("consistent index", &v)? as u64,
-            None => 0,
-        };
-        let compact_rev = match backend.get(META_COMPACT_REV)? {
-            Some(v) => decode_i64("compact revision", &v)?,
-            None => NEVER_COMPACTED,
-        };
-        // Missing in stores written before compaction moved to the
-        // background: the pass then runs once more and finds nothing to do.
-        let finished = match backend.get(META_FINISHED_COMPACT_REV)? {
-            Some(v) => decode_i64("finished compact revision", &v)?,
-            None => NEVER_COMPACTED,
-        };
-
-        // Replay history in revision order. Compaction leaves, for each key,
-        // a first record carrying its create revision and version; tombstones
-        // of keys with no earlier record left are ignored. A compaction cut
-        // short by a restart leaves a suffix of each key's history, which
-        // replays the same way; the compactor then finishes the job.
-        let mut index = IndexTree::new();
-        let mut last_main = 1;
-        // The lease named by each live key's latest record.
-        let mut key_leases: std::collections::HashMap<Vec<u8>, i64> =
-            std::collections::HashMap::new();
-        for item in backend.scan_prefix(REV_PREFIX) {
-            let (k, v) = item?;
-            let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
-            let kv = RecordHead::decode(v.as_slice())
-                .map_err(|e| StorageError::corrupt("revision record", e))?;
-            last_main = rev.main;
-            if tombstone || kv.lease == 0 {
-                key_leases.remove(&kv.key);
-            } else {
-                key_leases.insert(kv.key.clone(), kv.lease);
-            }
-            match index.get_mut(&kv.key) {
-                Some(ki) if tombstone => {
-                    ki.tombstone(rev);
-                }
-                Some(ki) => ki.put(rev),
-                None if tombstone => {}
-                None => index.insert(
-                    kv.key,
-                    KeyIndex::restored(kv.create_revision, rev, kv.version),
-                ),
-            }
-        }
-        // The newest records may all have been compacted away (a delete at the
-        // compaction revision): the revision is then the compaction revision.
-        let current_rev = last_main.max(compact_rev).max(1);
-
-        let mut alarms = BTreeSet::new();
-        for item in backend.scan_prefix(ALARM_PREFIX) {
-            let (k, _) = item?;
-            alarms.insert(decode_alarm_key(&k)?);
-        }
-
-        let mut members = BTreeMap::new();
-        for item in backend.scan_prefix(MEMBER_PREFIX) {
-            let (_, v) = item?;
-            let m = MemberAttributes::decode(v.as_slice())
-                .map_err(|e| StorageError::corrupt("member attributes", e))?;
-            members.insert(m.id, m);
-        }
-
-        let mut leases = LeaseTable::new();
-        for item in backend.scan_prefix(LEASE_PREFIX) {
-            let (_, v) = item?;
-            leases.upsert(&decode_lease(&v)?);
-        }
-        for (key, lease) in key_leases {
-            leases.attach(lease, &key);
-        }
-
-        let committed = Arc::new(RwLock::new(Committed {
-            index,
-            current_rev,
-            compact_rev,
-            alarms,
-            leases,
-            members,
-        }));
-        let state = Arc::new(Compaction::new(finished.min(compact_rev)));
+        let loaded = load(backend.as_ref())?;
+        let (current_rev, compact_rev) =
+            (loaded.committed.current_rev, loaded.committed.compact_rev);
+        let committed = Arc::new(RwLock::new(loaded.committed));
+        let state = Arc::new(Compaction::new(loaded.finished.min(compact_rev)));
         let compactor = compaction::spawn(backend.clone(), committed.clone(), state.clone())?;
         Ok(Store {
             backend,
             committed,
             current_rev: AtomicI64::new(current_rev),
             compact_rev: AtomicI64::new(compact_rev),
-            applied_index: AtomicU64::new(applied),
+            applied_index: AtomicU64::new(loaded.applied),
             writer: Mutex::new(()),
             compaction: state,
+            gate: RwLock::new(()),
             compactor: Some(compactor),
         })
+    }
+
+    /// Replaces the whole state with another one (a raft snapshot image
+    /// received from the leader): `fill` writes the new state's records
+    /// into the emptied backend, in batches, and the index, revisions,
+    /// leases, alarms and members are then rebuilt from them as at start-up.
+    ///
+    /// Nothing else runs meanwhile: the caller is the one writer (the
+    /// Storage actor), the compactor is paused between two steps, and reads
+    /// wait at the gate (those in flight finish first), so no read sees a
+    /// mix of the two states. `fill` must write the consistent index last:
+    /// a crash half-way leaves a backend without one, which start-up
+    /// recognises and fills again from the image.
+    pub fn replace_all<E: From<StorageError>>(
+        &self,
+        fill: impl FnOnce(&dyn Fn(WriteBatch) -> Result<(), StorageError>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let _writer = self.writer.lock();
+        let _paused = self.compaction.pause();
+        let _gate = self.gate.write();
+        let mut c = self.committed.write();
+        clear(self.backend.as_ref())?;
+        fill(&|batch| self.backend.write_batch(batch))?;
+        let loaded = load(self.backend.as_ref())?;
+        *c = loaded.committed;
+        self.compaction
+            .restart_from(loaded.finished.min(c.compact_rev));
+        self.publish(&c, loaded.applied);
+        drop(c);
+        self.compaction.kick();
+        Ok(())
+    }
+
+    /// Taken by a read before the index lock (see `gate`).
+    pub(crate) fn enter(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.gate.read_recursive()
     }
 
     /// The last compaction whose old records are all gone from the backend
@@ -358,6 +320,7 @@ impl Store {
     /// (<= 0 = current) and registers the read, so that the records it
     /// resolves stay in the backend until it is done.
     pub(crate) fn snapshot(&self, requested: i64) -> Result<Snapshot<'_>, ReadError> {
+        let gate = self.enter();
         let c = self.committed.read();
         let at = range::read_revision(requested, c.current_rev, c.compact_rev)?;
         Ok(Snapshot {
@@ -365,6 +328,7 @@ impl Store {
             rev: c.current_rev,
             compact_rev: c.compact_rev,
             _read: self.compaction.register(at),
+            _gate: gate,
         })
     }
 
@@ -380,6 +344,7 @@ impl Store {
     /// hashes exactly the records a finished compaction leaves. The index
     /// lock is only held in short steps, never across the scan.
     pub fn hash_kv(&self, revision: i64) -> Result<HashKv, ReadError> {
+        let _gate = self.enter();
         let (compact_rev, current_rev, upto, _read) = loop {
             self.compaction.wait_finished(self.compact_revision());
             let c = self.committed.read();
@@ -494,6 +459,122 @@ impl Store {
     }
 }
 
+/// What [`load`] rebuilds from a backend.
+struct Loaded {
+    committed: Committed,
+    /// The applied raft index the backend holds (0: none).
+    applied: u64,
+    /// The last compaction whose old records are all gone.
+    finished: i64,
+}
+
+/// Rebuilds the in-memory state (key index, revisions, alarms, members,
+/// leases) from the records in `backend`.
+fn load(backend: &dyn Backend) -> Result<Loaded, StorageError> {
+    let applied = match backend.get(META_CONSISTENT_INDEX)? {
+        Some(v) => decode_i64("consistent index", &v)? as u64,
+        None => 0,
+    };
+    let compact_rev = match backend.get(META_COMPACT_REV)? {
+        Some(v) => decode_i64("compact revision", &v)?,
+        None => NEVER_COMPACTED,
+    };
+    // Missing in stores written before compaction moved to the
+    // background: the pass then runs once more and finds nothing to do.
+    let finished = match backend.get(META_FINISHED_COMPACT_REV)? {
+        Some(v) => decode_i64("finished compact revision", &v)?,
+        None => NEVER_COMPACTED,
+    };
+
+    // Replay history in revision order. Compaction leaves, for each key,
+    // a first record carrying its create revision and version; tombstones
+    // of keys with no earlier record left are ignored. A compaction cut
+    // short by a restart leaves a suffix of each key's history, which
+    // replays the same way; the compactor then finishes the job.
+    let mut index = IndexTree::new();
+    let mut last_main = 1;
+    // The lease named by each live key's latest record.
+    let mut key_leases: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
+    for item in backend.scan_prefix(REV_PREFIX) {
+        let (k, v) = item?;
+        let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
+        let kv = RecordHead::decode(v.as_slice())
+            .map_err(|e| StorageError::corrupt("revision record", e))?;
+        last_main = rev.main;
+        if tombstone || kv.lease == 0 {
+            key_leases.remove(&kv.key);
+        } else {
+            key_leases.insert(kv.key.clone(), kv.lease);
+        }
+        match index.get_mut(&kv.key) {
+            Some(ki) if tombstone => {
+                ki.tombstone(rev);
+            }
+            Some(ki) => ki.put(rev),
+            None if tombstone => {}
+            None => index.insert(
+                kv.key,
+                KeyIndex::restored(kv.create_revision, rev, kv.version),
+            ),
+        }
+    }
+    // The newest records may all have been compacted away (a delete at the
+    // compaction revision): the revision is then the compaction revision.
+    let current_rev = last_main.max(compact_rev).max(1);
+
+    let mut alarms = BTreeSet::new();
+    for item in backend.scan_prefix(ALARM_PREFIX) {
+        let (k, _) = item?;
+        alarms.insert(decode_alarm_key(&k)?);
+    }
+
+    let mut members = BTreeMap::new();
+    for item in backend.scan_prefix(MEMBER_PREFIX) {
+        let (_, v) = item?;
+        let m = MemberAttributes::decode(v.as_slice())
+            .map_err(|e| StorageError::corrupt("member attributes", e))?;
+        members.insert(m.id, m);
+    }
+
+    let mut leases = LeaseTable::new();
+    for item in backend.scan_prefix(LEASE_PREFIX) {
+        let (_, v) = item?;
+        leases.upsert(&decode_lease(&v)?);
+    }
+    for (key, lease) in key_leases {
+        leases.attach(lease, &key);
+    }
+
+    Ok(Loaded {
+        committed: Committed {
+            index,
+            current_rev,
+            compact_rev,
+            alarms,
+            leases,
+            members,
+        },
+        applied,
+        finished,
+    })
+}
+
+/// Deletes every record of `backend`, in batches.
+fn clear(backend: &dyn Backend) -> Result<(), StorageError> {
+    const STEP: usize = 10_000;
+    loop {
+        let mut batch = WriteBatch::new();
+        for item in backend.scan_range(b"", &[0xff; 2]).take(STEP) {
+            let (k, _) = item?;
+            batch.delete(k);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        backend.write_batch(batch)?;
+    }
+}
+
 /// The committed state as a [`ReadView`] for one read: the current and
 /// compact revisions when it began, and its registration, which keeps the
 /// records it resolves in the backend. It holds no lock.
@@ -506,6 +587,8 @@ pub(crate) struct Snapshot<'a> {
     compact_rev: i64,
     /// Keeps the compactor from deleting records the read may need.
     _read: ReadGuard<'a>,
+    /// Keeps the state from being replaced under the read.
+    _gate: parking_lot::RwLockReadGuard<'a, ()>,
 }
 
 impl ReadView for Snapshot<'_> {
