@@ -73,6 +73,10 @@ struct Cluster {
     link_panic: Option<(usize, u32)>,
     /// The server binary: cairn, or real etcd for the differential test.
     binary: PathBuf,
+    /// Flags given to every member besides the cluster's own.
+    extra_args: Vec<String>,
+    /// Environment given to the members spawned while it is set.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -160,6 +164,8 @@ impl Cluster {
             members,
             link_panic: None,
             binary: PathBuf::from(env!("CARGO_BIN_EXE_cairn")),
+            extra_args: Vec::new(),
+            extra_env: Vec::new(),
         }
     }
 
@@ -217,7 +223,9 @@ impl Cluster {
             .args(["--initial-cluster-token", TOKEN])
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
+            .args(&self.extra_args)
             .envs(env)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -767,6 +775,111 @@ fn a_member_with_a_wiped_data_dir_stops_loudly_and_harms_nothing() {
     put(&writer, "after", "x").expect("put with 2 of 3");
     c.wait_converged(Duration::from_secs(10));
     assert_eq!(get_prefix(&writer, "r/").expect("read").len(), 20);
+}
+
+/// A member that was down while the log moved on past it catches up from a
+/// raft snapshot: the leader truncates its log (short --snapshot-count and
+/// catch-up window), the member comes back needing entries the leader no
+/// longer has, and the leader streams it an image of its applied state.
+/// The first time, the member crashes (failpoint) half-way through
+/// installing the image; restarted, it finishes the install from the image
+/// it kept. Afterwards it holds every key, revision, lease and compaction
+/// the leader does (HashKV equal at the same revision) and goes on
+/// replicating.
+#[test]
+fn a_member_behind_the_truncated_log_catches_up_from_a_snapshot() {
+    let mut c = Cluster::new(3);
+    c.extra_args = [
+        "--snapshot-count",
+        "100",
+        "--experimental-snapshot-catchup-entries",
+        "20",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.spawn_all_and_wait();
+    let leader = c.wait_leader(START_TIMEOUT);
+    let lagging = (leader + 1) % 3;
+    let writer = c.members[leader].client_url();
+    let ep = writer.trim_start_matches("http://").to_string();
+    put(&writer, "before", "1").expect("put");
+    let granted = etcdctl_on(&ep, &["lease", "grant", "600"]);
+    let lease = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    etcdctl_on(&ep, &["put", "leased", "x", "--lease", &lease]);
+    c.wait_converged(Duration::from_secs(10));
+
+    c.kill(lagging);
+    for i in 0..300 {
+        put(&writer, &format!("s/{:03}", i % 150), &format!("v{i}")).expect("put");
+    }
+    etcdctl_on(&ep, &["del", "before"]);
+    let compact_at = put(&writer, "mark", "m").expect("put");
+    etcdctl_on(&ep, &["compaction", &compact_at.to_string()]);
+    for i in 0..100 {
+        put(&writer, &format!("t/{i:03}"), "w").expect("put");
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || c
+            .logs(leader)
+            .contains("raft log truncated")),
+        "the leader never truncated its log"
+    );
+
+    c.extra_env = vec![(
+        "CAIRN_FAILPOINT_PANIC".to_string(),
+        "snapshot-install".to_string(),
+    )];
+    c.spawn_member(lagging);
+    c.extra_env.clear();
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status = c.members[lagging]
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            status.is_some()
+        }),
+        "the member did not crash while installing the snapshot"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(70));
+    c.members[lagging].child = None;
+    c.spawn_member(lagging);
+    assert!(
+        wait_until(Duration::from_secs(30), || c
+            .logs(lagging)
+            .contains("finishing the install of a raft snapshot")),
+        "the restarted member did not finish the install"
+    );
+    assert!(c.logs(leader).contains("raft snapshot sent"));
+    c.wait_ready();
+    let rev = c.wait_converged(Duration::from_secs(20));
+    assert!(rev >= compact_at + 100, "revision {rev}");
+    let url = c.members[lagging].client_url();
+    let lagging_ep = url.trim_start_matches("http://").to_string();
+    assert_eq!(get_prefix(&url, "s/").expect("read").len(), 150);
+    assert_eq!(get_prefix(&url, "before").expect("read"), vec![]);
+    let ttl = etcdctl_on(&lagging_ep, &["lease", "timetolive", &lease, "--keys"]);
+    assert!(ttl.contains("attached keys([leased])"), "{ttl}");
+    let below = (compact_at - 1).to_string();
+    let old = common::etcdctl_at(&lagging_ep, &["get", "s/000", "--rev", &below], None);
+    let err = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        !old.status.success() && err.contains("required revision has been compacted"),
+        "a read below the leader's compaction on the member: {err}"
+    );
+
+    // It replicates on from the snapshot like any member.
+    put(&writer, "after", "1").expect("put");
+    c.wait_converged(Duration::from_secs(10));
+    assert_eq!(
+        get_prefix(&url, "after").expect("read"),
+        vec![("after".to_string(), "1".to_string())]
+    );
 }
 
 /// `etcdctl move-leader` (Maintenance.MoveLeader): leadership moves to the

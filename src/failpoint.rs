@@ -5,7 +5,9 @@
 //! n-th hit (default: the first) of the failpoint `<name>` panic, once per
 //! process. Names: `raft-tick` (RaftNode's tick), `storage-apply` (Storage
 //! applying a batch of committed entries), `lease-tick` (LeaseKeeper's tick),
-//! `watch-applied` (WatchBroadcaster taking an applied batch). Unset (always,
+//! `watch-applied` (WatchBroadcaster taking an applied batch),
+//! `snapshot-install` (Storage installing a raft snapshot's image, before
+//! its last write). Unset (always,
 //! outside tests), a hit is one load of an initialised `OnceLock`.
 
 use std::sync::atomic::{AtomicU64, Ordering};

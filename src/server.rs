@@ -63,6 +63,38 @@ async fn shutdown_signal() {
     }
 }
 
+/// A member that stopped after its log took in a raft snapshot but before
+/// the state store finished installing the image: install it now, before
+/// raft asks for entries the log no longer has.
+fn finish_install(
+    log: &LogStore,
+    store: &Store,
+    snaps: &crate::snapshot::SnapDir,
+) -> anyhow::Result<()> {
+    let (truncated, _) = log.truncated();
+    let applied = store.applied_index();
+    if truncated <= applied {
+        return Ok(());
+    }
+    let image = snaps.image(truncated);
+    anyhow::ensure!(
+        image.exists(),
+        "the raft log starts after index {truncated} but the state store has applied only up to {applied}, and no snapshot image is left to install; replace this member (member remove, then member add with a new data dir)"
+    );
+    tracing::info!(
+        index = truncated,
+        applied,
+        "finishing the install of a raft snapshot"
+    );
+    crate::snapshot::install(store, &image).context("installing the raft snapshot")?;
+    store
+        .backend()
+        .flush()
+        .context("flushing the state store")?;
+    snaps.prune(|i| i > truncated);
+    Ok(())
+}
+
 /// Runs the member; returns when it has shut down.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let member_dir = cfg.data_dir.join("member");
@@ -73,6 +105,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let backend =
         Arc::new(BufferedBackend::new(Arc::new(sled)).context("opening the state store")?);
     let store = Arc::new(Store::open(backend).context("loading the state store")?);
+    let snaps =
+        crate::snapshot::SnapDir::open(&member_dir).context("opening the snapshot directory")?;
+    finish_install(&log, &store, &snaps)?;
 
     let mut cluster = ClusterInfo::from_initial_cluster(
         &cfg.initial_cluster,
@@ -179,17 +214,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             };
             let (store, proposals) = (store.clone(), proposals.clone());
             let (quota, member, min_ttl) = (cfg.quota_backend_bytes, cluster.local_id, cfg.min_lease_ttl());
+            let images = crate::storage::Images {
+                dir: snaps.clone(),
+                cluster_id: cluster.cluster_id,
+            };
             storage_mailbox.start_on(&arbiters[2].handle(), move || {
-                StorageActor::new(store, proposals, applied_tx, listeners, quota, member, min_ttl)
+                StorageActor::new(store, proposals, applied_tx, listeners, quota, member, min_ttl, images)
             });
         }
         {
-            let (recipient, status) = (storage.clone().recipient(), status.clone());
+            let inbox = crate::raft::node::StorageInbox {
+                apply: storage.clone().recipient(),
+                make_image: storage.clone().recipient(),
+                install: storage.clone().recipient(),
+            };
+            let status = status.clone();
             let transport = peers.transport();
             let proposals = proposals.clone();
-            let snapshot_count = cfg.snapshot_count;
+            let snapshot_count = (cfg.snapshot_count, cfg.snapshot_catchup_entries);
             raft_mailbox.start_on(&arbiters[3].handle(), move || {
-                RaftNode::new(core, recipient, proposals, transport, status, heartbeat, snapshot_count)
+                RaftNode::new(core, inbox, proposals, transport, status, heartbeat, snapshot_count)
             });
         }
 
@@ -200,7 +244,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             peers.lease_forwarder(),
             request_timeout,
         );
-        peers.start(raft.clone().recipient(), raft.clone().recipient(), leases.clone());
+        let inboxes = crate::peer::RaftInboxes {
+            step: raft.clone().recipient(),
+            unreachable: raft.clone().recipient(),
+            snapshot_done: raft.clone().recipient(),
+        };
+        peers.start(inboxes, leases.clone(), snaps);
         let api = Api {
             store: store.clone(),
             raft: client.clone(),

@@ -499,6 +499,8 @@ pub fn install(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError
             );
         }
         write(batch)?;
+        // A crash here leaves the whole image but no consistent index.
+        crate::failpoint::hit("snapshot-install");
         let mut last = WriteBatch::new();
         last.put(
             META_CONSISTENT_INDEX,
@@ -552,6 +554,65 @@ pub fn save_image(
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// `<data-dir>/member/snap`: images of the applied state that raft
+/// snapshots carry, one file per applied index (`<index:016x>.snap`). A
+/// leader writes one when a lagging member needs it and keeps the newest two
+/// (one may still be streaming); a follower receives one there, and removes
+/// it once installed and flushed.
+#[derive(Debug, Clone)]
+pub struct SnapDir(PathBuf);
+
+impl SnapDir {
+    /// Creates the directory if needed and removes partial files a crash
+    /// left behind.
+    pub fn open(member_dir: &Path) -> std::io::Result<SnapDir> {
+        let dir = member_dir.join("snap");
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(SnapDir(dir))
+    }
+
+    /// The image of the applied state at `index`.
+    pub fn image(&self, index: u64) -> PathBuf {
+        self.0.join(format!("{index:016x}.snap"))
+    }
+
+    /// Where an image from member `from` is received before it is verified.
+    pub fn receiving(&self, index: u64, from: u64) -> PathBuf {
+        self.0.join(format!("{index:016x}-{from:x}.tmp"))
+    }
+
+    /// The indexes of the complete images, ascending.
+    pub fn images(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_suffix(".snap")?, 16).ok()
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Removes every image but those `keep` says to keep.
+    pub fn prune(&self, keep: impl Fn(u64) -> bool) {
+        for index in self.images() {
+            if !keep(index) {
+                if let Err(e) = std::fs::remove_file(self.image(index)) {
+                    tracing::warn!(index, cause = %e, "cannot remove an old snapshot image");
+                }
+            }
+        }
+    }
 }
 
 /// `cairn snapshot …`: the offline snapshot tools (etcdutl's `snapshot

@@ -24,15 +24,16 @@ use raft::eraftpb::{Entry, EntryType};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::apply_batch;
+use crate::apply::LeaseChange;
 use crate::error::{fatal, StorageError};
 use crate::msg::{
-    Applied, AppliedLeases, ApplyCommitted, CaptureImage, FlushNow, LogFlushed, Proposals,
-    MAILBOX_CAPACITY,
+    Applied, AppliedLeases, ApplyCommitted, CaptureImage, FlushNow, InstallSnapshot, LogFlushed,
+    MakeImage, Proposals, MAILBOX_CAPACITY,
 };
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
 use crate::proto::mvccpb::Event;
-use crate::snapshot::{capture_head, ImageHead};
+use crate::snapshot::{capture_head, ImageHead, SnapDir};
 use crate::supervise::Lifeline;
 
 /// Where Storage reports what it did; all given at construction.
@@ -43,6 +44,12 @@ pub struct Listeners {
     pub applied: Recipient<Applied>,
     /// LeaseKeeper, told about grants, revokes and leader no-op entries.
     pub leases: Recipient<AppliedLeases>,
+}
+
+/// Where raft snapshot images live, and what goes in their header.
+pub struct Images {
+    pub dir: SnapDir,
+    pub cluster_id: u64,
 }
 
 /// How often Storage makes applied state durable (and so lets the log shrink).
@@ -66,6 +73,8 @@ pub struct StorageActor {
     quota_bytes: u64,
     /// This member's id, recorded with alarms it raises.
     member_id: u64,
+    /// Raft snapshot images: made for lagging members, installed from the leader.
+    images: Images,
     /// Applied index covered by the last completed flush.
     flushed: u64,
     /// A flush is running on a blocking thread.
@@ -78,6 +87,7 @@ pub struct StorageActor {
 }
 
 impl StorageActor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
         proposals: Arc<Proposals>,
@@ -86,6 +96,7 @@ impl StorageActor {
         quota_bytes: u64,
         member_id: u64,
         min_lease_ttl: i64,
+        images: Images,
     ) -> StorageActor {
         let flushed = store.applied_index();
         StorageActor {
@@ -96,6 +107,7 @@ impl StorageActor {
             min_lease_ttl,
             quota_bytes,
             member_id,
+            images,
             flushed,
             flushing: false,
             watch_behind: false,
@@ -195,6 +207,52 @@ impl StorageActor {
         Ok(())
     }
 
+    /// Replaces the applied state with the leader's image at `index`, then
+    /// tells everyone who follows the state: the applied index moves, the
+    /// lessor learns the image's leases, and watchers catch up from the new
+    /// history (events the image compacted away end their watches with
+    /// `compacted`, as etcd's do after a snapshot).
+    fn install(&mut self, index: u64) -> Result<(), crate::snapshot::SnapshotError> {
+        let path = self.images.dir.image(index);
+        let before: Vec<i64> = self.store.leases().iter().map(|l| l.id).collect();
+        let started = std::time::Instant::now();
+        let head = crate::snapshot::install(&self.store, &path)?;
+        // Durable before the image goes: the log no longer has its entries.
+        self.store.backend().flush()?;
+        self.flushed = head.applied_index;
+        self.images.dir.prune(|i| i > index);
+        tracing::info!(
+            index,
+            revision = head.revision,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "installed the raft snapshot from the leader"
+        );
+        let after = self.store.leases();
+        let mut changes: Vec<LeaseChange> = before
+            .into_iter()
+            .filter(|id| !after.iter().any(|l| l.id == *id))
+            .map(|id| LeaseChange::Revoked { id })
+            .collect();
+        changes.extend(after.iter().map(|l| LeaseChange::Granted {
+            id: l.id,
+            ttl: l.ttl,
+        }));
+        self.listeners.leases.do_send(AppliedLeases {
+            changes,
+            leader_noop_term: None,
+        });
+        self.tell_watchers(Arc::new(Vec::new()));
+        let applied = head.applied_index;
+        self.applied_tx.send_if_modified(|a| {
+            let advanced = applied > *a;
+            if advanced {
+                *a = applied;
+            }
+            advanced
+        });
+        Ok(())
+    }
+
     fn maybe_flush(
         &mut self,
         ctx: &mut Context<Self>,
@@ -275,5 +333,50 @@ impl Handler<FlushNow> for StorageActor {
         let (tx, rx) = oneshot::channel();
         self.maybe_flush(ctx, Some(tx));
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err("storage stopped".into())) })
+    }
+}
+
+impl Handler<MakeImage> for StorageActor {
+    type Result = ResponseFuture<Result<u64, String>>;
+    fn handle(&mut self, _: MakeImage, _: &mut Context<Self>) -> Self::Result {
+        // The head between two batches, here; the revision records from a
+        // blocking thread, while applying goes on.
+        let head = capture_head(&self.store);
+        let store = self.store.clone();
+        let dir = self.images.dir.clone();
+        let (cluster_id, member_id) = (self.images.cluster_id, self.member_id);
+        Box::pin(async move {
+            let head = head.map_err(|e| e.to_string())?;
+            let index = head.applied_index;
+            let job = tokio::task::spawn_blocking(move || {
+                let path = dir.image(index);
+                if !path.exists() {
+                    crate::snapshot::save_image(&store, head, cluster_id, member_id, &path)?;
+                }
+                // The newest two: the older may still be streaming.
+                let images = dir.images();
+                let oldest_kept = images[images.len().saturating_sub(2)..]
+                    .first()
+                    .copied()
+                    .unwrap_or(index);
+                dir.prune(|i| i >= oldest_kept);
+                Ok::<u64, crate::snapshot::SnapshotError>(index)
+            });
+            match job.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+impl Handler<InstallSnapshot> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, msg: InstallSnapshot, _: &mut Context<Self>) {
+        // The log already starts after the snapshot: a member that cannot
+        // install it cannot go on (a restart installs it again).
+        if let Err(e) = self.install(msg.index) {
+            fatal("installing the raft snapshot from the leader", &e);
+        }
     }
 }

@@ -114,6 +114,9 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Applied entries between two snapshots of the raft log.
     pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slow followers (etcd's
+    /// --experimental-snapshot-catchup-entries).
+    pub snapshot_catchup_entries: u64,
     /// Automatic compaction, `None` when the retention is 0.
     pub auto_compaction: Option<AutoCompaction>,
     /// Period of the progress notifications sent to watches created with
@@ -147,7 +150,8 @@ impl Default for Config {
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
-            snapshot_count: 100_000,
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5_000,
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(10 * 60),
             log_level: "info".to_string(),
@@ -743,6 +747,8 @@ impl Layers {
                 None => defaults.max_txn_ops,
             },
             snapshot_count: number("snapshot_count")?.unwrap_or(defaults.snapshot_count),
+            snapshot_catchup_entries: number("experimental_snapshot_catchup_entries")?
+                .unwrap_or(defaults.snapshot_catchup_entries),
             auto_compaction,
             watch_progress_notify_interval: self
                 .get("watch_progress_notify_interval", |raw| {

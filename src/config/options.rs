@@ -151,7 +151,13 @@ pub(super) const OPTIONS: &[Opt] = &[
         "snapshot_count",
         "snapshot-count",
         "N",
-        "Number of committed transactions that trigger a snapshot to disk [default: 100000]",
+        "Number of committed transactions that trigger a snapshot to disk [default: 10000]",
+    ),
+    opt(
+        "experimental_snapshot_catchup_entries",
+        "experimental-snapshot-catchup-entries",
+        "N",
+        "Number of entries kept in the raft log after a snapshot, for slow followers to catch up from [default: 5000]",
     ),
     opt(
         "auto_compaction_mode",

@@ -107,7 +107,8 @@ fn defaults_match_etcd() {
     assert_eq!(config.quota_backend_bytes, 2 << 30);
     assert_eq!(config.max_request_bytes, 1_572_864);
     assert_eq!(config.max_txn_ops, 128);
-    assert_eq!(config.snapshot_count, 100_000);
+    assert_eq!(config.snapshot_count, 10_000);
+    assert_eq!(config.snapshot_catchup_entries, 5_000);
     assert_eq!(config.auto_compaction, None);
     assert_eq!(config.log_level, "info");
     assert_eq!(config.validate(), Ok(()));

@@ -133,6 +133,22 @@ pub struct FlushNow;
 #[rtype(result = "Result<crate::snapshot::ImageHead, crate::error::StorageError>")]
 pub struct CaptureImage;
 
+/// Write an image of the applied state to the snapshot directory (RaftNode,
+/// when raft-rs wants a snapshot for a lagging member). Answers with the
+/// applied index the image is of once the file is complete.
+#[derive(Message)]
+#[rtype(result = "Result<u64, String>")]
+pub struct MakeImage;
+
+/// Replace the applied state with the image at `index` in the snapshot
+/// directory (RaftNode, once the raft snapshot the leader sent is durable in
+/// the log). Entries after it follow in the same mailbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InstallSnapshot {
+    pub index: u64,
+}
+
 // ---- WatchBroadcaster's inbox (from Storage) --------------------------------
 
 /// What one applied batch changed, for watchers: every event in revision

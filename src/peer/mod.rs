@@ -27,6 +27,7 @@ pub mod failpoint;
 pub mod forward;
 pub mod link;
 pub mod service;
+pub mod snapshot;
 pub mod transport;
 
 use std::collections::{HashMap, HashSet};
@@ -37,9 +38,10 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::cluster::ClusterInfo;
-use crate::msg::{ReportUnreachable, Step};
+use crate::msg::{ReportSnapshot, ReportUnreachable, Step};
 use crate::proto::cairnpb::peer_server::PeerServer;
 use crate::raft::transport::{NoPeers, Transport};
+use crate::snapshot::SnapDir;
 use link::{PeerLink, Queue, Target, MAX_BATCH_BYTES, QUEUE_CAPACITY};
 use service::PeerService;
 use transport::PeerTransport;
@@ -53,6 +55,11 @@ pub struct Peers {
     senders: HashMap<u64, mpsc::Sender<raft::eraftpb::Message>>,
     /// Receiving ends, one per remote member, until the links take them.
     queues: HashMap<u64, Queue>,
+    /// Snapshot queues (one snapshot at a time per member): sending ends
+    /// until RaftNode's transport takes them, receiving ends until the
+    /// snapshot senders do.
+    snapshot_senders: HashMap<u64, mpsc::Sender<raft::eraftpb::Message>>,
+    snapshot_queues: HashMap<u64, mpsc::Receiver<raft::eraftpb::Message>>,
 }
 
 impl Peers {
@@ -80,16 +87,23 @@ impl Peers {
         }
         let mut senders = HashMap::new();
         let mut queues = HashMap::new();
+        let mut snapshot_senders = HashMap::new();
+        let mut snapshot_queues = HashMap::new();
         for m in cluster.remote_members() {
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             senders.insert(m.id, tx);
             queues.insert(m.id, Arc::new(Mutex::new(rx)));
+            let (tx, rx) = mpsc::channel(1);
+            snapshot_senders.insert(m.id, tx);
+            snapshot_queues.insert(m.id, rx);
         }
         Ok(Peers {
             cluster,
             listeners,
             senders,
             queues,
+            snapshot_senders,
+            snapshot_queues,
         })
     }
 
@@ -100,6 +114,7 @@ impl Peers {
         }
         Box::new(PeerTransport {
             queues: std::mem::take(&mut self.senders),
+            snapshots: std::mem::take(&mut self.snapshot_senders),
         })
     }
 
@@ -113,14 +128,15 @@ impl Peers {
         Some(Arc::new(forward::LeaseForwarder::new(self.cluster.clone())))
     }
 
-    /// `step` and `unreachable` are RaftNode's inboxes; `leases` answers
-    /// lease requests forwarded by followers.
-    pub fn start(
-        self,
-        step: Recipient<Step>,
-        unreachable: Recipient<ReportUnreachable>,
-        leases: crate::msg::Leases,
-    ) {
+    /// `raft` holds RaftNode's inboxes; `leases` answers lease requests
+    /// forwarded by followers; `snaps` is where snapshot images are sent
+    /// from and received into.
+    pub fn start(mut self, raft: RaftInboxes, leases: crate::msg::Leases, snaps: SnapDir) {
+        let RaftInboxes {
+            step,
+            unreachable,
+            snapshot_done,
+        } = raft;
         let arbiter = Arbiter::new();
         let cluster = self.cluster;
         let deliver: service::Deliver = Arc::new(move |m| step.try_send(Step(m)).is_ok());
@@ -132,6 +148,7 @@ impl Peers {
                 members: members.clone(),
                 deliver: deliver.clone(),
                 leases: Some(leases.clone()),
+                snaps: Some(snaps.clone()),
             };
             arbiter.spawn(async move {
                 let addr = listener.local_addr().ok();
@@ -160,12 +177,31 @@ impl Peers {
                 to: m.id,
                 urls: m.peer_urls.clone(),
             };
+            if let Some(snapshots) = self.snapshot_queues.remove(&m.id) {
+                let sender = snapshot::sender(
+                    target.clone(),
+                    snaps.clone(),
+                    snapshots,
+                    snapshot_done.clone(),
+                );
+                arbiter.spawn(sender);
+            }
             let report = unreachable.clone();
             PeerLink::start_in_arbiter(&arbiter.handle(), move |_| {
                 PeerLink::new(target, queue, report)
             });
         }
     }
+}
+
+/// RaftNode's inboxes the peer side delivers to.
+pub struct RaftInboxes {
+    /// Raft messages from other members.
+    pub step: Recipient<Step>,
+    /// Members a message could not reach.
+    pub unreachable: Recipient<ReportUnreachable>,
+    /// How each snapshot sent to a member ended.
+    pub snapshot_done: Recipient<ReportSnapshot>,
 }
 
 fn peer_server_failed(e: &dyn std::fmt::Display) -> ! {

@@ -41,11 +41,24 @@ pub struct PeerService {
     /// This member's lessor, for keep-alives and time-to-live forwarded by
     /// followers while this member leads (None in unit tests).
     pub leases: Option<Leases>,
+    /// Where raft snapshot images from the leader are received.
+    pub snaps: Option<crate::snapshot::SnapDir>,
 }
 
 impl PeerService {
     /// The rafthttp checks, on every batch.
     fn check(&self, batch: &RaftBatch) -> Result<(), Status> {
+        self.check_sender(batch.cluster_id, batch.from, batch.to)
+    }
+
+    /// The rafthttp checks: the cluster, the sender, the addressee.
+    fn check_sender(&self, cluster_id: u64, from: u64, to: u64) -> Result<(), Status> {
+        let batch = RaftBatch {
+            cluster_id,
+            from,
+            to,
+            messages: Vec::new(),
+        };
         if batch.cluster_id != self.cluster_id {
             tracing::warn!(
                 local_member_id = %format!("{:x}", self.local_id),
@@ -130,13 +143,83 @@ impl Peer for PeerService {
         Ok(Response::new(RaftStreamEnd {}))
     }
 
+    /// A raft snapshot from the leader: the MsgSnapshot, then its image.
+    /// The image is written beside its final name, synced and verified
+    /// before it takes that name, and only then is the message stepped into
+    /// raft: RaftNode persists it and has Storage install the image.
     async fn snapshot(
         &self,
-        _request: Request<Streaming<SnapshotChunk>>,
+        request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotDone>, Status> {
-        Err(Status::unimplemented(
-            "cairn: raft snapshots are not implemented yet",
-        ))
+        use tokio::io::AsyncWriteExt as _;
+        let snaps = self
+            .snaps
+            .clone()
+            .ok_or_else(|| Status::unimplemented("this member takes no snapshots"))?;
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check_sender(first.cluster_id, first.from, first.to)?;
+        let msg = raft::eraftpb::Message::parse_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+            || msg.from != first.from
+            || msg.to != first.to
+        {
+            return Err(Status::invalid_argument(
+                "not a snapshot message from its sender",
+            ));
+        }
+        let index = msg.get_snapshot().get_metadata().index;
+        let from = format!("{:x}", first.from);
+        tracing::info!(remote_peer_id = %from, index, "receiving a raft snapshot");
+        let tmp = snaps.receiving(index, first.from);
+        let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut chunk = first;
+        let mut bytes = 0u64;
+        loop {
+            file.write_all(&chunk.data).await.map_err(io)?;
+            bytes += chunk.data.len() as u64;
+            if chunk.last {
+                break;
+            }
+            chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(Status::invalid_argument("snapshot stream ended early"));
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e);
+                }
+            };
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let image = snaps.image(index);
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::snapshot::verify(&tmp)
+                .map_err(|e| (tmp.clone(), e.to_string()))
+                .and_then(|_| std::fs::rename(&tmp, &image).map_err(|e| (tmp, e.to_string())))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        if let Err((tmp, e)) = checked {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(remote_peer_id = %from, index, cause = %e, "received raft snapshot refused");
+            return Err(Status::data_loss(format!("snapshot image refused: {e}")));
+        }
+        // Older images here can never be installed now.
+        snaps.prune(|i| i >= index);
+        tracing::info!(remote_peer_id = %from, index, bytes, "raft snapshot received");
+        if !(self.deliver)(msg) {
+            return Err(Status::unavailable("raft is busy; send the snapshot again"));
+        }
+        Ok(Response::new(SnapshotDone {}))
     }
 
     async fn lease_renew(
@@ -190,6 +273,7 @@ mod tests {
             local_id: 1,
             members: HashSet::from([1, 2, 3]),
             leases: None,
+            snaps: None,
             deliver: Arc::new(move |m| {
                 got.lock().expect("lock").push(m.index);
                 true

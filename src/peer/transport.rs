@@ -4,8 +4,10 @@
 //! with `try_send`: the raft thread never waits for the network. A full
 //! queue (the member is slow or unreachable) drops the message and reports
 //! the member unreachable; raft-rs then probes it instead of streaming.
-//! MsgSnapshot is never queued: the snapshot stream is not served yet, so it
-//! is reported failed at once (raft-rs would otherwise wait for it forever).
+//! MsgSnapshot goes to that member's snapshot sender instead (one snapshot
+//! in flight per member; its image streams beside the raft stream, see
+//! [`super::snapshot`]); one that cannot be taken is reported failed at once
+//! (raft-rs would otherwise wait for it forever).
 
 use std::collections::HashMap;
 
@@ -17,17 +19,20 @@ use crate::raft::transport::{Transport, Undelivered};
 /// One bounded queue per remote member, keyed by member id.
 pub struct PeerTransport {
     pub(super) queues: HashMap<u64, mpsc::Sender<Message>>,
+    /// Per remote member: its snapshot sender's queue (one at a time).
+    pub(super) snapshots: HashMap<u64, mpsc::Sender<Message>>,
 }
 
 impl Transport for PeerTransport {
     fn send(&mut self, msgs: Vec<Message>) -> Undelivered {
         let mut undelivered = Undelivered::default();
         for m in msgs {
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                undelivered.dropped(&m);
-                continue;
-            }
-            let Some(queue) = self.queues.get(&m.to) else {
+            let queues = if m.get_msg_type() == MessageType::MsgSnapshot {
+                &self.snapshots
+            } else {
+                &self.queues
+            };
+            let Some(queue) = queues.get(&m.to) else {
                 tracing::warn!(to = %format!("{:x}", m.to), msg_type = ?m.get_msg_type(), "no link to member; message dropped");
                 undelivered.dropped(&m);
                 continue;
@@ -61,15 +66,20 @@ mod tests {
     fn routes_by_member_and_reports_what_it_drops() {
         let (tx2, mut rx2) = mpsc::channel(1);
         let (tx3, mut rx3) = mpsc::channel(1);
+        let (snap2, mut snap_rx2) = mpsc::channel(1);
         let mut t = PeerTransport {
             queues: HashMap::from([(2, tx2), (3, tx3)]),
+            snapshots: HashMap::from([(2, snap2)]),
         };
         let out = t.send(vec![
             msg(2, MessageType::MsgAppend),
             msg(3, MessageType::MsgHeartbeat),
             // 2's queue holds one message: this one is dropped.
             msg(2, MessageType::MsgHeartbeat),
-            // Snapshots are never queued.
+            // Snapshots go to the member's snapshot sender, one at a time.
+            msg(2, MessageType::MsgSnapshot),
+            msg(2, MessageType::MsgSnapshot),
+            // No snapshot sender for 3.
             msg(3, MessageType::MsgSnapshot),
             // No link to 9.
             msg(9, MessageType::MsgAppend),
@@ -84,10 +94,15 @@ mod tests {
         );
         assert!(rx2.try_recv().is_err() && rx3.try_recv().is_err());
         assert_eq!(
+            snap_rx2.try_recv().map(|m| m.get_msg_type()),
+            Ok(MessageType::MsgSnapshot)
+        );
+        assert!(snap_rx2.try_recv().is_err());
+        assert_eq!(
             out,
             Undelivered {
                 unreachable: vec![2, 3, 9],
-                snapshots: vec![3],
+                snapshots: vec![2, 3],
             }
         );
     }

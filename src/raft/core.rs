@@ -18,7 +18,7 @@
 //! commit). The synchronous `advance_append` cannot be used here: it
 //! requires that nothing is proposed between `ready()` and the advance.
 
-use raft::eraftpb::{Entry, HardState, Message};
+use raft::eraftpb::{Entry, HardState, Message, SnapshotMetadata};
 use raft::{Config as RaftConfig, RawNode, StateRole};
 
 use super::log_store::LogStore;
@@ -29,14 +29,6 @@ use crate::msg::Progress;
 /// (etcd's `MaxUncommittedEntriesSize`, 1 GiB).
 pub const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
 
-/// A Ready this member cannot handle yet. Carrying on would silently diverge
-/// from the cluster, so the caller stops the member.
-#[derive(Debug, thiserror::Error)]
-#[error("received a raft snapshot (index {index}), which this member cannot install yet")]
-pub struct UnsupportedSnapshot {
-    pub index: u64,
-}
-
 /// What a Ready asks of the caller before it can be advanced.
 pub struct ReadyWork {
     /// raft-rs's number for this Ready, reported back once it is durable.
@@ -45,6 +37,9 @@ pub struct ReadyWork {
     pub send_now: Vec<Message>,
     /// Entries committed earlier, safe to apply now.
     pub apply: Vec<Entry>,
+    /// A snapshot from the leader that replaces the log (and, once
+    /// persisted, the applied state: RaftNode has Storage install its image).
+    pub snapshot: Option<SnapshotMetadata>,
     /// Entries to append to the durable log.
     pub entries: Vec<Entry>,
     /// New hard state to store with them, if it changed.
@@ -63,7 +58,7 @@ pub struct ReadyWork {
 impl ReadyWork {
     /// True when the Ready has nothing to write, so no fsync is needed.
     pub fn nothing_to_persist(&self) -> bool {
-        self.entries.is_empty() && !self.must_sync
+        self.entries.is_empty() && !self.must_sync && self.snapshot.is_none()
     }
 }
 
@@ -259,18 +254,18 @@ impl Core {
         }
     }
 
-    /// Takes the next Ready, if any. A Ready that carries a snapshot is an
-    /// error: installing one is not built yet, and it must not be ignored.
-    pub fn begin_ready(&mut self) -> Result<Option<ReadyWork>, UnsupportedSnapshot> {
+    /// Takes the next Ready, if any. A Ready carrying a snapshot from the
+    /// leader stages it in the log store (readable at once, like entries).
+    pub fn begin_ready(&mut self) -> Option<ReadyWork> {
         if !self.node.has_ready() {
-            return Ok(None);
+            return None;
         }
         let mut ready = self.node.ready();
-        if !ready.snapshot().is_empty() {
-            return Err(UnsupportedSnapshot {
-                index: ready.snapshot().get_metadata().index,
-            });
-        }
+        let snapshot = (!ready.snapshot().is_empty()).then(|| {
+            let meta = ready.snapshot().get_metadata().clone();
+            self.node.store().stage_snapshot(&meta);
+            meta
+        });
         let entries = ready.take_entries();
         let must_sync = ready.must_sync();
         // Every write carries the current hard state, commit index included.
@@ -287,6 +282,7 @@ impl Core {
             number: ready.number(),
             send_now: ready.take_messages(),
             apply: ready.take_committed_entries(),
+            snapshot,
             entries,
             hard_state,
             must_sync,
@@ -303,15 +299,26 @@ impl Core {
         self.node.store().stage(&work.entries);
         self.node.advance_append_async(ready);
         // Committed entries are handed to Storage, which applies them in log
-        // order; raft-rs only needs to know they were handed out.
-        self.node.advance_apply();
-        Ok(Some(work))
+        // order; raft-rs only needs to know they were handed out. A snapshot
+        // counts as applied only once it is persisted (raft-rs wants
+        // applied <= persisted): see `finish_ready`.
+        if work.snapshot.is_none() {
+            self.node.advance_apply();
+        }
+        Some(work)
     }
 
     /// Runs the persist synchronously (tests and shutdown use this).
     pub fn persist(store: &LogStore, work: &ReadyWork) -> Result<(), StorageError> {
         if work.nothing_to_persist() {
             return Ok(());
+        }
+        if let Some(meta) = &work.snapshot {
+            let hs = work
+                .hard_state
+                .clone()
+                .unwrap_or_else(|| store.hard_state());
+            store.persist_snapshot(meta, &hs)?;
         }
         store.persist(&work.entries, work.hard_state.as_ref())
     }
@@ -323,6 +330,10 @@ impl Core {
             self.node.store().unstage(last.index);
         }
         self.node.on_persist_ready(work.number);
+        if work.snapshot.is_some() {
+            // Storage installs it next, before any later entry.
+            self.node.advance_apply();
+        }
         work.persisted_messages
     }
 
@@ -343,7 +354,7 @@ mod tests {
     /// handed out for applying.
     fn cycle(core: &mut Core) -> Vec<Entry> {
         let mut applied = Vec::new();
-        while let Some(work) = core.begin_ready().expect("no snapshot") {
+        while let Some(work) = core.begin_ready() {
             applied.extend(work.apply.clone());
             Core::persist(&core.store().clone(), &work).expect("persist");
             core.finish_ready(work);
@@ -388,7 +399,7 @@ mod tests {
         for i in 0..3u8 {
             core.propose(vec![i]).expect("propose");
         }
-        let work = core.begin_ready().expect("no snapshot").expect("ready");
+        let work = core.begin_ready().expect("ready");
         assert_eq!(
             work.entries.len(),
             3,
@@ -398,10 +409,7 @@ mod tests {
         core.finish_ready(work);
         // The Ready that hands out the committed entries only moves the
         // commit index: it costs no fsync.
-        let work = core
-            .begin_ready()
-            .expect("no snapshot")
-            .expect("ready with committed entries");
+        let work = core.begin_ready().expect("ready with committed entries");
         assert!(
             work.nothing_to_persist(),
             "a commit-only Ready must not be synced"
@@ -418,7 +426,7 @@ mod tests {
         let mut core = elected(dir.path(), 0);
 
         core.propose(b"a".to_vec()).expect("propose");
-        let first = core.begin_ready().expect("no snapshot").expect("ready");
+        let first = core.begin_ready().expect("ready");
         // The fsync of `first` is running: more proposals arrive meanwhile.
         core.propose(b"b".to_vec()).expect("propose");
         core.propose(b"c".to_vec()).expect("propose");
@@ -562,7 +570,7 @@ mod tests {
         fn round(&mut self) {
             let mut wire = Vec::new();
             for (i, core) in self.cores.iter_mut().enumerate() {
-                while let Some(mut work) = core.begin_ready().expect("no snapshot") {
+                while let Some(mut work) = core.begin_ready() {
                     wire.append(&mut work.send_now);
                     self.reads[i].append(&mut work.read_states);
                     self.applied[i].append(&mut work.apply);

@@ -12,9 +12,9 @@
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
-use raft_engine::{Config as EngineConfig, Engine, LogBatch, MessageExt};
+use raft_engine::{Command, Config as EngineConfig, Engine, LogBatch, MessageExt};
 
 use crate::error::StorageError;
 use crate::proto::cairnpb::MemberIdentity;
@@ -52,6 +52,15 @@ struct Meta {
     /// over the engine's copy for the same index (a newer leader's entries
     /// replace a conflicting tail).
     staged: Vec<Entry>,
+    /// A raft snapshot received from the leader whose persist has not
+    /// completed: until it has, the engine's entries (all replaced by the
+    /// snapshot) are not read.
+    snapshot_staged: bool,
+    /// The newest image of the applied state this member can send to a
+    /// lagging member (index, term, configuration), see [`LogStore::snapshot`].
+    image: Option<SnapshotMetadata>,
+    /// raft-rs asked for a snapshot that no image could answer.
+    image_wanted: bool,
 }
 
 /// raft-engine backed raft log. Cloning shares the same engine and metadata.
@@ -62,6 +71,14 @@ pub struct LogStore {
     /// Cached metadata; a lock because persist completes on another thread
     /// while raft-rs may read through the `Storage` trait.
     meta: Arc<RwLock<Meta>>,
+}
+
+/// The stored form of the truncated (index, term).
+fn truncated_bytes(index: u64, term: u64) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(16);
+    raw.extend_from_slice(&index.to_be_bytes());
+    raw.extend_from_slice(&term.to_be_bytes());
+    raw
 }
 
 fn raft_err(e: impl std::fmt::Display) -> raft::Error {
@@ -160,6 +177,83 @@ impl LogStore {
         self.meta.read().hard_state.clone()
     }
 
+    /// The current voters and learners.
+    pub fn conf_state(&self) -> ConfState {
+        self.meta.read().conf_state.clone()
+    }
+
+    /// Index and term of the last entry dropped by truncation or replaced by
+    /// an installed snapshot; (0, 0) before any.
+    pub fn truncated(&self) -> (u64, u64) {
+        self.meta.read().truncated
+    }
+
+    /// Makes a received raft snapshot the start of the log before it is
+    /// durable (raft-rs reads it back through `Storage` as soon as the Ready
+    /// is advanced): every entry is replaced by it.
+    pub fn stage_snapshot(&self, meta: &SnapshotMetadata) {
+        let mut m = self.meta.write();
+        m.truncated = (meta.index, meta.term);
+        m.conf_state = meta.get_conf_state().clone();
+        m.staged.clear();
+        m.snapshot_staged = true;
+    }
+
+    /// Makes a staged snapshot durable: the whole log is dropped and
+    /// replaced by its index, term and configuration, with `hard_state`,
+    /// in one raft-engine write. Blocking.
+    pub fn persist_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        hard_state: &HardState,
+    ) -> Result<(), StorageError> {
+        let identity = self.engine.get(GROUP, KEY_IDENTITY);
+        let mut batch = LogBatch::default();
+        // Entries and keys go; the keys this member keeps are written again
+        // in the same (atomic) batch.
+        batch.add_command(GROUP, Command::Clean);
+        if let Some(identity) = identity {
+            batch.put(GROUP, KEY_IDENTITY.to_vec(), identity)?;
+        }
+        batch.put_message(GROUP, KEY_CONF_STATE.to_vec(), meta.get_conf_state())?;
+        batch.put(
+            GROUP,
+            KEY_TRUNCATED.to_vec(),
+            truncated_bytes(meta.index, meta.term),
+        )?;
+        batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hard_state)?;
+        self.engine.write(&mut batch, true)?;
+        let mut m = self.meta.write();
+        m.hard_state = hard_state.clone();
+        m.snapshot_staged = false;
+        Ok(())
+    }
+
+    /// Records an image of the applied state at `index` (whose entry has
+    /// `term`) that raft-rs may now send to lagging members.
+    pub fn set_image(&self, index: u64, term: u64, conf_state: ConfState) {
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf_state);
+        let mut m = self.meta.write();
+        m.image = Some(meta);
+        m.image_wanted = false;
+    }
+
+    /// The image currently offered, if any.
+    pub fn image(&self) -> Option<SnapshotMetadata> {
+        self.meta.read().image.clone()
+    }
+
+    /// True (once) when raft-rs asked for a snapshot no image answered: a
+    /// new image should be made.
+    pub fn take_image_wanted(&self) -> bool {
+        std::mem::take(&mut self.meta.write().image_wanted)
+    }
+
     /// Appends entries (replacing any conflicting tail) and stores the hard
     /// state, in one raft-engine write with one fsync. Blocking: call it on a
     /// blocking thread. Only after it returns may the Ready be advanced.
@@ -193,11 +287,12 @@ impl LogStore {
         let Some(entry) = self.engine.get_entry::<EntryExt>(GROUP, index)? else {
             return Ok(());
         };
-        let mut raw = Vec::with_capacity(16);
-        raw.extend_from_slice(&index.to_be_bytes());
-        raw.extend_from_slice(&entry.term.to_be_bytes());
         let mut batch = LogBatch::default();
-        batch.put(GROUP, KEY_TRUNCATED.to_vec(), raw)?;
+        batch.put(
+            GROUP,
+            KEY_TRUNCATED.to_vec(),
+            truncated_bytes(index, entry.term),
+        )?;
         self.engine.write(&mut batch, true)?;
         self.meta.write().truncated = (index, entry.term);
         self.engine.compact_to(GROUP, index + 1);
@@ -210,6 +305,9 @@ impl LogStore {
             let m = self.meta.read();
             if let Some(e) = m.staged.last() {
                 return e.index;
+            }
+            if m.snapshot_staged {
+                return m.truncated.0;
             }
             m.truncated.0
         };
@@ -235,10 +333,14 @@ impl raft::Storage for LogStore {
     ) -> raft::Result<Vec<Entry>> {
         let (truncated, staged_from) = {
             let m = self.meta.read();
-            (
-                m.truncated.0,
-                m.staged.first().map(|e| e.index).unwrap_or(u64::MAX),
-            )
+            let staged_from = m.staged.first().map(|e| e.index).unwrap_or(u64::MAX);
+            // With a snapshot staged, every entry after it is staged too.
+            let staged_from = if m.snapshot_staged {
+                m.truncated.0 + 1
+            } else {
+                staged_from
+            };
+            (m.truncated.0, staged_from)
         };
         if low <= truncated {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
@@ -292,6 +394,9 @@ impl raft::Storage for LogStore {
             if let Some(e) = m.staged.iter().find(|e| e.index == idx) {
                 return Ok(e.term);
             }
+            if m.snapshot_staged && idx > m.truncated.0 {
+                return Err(raft::Error::Store(RaftStorageError::Unavailable));
+            }
             m.truncated
         };
         if idx == t_index {
@@ -318,8 +423,22 @@ impl raft::Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Sending the state store to a lagging peer arrives with clustering.
+    /// The snapshot for a member that needs entries this log no longer
+    /// has: the newest image of the applied state, if the log still holds
+    /// the entries after it (so the member goes on from there by appends)
+    /// and it is at least `request_index`. Otherwise RaftNode is asked to
+    /// make a new image (made off the raft thread: a whole state is too big
+    /// to copy here), and raft-rs asks again after a while.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut m = self.meta.write();
+        if let Some(image) = &m.image {
+            if image.index >= m.truncated.0 && image.index >= request_index {
+                let mut snap = Snapshot::default();
+                snap.set_metadata(image.clone());
+                return Ok(snap);
+            }
+        }
+        m.image_wanted = true;
         Err(raft::Error::Store(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
@@ -421,5 +540,104 @@ mod tests {
             ),
             (3, 4)
         );
+    }
+
+    /// A snapshot from the leader replaces the whole log, a conflicting
+    /// tail past it included, and survives a reopen with the member's
+    /// identity; while it is only staged, the old entries are not read.
+    #[test]
+    fn a_snapshot_replaces_the_log_durably() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = MemberIdentity {
+            name: "m2".into(),
+            member_id: 2,
+            cluster_id: 9,
+            cluster_token: "t".into(),
+        };
+        let mut meta = SnapshotMetadata {
+            index: 20,
+            term: 3,
+            ..Default::default()
+        };
+        meta.set_conf_state(ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        });
+        {
+            let s = LogStore::open(dir.path()).expect("open");
+            s.bootstrap(vec![1, 2, 3]).expect("bootstrap");
+            s.store_identity(&identity).expect("identity");
+            // Up to 25, of which 21..25 conflict with the leader's log.
+            let old: Vec<Entry> = (1..=25).map(|i| entry(i, 1)).collect();
+            s.persist(&old, None).expect("persist");
+
+            s.stage_snapshot(&meta);
+            assert_eq!(
+                (
+                    s.first_index().expect("first"),
+                    s.last_index().expect("last")
+                ),
+                (21, 20)
+            );
+            assert_eq!(s.term(20).expect("term"), 3);
+            assert!(s.term(22).is_err(), "old entries are hidden");
+            // The entry after the snapshot arrives in the same Ready.
+            s.stage(&[entry(21, 3)]);
+            assert_eq!(s.last_index().expect("last"), 21);
+
+            let hs = HardState {
+                term: 3,
+                commit: 20,
+                ..Default::default()
+            };
+            s.persist_snapshot(&meta, &hs).expect("persist snapshot");
+            s.persist(&[entry(21, 3)], Some(&hs)).expect("persist");
+            s.unstage(21);
+        }
+        let s = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.identity().expect("identity"), Some(identity));
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(s.truncated(), (20, 3));
+        assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(
+            (
+                s.first_index().expect("first"),
+                s.last_index().expect("last")
+            ),
+            (21, 21)
+        );
+        assert_eq!(s.term(21).expect("term"), 3);
+        assert!(s
+            .entries(20, 22, None, GetEntriesContext::empty(false))
+            .is_err());
+    }
+
+    /// raft-rs gets the newest image only while the log still holds the
+    /// entries after it; otherwise RaftNode is asked for a new one.
+    #[test]
+    fn snapshots_are_offered_from_an_image_the_log_can_continue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LogStore::open(dir.path()).expect("open");
+        s.bootstrap(vec![1]).expect("bootstrap");
+        let ents: Vec<Entry> = (1..=30).map(|i| entry(i, 1)).collect();
+        s.persist(&ents, None).expect("persist");
+        assert!(s.snapshot(0, 2).is_err());
+        assert!(s.take_image_wanted());
+        assert!(!s.take_image_wanted(), "asked once");
+
+        s.set_image(10, 1, s.conf_state());
+        let snap = s.snapshot(0, 2).expect("snapshot");
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_metadata().term),
+            (10, 1)
+        );
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
+        assert!(s.snapshot(11, 2).is_err(), "older than requested");
+        assert!(s.take_image_wanted());
+
+        // The log moves past the image: it cannot be continued any more.
+        s.compact_to(15).expect("compact");
+        assert!(s.snapshot(0, 2).is_err());
+        assert!(s.take_image_wanted());
     }
 }

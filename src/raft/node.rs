@@ -26,26 +26,35 @@ use super::tick_clock::TickClock;
 use super::transport::{Transport, Undelivered};
 use crate::error::{fatal, EtcdError};
 use crate::msg::{
-    ApplyCommitted, LogFlushed, Proposals, Propose, RaftStatus, ReadIndex, ReportSnapshot,
-    ReportUnreachable, Shutdown, Step, StepDown, TransferLeader, MAILBOX_CAPACITY,
+    ApplyCommitted, InstallSnapshot, LogFlushed, MakeImage, Proposals, Propose, RaftStatus,
+    ReadIndex, ReportSnapshot, ReportUnreachable, Shutdown, Step, StepDown, TransferLeader,
+    MAILBOX_CAPACITY,
 };
 use crate::supervise::Lifeline;
-
-/// Entries kept behind the flushed index so a slow follower can catch up
-/// from the log instead of needing a snapshot (etcd keeps 5000 too).
-const CATCH_UP_ENTRIES: u64 = 5000;
 
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Drive;
+
+/// What RaftNode asks of the Storage actor, in log order.
+pub struct StorageInbox {
+    /// Committed entries to apply.
+    pub apply: Recipient<ApplyCommitted>,
+    /// An image of the applied state for lagging members.
+    pub make_image: Recipient<MakeImage>,
+    /// Install the leader's snapshot, once durable in the log.
+    pub install: Recipient<InstallSnapshot>,
+}
 
 pub struct RaftNode {
     /// Consensus state; plain code, see `core`.
     core: Core,
     /// Shared handle on the log, for persists on blocking threads.
     log: LogStore,
-    /// Where committed entries go, in order.
-    storage: Recipient<ApplyCommitted>,
+    /// Where committed entries (and snapshots to install) go, in order.
+    storage: StorageInbox,
+    /// Storage is writing an image for a raft snapshot.
+    imaging: bool,
     /// Proposers' waiters, told when raft refuses their proposal.
     proposals: Arc<Proposals>,
     /// Outgoing raft messages.
@@ -62,6 +71,10 @@ pub struct RaftNode {
     tick_interval: Duration,
     /// Log length that triggers truncation (etcd's --snapshot-count).
     snapshot_count: u64,
+    /// Entries kept behind the flushed index so a slow follower can catch
+    /// up from the log instead of needing a snapshot (etcd's
+    /// --experimental-snapshot-catchup-entries, 5000).
+    catch_up_entries: u64,
     /// A log truncation runs on a blocking thread.
     compacting: bool,
     /// Set by Shutdown: new proposals are refused.
@@ -78,18 +91,19 @@ impl RaftNode {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: Core,
-        storage: Recipient<ApplyCommitted>,
+        storage: StorageInbox,
         proposals: Arc<Proposals>,
         transport: Box<dyn Transport>,
         status: Arc<RaftStatus>,
         tick_interval: Duration,
-        snapshot_count: u64,
+        (snapshot_count, catch_up_entries): (u64, u64),
     ) -> RaftNode {
         let log = core.store().clone();
         RaftNode {
             core,
             log,
             storage,
+            imaging: false,
             proposals,
             transport,
             status,
@@ -98,6 +112,7 @@ impl RaftNode {
             drive_queued: false,
             tick_interval,
             snapshot_count,
+            catch_up_entries,
             compacting: false,
             stopping: false,
             stop_waiters: Vec::new(),
@@ -151,15 +166,15 @@ impl RaftNode {
                 count = entries.len(),
                 "handing committed entries to storage"
             );
-            self.storage.do_send(ApplyCommitted { entries });
+            self.storage.apply.do_send(ApplyCommitted { entries });
         }
     }
 
     fn report(&mut self, undelivered: Undelivered) {
         for id in undelivered.snapshots {
-            tracing::error!(
-                to = id,
-                "raft snapshot not sent: cairn cannot ship snapshots yet"
+            tracing::warn!(
+                to = %format!("{id:x}"),
+                "raft snapshot not sent (a snapshot to that member is already streaming, or no link); raft retries"
             );
             self.core.report_snapshot(id, false);
         }
@@ -216,20 +231,45 @@ impl RaftNode {
         }
     }
 
+    /// raft-rs wants to send a snapshot that no image answers: has Storage
+    /// write a new one (off this thread), and offers it once it exists. The
+    /// image is of the applied state at some index; the snapshot names that
+    /// index, the term of its entry and the current configuration.
+    fn make_image(&mut self, ctx: &mut Context<Self>) {
+        if self.imaging {
+            return;
+        }
+        self.imaging = true;
+        let made = self.storage.make_image.send(MakeImage);
+        ctx.spawn(made.into_actor(self).map(|r, act, ctx| {
+            act.imaging = false;
+            match r.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(index) => match raft::Storage::term(&act.log, index) {
+                    Ok(term) => {
+                        tracing::info!(index, term, "made a snapshot image for lagging members");
+                        act.log.set_image(index, term, act.log.conf_state());
+                    }
+                    Err(e) => tracing::warn!(index, cause = %e, "snapshot image already behind the log; will make another"),
+                },
+                Err(e) => tracing::warn!(cause = %e, "cannot make a snapshot image; will retry"),
+            }
+            act.queue_drive(ctx);
+        }));
+    }
+
     /// One step of the Ready loop: hand out what is safe now, persist the
     /// rest off-thread, and continue when the persist is done.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         self.serve_reads();
+        if self.log.take_image_wanted() {
+            self.make_image(ctx);
+        }
         if self.persisting {
             return;
         }
-        let mut work = match self.core.begin_ready() {
-            Ok(Some(work)) => work,
-            Ok(None) => {
-                self.after_progress();
-                return;
-            }
-            Err(e) => fatal("handling a raft Ready", &e),
+        let Some(mut work) = self.core.begin_ready() else {
+            self.after_progress();
+            return;
         };
         for (read_ctx, index) in std::mem::take(&mut work.read_states) {
             self.reads.answer(read_ctx, index);
@@ -261,6 +301,18 @@ impl RaftNode {
     }
 
     fn finish(&mut self, work: ReadyWork, ctx: &mut Context<Self>) {
+        if let Some(snapshot) = &work.snapshot {
+            // The log now starts after the snapshot: the state follows,
+            // before any entry after it (same mailbox, in order).
+            tracing::info!(
+                index = snapshot.index,
+                term = snapshot.term,
+                "raft snapshot from the leader persisted; installing it"
+            );
+            self.storage.install.do_send(InstallSnapshot {
+                index: snapshot.index,
+            });
+        }
         let send = self.core.finish_ready(work);
         self.hand_off(send, Vec::new());
         self.after_progress();
@@ -371,7 +423,7 @@ impl Handler<LogFlushed> for RaftNode {
             first,
             msg.applied_index,
             persisted_commit,
-            CATCH_UP_ENTRIES,
+            self.catch_up_entries,
             self.snapshot_count,
         ) else {
             return;
