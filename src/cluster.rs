@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::msg::RaftClient;
 use crate::mvcc::Store;
 use crate::proto::cairnpb::internal_request::Request;
-use crate::proto::cairnpb::{MemberAttributes, MemberIdentity};
+use crate::proto::cairnpb::{MemberAttributes, MemberIdentity, MemberRecord};
 use crate::proto::etcdserverpb::Member as PbMember;
 
 /// One member of the cluster as configured.
@@ -178,6 +178,19 @@ impl ClusterInfo {
     pub fn voter_ids(&self) -> Vec<u64> {
         self.members.iter().map(|m| m.id).collect()
     }
+
+    /// The members of a new cluster, as the state store keeps them.
+    pub fn member_records(&self) -> Vec<MemberRecord> {
+        self.members
+            .iter()
+            .map(|m| MemberRecord {
+                id: m.id,
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                is_learner: false,
+            })
+            .collect()
+    }
 }
 
 impl From<&Member> for PbMember {
@@ -193,18 +206,30 @@ impl From<&Member> for PbMember {
 }
 
 /// The member list as clients see it (MemberList, `etcdctl member list`,
-/// `endpoint status --cluster`): the configured members, with the name and
-/// client URLs each has published through the log (etcd's publish); the
-/// local member's own until its publish is applied.
+/// `endpoint status --cluster`): the members of the raft configuration in
+/// the applied state, with the name and client URLs each has published
+/// through the log (etcd's publish); the local member's own until its
+/// publish is applied.
 pub fn member_list(
     cluster: &ClusterInfo,
+    membership: &BTreeMap<u64, MemberRecord>,
     published: &BTreeMap<u64, MemberAttributes>,
 ) -> Vec<PbMember> {
-    cluster
-        .members
-        .iter()
+    membership
+        .values()
         .map(|m| {
-            let mut pb = PbMember::from(m);
+            let mut pb = PbMember {
+                id: m.id,
+                name: m.name.clone(),
+                peer_ur_ls: m.peer_urls.clone(),
+                client_ur_ls: Vec::new(),
+                is_learner: m.is_learner,
+            };
+            if m.id == cluster.local_id {
+                if let Some(local) = cluster.local() {
+                    pb.client_ur_ls = local.client_urls.clone();
+                }
+            }
             if let Some(p) = published.get(&m.id) {
                 pb.name = p.name.clone();
                 pb.client_ur_ls = p.client_urls.clone();

@@ -104,10 +104,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let sled = SledBackend::open(&member_dir.join("state")).context("opening the state store")?;
     let backend =
         Arc::new(BufferedBackend::new(Arc::new(sled)).context("opening the state store")?);
-    let store = Arc::new(Store::open(backend).context("loading the state store")?);
-    let snaps =
-        crate::snapshot::SnapDir::open(&member_dir).context("opening the snapshot directory")?;
-    finish_install(&log, &store, &snaps)?;
 
     let mut cluster = ClusterInfo::from_initial_cluster(
         &cfg.initial_cluster,
@@ -123,9 +119,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // The identity is fixed when the member is bootstrapped and stored with
     // the log; on every later start the stored one wins over the flags.
     let token = &cfg.initial_cluster_token;
-    if log.is_new() {
+    if log.is_new()
+        && log
+            .identity()
+            .context("reading the member identity")?
+            .is_none()
+    {
+        // A new cluster: the log starts after BOOTSTRAP_INDEX and the state
+        // store holds the initial members at that index.
         log.bootstrap(cluster.voter_ids())
             .context("bootstrapping the raft log")?;
+        crate::mvcc::store::seed_membership(
+            backend.as_ref(),
+            &cluster.member_records(),
+            crate::raft::log_store::BOOTSTRAP_INDEX,
+        )
+        .and_then(|()| crate::mvcc::Backend::flush(backend.as_ref()))
+        .context("bootstrapping the state store")?;
     }
     match log.identity().context("reading the member identity")? {
         Some(stored) => cluster
@@ -135,6 +145,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None => log
             .store_identity(&cluster.identity(token))
             .context("storing the member identity")?,
+    }
+    let store = Arc::new(Store::open(backend).context("loading the state store")?);
+    let snaps =
+        crate::snapshot::SnapDir::open(&member_dir).context("opening the snapshot directory")?;
+    finish_install(&log, &store, &snaps)?;
+    anyhow::ensure!(
+        !store.is_removed(cluster.local_id),
+        "the member has been permanently removed from the cluster (member {:x}); start a new member with a new data dir instead",
+        cluster.local_id
+    );
+    // Everything up to the applied index is in the state store, the
+    // configuration included: raft starts from that one.
+    if !store.membership().is_empty() {
+        log.set_conf_state(&store.conf_state())
+            .context("storing the configuration")?;
     }
     let cluster = Arc::new(cluster);
     // Peer ports are bound before anything starts: one in use fails here.

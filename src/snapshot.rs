@@ -35,7 +35,9 @@ use sha2::{Digest, Sha256};
 
 use crate::cluster::ClusterInfo;
 use crate::error::StorageError;
-use crate::mvcc::store::{META_COMPACT_REV, META_CONSISTENT_INDEX, REV_PREFIX};
+use crate::mvcc::store::{
+    CONF_MEMBER_PREFIX, META_COMPACT_REV, META_CONSISTENT_INDEX, REMOVED_PREFIX, REV_PREFIX,
+};
 use crate::mvcc::{
     Backend, BatchWriter, Revision, SledBackend, Store, WriteBatch, NEVER_COMPACTED,
 };
@@ -420,7 +422,10 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<i64, SnapshotError>
             Frame::Head(h) => head = Some(h),
             Frame::Tail(t) => tail = Some(t),
             Frame::Pair(k, v) => {
-                if k != META_CONSISTENT_INDEX && k != META_COMPACT_REV {
+                // The old cluster's configuration goes too: the new one is
+                // --initial-cluster.
+                let old_config = k.starts_with(CONF_MEMBER_PREFIX) || k.starts_with(REMOVED_PREFIX);
+                if k != META_CONSISTENT_INDEX && k != META_COMPACT_REV && !old_config {
                     batch.put(k, v);
                     in_batch += 1;
                 }
@@ -452,6 +457,11 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<i64, SnapshotError>
         )));
     }
     drop(store);
+    crate::mvcc::store::seed_membership(
+        backend.as_ref(),
+        &cluster.member_records(),
+        crate::raft::log_store::BOOTSTRAP_INDEX,
+    )?;
     backend.flush()?;
 
     let log = LogStore::open(&member_dir.join("wal"))?;

@@ -48,6 +48,7 @@ impl Cluster for ClusterService {
             header: Some(self.api.membership_header()),
             members: crate::cluster::member_list(
                 &self.api.cluster,
+                &self.api.store.membership(),
                 &self.api.store.member_attributes(),
             ),
         }))

@@ -15,6 +15,8 @@
 //! m/finished_compact_rev    last compaction whose old records are all gone
 //! a/<member:8><type:4>      an active alarm (empty value)
 //! n/<member:8>              a member's published name and client URLs
+//! c/<member:8>              a member of the raft configuration -> cairnpb.MemberRecord
+//! r/<member:8>              a member removed from the cluster (empty value)
 //! l/<id:8>                  a lease -> cairnpb.Lease (see `lease::table`)
 //! ```
 //!
@@ -46,7 +48,7 @@ use prost::Message;
 
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::{decode_lease, LeaseEntry, LeaseTable, LEASE_PREFIX};
-use crate::proto::cairnpb::{Lease, MemberAttributes};
+use crate::proto::cairnpb::{Lease, MemberAttributes, MemberRecord};
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
 use crate::proto::mvccpb::KeyValue;
 
@@ -85,6 +87,10 @@ pub(crate) const META_FINISHED_COMPACT_REV: &[u8] = b"m/finished_compact_rev";
 pub(crate) const ALARM_PREFIX: &[u8] = b"a/";
 /// Prefix of published member attributes (etcd's publish).
 pub(crate) const MEMBER_PREFIX: &[u8] = b"n/";
+/// Prefix of the members of the raft configuration.
+pub(crate) const CONF_MEMBER_PREFIX: &[u8] = b"c/";
+/// Prefix of removed members' ids.
+pub(crate) const REMOVED_PREFIX: &[u8] = b"r/";
 
 /// The compact revision of a store that was never compacted (etcd's value,
 /// visible to clients in HashKV and watch responses).
@@ -110,6 +116,18 @@ pub(crate) fn alarm_key(member_id: u64, alarm: i32) -> Vec<u8> {
 }
 
 /// The backend key of a member's published attributes.
+pub(crate) fn conf_member_key(member_id: u64) -> Vec<u8> {
+    let mut k = CONF_MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&member_id.to_be_bytes());
+    k
+}
+
+pub(crate) fn removed_key(member_id: u64) -> Vec<u8> {
+    let mut k = REMOVED_PREFIX.to_vec();
+    k.extend_from_slice(&member_id.to_be_bytes());
+    k
+}
+
 pub(crate) fn member_key(member_id: u64) -> Vec<u8> {
     let mut k = MEMBER_PREFIX.to_vec();
     k.extend_from_slice(&member_id.to_be_bytes());
@@ -150,6 +168,10 @@ pub(crate) struct Committed {
     pub(crate) leases: LeaseTable,
     /// Members' published name and client URLs, by member id.
     pub(crate) members: BTreeMap<u64, MemberAttributes>,
+    /// The members of the raft configuration, by id.
+    pub(crate) membership: BTreeMap<u64, MemberRecord>,
+    /// Ids of members removed from the cluster (never to come back).
+    pub(crate) removed: BTreeSet<u64>,
 }
 
 /// The result of [`Store::hash_kv`].
@@ -448,6 +470,22 @@ impl Store {
         self.committed.read().members.clone()
     }
 
+    /// The members of the raft configuration, by id.
+    pub fn membership(&self) -> BTreeMap<u64, MemberRecord> {
+        self.committed.read().membership.clone()
+    }
+
+    /// Whether member `id` was removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.committed.read().removed.contains(&id)
+    }
+
+    /// The raft configuration the applied state describes: the voters and
+    /// learners among its members.
+    pub fn conf_state(&self) -> raft::eraftpb::ConfState {
+        conf_state_of(self.committed.read().membership.values())
+    }
+
     /// Every active alarm, ordered by member id then alarm type.
     pub fn alarms(&self) -> Vec<AlarmMember> {
         self.committed
@@ -536,6 +574,22 @@ fn load(backend: &dyn Backend) -> Result<Loaded, StorageError> {
         members.insert(m.id, m);
     }
 
+    let mut membership = BTreeMap::new();
+    for item in backend.scan_prefix(CONF_MEMBER_PREFIX) {
+        let (_, v) = item?;
+        let m = MemberRecord::decode(v.as_slice())
+            .map_err(|e| StorageError::corrupt("member record", e))?;
+        membership.insert(m.id, m);
+    }
+    let mut removed = BTreeSet::new();
+    for item in backend.scan_prefix(REMOVED_PREFIX) {
+        let (k, _) = item?;
+        let raw: [u8; 8] = k[REMOVED_PREFIX.len()..]
+            .try_into()
+            .map_err(|_| StorageError::corrupt("removed member", "key is not 10 bytes"))?;
+        removed.insert(u64::from_be_bytes(raw));
+    }
+
     let mut leases = LeaseTable::new();
     for item in backend.scan_prefix(LEASE_PREFIX) {
         let (_, v) = item?;
@@ -553,10 +607,43 @@ fn load(backend: &dyn Backend) -> Result<Loaded, StorageError> {
             alarms,
             leases,
             members,
+            membership,
+            removed,
         },
         applied,
         finished,
     })
+}
+
+/// The raft configuration of a set of members.
+pub fn conf_state_of<'a>(
+    members: impl Iterator<Item = &'a MemberRecord>,
+) -> raft::eraftpb::ConfState {
+    let mut cs = raft::eraftpb::ConfState::default();
+    for m in members {
+        if m.is_learner {
+            cs.learners.push(m.id);
+        } else {
+            cs.voters.push(m.id);
+        }
+    }
+    cs
+}
+
+/// Writes the members of a new cluster into an empty state store, with the
+/// applied index of the raft log's starting point (a new log begins after
+/// index `applied`, see `LogStore::bootstrap`).
+pub fn seed_membership(
+    backend: &dyn Backend,
+    members: &[MemberRecord],
+    applied: u64,
+) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::new();
+    for m in members {
+        batch.put(conf_member_key(m.id), m.encode_to_vec());
+    }
+    batch.put(META_CONSISTENT_INDEX, applied.to_be_bytes().to_vec());
+    backend.write_batch(batch)
 }
 
 /// Deletes every record of `backend`, in batches.

@@ -23,7 +23,7 @@ use prost::Message;
 
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::lease_key;
-use crate::proto::cairnpb::{Lease, MemberAttributes};
+use crate::proto::cairnpb::{Lease, MemberAttributes, MemberRecord};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -32,8 +32,8 @@ use super::key_index::{KeyAt, KeyIndex, KeyRange};
 use super::range::{ReadError, ReadView};
 use super::revision::Revision;
 use super::store::{
-    alarm_key, member_key, read_record, rev_key, Committed, Store, META_COMPACT_REV,
-    META_CONSISTENT_INDEX,
+    alarm_key, conf_member_key, member_key, read_record, removed_key, rev_key, Committed, Store,
+    META_COMPACT_REV, META_CONSISTENT_INDEX,
 };
 
 /// The in-memory effects of one raft batch, not yet in the backend.
@@ -69,6 +69,9 @@ pub struct BatchWriter<'s> {
     leases: BTreeMap<i64, Option<Lease>>,
     /// Member attributes published in this batch, by member id.
     members: BTreeMap<u64, MemberAttributes>,
+    /// Raft configuration changes in this batch: a member added or updated
+    /// (Some) or removed (None), by member id.
+    membership: BTreeMap<u64, Option<MemberRecord>>,
 }
 
 impl<'s> BatchWriter<'s> {
@@ -91,7 +94,21 @@ impl<'s> BatchWriter<'s> {
             events: Vec::new(),
             leases: BTreeMap::new(),
             members: BTreeMap::new(),
+            membership: BTreeMap::new(),
         }
+    }
+
+    /// Adds a member to the raft configuration, or updates one (its peer
+    /// URLs, or a learner promoted); not an MVCC change.
+    pub fn set_conf_member(&mut self, m: MemberRecord) {
+        self.membership.insert(m.id, Some(m));
+    }
+
+    /// Removes a member from the raft configuration for good (its id is
+    /// remembered as removed, its published attributes go).
+    pub fn remove_conf_member(&mut self, id: u64) {
+        self.membership.insert(id, None);
+        self.members.remove(&id);
     }
 
     /// Records a member's published name and client URLs (etcd's publish);
@@ -288,6 +305,16 @@ impl<'s> BatchWriter<'s> {
         for (&id, m) in &self.members {
             batch.put(member_key(id), m.encode_to_vec());
         }
+        for (&id, m) in &self.membership {
+            match m {
+                Some(m) => batch.put(conf_member_key(id), m.encode_to_vec()),
+                None => {
+                    batch.delete(conf_member_key(id));
+                    batch.delete(member_key(id));
+                    batch.put(removed_key(id), Vec::new());
+                }
+            }
+        }
         {
             let c = store.committed.read();
             for &(m, t) in c.alarms.difference(&self.alarms) {
@@ -327,6 +354,18 @@ impl<'s> BatchWriter<'s> {
         c.alarms = self.alarms.clone();
         for (&id, m) in &self.members {
             c.members.insert(id, m.clone());
+        }
+        for (&id, m) in &self.membership {
+            match m {
+                Some(m) => {
+                    c.membership.insert(id, m.clone());
+                }
+                None => {
+                    c.membership.remove(&id);
+                    c.members.remove(&id);
+                    c.removed.insert(id);
+                }
+            }
         }
         // Lease records first, then attachments: the events leave each key
         // on the lease of its latest revision (revoked leases ignore them).

@@ -19,6 +19,10 @@ use raft_engine::{Command, Config as EngineConfig, Engine, LogBatch, MessageExt}
 use crate::error::StorageError;
 use crate::proto::cairnpb::MemberIdentity;
 
+/// The index (and term) a new cluster's log starts after; the state store
+/// of a new member is at this applied index, holding the initial members.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
 /// raft-engine stores many raft groups; cairn has one.
 const GROUP: u64 = 1;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
@@ -124,16 +128,48 @@ impl LogStore {
         self.meta.read().conf_state.voters.is_empty()
     }
 
-    /// Stores the initial voters of a new cluster (durably).
+    /// Starts the log of a new cluster (durably): its voters, and a log
+    /// that begins after [`BOOTSTRAP_INDEX`] as if a snapshot of the initial
+    /// state (the members, which the caller writes into the state store)
+    /// had been taken there. A member added later starts with an empty log,
+    /// so the leader can never feed it from index 1: it sends a snapshot,
+    /// which carries the configuration (TiKV starts its logs the same way).
     pub fn bootstrap(&self, voters: Vec<u64>) -> Result<(), StorageError> {
         let cs = ConfState {
             voters,
             ..Default::default()
         };
+        let hs = HardState {
+            term: BOOTSTRAP_INDEX,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
         let mut batch = LogBatch::default();
         batch.put_message(GROUP, KEY_CONF_STATE.to_vec(), &cs)?;
+        batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), &hs)?;
+        batch.put(
+            GROUP,
+            KEY_TRUNCATED.to_vec(),
+            truncated_bytes(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX),
+        )?;
         self.engine.write(&mut batch, true)?;
-        self.meta.write().conf_state = cs;
+        let mut m = self.meta.write();
+        m.conf_state = cs;
+        m.hard_state = hs;
+        m.truncated = (BOOTSTRAP_INDEX, BOOTSTRAP_INDEX);
+        Ok(())
+    }
+
+    /// Replaces the configuration raft-rs starts from: the applied state's
+    /// (the members it holds) wins over what the log last stored. Durable.
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), StorageError> {
+        if self.meta.read().conf_state == *cs {
+            return Ok(());
+        }
+        let mut batch = LogBatch::default();
+        batch.put_message(GROUP, KEY_CONF_STATE.to_vec(), cs)?;
+        self.engine.write(&mut batch, true)?;
+        self.meta.write().conf_state = cs.clone();
         Ok(())
     }
 
@@ -492,7 +528,11 @@ mod tests {
         {
             let s = LogStore::open(dir.path()).expect("open");
             assert!(s.is_new());
-            s.bootstrap(vec![7]).expect("bootstrap");
+            s.set_conf_state(&ConfState {
+                voters: vec![7],
+                ..Default::default()
+            })
+            .expect("configuration");
             let hs = HardState {
                 term: 2,
                 commit: 3,
