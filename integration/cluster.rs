@@ -47,6 +47,9 @@ struct Member {
     child: Option<Child>,
     /// Incremented per start, so each incarnation logs to its own file.
     starts: u32,
+    /// The id `member add` gave it (members added at runtime get a new
+    /// id; bootstrapped ones have etcd's derived id).
+    added_id: Option<u64>,
 }
 
 impl Member {
@@ -58,7 +61,8 @@ impl Member {
     }
     /// etcd's (and cairn's) member id for this member.
     fn id(&self) -> u64 {
-        cairn::cluster::member_id(&[self.peer_url()], TOKEN)
+        self.added_id
+            .unwrap_or_else(|| cairn::cluster::member_id(&[self.peer_url()], TOKEN))
     }
 }
 
@@ -157,6 +161,7 @@ impl Cluster {
                 peer_port: free_port(),
                 child: None,
                 starts: 0,
+                added_id: None,
             })
             .collect();
         Cluster {
@@ -880,6 +885,147 @@ fn a_member_behind_the_truncated_log_catches_up_from_a_snapshot() {
         get_prefix(&url, "after").expect("read"),
         vec![("after".to_string(), "1".to_string())]
     );
+}
+
+/// The runtime reconfiguration runbook with etcdctl: `member add` a fourth
+/// member and start it with `--initial-cluster-state existing` (it learns
+/// its id from the cluster and its state from the leader's snapshot), add
+/// a learner that refuses writes and linearizable reads until `member
+/// promote`, and `member remove` a follower, which stops by itself while
+/// the others carry on; every member ends with the same data.
+#[test]
+fn members_are_added_promoted_and_removed_at_runtime() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let ep = c.members[leader]
+        .client_url()
+        .trim_start_matches("http://")
+        .to_string();
+    put(&c.members[leader].client_url(), "k/0", "before").expect("put");
+
+    // member add, then start the new member as etcdctl says.
+    let add = |c: &mut Cluster, name: &str, learner: bool| -> usize {
+        let port = free_port();
+        let peer = format!("http://127.0.0.1:{port}");
+        let mut args = vec!["member", "add", name, "--peer-urls", &peer];
+        if learner {
+            args.push("--learner");
+        }
+        let out = etcdctl_on(&ep, &args);
+        let id = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| panic!("member add said {out:?}"));
+        assert!(out.contains(&format!("ETCD_NAME=\"{name}\"")), "{out}");
+        assert!(
+            out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+            "{out}"
+        );
+        c.members.push(Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: port,
+            child: None,
+            starts: 0,
+            added_id: Some(id),
+        });
+        let i = c.members.len() - 1;
+        c.extra_args = vec!["--initial-cluster-state".into(), "existing".into()];
+        c.spawn_member(i);
+        c.extra_args.clear();
+        i
+    };
+    let fourth = add(&mut c, "m4", false);
+    c.wait_ready();
+    let url4 = c.members[fourth].client_url();
+    assert_eq!(
+        get_prefix(&url4, "k/").expect("read on the new member"),
+        vec![("k/0".to_string(), "before".to_string())]
+    );
+    put(&url4, "k/1", "through m4").expect("write through the new member");
+    c.wait_converged(Duration::from_secs(10));
+    let list = etcdctl_on(&ep, &["member", "list"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(
+        list.contains(&c.members[fourth].client_url()),
+        "m4 published its URLs: {list}"
+    );
+
+    // A learner: replicated, but no writes and no linearizable reads.
+    let learner = add(&mut c, "m5", true);
+    let url5 = c.members[learner].client_url();
+    let ep5 = url5.trim_start_matches("http://").to_string();
+    assert!(
+        wait_until(START_TIMEOUT, || common::etcdctl_at(
+            &ep5,
+            &["get", "k/1", "--consistency=s"],
+            None
+        )
+        .stdout
+        .starts_with(b"k/1")),
+        "the learner did not catch up"
+    );
+    let refused = common::etcdctl_at(&ep5, &["put", "k/2", "x"], None);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("rpc not supported for learner"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let learner_id = format!("{:x}", c.members[learner].id());
+    assert!(etcdctl_on(&ep, &["member", "list"]).contains("true"));
+    let promoted = etcdctl_on(&ep, &["member", "promote", &learner_id]);
+    assert!(promoted.contains("promoted"), "{promoted}");
+    assert!(
+        wait_until(Duration::from_secs(10), || put(&url5, "k/2", "promoted")
+            .is_ok()),
+        "the promoted member takes no writes"
+    );
+
+    // Remove a follower: it stops by itself; the others go on.
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let victim = (0..c.members.len())
+        .find(|&i| i != leader && i != fourth && i != learner)
+        .expect("a follower");
+    let victim_id = format!("{:x}", c.members[victim].id());
+    etcdctl_on(&ep, &["member", "remove", &victim_id]);
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status = c.members[victim]
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            status.is_some()
+        }),
+        "the removed member kept running"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    c.members[victim].child = None;
+    assert!(c
+        .logs(victim)
+        .contains("permanently removed from the cluster"));
+    let list = etcdctl_on(&ep, &["member", "list"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(!list.contains(&victim_id), "{list}");
+    put(&c.members[fourth].client_url(), "k/3", "after").expect("put");
+    c.wait_converged(Duration::from_secs(10));
+
+    // etcd's errors.
+    let again = common::etcdctl_at(&ep, &["member", "remove", &victim_id], None);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("member not found"));
+    let taken = common::etcdctl_at(
+        &ep,
+        &[
+            "member",
+            "add",
+            "dup",
+            "--peer-urls",
+            &c.members[fourth].peer_url(),
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("Peer URLs already exists"));
 }
 
 /// `etcdctl move-leader` (Maintenance.MoveLeader): leadership moves to the

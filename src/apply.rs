@@ -31,6 +31,7 @@ use crate::mvcc::range::{self, header, ReadView};
 use crate::mvcc::{BatchWriter, KeyRange, ReadError, Store, WriteTxn};
 use crate::proto::cairnpb::internal_request::Request;
 use crate::proto::cairnpb::Lease;
+use crate::proto::cairnpb::MemberRecord;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request as Op;
@@ -56,6 +57,9 @@ pub enum ApplyResponse {
     LeaseCheckpoint(LeaseCheckpointResponse),
     /// A member's published attributes were recorded (etcd's publish).
     MemberAttributes,
+    /// A membership change was applied (member add, remove, update,
+    /// promote): the member as it now is.
+    Membership(MemberRecord),
 }
 
 /// A change to the set of leases, for the LeaseKeeper (which owns expiry).
@@ -240,7 +244,119 @@ fn apply_request(
             w.set_member_attributes(m);
             Ok(ApplyResponse::MemberAttributes)
         }
+        Request::MemberUpdate(m) => apply_member_update(w, m)
+            .map(ApplyResponse::Membership)
+            .map_err(Fail::Client),
     }
+}
+
+/// etcd's MemberUpdate: the member's new peer URLs, which no other member
+/// may use.
+fn apply_member_update(
+    w: &mut BatchWriter,
+    update: MemberRecord,
+) -> Result<MemberRecord, EtcdError> {
+    let membership = w.store().membership();
+    let mut m = membership
+        .get(&update.id)
+        .cloned()
+        .ok_or(EtcdError::MemberNotFound)?;
+    if membership
+        .values()
+        .any(|o| o.id != m.id && o.peer_urls.iter().any(|u| update.peer_urls.contains(u)))
+    {
+        return Err(EtcdError::PeerUrlExist);
+    }
+    m.peer_urls = update.peer_urls;
+    w.set_conf_member(m.clone());
+    Ok(m)
+}
+
+/// What applying a raft conf change entry did.
+pub struct ConfApplied {
+    /// The proposer's answer.
+    pub result: Result<ApplyResponse, EtcdError>,
+    /// Whether raft takes the change (false: refused alike on every member).
+    pub taken: bool,
+    /// The member as the change left it (or as proposed, when refused).
+    pub member: MemberRecord,
+}
+
+/// Applies a membership change (etcd's `ValidateConfigurationChange` and
+/// `applyConfChange`) as its own batch at `index`. Every member decides
+/// alike from the same applied state: a change that no longer holds (the
+/// member meanwhile added, removed, or its URLs taken) is refused and
+/// leaves raft's configuration as it was.
+pub fn apply_conf_change(
+    store: &Store,
+    index: u64,
+    cc: &raft::eraftpb::ConfChange,
+    member: MemberRecord,
+) -> Result<ConfApplied, StorageError> {
+    use raft::eraftpb::ConfChangeType::*;
+    let membership = store.membership();
+    let existing = membership.get(&cc.node_id).cloned();
+    let urls_taken = || {
+        membership
+            .values()
+            .any(|o| o.id != member.id && o.peer_urls.iter().any(|u| member.peer_urls.contains(u)))
+    };
+    let decided: Result<Option<MemberRecord>, EtcdError> = match cc.get_change_type() {
+        AddNode => match existing.clone() {
+            // Promote: a learner becomes a voter.
+            Some(m) if m.is_learner => Ok(Some(MemberRecord {
+                is_learner: false,
+                ..m
+            })),
+            Some(_) => Err(EtcdError::MemberExist),
+            None if store.is_removed(cc.node_id) => Err(EtcdError::MemberNotFound),
+            None if urls_taken() => Err(EtcdError::PeerUrlExist),
+            None => Ok(Some(MemberRecord {
+                is_learner: false,
+                ..member.clone()
+            })),
+        },
+        AddLearnerNode => match existing.clone() {
+            Some(_) => Err(EtcdError::MemberExist),
+            None if store.is_removed(cc.node_id) => Err(EtcdError::MemberNotFound),
+            None if urls_taken() => Err(EtcdError::PeerUrlExist),
+            None => Ok(Some(MemberRecord {
+                is_learner: true,
+                ..member.clone()
+            })),
+        },
+        RemoveNode => match &existing {
+            Some(_) => Ok(None),
+            None => Err(EtcdError::MemberNotFound),
+        },
+    };
+    let mut w = BatchWriter::new(store);
+    let out = match decided {
+        Ok(Some(m)) => {
+            w.set_conf_member(m.clone());
+            ConfApplied {
+                result: Ok(ApplyResponse::Membership(m.clone())),
+                taken: true,
+                member: m,
+            }
+        }
+        Ok(None) => {
+            w.remove_conf_member(cc.node_id);
+            let gone = existing.unwrap_or(member);
+            ConfApplied {
+                result: Ok(ApplyResponse::Membership(gone.clone())),
+                taken: true,
+                member: gone,
+            }
+        }
+        Err(e) => ConfApplied {
+            result: Err(e),
+            taken: false,
+            member,
+        },
+    };
+    w.commit(index)?;
+    Ok(out)
 }
 
 /// The one place that decides whether a put may attach `lease`: no lease,

@@ -44,6 +44,14 @@ pub enum EtcdError {
     MemberBadUrls,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: too many requests")]
@@ -98,12 +106,18 @@ impl EtcdError {
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExist | MemberExist | PeerUrlExist | AuthNotEnabled | NotLeader
-            | BadLeaderTransferee => Code::FailedPrecondition,
+            | BadLeaderTransferee | MemberNotLearner | LearnerNotReady | TooManyLearners => {
+                Code::FailedPrecondition
+            }
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
-            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy | TimeoutLeaderTransfer => {
-                Code::Unavailable
-            }
+            NoLeader
+            | LeaderChanged
+            | Stopped
+            | Timeout
+            | Unhealthy
+            | TimeoutLeaderTransfer
+            | NotSupportedForLearner => Code::Unavailable,
             Corrupt => Code::DataLoss,
             ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | LostWatcher => Code::Unknown,
             Unimplemented(_) => Code::Unimplemented,

@@ -119,12 +119,36 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // The identity is fixed when the member is bootstrapped and stored with
     // the log; on every later start the stored one wins over the flags.
     let token = &cfg.initial_cluster_token;
-    if log.is_new()
+    let fresh = log.is_new()
         && log
             .identity()
             .context("reading the member identity")?
-            .is_none()
-    {
+            .is_none();
+    if fresh && cfg.initial_cluster_state == crate::config::ClusterState::Existing {
+        // Joining a running cluster that added this member: its id and the
+        // cluster's come from the others; the log and the state come with
+        // the leader's first snapshot.
+        let own: Vec<String> = cfg
+            .initial_advertise_peer_urls
+            .iter()
+            .map(crate::cluster::url_string)
+            .collect();
+        let others: Vec<crate::cluster::Member> = cluster.remote_members().cloned().collect();
+        let (cluster_id, member_id) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::peer::join(&others, &own, Duration::from_secs(5)))?;
+        tracing::info!(
+            member_id = %format!("{member_id:x}"),
+            cluster_id = %format!("{cluster_id:x}"),
+            "joining an existing cluster"
+        );
+        let mut identity = cluster.identity(token);
+        identity.member_id = member_id;
+        identity.cluster_id = cluster_id;
+        log.store_identity(&identity)
+            .context("storing the member identity")?;
+    } else if fresh {
         // A new cluster: the log starts after BOOTSTRAP_INDEX and the state
         // store holds the initial members at that index.
         log.bootstrap(cluster.voter_ids())
@@ -163,7 +187,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let cluster = Arc::new(cluster);
     // Peer ports are bound before anything starts: one in use fails here.
-    let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone())?;
+    let members: Vec<(u64, Vec<String>)> = if store.membership().is_empty() {
+        // A member joining a running cluster, before its first snapshot:
+        // --initial-cluster names the others.
+        cluster
+            .members
+            .iter()
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect()
+    } else {
+        store
+            .membership()
+            .into_values()
+            .map(|m| (m.id, m.peer_urls))
+            .collect()
+    };
+    let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone(), &members)?;
     tracing::info!(
         name = %cfg.name,
         member_id = %format!("{:x}", cluster.local_id),
@@ -202,6 +241,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (watch, watch_mailbox) = mailbox_of::<WatchBroadcaster>(WATCH_MAILBOX_CAPACITY);
         let client = RaftClient::new(
             RaftInbox {
+                learner_ready: raft.clone().recipient(),
                 propose: raft.clone().recipient(),
                 read_index: raft.clone().recipient(),
                 transfer: raft.clone().recipient(),
@@ -233,6 +273,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         {
             let listeners = Listeners {
+                conf: raft.clone().recipient(),
                 flushed: raft.clone().recipient(),
                 applied: watch.clone().recipient(),
                 leases: leases.clone().recipient(),
@@ -274,7 +315,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             unreachable: raft.clone().recipient(),
             snapshot_done: raft.clone().recipient(),
         };
-        peers.start(inboxes, leases.clone(), snaps);
+        peers.start(inboxes, leases.clone(), snaps, store.clone());
         let api = Api {
             store: store.clone(),
             raft: client.clone(),
@@ -341,6 +382,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                     tokio::select! {
                         _ = shutdown_signal() => {}
+                        _ = supervise::stop_requested() => {}
                         Some(Ok(Err((addr, e)))) = servers.join_next() => {
                             let _ = stop_tx.send(true);
                             return Err(anyhow::Error::new(e).context(format!("cannot serve on {addr}")));

@@ -24,11 +24,11 @@ use raft::eraftpb::{Entry, EntryType};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::apply_batch;
-use crate::apply::LeaseChange;
+use crate::apply::{ApplyResponse, LeaseChange};
 use crate::error::{fatal, StorageError};
 use crate::msg::{
-    Applied, AppliedLeases, ApplyCommitted, CaptureImage, FlushNow, InstallSnapshot, LogFlushed,
-    MakeImage, Proposals, MAILBOX_CAPACITY,
+    Applied, AppliedLeases, ApplyCommitted, CaptureImage, ConfChanged, FlushNow, InstallSnapshot,
+    LogFlushed, MakeImage, Proposals, MAILBOX_CAPACITY,
 };
 use crate::mvcc::Store;
 use crate::proto::cairnpb::InternalRequest;
@@ -44,6 +44,8 @@ pub struct Listeners {
     pub applied: Recipient<Applied>,
     /// LeaseKeeper, told about grants, revokes and leader no-op entries.
     pub leases: Recipient<AppliedLeases>,
+    /// RaftNode, told about applied membership changes.
+    pub conf: Recipient<ConfChanged>,
 }
 
 /// Where raft snapshot images live, and what goes in their header.
@@ -139,7 +141,73 @@ impl StorageActor {
         }
     }
 
+    /// Applies committed entries in order: runs of normal entries as one
+    /// batch each, a membership change as a batch of its own.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let mut normal = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => normal.push(e),
+                EntryType::EntryConfChange => {
+                    self.apply_normal(std::mem::take(&mut normal))?;
+                    self.apply_conf_change(e)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    // cairn proposes only single changes.
+                    return Err(StorageError::corrupt(
+                        "raft entry",
+                        format!("index {}: a joint configuration change", e.index),
+                    ));
+                }
+            }
+        }
+        self.apply_normal(normal)
+    }
+
+    /// A membership change: the store's members, the proposer's answer,
+    /// and RaftNode (raft's configuration, the peer links).
+    fn apply_conf_change(&mut self, e: Entry) -> Result<(), StorageError> {
+        if e.index <= self.store.applied_index() {
+            return Ok(());
+        }
+        let corrupt = |what: String| {
+            StorageError::corrupt("raft conf change", format!("index {}: {what}", e.index))
+        };
+        let cc: raft::eraftpb::ConfChange =
+            protobuf::Message::parse_from_bytes(&e.data).map_err(|err| corrupt(err.to_string()))?;
+        let ctx = crate::proto::cairnpb::ConfChangeContext::decode(cc.context.as_ref())
+            .map_err(|err| corrupt(err.to_string()))?;
+        let member = ctx.member.unwrap_or_default();
+        let out = crate::apply::apply_conf_change(&self.store, e.index, &cc, member)?;
+        match &out.result {
+            Ok(_) => tracing::info!(
+                index = e.index,
+                change = ?cc.get_change_type(),
+                member = %format!("{:x}", out.member.id),
+                peer_urls = ?out.member.peer_urls,
+                "applied a membership change"
+            ),
+            Err(err) => {
+                tracing::warn!(index = e.index, change = ?cc.get_change_type(), member = %format!("{:x}", out.member.id), cause = %err, "membership change refused at apply")
+            }
+        }
+        self.listeners.conf.do_send(ConfChanged {
+            change: out.taken.then_some(cc),
+            members: self.store.membership().into_values().collect(),
+        });
+        self.proposals.complete(ctx.id, out.result);
+        let last = e.index;
+        self.applied_tx.send_if_modified(|applied| {
+            let advanced = last > *applied;
+            if advanced {
+                *applied = last;
+            }
+            advanced
+        });
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
@@ -147,18 +215,6 @@ impl StorageActor {
         let mut batch = Vec::with_capacity(entries.len());
         let mut leader_noop_term = None;
         for e in entries {
-            if e.get_entry_type() != EntryType::EntryNormal {
-                // Applying a membership change is not built yet; skipping
-                // one would leave this member's view of the cluster wrong.
-                return Err(StorageError::corrupt(
-                    "raft entry",
-                    format!(
-                        "index {}: {:?} cannot be applied by this member yet",
-                        e.index,
-                        e.get_entry_type()
-                    ),
-                ));
-            }
             if e.data.is_empty() {
                 // The empty entry a new leader appends to open its term.
                 leader_noop_term = Some(e.term);
@@ -189,10 +245,19 @@ impl StorageActor {
         if !out.events.is_empty() || self.watch_behind {
             self.tell_watchers(Arc::new(out.events));
         }
+        let mut members_changed = false;
         for (id, result) in ids.into_iter().zip(out.results) {
+            members_changed |= matches!(result, Some(Ok(ApplyResponse::Membership(_))));
             if let (Some(id), Some(result)) = (id, result) {
                 self.proposals.complete(id, result);
             }
+        }
+        if members_changed {
+            // New peer URLs (MemberUpdate): the links follow.
+            self.listeners.conf.do_send(ConfChanged {
+                change: None,
+                members: self.store.membership().into_values().collect(),
+            });
         }
         // Only ever forward (entries skipped as already applied may be
         // older). A borrow() guard must not be held across a send: that
@@ -242,6 +307,12 @@ impl StorageActor {
             leader_noop_term: None,
         });
         self.tell_watchers(Arc::new(Vec::new()));
+        // The image's members: raft took its configuration from the
+        // snapshot; the peer links follow.
+        self.listeners.conf.do_send(ConfChanged {
+            change: None,
+            members: self.store.membership().into_values().collect(),
+        });
         let applied = head.applied_index;
         self.applied_tx.send_if_modified(|a| {
             let advanced = applied > *a;
@@ -337,11 +408,12 @@ impl Handler<FlushNow> for StorageActor {
 }
 
 impl Handler<MakeImage> for StorageActor {
-    type Result = ResponseFuture<Result<u64, String>>;
+    type Result = ResponseFuture<Result<(u64, raft::eraftpb::ConfState), String>>;
     fn handle(&mut self, _: MakeImage, _: &mut Context<Self>) -> Self::Result {
         // The head between two batches, here; the revision records from a
         // blocking thread, while applying goes on.
         let head = capture_head(&self.store);
+        let conf = self.store.conf_state();
         let store = self.store.clone();
         let dir = self.images.dir.clone();
         let (cluster_id, member_id) = (self.images.cluster_id, self.member_id);
@@ -360,7 +432,7 @@ impl Handler<MakeImage> for StorageActor {
                     .copied()
                     .unwrap_or(index);
                 dir.prune(|i| i >= oldest_kept);
-                Ok::<u64, crate::snapshot::SnapshotError>(index)
+                Ok::<_, crate::snapshot::SnapshotError>((index, conf))
             });
             match job.await {
                 Ok(r) => r.map_err(|e| e.to_string()),

@@ -73,6 +73,19 @@ pub fn install() {
     }));
 }
 
+static STOP_REQUEST: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Asks the server for a graceful shutdown, as SIGTERM does (a member
+/// removed from its cluster stops itself this way).
+pub fn request_stop() {
+    STOP_REQUEST.notify_one();
+}
+
+/// Completes once [`request_stop`] was called.
+pub async fn stop_requested() {
+    STOP_REQUEST.notified().await;
+}
+
 /// A graceful shutdown has begun: core actors may stop from now on.
 pub fn begin_shutdown() {
     STOPPING.store(true, Ordering::SeqCst);

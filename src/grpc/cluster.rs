@@ -1,11 +1,27 @@
-//! etcd's Cluster service. MemberList serves the configured members;
-//! membership changes arrive with clustering and return UNIMPLEMENTED.
+//! etcd's Cluster service: the member list and runtime reconfiguration.
+//!
+//! MemberAdd, MemberRemove and MemberPromote are raft conf changes (a
+//! `ConfChange` entry whose context carries the member), MemberUpdate an
+//! ordinary entry; all are checked here first with etcd's errors, applied
+//! by Storage on every member alike (which checks again: the state may have
+//! moved on meanwhile), and answered once applied on this member. RaftNode
+//! then gives raft-rs the new configuration and the peer links follow.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
-use super::{unimplemented, Api};
+use super::Api;
+use crate::apply::ApplyResponse;
+use crate::error::EtcdError;
+use crate::proto::cairnpb::internal_request::Request as Internal;
+use crate::proto::cairnpb::MemberRecord;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
+
+/// etcd allows one learner at a time (`maxLearners`).
+const MAX_LEARNERS: usize = 1;
 
 pub struct ClusterService {
     api: Api,
@@ -15,29 +31,166 @@ impl ClusterService {
     pub fn new(api: Api) -> ClusterService {
         ClusterService { api }
     }
+
+    fn members(&self) -> Vec<Member> {
+        crate::cluster::member_list(
+            &self.api.cluster,
+            &self.api.store.membership(),
+            &self.api.store.member_attributes(),
+        )
+    }
+
+    /// Proposes a membership change and returns the member as applied.
+    async fn change(
+        &self,
+        change: ConfChangeType,
+        member: MemberRecord,
+    ) -> Result<MemberRecord, Status> {
+        match self.api.raft.propose_conf_change(change, member).await? {
+            ApplyResponse::Membership(m) => Ok(m),
+            _ => Err(Status::internal(
+                "apply returned a response of another kind",
+            )),
+        }
+    }
+}
+
+/// Peer URLs as etcd accepts them in MemberAdd and MemberUpdate: each a
+/// URL with a scheme and a host:port, and none twice; etcd's printed form.
+fn peer_urls(urls: &[String]) -> Result<Vec<String>, EtcdError> {
+    let mut out = Vec::with_capacity(urls.len());
+    for u in urls {
+        let parsed = url::Url::parse(u).map_err(|_| EtcdError::MemberBadUrls)?;
+        let ok = matches!(parsed.scheme(), "http" | "https" | "unix" | "unixs")
+            && parsed.host_str().is_some()
+            && parsed.port().is_some()
+            && (parsed.path().is_empty() || parsed.path() == "/");
+        if !ok {
+            return Err(EtcdError::MemberBadUrls);
+        }
+        out.push(crate::cluster::url_string(&parsed));
+    }
+    out.sort();
+    let before = out.len();
+    out.dedup();
+    if out.is_empty() || out.len() != before {
+        return Err(EtcdError::MemberBadUrls);
+    }
+    Ok(out)
+}
+
+/// A new member's id, as etcd's `NewMember` makes it: SHA-1 over the sorted
+/// peer URLs, the cluster and the time, so an id is never reused.
+fn new_member_id(urls: &[String], cluster_id: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    crate::cluster::member_id(urls, &format!("{cluster_id:x}{now}"))
+}
+
+fn to_pb(m: &MemberRecord) -> Member {
+    Member {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: m.peer_urls.clone(),
+        client_ur_ls: Vec::new(),
+        is_learner: m.is_learner,
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented("MemberAdd"))
+        let req = req.into_inner();
+        let urls = peer_urls(&req.peer_ur_ls)?;
+        let membership = self.api.store.membership();
+        if membership
+            .values()
+            .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+        {
+            return Err(EtcdError::PeerUrlExist.into());
+        }
+        if req.is_learner && membership.values().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+            return Err(EtcdError::TooManyLearners.into());
+        }
+        let member = MemberRecord {
+            id: new_member_id(&urls, self.api.cluster.cluster_id),
+            name: String::new(),
+            peer_urls: urls,
+            is_learner: req.is_learner,
+        };
+        let change = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let added = self.change(change, member).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.api.membership_header()),
+            member: Some(to_pb(&added)),
+            members: self.members(),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unimplemented("MemberRemove"))
+        let id = req.into_inner().id;
+        let membership = self.api.store.membership();
+        let member = membership
+            .get(&id)
+            .cloned()
+            .ok_or(EtcdError::MemberNotFound)?;
+        self.change(ConfChangeType::RemoveNode, member).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.api.membership_header()),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(unimplemented("MemberUpdate"))
+        let req = req.into_inner();
+        let urls = peer_urls(&req.peer_ur_ls)?;
+        let membership = self.api.store.membership();
+        let member = membership
+            .get(&req.id)
+            .cloned()
+            .ok_or(EtcdError::MemberNotFound)?;
+        if membership
+            .values()
+            .any(|m| m.id != req.id && m.peer_urls.iter().any(|u| urls.contains(u)))
+        {
+            return Err(EtcdError::PeerUrlExist.into());
+        }
+        let update = MemberRecord {
+            peer_urls: urls,
+            ..member
+        };
+        match self
+            .api
+            .raft
+            .propose(Internal::MemberUpdate(update))
+            .await?
+        {
+            ApplyResponse::Membership(_) => {}
+            _ => {
+                return Err(Status::internal(
+                    "apply returned a response of another kind",
+                ))
+            }
+        }
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.api.membership_header()),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(
@@ -46,18 +199,60 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: Some(self.api.membership_header()),
-            members: crate::cluster::member_list(
-                &self.api.cluster,
-                &self.api.store.membership(),
-                &self.api.store.member_attributes(),
-            ),
+            members: self.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unimplemented("MemberPromote"))
+        let id = req.into_inner().id;
+        let member = self
+            .api
+            .store
+            .membership()
+            .get(&id)
+            .cloned()
+            .ok_or(EtcdError::MemberNotFound)?;
+        if !member.is_learner {
+            return Err(EtcdError::MemberNotLearner.into());
+        }
+        // Known on the leader only (its view of the learner's log); a
+        // follower lets the change through, as the apply path accepts it.
+        if self.api.raft.learner_ready(id).await == Some(false) {
+            return Err(EtcdError::LearnerNotReady.into());
+        }
+        self.change(ConfChangeType::AddNode, member).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.api.membership_header()),
+            members: self.members(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_urls_are_checked_as_etcd_checks_them() {
+        let ok = |u: &[&str]| peer_urls(&u.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            ok(&["http://127.0.0.1:2380/", "http://10.0.0.1:2380"]),
+            Ok(vec![
+                "http://10.0.0.1:2380".to_string(),
+                "http://127.0.0.1:2380".to_string()
+            ])
+        );
+        for bad in [
+            &[][..],
+            &["127.0.0.1:2380"],
+            &["http://127.0.0.1"],
+            &["http://127.0.0.1:2380/path"],
+            &["http://127.0.0.1:2380", "http://127.0.0.1:2380"],
+        ] {
+            assert_eq!(ok(bad), Err(EtcdError::MemberBadUrls), "{bad:?}");
+        }
     }
 }

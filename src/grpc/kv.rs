@@ -28,6 +28,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::validate_range(&req)?;
         if !req.serializable {
+            self.api.refuse_on_learner()?;
             self.api.raft.read_barrier().await?;
         }
         let mut resp = self.api.store.range(&req)?;

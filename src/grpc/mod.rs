@@ -102,8 +102,18 @@ impl Api {
         *header = Some(self.header(revision));
     }
 
+    /// etcd's rule for learners: they serve serializable reads and member
+    /// and status RPCs only.
+    pub fn refuse_on_learner(&self) -> Result<(), Status> {
+        if self.store.is_learner(self.cluster.local_id) {
+            return Err(EtcdError::NotSupportedForLearner.into());
+        }
+        Ok(())
+    }
+
     /// Proposes a write and returns its typed response.
     pub async fn propose<R: Proposal>(&self, req: R) -> Result<R::Response, Status> {
+        self.refuse_on_learner()?;
         let applied = self.raft.propose(req.into_request()).await?;
         R::response(applied)
             .ok_or_else(|| Status::internal("apply returned a response of another kind"))

@@ -57,7 +57,33 @@ pub const WATCH_MAILBOX_CAPACITY: usize = 4096;
 pub struct Propose {
     /// The proposal id (the waiter's key), also inside `data`.
     pub id: u64,
+    /// An encoded `cairnpb.InternalRequest`, or for a conf change an
+    /// encoded raft `ConfChange` whose context is a `cairnpb.ConfChangeContext`.
     pub data: Vec<u8>,
+    /// Whether `data` is a conf change (membership), proposed as such.
+    pub conf_change: bool,
+}
+
+/// Whether learner `id` has caught up with the leader's log (etcd's
+/// rule: its matched index is at least 90% of the leader's). None when this
+/// member does not lead (it does not know).
+#[derive(Message)]
+#[rtype(result = "Option<bool>")]
+pub struct LearnerReady {
+    pub id: u64,
+}
+
+/// A membership change was applied (Storage to RaftNode, in log order):
+/// raft-rs takes the new configuration, and the peer links follow the
+/// members. `change` is None when the change was refused at apply (every
+/// member refuses it alike, and raft's configuration stays as it was) or
+/// was no raft change at all (new peer URLs).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConfChanged {
+    pub change: Option<raft::eraftpb::ConfChange>,
+    /// Every member of the configuration after the change.
+    pub members: Vec<crate::proto::cairnpb::MemberRecord>,
 }
 
 /// Asks for an index that a linearizable read must wait to be applied.
@@ -135,9 +161,10 @@ pub struct CaptureImage;
 
 /// Write an image of the applied state to the snapshot directory (RaftNode,
 /// when raft-rs wants a snapshot for a lagging member). Answers with the
-/// applied index the image is of once the file is complete.
+/// applied index the image is of, and the raft configuration at that
+/// index, once the file is complete.
 #[derive(Message)]
-#[rtype(result = "Result<u64, String>")]
+#[rtype(result = "Result<(u64, raft::eraftpb::ConfState), String>")]
 pub struct MakeImage;
 
 /// Replace the applied state with the image at `index` in the snapshot

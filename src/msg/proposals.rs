@@ -100,6 +100,7 @@ pub const MAX_APPLY_GAP: u64 = 5000;
 
 /// RaftNode's inboxes that the API layer uses.
 pub struct RaftInbox {
+    pub learner_ready: Recipient<super::LearnerReady>,
     pub propose: Recipient<Propose>,
     pub read_index: Recipient<ReadIndex>,
     pub transfer: Recipient<TransferLeader>,
@@ -114,6 +115,8 @@ pub struct RaftClient {
     read_index: Recipient<ReadIndex>,
     /// RaftNode's inbox for leadership transfers.
     transfer: Recipient<TransferLeader>,
+    /// RaftNode's inbox for a learner's progress.
+    learner_ready: Recipient<super::LearnerReady>,
     proposals: Arc<Proposals>,
     /// The commit index, for the apply-gap admission check.
     status: Arc<RaftStatus>,
@@ -136,6 +139,7 @@ impl RaftClient {
         timeout: Duration,
     ) -> RaftClient {
         let RaftInbox {
+            learner_ready,
             propose,
             read_index,
             transfer,
@@ -144,6 +148,7 @@ impl RaftClient {
             propose,
             read_index,
             transfer,
+            learner_ready,
             proposals,
             status,
             applied,
@@ -154,6 +159,47 @@ impl RaftClient {
 
     /// Replicates `request` and returns its applied result.
     pub async fn propose(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
+        self.submit(false, |id| {
+            InternalRequest {
+                id,
+                request: Some(request),
+            }
+            .encode_to_vec()
+        })
+        .await
+    }
+
+    /// Proposes a membership change (a raft conf change of `change_type`
+    /// for `member`) and waits until it is applied here.
+    pub async fn propose_conf_change(
+        &self,
+        change_type: raft::eraftpb::ConfChangeType,
+        member: crate::proto::cairnpb::MemberRecord,
+    ) -> Result<ApplyResponse, EtcdError> {
+        self.submit(true, |id| {
+            let mut cc = raft::eraftpb::ConfChange {
+                node_id: member.id,
+                context: crate::proto::cairnpb::ConfChangeContext {
+                    id,
+                    member: Some(member),
+                }
+                .encode_to_vec()
+                .into(),
+                ..Default::default()
+            };
+            cc.set_change_type(change_type);
+            protobuf::Message::write_to_bytes(&cc).unwrap_or_default()
+        })
+        .await
+    }
+
+    /// Registers a waiter, sends what `encode` makes of the proposal id to
+    /// RaftNode and waits for the entry to be applied here.
+    async fn submit(
+        &self,
+        conf_change: bool,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<ApplyResponse, EtcdError> {
         if self.status.commit_index() > self.applied_index() + MAX_APPLY_GAP {
             return Err(EtcdError::TooManyRequests);
         }
@@ -162,17 +208,18 @@ impl RaftClient {
             proposals: &self.proposals,
             id,
         };
-        let data = InternalRequest {
-            id,
-            request: Some(request),
-        }
-        .encode_to_vec();
+        let data = encode(id);
         if data.len() > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
         // No reply to wait for: a refusal comes through the waiter. A full
         // mailbox makes the proposer wait for room (backpressure).
-        let sent = match self.propose.try_send(Propose { id, data }) {
+        let proposal = Propose {
+            id,
+            data,
+            conf_change,
+        };
+        let sent = match self.propose.try_send(proposal) {
             Ok(()) => Ok(()),
             Err(SendError::Full(msg)) => self.propose.send(msg).await.map_err(|_| ()),
             Err(SendError::Closed(_)) => Err(()),
@@ -239,6 +286,15 @@ impl RaftClient {
     }
 
     /// Whether this member knows a leader now.
+    /// See [`super::LearnerReady`].
+    pub async fn learner_ready(&self, id: u64) -> Option<bool> {
+        self.learner_ready
+            .send(super::LearnerReady { id })
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub fn leader_known(&self) -> bool {
         self.status.leader_id() != 0
     }
@@ -291,10 +347,18 @@ mod tests {
         }
     }
 
+    impl Handler<crate::msg::LearnerReady> for BlackHole {
+        type Result = Option<bool>;
+        fn handle(&mut self, _: crate::msg::LearnerReady, _: &mut Context<Self>) -> Option<bool> {
+            None
+        }
+    }
+
     fn client(status: Arc<RaftStatus>, applied: watch::Receiver<u64>) -> RaftClient {
         let node = BlackHole.start();
         RaftClient::new(
             RaftInbox {
+                learner_ready: node.clone().recipient(),
                 propose: node.clone().recipient(),
                 read_index: node.clone().recipient(),
                 transfer: node.recipient(),

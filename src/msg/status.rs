@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// A snapshot of the node's role.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// This member's raft id.
+    pub id: u64,
     pub term: u64,
     pub leader_id: u64,
     pub commit_index: u64,

@@ -475,6 +475,16 @@ impl Store {
         self.committed.read().membership.clone()
     }
 
+    /// Whether member `id` is a learner (it takes no client writes and
+    /// serves no linearizable reads, as in etcd).
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.committed
+            .read()
+            .membership
+            .get(&id)
+            .is_some_and(|m| m.is_learner)
+    }
+
     /// Whether member `id` was removed from the cluster.
     pub fn is_removed(&self, id: u64) -> bool {
         self.committed.read().removed.contains(&id)

@@ -117,6 +117,11 @@ impl<'s> BatchWriter<'s> {
         self.members.insert(m.id, m);
     }
 
+    /// The store this batch writes to.
+    pub fn store(&self) -> &'s Store {
+        self.store
+    }
+
     /// Current revision, counting this batch's writes.
     pub fn rev(&self) -> i64 {
         self.rev

@@ -22,36 +22,37 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct LeaseForwarder {
     cluster: Arc<ClusterInfo>,
-    /// A lazily connected channel per member.
-    channels: Mutex<HashMap<u64, Channel>>,
+    /// Where each member is (follows membership changes).
+    directory: super::Directory,
+    /// A lazily connected channel per member and URL.
+    channels: Mutex<HashMap<(u64, String), Channel>>,
 }
 
 impl LeaseForwarder {
-    pub fn new(cluster: Arc<ClusterInfo>) -> LeaseForwarder {
+    pub fn new(cluster: Arc<ClusterInfo>, directory: super::Directory) -> LeaseForwarder {
         LeaseForwarder {
             cluster,
+            directory,
             channels: Mutex::new(HashMap::new()),
         }
     }
 
     fn client(&self, member: u64) -> Result<PeerClient<Channel>, EtcdError> {
+        let url = self
+            .directory
+            .urls(member)
+            .and_then(|urls| urls.first().cloned())
+            .ok_or(EtcdError::NoLeader)?;
         let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(&member) {
+        if let Some(c) = channels.get(&(member, url.clone())) {
             return Ok(PeerClient::new(c.clone()));
         }
-        let url = self
-            .cluster
-            .members
-            .iter()
-            .find(|m| m.id == member)
-            .and_then(|m| m.peer_urls.first())
-            .ok_or(EtcdError::NoLeader)?;
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|_| EtcdError::NoLeader)?
             .connect_timeout(FORWARD_TIMEOUT)
             .timeout(FORWARD_TIMEOUT)
             .connect_lazy();
-        channels.insert(member, channel.clone());
+        channels.insert((member, url), channel.clone());
         Ok(PeerClient::new(channel))
     }
 

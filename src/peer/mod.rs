@@ -30,41 +30,68 @@ pub mod service;
 pub mod snapshot;
 pub mod transport;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use anyhow::Context as _;
-use tokio::sync::{mpsc, Mutex};
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
 
 use crate::cluster::ClusterInfo;
 use crate::msg::{ReportSnapshot, ReportUnreachable, Step};
 use crate::proto::cairnpb::peer_server::PeerServer;
-use crate::raft::transport::{NoPeers, Transport};
+use crate::raft::transport::Transport;
 use crate::snapshot::SnapDir;
-use link::{PeerLink, Queue, Target, MAX_BATCH_BYTES, QUEUE_CAPACITY};
+use link::{PeerLink, Target, MAX_BATCH_BYTES};
 use service::PeerService;
-use transport::PeerTransport;
+use transport::{NewLink, PeerTransport};
+
+/// The other members of the configuration and their peer URLs: which
+/// members the peer service accepts streams from, and where the lease
+/// forwarder finds the leader. Updated by the transport on every
+/// membership change.
+#[derive(Clone, Default)]
+pub struct Directory(Arc<RwLock<HashMap<u64, Vec<String>>>>);
+
+impl Directory {
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.read().contains_key(&id)
+    }
+
+    pub fn urls(&self, id: u64) -> Option<Vec<String>> {
+        self.0.read().get(&id).cloned()
+    }
+
+    pub fn snapshot(&self) -> HashMap<u64, Vec<String>> {
+        self.0.read().clone()
+    }
+
+    pub fn replace(&self, members: HashMap<u64, Vec<String>>) {
+        *self.0.write() = members;
+    }
+}
 
 /// The peer side of a member, between binding and starting.
 pub struct Peers {
     cluster: Arc<ClusterInfo>,
     /// Bound `--listen-peer-urls` sockets.
     listeners: Vec<std::net::TcpListener>,
-    /// Sending ends, until RaftNode takes them.
-    senders: HashMap<u64, mpsc::Sender<raft::eraftpb::Message>>,
-    /// Receiving ends, one per remote member, until the links take them.
-    queues: HashMap<u64, Queue>,
-    /// Snapshot queues (one snapshot at a time per member): sending ends
-    /// until RaftNode's transport takes them, receiving ends until the
-    /// snapshot senders do.
-    snapshot_senders: HashMap<u64, mpsc::Sender<raft::eraftpb::Message>>,
-    snapshot_queues: HashMap<u64, mpsc::Receiver<raft::eraftpb::Message>>,
+    /// RaftNode's transport, until it takes it.
+    transport: Option<PeerTransport>,
+    /// The links to start (the initial members', then every member added).
+    links: mpsc::UnboundedReceiver<NewLink>,
+    directory: Directory,
 }
 
 impl Peers {
-    /// Binds every `--listen-peer-urls` address and makes the link queues.
-    pub fn bind(listen: &[url::Url], cluster: Arc<ClusterInfo>) -> anyhow::Result<Peers> {
+    /// Binds every `--listen-peer-urls` address and makes the queues of a
+    /// link to each of `members` (id, peer URLs; this member left out).
+    pub fn bind(
+        listen: &[url::Url],
+        cluster: Arc<ClusterInfo>,
+        members: &[(u64, Vec<String>)],
+    ) -> anyhow::Result<Peers> {
         let mut listeners = Vec::new();
         for url in listen {
             anyhow::ensure!(
@@ -85,53 +112,53 @@ impl Peers {
                 listeners.push(l);
             }
         }
-        let mut senders = HashMap::new();
-        let mut queues = HashMap::new();
-        let mut snapshot_senders = HashMap::new();
-        let mut snapshot_queues = HashMap::new();
-        for m in cluster.remote_members() {
-            let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-            senders.insert(m.id, tx);
-            queues.insert(m.id, Arc::new(Mutex::new(rx)));
-            let (tx, rx) = mpsc::channel(1);
-            snapshot_senders.insert(m.id, tx);
-            snapshot_queues.insert(m.id, rx);
-        }
+        let (links_tx, links) = mpsc::unbounded_channel();
+        let directory = Directory::default();
+        let mut transport = PeerTransport {
+            queues: HashMap::new(),
+            snapshots: HashMap::new(),
+            local_id: cluster.local_id,
+            directory: directory.clone(),
+            links: links_tx,
+        };
+        transport.set_members(members);
         Ok(Peers {
             cluster,
             listeners,
-            senders,
-            queues,
-            snapshot_senders,
-            snapshot_queues,
+            transport: Some(transport),
+            links,
+            directory,
         })
     }
 
-    /// RaftNode's transport: the link queues, or [`NoPeers`] when alone.
+    /// RaftNode's transport: the link queues by member.
     pub fn transport(&mut self) -> Box<dyn Transport> {
-        if self.senders.is_empty() {
-            return Box::new(NoPeers);
+        match self.transport.take() {
+            Some(t) => Box::new(t),
+            None => Box::new(crate::raft::transport::NoPeers),
         }
-        Box::new(PeerTransport {
-            queues: std::mem::take(&mut self.senders),
-            snapshots: std::mem::take(&mut self.snapshot_senders),
-        })
+    }
+
+    /// How a follower forwards lease requests to the leader.
+    pub fn lease_forwarder(&self) -> Option<Arc<dyn crate::msg::ForwardToLeader>> {
+        Some(Arc::new(forward::LeaseForwarder::new(
+            self.cluster.clone(),
+            self.directory.clone(),
+        )))
     }
 
     /// Serves the peer service and starts the links, on a `peer` arbiter.
-    /// How a follower forwards lease requests to the leader; None when
-    /// this member is alone.
-    pub fn lease_forwarder(&self) -> Option<Arc<dyn crate::msg::ForwardToLeader>> {
-        if self.queues.is_empty() {
-            return None;
-        }
-        Some(Arc::new(forward::LeaseForwarder::new(self.cluster.clone())))
-    }
-
     /// `raft` holds RaftNode's inboxes; `leases` answers lease requests
     /// forwarded by followers; `snaps` is where snapshot images are sent
-    /// from and received into.
-    pub fn start(mut self, raft: RaftInboxes, leases: crate::msg::Leases, snaps: SnapDir) {
+    /// from and received into. Links to members added later start there
+    /// too, as the transport asks for them.
+    pub fn start(
+        self,
+        raft: RaftInboxes,
+        leases: crate::msg::Leases,
+        snaps: SnapDir,
+        store: Arc<crate::mvcc::Store>,
+    ) {
         let RaftInboxes {
             step,
             unreachable,
@@ -140,15 +167,15 @@ impl Peers {
         let arbiter = Arbiter::new();
         let cluster = self.cluster;
         let deliver: service::Deliver = Arc::new(move |m| step.try_send(Step(m)).is_ok());
-        let members: HashSet<u64> = cluster.members.iter().map(|m| m.id).collect();
         for listener in self.listeners {
             let svc = PeerService {
                 cluster_id: cluster.cluster_id,
                 local_id: cluster.local_id,
-                members: members.clone(),
+                members: self.directory.clone(),
                 deliver: deliver.clone(),
                 leases: Some(leases.clone()),
                 snaps: Some(snaps.clone()),
+                store: Some(store.clone()),
             };
             arbiter.spawn(async move {
                 let addr = listener.local_addr().ok();
@@ -167,31 +194,81 @@ impl Peers {
                 }
             });
         }
-        for m in cluster.remote_members() {
-            let Some(queue) = self.queues.get(&m.id).cloned() else {
-                continue;
-            };
-            let target = Target {
-                cluster_id: cluster.cluster_id,
-                from: cluster.local_id,
-                to: m.id,
-                urls: m.peer_urls.clone(),
-            };
-            if let Some(snapshots) = self.snapshot_queues.remove(&m.id) {
-                let sender = snapshot::sender(
+        let handle = arbiter.handle();
+        let mut links = self.links;
+        let (cluster_id, from) = (cluster.cluster_id, cluster.local_id);
+        arbiter.spawn(async move {
+            while let Some(link) = links.recv().await {
+                let target = Target {
+                    cluster_id,
+                    from,
+                    to: link.id,
+                    urls: link.urls,
+                };
+                actix::spawn(snapshot::sender(
                     target.clone(),
                     snaps.clone(),
-                    snapshots,
+                    link.snapshots,
                     snapshot_done.clone(),
-                );
-                arbiter.spawn(sender);
+                ));
+                let (queue, report) = (link.queue, unreachable.clone());
+                PeerLink::start_in_arbiter(&handle, move |_| PeerLink::new(target, queue, report));
             }
-            let report = unreachable.clone();
-            PeerLink::start_in_arbiter(&arbiter.handle(), move |_| {
-                PeerLink::new(target, queue, report)
-            });
+        });
+    }
+}
+
+/// How a member started with `--initial-cluster-state existing` finds its
+/// cluster: asks the other members `--initial-cluster` names, in turn, for
+/// the cluster id and the members, and finds itself among them by its peer
+/// URLs (put there by `member add`). Returns (cluster id, own id).
+pub async fn join(
+    others: &[crate::cluster::Member],
+    own_peer_urls: &[String],
+    timeout: std::time::Duration,
+) -> anyhow::Result<(u64, u64)> {
+    use crate::proto::cairnpb::peer_client::PeerClient;
+    let mut own = own_peer_urls.to_vec();
+    own.sort();
+    let mut reasons = Vec::new();
+    for m in others {
+        for url in &m.peer_urls {
+            let asked = async {
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .connect()
+                    .await?;
+                let answer = PeerClient::new(channel)
+                    .members(crate::proto::cairnpb::MembersRequest {})
+                    .await?
+                    .into_inner();
+                anyhow::Ok(answer)
+            };
+            match asked.await {
+                Ok(answer) => {
+                    let me = answer.members.iter().find(|m| {
+                        let mut urls = m.peer_urls.clone();
+                        urls.sort();
+                        urls == own
+                    });
+                    return match me {
+                        Some(me) => Ok((answer.cluster_id, me.id)),
+                        None => Err(anyhow::anyhow!(
+                            "this member ({}) is not a member of the cluster at {url}; add it first (etcdctl member add NAME --peer-urls={})",
+                            own.join(","),
+                            own.join(",")
+                        )),
+                    };
+                }
+                Err(e) => reasons.push(format!("{url}: {e}")),
+            }
         }
     }
+    Err(anyhow::anyhow!(
+        "cannot reach any member of the cluster to join ({})",
+        reasons.join("; ")
+    ))
 }
 
 /// RaftNode's inboxes the peer side delivers to.

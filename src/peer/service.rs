@@ -11,7 +11,6 @@
 //! mismatch` (HTTP 412 Precondition Failed in etcd; gRPC FailedPrecondition
 //! here); the sender logs that its request was ignored.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -20,7 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::msg::Leases;
 use crate::proto::cairnpb::peer_server::Peer;
 use crate::proto::cairnpb::{
-    LeaseAnswer, LeaseForward, RaftBatch, RaftStreamEnd, SnapshotChunk, SnapshotDone,
+    LeaseAnswer, LeaseForward, MembersRequest, MembersResponse, RaftBatch, RaftStreamEnd,
+    SnapshotChunk, SnapshotDone,
 };
 
 /// etcd's rafthttp error text for a request from another cluster.
@@ -33,8 +33,8 @@ pub struct PeerService {
     /// This member's cluster: batches from any other are refused.
     pub cluster_id: u64,
     pub local_id: u64,
-    /// Every member of the cluster; a stream from anyone else is refused.
-    pub members: HashSet<u64>,
+    /// The other members of the cluster; a stream from anyone else is refused.
+    pub members: super::Directory,
     /// Where decoded messages go: RaftNode's `Step`, with `try_send` (a
     /// closure, so the service is tested without an actor).
     pub deliver: Deliver,
@@ -43,6 +43,8 @@ pub struct PeerService {
     pub leases: Option<Leases>,
     /// Where raft snapshot images from the leader are received.
     pub snaps: Option<crate::snapshot::SnapDir>,
+    /// The applied state, for the member list a joining member asks for.
+    pub store: Option<std::sync::Arc<crate::mvcc::Store>>,
 }
 
 impl PeerService {
@@ -69,7 +71,7 @@ impl PeerService {
             );
             return Err(Status::failed_precondition(CLUSTER_ID_MISMATCH));
         }
-        if !self.members.contains(&batch.from) || batch.from == self.local_id {
+        if !self.members.contains(batch.from) || batch.from == self.local_id {
             tracing::warn!(remote_peer_id = %format!("{:x}", batch.from), "raft stream from a member not in this cluster refused");
             return Err(Status::permission_denied(format!(
                 "member {:x} is not in cluster {:x}",
@@ -222,6 +224,20 @@ impl Peer for PeerService {
         Ok(Response::new(SnapshotDone {}))
     }
 
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("no member list here"))?;
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.cluster_id,
+            members: store.membership().into_values().collect(),
+        }))
+    }
+
     async fn lease_renew(
         &self,
         request: Request<LeaseForward>,
@@ -271,9 +287,14 @@ mod tests {
         PeerService {
             cluster_id: 7,
             local_id: 1,
-            members: HashSet::from([1, 2, 3]),
+            members: {
+                let d = crate::peer::Directory::default();
+                d.replace((2..=3).map(|id| (id, vec![])).collect());
+                d
+            },
             leases: None,
             snaps: None,
+            store: None,
             deliver: Arc::new(move |m| {
                 got.lock().expect("lock").push(m.index);
                 true

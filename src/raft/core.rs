@@ -161,6 +161,46 @@ impl Core {
         })
     }
 
+    /// Proposes a membership change (`data`: an encoded raft ConfChange).
+    /// raft-rs refuses a second one while another is not yet applied.
+    pub fn propose_conf_change(&mut self, data: &[u8]) -> Result<(), EtcdError> {
+        let cc: raft::eraftpb::ConfChange =
+            protobuf::Message::parse_from_bytes(data).map_err(|_| EtcdError::Stopped)?;
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return Err(EtcdError::NoLeader);
+        }
+        self.node
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| match e {
+                raft::Error::ProposalDropped if self.node.raft.leader_id == raft::INVALID_ID => {
+                    EtcdError::NoLeader
+                }
+                raft::Error::ProposalDropped => EtcdError::LeaderChanged,
+                _ => EtcdError::Stopped,
+            })
+    }
+
+    /// Takes an applied membership change into raft's configuration;
+    /// returns the new configuration.
+    pub fn apply_conf_change(
+        &mut self,
+        cc: &raft::eraftpb::ConfChange,
+    ) -> Result<raft::eraftpb::ConfState, raft::Error> {
+        self.node.apply_conf_change(cc)
+    }
+
+    /// Whether learner `id` matched at least 90% of this leader's log
+    /// (etcd's readiness rule for a promotion); None when not leading.
+    pub fn learner_ready(&self, id: u64) -> Option<bool> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let leader = raft.raft_log.last_index();
+        let matched = raft.prs().get(id).map_or(0, |p| p.matched);
+        Some(matched as f64 >= leader as f64 * 0.9)
+    }
+
     /// Starts handing leadership to voter `to` (etcd's MoveLeader): only a
     /// leader can, and only to a voter of the current configuration.
     pub fn transfer_leader(&mut self, to: u64) -> Result<(), EtcdError> {
@@ -247,6 +287,7 @@ impl Core {
     pub fn progress(&self) -> Progress {
         let raft = &self.node.raft;
         Progress {
+            id: raft.id,
             term: raft.term,
             leader_id: raft.leader_id,
             commit_index: raft.raft_log.committed,

@@ -461,14 +461,19 @@ impl raft::Storage for LogStore {
 
     /// The snapshot for a member that needs entries this log no longer
     /// has: the newest image of the applied state, if the log still holds
-    /// the entries after it (so the member goes on from there by appends)
-    /// and it is at least `request_index`. Otherwise RaftNode is asked to
+    /// the entries after it (so the member goes on from there by appends),
+    /// it is at least `request_index` and member `to` is in its
+    /// configuration. Otherwise RaftNode is asked to
     /// make a new image (made off the raft thread: a whole state is too big
     /// to copy here), and raft-rs asks again after a while.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut m = self.meta.write();
         if let Some(image) = &m.image {
-            if image.index >= m.truncated.0 && image.index >= request_index {
+            // A member added after the image was made would refuse it (it
+            // is not in the image's configuration).
+            let cs = image.get_conf_state();
+            let knows_to = cs.voters.contains(&to) || cs.learners.contains(&to);
+            if image.index >= m.truncated.0 && image.index >= request_index && knows_to {
                 let mut snap = Snapshot::default();
                 snap.set_metadata(image.clone());
                 return Ok(snap);
@@ -666,12 +671,25 @@ mod tests {
         assert!(!s.take_image_wanted(), "asked once");
 
         s.set_image(10, 1, s.conf_state());
+        assert!(
+            s.snapshot(0, 2).is_err(),
+            "2 is not in the image's configuration"
+        );
+        assert!(s.take_image_wanted());
+        s.set_image(
+            10,
+            1,
+            ConfState {
+                voters: vec![1, 2],
+                ..Default::default()
+            },
+        );
         let snap = s.snapshot(0, 2).expect("snapshot");
         assert_eq!(
             (snap.get_metadata().index, snap.get_metadata().term),
             (10, 1)
         );
-        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2]);
         assert!(s.snapshot(11, 2).is_err(), "older than requested");
         assert!(s.take_image_wanted());
 

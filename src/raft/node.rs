@@ -26,9 +26,9 @@ use super::tick_clock::TickClock;
 use super::transport::{Transport, Undelivered};
 use crate::error::{fatal, EtcdError};
 use crate::msg::{
-    ApplyCommitted, InstallSnapshot, LogFlushed, MakeImage, Proposals, Propose, RaftStatus,
-    ReadIndex, ReportSnapshot, ReportUnreachable, Shutdown, Step, StepDown, TransferLeader,
-    MAILBOX_CAPACITY,
+    ApplyCommitted, ConfChanged, InstallSnapshot, LogFlushed, MakeImage, Proposals, Propose,
+    RaftStatus, ReadIndex, ReportSnapshot, ReportUnreachable, Shutdown, Step, StepDown,
+    TransferLeader, MAILBOX_CAPACITY,
 };
 use crate::supervise::Lifeline;
 
@@ -244,10 +244,10 @@ impl RaftNode {
         ctx.spawn(made.into_actor(self).map(|r, act, ctx| {
             act.imaging = false;
             match r.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok(index) => match raft::Storage::term(&act.log, index) {
+                Ok((index, conf)) => match raft::Storage::term(&act.log, index) {
                     Ok(term) => {
                         tracing::info!(index, term, "made a snapshot image for lagging members");
-                        act.log.set_image(index, term, act.log.conf_state());
+                        act.log.set_image(index, term, conf);
                     }
                     Err(e) => tracing::warn!(index, cause = %e, "snapshot image already behind the log; will make another"),
                 },
@@ -358,6 +358,8 @@ impl Handler<Propose> for RaftNode {
     fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) {
         let refused = if self.stopping {
             Err(EtcdError::Stopped)
+        } else if msg.conf_change {
+            self.core.propose_conf_change(&msg.data)
         } else {
             self.core.propose(msg.data)
         };
@@ -439,6 +441,51 @@ impl Handler<LogFlushed> for RaftNode {
                 Err(e) => tracing::warn!(cause = %e, "raft log truncation task failed"),
             }
         }));
+    }
+}
+
+impl Handler<crate::msg::LearnerReady> for RaftNode {
+    type Result = Option<bool>;
+    fn handle(&mut self, msg: crate::msg::LearnerReady, _: &mut Context<Self>) -> Option<bool> {
+        self.core.learner_ready(msg.id)
+    }
+}
+
+impl Handler<ConfChanged> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, msg: ConfChanged, ctx: &mut Context<Self>) {
+        let own = self.core.progress().id;
+        if let Some(cc) = &msg.change {
+            let cs = match self.core.apply_conf_change(cc) {
+                Ok(cs) => cs,
+                Err(e) => fatal("applying a membership change to raft", &e),
+            };
+            tracing::info!(voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
+            // Start-up reads the configuration from the applied state; the
+            // log's copy only saves that step.
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = log.set_conf_state(&cs) {
+                    tracing::warn!(cause = %e, "storing the raft configuration failed");
+                }
+            });
+            if cc.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode
+                && cc.node_id == own
+            {
+                tracing::warn!(
+                    member = %format!("{own:x}"),
+                    "the member has been permanently removed from the cluster; stopping"
+                );
+                crate::supervise::request_stop();
+            }
+        }
+        let members: Vec<(u64, Vec<String>)> = msg
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.peer_urls))
+            .collect();
+        self.transport.set_members(&members);
+        self.queue_drive(ctx);
     }
 }
 

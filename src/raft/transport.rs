@@ -17,6 +17,10 @@ pub trait Transport: Send + 'static {
     /// Queues messages for delivery. Must not block: delivery is best
     /// effort, raft retries on its own.
     fn send(&mut self, msgs: Vec<Message>) -> Undelivered;
+
+    /// The members of the configuration (id, peer URLs) after a membership
+    /// change: links follow them.
+    fn set_members(&mut self, _members: &[(u64, Vec<String>)]) {}
 }
 
 /// Members whose messages were dropped before they left this member.
