@@ -1026,6 +1026,53 @@ fn members_are_added_promoted_and_removed_at_runtime() {
         None,
     );
     assert!(String::from_utf8_lossy(&taken.stderr).contains("Peer URLs already exists"));
+
+    // Strict reconfiguration: with a voter down, adding one is refused
+    // (etcd's `unhealthy cluster`); removing the one that is down is fine.
+    let asker = (0..c.members.len())
+        .find(|&i| {
+            c.members[i]
+                .client_url()
+                .ends_with(&ep[ep.find(':').unwrap_or(0)..])
+        })
+        .expect("the member etcdctl talks to");
+    let down = c
+        .live()
+        .into_iter()
+        .find(|&i| i != asker && i != c.wait_leader(Duration::from_secs(10)))
+        .expect("a follower to stop");
+    let down_id = format!("{:x}", c.members[down].id());
+    let lost = |c: &Cluster| {
+        c.logs(asker)
+            .lines()
+            .filter(|l| l.contains("lost the stream") && l.contains(&down_id))
+            .count()
+    };
+    let before = lost(&c);
+    c.kill(down);
+    assert!(
+        wait_until(Duration::from_secs(20), || lost(&c) > before),
+        "the link to the stopped member never noticed"
+    );
+    let refused = common::etcdctl_at(
+        &ep,
+        &[
+            "member",
+            "add",
+            "m6",
+            "--peer-urls",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unhealthy cluster"),
+        "stdout {} stderr {}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    etcdctl_on(&ep, &["member", "remove", &down_id]);
+    put(&c.members[asker].client_url(), "k/4", "after").expect("put");
 }
 
 /// `etcdctl move-leader` (Maintenance.MoveLeader): leadership moves to the

@@ -44,6 +44,8 @@ pub enum EtcdError {
     MemberBadUrls,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
@@ -105,10 +107,16 @@ impl EtcdError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | MemberExist | PeerUrlExist | AuthNotEnabled | NotLeader
-            | BadLeaderTransferee | MemberNotLearner | LearnerNotReady | TooManyLearners => {
-                Code::FailedPrecondition
-            }
+            LeaseExist
+            | MemberExist
+            | PeerUrlExist
+            | AuthNotEnabled
+            | NotLeader
+            | BadLeaderTransferee
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | NotEnoughStartedMembers => Code::FailedPrecondition,
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
             NoLeader

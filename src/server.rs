@@ -310,6 +310,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             peers.lease_forwarder(),
             request_timeout,
         );
+        let directory = peers.directory();
         let inboxes = crate::peer::RaftInboxes {
             step: raft.clone().recipient(),
             unreachable: raft.clone().recipient(),
@@ -326,6 +327,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             storage: storage.clone().recipient(),
             tick: heartbeat,
             watch,
+            peers: directory,
         };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on

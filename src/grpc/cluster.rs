@@ -23,6 +23,14 @@ use crate::proto::etcdserverpb::*;
 /// etcd allows one learner at a time (`maxLearners`).
 const MAX_LEARNERS: usize = 1;
 
+/// A change the strict reconfiguration check looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reconfig {
+    Add,
+    Promote,
+    Remove(u64),
+}
+
 pub struct ClusterService {
     api: Api,
 }
@@ -38,6 +46,61 @@ impl ClusterService {
             &self.api.store.membership(),
             &self.api.store.member_attributes(),
         )
+    }
+
+    /// etcd's `--strict-reconfig-check` (on by default), for a change to the
+    /// voters: enough of them have started (published their attributes) to
+    /// keep a quorum after the change, and, for an addition, this member's
+    /// links reach every voter; for a removal, the voters left that it
+    /// reaches still form a quorum. `change` is +1 (add, promote) or the
+    /// member to remove.
+    fn check_reconfig(&self, change: Reconfig) -> Result<(), EtcdError> {
+        let membership = self.api.store.membership();
+        let published = self.api.store.member_attributes();
+        let local = self.api.cluster.local_id;
+        let voters: Vec<u64> = membership
+            .values()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect();
+        let started = |id: &u64| published.get(id).is_some_and(|a| !a.name.is_empty());
+        let active = |id: &u64| *id == local || self.api.peers.is_connected(*id);
+        match change {
+            Reconfig::Add | Reconfig::Promote => {
+                let nmembers = voters.len() + 1;
+                let mut nstarted = voters.iter().filter(|id| started(id)).count();
+                if change == Reconfig::Promote {
+                    nstarted += 1;
+                }
+                let one_member_growing = change == Reconfig::Add && nstarted == 1 && nmembers == 2;
+                if !one_member_growing && nstarted < nmembers / 2 + 1 {
+                    return Err(EtcdError::NotEnoughStartedMembers);
+                }
+                if change == Reconfig::Add && !voters.iter().all(active) {
+                    return Err(EtcdError::Unhealthy);
+                }
+            }
+            Reconfig::Remove(id) => {
+                if !voters.contains(&id) {
+                    return Ok(());
+                }
+                let rest: Vec<&u64> = voters.iter().filter(|v| **v != id).collect();
+                let nstarted = rest.iter().filter(|v| started(v)).count();
+                if nstarted < rest.len() / 2 + 1 {
+                    return Err(EtcdError::NotEnoughStartedMembers);
+                }
+                // A member that is down is safe to remove: it is not part of
+                // the working quorum.
+                if id != local && !active(&id) {
+                    return Ok(());
+                }
+                let connected = voters.iter().filter(|v| active(v)).count();
+                if connected - 1 < 1 + (voters.len() - 1) / 2 {
+                    return Err(EtcdError::Unhealthy);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Proposes a membership change and returns the member as applied.
@@ -117,6 +180,9 @@ impl Cluster for ClusterService {
         if req.is_learner && membership.values().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
             return Err(EtcdError::TooManyLearners.into());
         }
+        if !req.is_learner {
+            self.check_reconfig(Reconfig::Add)?;
+        }
         let member = MemberRecord {
             id: new_member_id(&urls, self.api.cluster.cluster_id),
             name: String::new(),
@@ -146,6 +212,7 @@ impl Cluster for ClusterService {
             .get(&id)
             .cloned()
             .ok_or(EtcdError::MemberNotFound)?;
+        self.check_reconfig(Reconfig::Remove(id))?;
         self.change(ConfChangeType::RemoveNode, member).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.api.membership_header()),
@@ -218,6 +285,7 @@ impl Cluster for ClusterService {
         if !member.is_learner {
             return Err(EtcdError::MemberNotLearner.into());
         }
+        self.check_reconfig(Reconfig::Promote)?;
         // Known on the leader only (its view of the learner's log); a
         // follower lets the change through, as the apply path accepts it.
         if self.api.raft.learner_ready(id).await == Some(false) {

@@ -69,6 +69,9 @@ pub struct Api {
     pub storage: actix::Recipient<crate::msg::CaptureImage>,
     /// The WatchBroadcaster actor, which every Watch stream talks to.
     pub watch: actix::Addr<crate::watch::WatchBroadcaster>,
+    /// Which members this member's peer links reach (etcd's strict
+    /// reconfiguration check).
+    pub peers: crate::peer::Directory,
 }
 
 impl Api {

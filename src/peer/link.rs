@@ -85,7 +85,14 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    pub fn new(target: Target, queue: Queue, raft: Recipient<ReportUnreachable>) -> PeerLink {
+    /// `connected` is set while the link's stream is up (shared with the
+    /// member directory: etcd's "active" peers, for reconfiguration checks).
+    pub fn new(
+        target: Target,
+        queue: Queue,
+        raft: Recipient<ReportUnreachable>,
+        connected: Arc<AtomicBool>,
+    ) -> PeerLink {
         let seed = target.from ^ target.to.rotate_left(17) ^ std::process::id() as u64;
         PeerLink {
             target,
@@ -93,7 +100,7 @@ impl PeerLink {
             raft,
             backoff: FIRST_BACKOFF,
             attempt: 0,
-            connected: Arc::new(AtomicBool::new(false)),
+            connected,
             rng: seed | 1,
         }
     }
@@ -131,6 +138,15 @@ impl PeerLink {
                 Ok(Ok(())) => return, // the transport is gone: shutting down
                 Ok(Err(e)) => {
                     if let LinkError::Stream { status, .. } = &e {
+                        if status.message() == super::service::MEMBER_REMOVED {
+                            // A member removed while it was away (or before it
+                            // applied its own removal) learns it here.
+                            tracing::warn!(
+                                remote_peer_id = %to,
+                                "the member has been permanently removed from the cluster; stopping"
+                            );
+                            crate::supervise::request_stop();
+                        }
                         if status.message() == super::service::CLUSTER_ID_MISMATCH {
                             tracing::error!(
                                 remote_peer_id = %to,
@@ -154,6 +170,8 @@ impl PeerLink {
             if act.connected.load(Ordering::Relaxed) && launched.elapsed() > MAX_BACKOFF {
                 act.backoff = FIRST_BACKOFF;
             }
+            // Down until the next stream is up.
+            act.connected.store(false, Ordering::Relaxed);
             // What was in flight is lost: raft-rs should probe the member
             // again rather than assume its stream of appends arrived.
             let _ = act.raft.try_send(ReportUnreachable { id: act.target.to });
@@ -277,7 +295,12 @@ mod tests {
         let sys = actix::System::new();
         sys.block_on(async move {
             let raft = Dummy.start().recipient();
-            let mut link = PeerLink::new(target, Arc::new(Mutex::new(rx)), raft);
+            let mut link = PeerLink::new(
+                target,
+                Arc::new(Mutex::new(rx)),
+                raft,
+                Arc::new(AtomicBool::new(false)),
+            );
             let mut bound = FIRST_BACKOFF;
             for _ in 0..10 {
                 let d = link.next_delay();

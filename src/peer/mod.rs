@@ -52,23 +52,43 @@ use transport::{NewLink, PeerTransport};
 /// forwarder finds the leader. Updated by the transport on every
 /// membership change.
 #[derive(Clone, Default)]
-pub struct Directory(Arc<RwLock<HashMap<u64, Vec<String>>>>);
+pub struct Directory {
+    urls: Arc<RwLock<HashMap<u64, Vec<String>>>>,
+    /// Per member: whether this member's link to it is up (etcd's "active").
+    connected: Arc<RwLock<HashMap<u64, Arc<std::sync::atomic::AtomicBool>>>>,
+}
 
 impl Directory {
     pub fn contains(&self, id: u64) -> bool {
-        self.0.read().contains_key(&id)
+        self.urls.read().contains_key(&id)
     }
 
     pub fn urls(&self, id: u64) -> Option<Vec<String>> {
-        self.0.read().get(&id).cloned()
+        self.urls.read().get(&id).cloned()
     }
 
     pub fn snapshot(&self) -> HashMap<u64, Vec<String>> {
-        self.0.read().clone()
+        self.urls.read().clone()
     }
 
     pub fn replace(&self, members: HashMap<u64, Vec<String>>) {
-        *self.0.write() = members;
+        self.connected
+            .write()
+            .retain(|id, _| members.contains_key(id));
+        *self.urls.write() = members;
+    }
+
+    /// The flag member `id`'s link keeps up to date.
+    pub fn connection(&self, id: u64) -> Arc<std::sync::atomic::AtomicBool> {
+        self.connected.write().entry(id).or_default().clone()
+    }
+
+    /// Whether this member's link to `id` is up.
+    pub fn is_connected(&self, id: u64) -> bool {
+        self.connected
+            .read()
+            .get(&id)
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -139,6 +159,11 @@ impl Peers {
         }
     }
 
+    /// Which members this member's links reach (reconfiguration checks).
+    pub fn directory(&self) -> Directory {
+        self.directory.clone()
+    }
+
     /// How a follower forwards lease requests to the leader.
     pub fn lease_forwarder(&self) -> Option<Arc<dyn crate::msg::ForwardToLeader>> {
         Some(Arc::new(forward::LeaseForwarder::new(
@@ -196,6 +221,7 @@ impl Peers {
         }
         let handle = arbiter.handle();
         let mut links = self.links;
+        let directory = self.directory.clone();
         let (cluster_id, from) = (cluster.cluster_id, cluster.local_id);
         arbiter.spawn(async move {
             while let Some(link) = links.recv().await {
@@ -212,7 +238,10 @@ impl Peers {
                     snapshot_done.clone(),
                 ));
                 let (queue, report) = (link.queue, unreachable.clone());
-                PeerLink::start_in_arbiter(&handle, move |_| PeerLink::new(target, queue, report));
+                let connected = directory.connection(link.id);
+                PeerLink::start_in_arbiter(&handle, move |_| {
+                    PeerLink::new(target, queue, report, connected)
+                });
             }
         });
     }

@@ -26,6 +26,9 @@ use crate::proto::cairnpb::{
 /// etcd's rafthttp error text for a request from another cluster.
 pub const CLUSTER_ID_MISMATCH: &str = "cluster ID mismatch";
 
+/// What a removed member hears from the others (etcd: HTTP 410 Gone).
+pub const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
+
 /// Hands one decoded raft message to RaftNode; false if it was dropped.
 pub type Deliver = Arc<dyn Fn(raft::eraftpb::Message) -> bool + Send + Sync>;
 
@@ -70,6 +73,15 @@ impl PeerService {
                 "request cluster ID mismatch"
             );
             return Err(Status::failed_precondition(CLUSTER_ID_MISMATCH));
+        }
+        if self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.is_removed(batch.from))
+        {
+            // etcd's rafthttp answers 410 Gone; the sender stops itself.
+            tracing::warn!(remote_peer_id = %format!("{:x}", batch.from), "raft stream from a removed member refused");
+            return Err(Status::permission_denied(MEMBER_REMOVED));
         }
         if !self.members.contains(batch.from) || batch.from == self.local_id {
             tracing::warn!(remote_peer_id = %format!("{:x}", batch.from), "raft stream from a member not in this cluster refused");
