@@ -68,7 +68,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)
         .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
-    let log = LogStore::open(&member_dir.join("wal")).context("opening the raft log")?;
+    let wal_dir = cfg
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| member_dir.join("wal"));
+    let log = LogStore::open(&wal_dir).context("opening the raft log")?;
     let sled = SledBackend::open(&member_dir.join("state")).context("opening the state store")?;
     let backend =
         Arc::new(BufferedBackend::new(Arc::new(sled)).context("opening the state store")?);
@@ -265,6 +269,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         });
                         tracing::info!(%addr, "serving client requests");
                     }
+                    // etcd's line, which operators' scripts wait for.
+                    tracing::info!("ready to serve client requests");
                     tokio::select! {
                         _ = shutdown_signal() => {}
                         Some(Ok(Err((addr, e)))) = servers.join_next() => {
