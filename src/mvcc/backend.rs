@@ -102,6 +102,13 @@ impl SledBackend {
             .cache_capacity(cache_bytes)
             .open()?;
         let tree = db.open_tree(SLED_TREE)?;
+        // sled writes its log buffers out on its own thread pool, so the
+        // file of a new database stays empty until that write lands, and
+        // Status.dbSize (etcd: the bolt file's size, never 0) read 0 for the
+        // first moments of a member. A flush waits for that write.
+        if db.size_on_disk()? == 0 {
+            db.flush()?;
+        }
         Ok(SledBackend { db, tree })
     }
 }
@@ -393,6 +400,14 @@ mod tests {
         }
         let b = open_sled_for_test(dir.path());
         assert_eq!(b.get(b"x").expect("get"), Some(b"y".to_vec()));
+        assert!(b.size_on_disk().expect("size") > 0);
+    }
+
+    /// Status.dbSize is never 0, even on a member that never flushed.
+    #[test]
+    fn a_new_sled_store_has_a_size_before_any_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = SledBackend::open_with_cache(dir.path(), 8 << 20).expect("open");
         assert!(b.size_on_disk().expect("size") > 0);
     }
 
