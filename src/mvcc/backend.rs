@@ -71,6 +71,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes everything written so far durable. Blocking (fsync): callers run it off actor threads.
     fn flush(&self) -> Result<(), StorageError>;
     fn size_on_disk(&self) -> Result<u64, StorageError>;
+    /// Gives the space of deleted data back to the file system, if the
+    /// engine holds on to it; etcd's Defragment. The member keeps serving
+    /// meanwhile. By default, only a flush.
+    fn defragment(&self) -> Result<(), StorageError> {
+        self.flush()
+    }
 }
 
 /// sled's page cache size used by [`SledBackend::open`]: large enough to keep
@@ -113,28 +119,37 @@ impl SledBackend {
     }
 }
 
+impl SledBackend {
+    /// [`Backend::scan_prefix`], as an iterator that borrows nothing (sled's
+    /// own iterators hold their tree).
+    pub(crate) fn owned_scan_prefix(&self, prefix: &[u8]) -> ScanIter<'static> {
+        owned(self.tree.scan_prefix(prefix))
+    }
+
+    /// [`Backend::scan_range`], as an iterator that borrows nothing.
+    pub(crate) fn owned_scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'static> {
+        if start >= end {
+            return Box::new(std::iter::empty());
+        }
+        owned(self.tree.range(start..end))
+    }
+}
+
+fn owned(iter: sled::Iter) -> ScanIter<'static> {
+    Box::new(iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)))
+}
+
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> ScanIter<'_> {
-        Box::new(
-            self.tree
-                .scan_prefix(prefix)
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)),
-        )
+        self.owned_scan_prefix(prefix)
     }
 
     fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_> {
-        if start >= end {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(
-            self.tree
-                .range(start..end)
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)),
-        )
+        self.owned_scan_range(start, end)
     }
 
     fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
