@@ -82,6 +82,7 @@ impl Opt {
     /// Marks a Go bool flag.
     const fn switch(mut self) -> Opt {
         self.kind = Kind::Bool;
+        self.value_name = "BOOL";
         self
     }
 
@@ -152,7 +153,8 @@ pub(super) const OPTIONS: &[Opt] = &[
         CONFIG_FILE,
         "config-file",
         "PATH",
-        "Path to a TOML configuration file; flags and CAIRN_* variables override it",
+        "Path to a configuration file, cairn's TOML or etcd's YAML (etcd.conf.yml); flags, \
+         CAIRN_* and ETCD_* variables override it",
     ),
     opt(
         "name",
