@@ -95,3 +95,62 @@ fn compaction_gives_the_space_back_without_a_defrag() {
     let got = etcdctl_ok(&server, &["get", "after", "--print-value-only"]);
     assert_eq!(got.trim(), "1");
 }
+
+#[test]
+fn a_kill_during_a_defragment_loses_no_acknowledged_write() {
+    let mut server = Server::start(Kind::Cairn);
+    if server.is_etcd() {
+        eprintln!("cairn's defragment only");
+        return;
+    }
+    fill(server.client_url());
+    // Writes go on through the defragment and the kill; each acknowledged
+    // key must be there after the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (server.client_url(), stop.clone());
+        std::thread::spawn(move || {
+            grpc::block_on(async move {
+                let mut acked = Vec::new();
+                let Ok(mut kv) = grpc::kv_client(&url).await else {
+                    return acked;
+                };
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let key = format!("during/{n:06}");
+                    let put = PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    };
+                    match kv.put(put).await {
+                        Ok(_) => acked.push(key),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+                acked
+            })
+        })
+    };
+    let member = server.data_dir().join("member");
+    let defrag = {
+        let endpoint = server.endpoint();
+        std::thread::spawn(move || common::etcdctl_at(&endpoint, &["defrag"], None))
+    };
+    let copying = wait_until(Duration::from_secs(30), || member.join("state-1").exists());
+    assert!(copying, "no defragment under way");
+    server.kill();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.join().expect("writer");
+    let _ = defrag.join();
+    server.restart();
+    let present = etcdctl_ok(&server, &["get", "during/", "--prefix", "--keys-only"]);
+    let present: std::collections::HashSet<&str> =
+        present.lines().filter(|l| !l.is_empty()).collect();
+    for key in &acked {
+        assert!(present.contains(key.as_str()), "acknowledged {key} lost");
+    }
+    let kept = etcdctl_ok(&server, &["get", "space/031/127", "--keys-only"]);
+    assert_eq!(kept.trim(), "space/031/127");
+}
