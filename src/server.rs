@@ -28,7 +28,7 @@ use crate::msg::{
     FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown, StepDown,
     WATCH_MAILBOX_CAPACITY,
 };
-use crate::mvcc::{BufferedBackend, SledBackend, Store};
+use crate::mvcc::{BufferedBackend, DefraggableSled, Store};
 use crate::proto::cairnpb::MemberAttributes;
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
@@ -100,8 +100,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)
         .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
-    let log = LogStore::open(&member_dir.join("wal")).context("opening the raft log")?;
-    let sled = SledBackend::open(&member_dir.join("state")).context("opening the state store")?;
+    let wal_dir = cfg
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| member_dir.join("wal"));
+    let log = LogStore::open(&wal_dir).context("opening the raft log")?;
+    let sled = DefraggableSled::open(&member_dir, crate::mvcc::backend::DEFAULT_SLED_CACHE_BYTES)
+        .context("opening the state store")?;
     let backend =
         Arc::new(BufferedBackend::new(Arc::new(sled)).context("opening the state store")?);
 
@@ -382,6 +387,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         });
                         tracing::info!(%addr, "serving client requests");
                     }
+                    // etcd's line, which operators' scripts wait for.
+                    tracing::info!("ready to serve client requests");
                     tokio::select! {
                         _ = shutdown_signal() => {}
                         _ = supervise::stop_requested() => {}

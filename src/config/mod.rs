@@ -3,12 +3,19 @@
 //! cairn must drop into scripts and systemd units written for etcd, so every
 //! option has etcd's flag name, value format and default (`--name`,
 //! `--data-dir`, `--listen-client-urls`, `--initial-cluster`, ...). Options
-//! come from four layers, each overriding the one before:
+//! come from five layers, each overriding the one before:
 //!
 //! ```text
-//!   built-in defaults  <  --config-file (TOML)  <  CAIRN_* variables  <  flags
-//!   Config::default()     data_dir = "..."         CAIRN_DATA_DIR=...    --data-dir ...
+//!   built-in defaults  <  --config-file         <  ETCD_* variables  <  CAIRN_* variables  <  flags
+//!   Config::default()     TOML data_dir = "..."    ETCD_DATA_DIR=...    CAIRN_DATA_DIR=...    --data-dir ...
+//!                         or etcd's YAML data-dir: ...
 //! ```
+//!
+//! The options table ([`options::OPTIONS`]) holds every etcd 3.4 flag: each
+//! is implemented, accepted without effect (one start-up warning saying why
+//! when set to a value cairn does not behave as), or accepted only at its
+//! default (refused otherwise: `--force-new-cluster`, `--discovery`, ...);
+//! see [`etcd`] for the `ETCD_*` and YAML layers and that check.
 //!
 //! The `config` crate merges the file, the environment and the flags that were
 //! actually given; whatever no layer sets keeps its default. Each value then
@@ -22,14 +29,16 @@
 //! every option at its default, checked by a test against [`Config::default`].
 //!
 //! Where cairn departs from etcd 3.4, on purpose:
-//! * the config file is TOML with snake_case keys, and layers with the
-//!   environment and the flags (etcd ignores its flags when given a file);
+//! * the config file is TOML with snake_case keys or etcd's YAML, and layers
+//!   with the environment and the flags (etcd ignores its flags and
+//!   variables when given a file);
 //! * `--initial-cluster` left at its default follows `--name` and
 //!   `--initial-advertise-peer-urls` even when the name is `default` (etcd
 //!   then fails at bootstrap instead);
 //! * `--quota-backend-bytes` cannot be negative (etcd's "no quota").
 
 mod error;
+mod etcd;
 mod options;
 mod values;
 
@@ -43,7 +52,7 @@ use config::{Source, Value, ValueKind};
 use url::Url;
 
 pub use error::{ConfigError, ValueOrigin};
-use options::{known, Opt, CONFIG_FILE, ENV_PREFIX, OPTIONS};
+use options::{known, Opt, Support, CONFIG_FILE, ENV_PREFIX, ETCD_ENV_PREFIX, OPTIONS};
 use values::CompactionMode;
 
 /// 2 GiB: etcd's default backend quota.
@@ -124,6 +133,8 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
     /// `debug`, `info`, `warn` or `error` (usable as a tracing filter).
     pub log_level: String,
+    /// Where the raft log lives, when not under the data dir (`--wal-dir`).
+    pub wal_dir: Option<PathBuf>,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -155,6 +166,7 @@ impl Default for Config {
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(10 * 60),
             log_level: "info".to_string(),
+            wal_dir: None,
         }
     }
 }
@@ -207,7 +219,11 @@ impl Config {
         let config_file = flag(known(CONFIG_FILE))
             .or_else(|| env.get(&known(CONFIG_FILE).env_var()).cloned())
             .filter(|path| !path.is_empty())
+            .or_else(|| env.get(&format!("{ETCD_ENV_PREFIX}_CONFIG_FILE")).cloned())
+            .filter(|path| !path.is_empty())
             .map(PathBuf::from);
+        let mut warnings = Vec::new();
+        let mut yaml = false;
 
         let mut builder = config::Config::builder();
         if let Some(path) = &config_file {
@@ -221,12 +237,34 @@ impl Config {
                     reason,
                 });
             }
-            builder = builder.add_source(
-                config::File::from(path.as_path())
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ConfigFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            yaml = etcd::is_yaml(path, &text);
+            builder = match yaml {
+                true => {
+                    let (layer, unknown) = etcd::yaml_layer(path, &text).map_err(|reason| {
+                        ConfigError::ConfigFile {
+                            path: path.clone(),
+                            reason,
+                        }
+                    })?;
+                    warnings.extend(unknown);
+                    builder.add_source(layer)
+                }
+                false => builder.add_source(
+                    config::File::from(path.as_path())
+                        .format(config::FileFormat::Toml)
+                        .required(true),
+                ),
+            };
         }
+        // etcd's own variables sit below cairn's: CAIRN_X is the more
+        // specific, and a unit setting both means the CAIRN_ one.
+        let (etcd_env, unknown) = etcd::env_layer(&env);
+        warnings.extend(unknown);
+        builder = builder.add_source(etcd_env);
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
@@ -234,11 +272,16 @@ impl Config {
                 .try_parsing(false)
                 .source(Some(env.clone())),
         );
-        let mut warnings = Vec::new();
+        let set = |var: &String| env.get(var).is_some_and(|v| !v.is_empty());
         for o in OPTIONS.iter().filter(|o| o.key != CONFIG_FILE) {
+            let cairn_var = set(&o.env_var()).then(|| o.env_var());
+            let etcd_var = o.etcd_env_vars().find(set);
+            if let (Some(cairn_var), Some(etcd_var)) = (&cairn_var, &etcd_var) {
+                warnings.push(format!("{etcd_var} is shadowed by {cairn_var}"));
+            }
             if let Some(value) = flag(o) {
-                if env.get(&o.env_var()).is_some_and(|v| !v.is_empty()) {
-                    warnings.push(format!("{} is shadowed by --{}", o.env_var(), o.flag));
+                for var in cairn_var.iter().chain(&etcd_var) {
+                    warnings.push(format!("{var} is shadowed by --{}", o.flag));
                 }
                 builder = builder
                     .set_override(o.key, value)
@@ -257,6 +300,7 @@ impl Config {
         let layers = Layers {
             merged,
             file: config_file,
+            yaml,
         };
         layers.check_keys(&mut warnings)?;
         let config = layers.resolve(&mut warnings)?;
@@ -573,6 +617,8 @@ const ENV_ORIGIN: &str = "the environment";
 struct Layers {
     merged: config::Map<String, Value>,
     file: Option<PathBuf>,
+    /// The file is etcd's YAML (keys are flag names), not cairn's TOML.
+    yaml: bool,
 }
 
 impl Layers {
@@ -583,9 +629,15 @@ impl Layers {
         match value.origin() {
             None => ValueOrigin::Flag,
             Some(ENV_ORIGIN) => ValueOrigin::Env(o.env_var()),
+            Some(origin) if origin.starts_with(etcd::ETCD_ENV_ORIGIN) => {
+                ValueOrigin::Env(origin[etcd::ETCD_ENV_ORIGIN.len()..].to_string())
+            }
             Some(_) => ValueOrigin::File {
                 path: self.file.clone().unwrap_or_default(),
-                key: o.key.to_string(),
+                key: match self.yaml {
+                    true => o.flag.to_string(),
+                    false => o.key.to_string(),
+                },
             },
         }
     }
@@ -596,7 +648,9 @@ impl Layers {
         let mut keys: Vec<&String> = self.merged.keys().collect();
         keys.sort();
         for key in keys {
-            let from_env = self.merged[key].origin() == Some(ENV_ORIGIN);
+            let from_env = self.merged[key]
+                .origin()
+                .is_some_and(|o| o == ENV_ORIGIN || o.starts_with(etcd::ETCD_ENV_ORIGIN));
             let known = options::by_key(key).is_some_and(|o| from_env || o.key != CONFIG_FILE);
             if known {
                 continue;
@@ -703,6 +757,7 @@ impl Layers {
                 values::retention(mode, raw.text()?)
             })?
             .unwrap_or(None);
+        let switch = |key| self.get(key, |raw| values::go_bool(raw.text()?));
         let log_level = match self.get("log_level", |raw| values::log_level(raw.text()?))? {
             Some((level, mapped)) => {
                 if mapped {
@@ -714,6 +769,12 @@ impl Layers {
             }
             None => defaults.log_level.clone(),
         };
+        // etcd 3.4's --debug: debug level, whatever --log-level says.
+        let log_level = match switch("debug")? {
+            Some(true) => "debug".to_string(),
+            _ => log_level,
+        };
+        self.check_unimplemented(warnings)?;
         let number = |key| self.get(key, |raw| values::positive(raw.text()?));
         Ok(Config {
             data_dir,
@@ -756,8 +817,36 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.watch_progress_notify_interval),
             log_level,
+            wal_dir: self
+                .get("wal_dir", |raw| Ok(raw.text()?.trim().to_string()))?
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from),
             name,
         })
+    }
+
+    /// The etcd options cairn accepts without implementing: a warning for
+    /// each one set to a value cairn does not behave as, an error for a
+    /// refused one (see [`Support`]).
+    fn check_unimplemented(&self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+        for o in OPTIONS.iter().filter(|o| o.support != Support::Implemented) {
+            let shown = self.get(o.key, |raw| Ok(raw.shown()))?;
+            let Some(shown) = shown else { continue };
+            let check = etcd::check_unimplemented(o, &shown);
+            match check {
+                Ok(warning) => warnings.extend(warning),
+                Err(reason) => {
+                    let value = self.merged.get(o.key).map(|v| self.origin(o, v));
+                    return Err(ConfigError::InvalidValue {
+                        flag: o.flag,
+                        value: shown,
+                        origin: value.unwrap_or(ValueOrigin::Flag),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -19,6 +19,45 @@ pub(super) struct Opt {
     pub flag: &'static str,
     pub value_name: &'static str,
     pub help: &'static str,
+    /// Whether the flag takes a value or is a switch.
+    pub kind: Kind,
+    /// What cairn does with it.
+    pub support: Support,
+    /// Other etcd names of the same flag (`experimental-…` before it
+    /// graduated, or after), accepted as flags, `ETCD_*` variables and YAML
+    /// keys.
+    pub aliases: &'static [&'static str],
+}
+
+/// How a flag takes its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// `--flag value` or `--flag=value`.
+    Value,
+    /// A Go bool flag: `--flag` alone means true; a value needs `=`
+    /// (`--flag=false`), since Go's flag package never takes the next word.
+    Bool,
+}
+
+/// What cairn does with an option. Every etcd flag is one of these three:
+/// cairn never starts with a flag it silently drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Support {
+    /// cairn implements it.
+    Implemented,
+    /// Accepted without effect. Set to a value outside `agrees` (values cairn
+    /// behaves as anyway, etcd's default among them), it logs one start-up
+    /// warning: "flag --X accepted and ignored: `reason`".
+    Ignored {
+        agrees: &'static [&'static str],
+        reason: &'static str,
+    },
+    /// Accepted only at a value in `agrees`; anything else is refused, because
+    /// starting would pretend to a safety or a behaviour cairn lacks.
+    Refused {
+        agrees: &'static [&'static str],
+        reason: &'static str,
+    },
 }
 
 impl Opt {
@@ -26,10 +65,44 @@ impl Opt {
     pub fn env_var(&self) -> String {
         format!("{ENV_PREFIX}_{}", self.key.to_ascii_uppercase())
     }
+
+    /// etcd's environment variables for this option: `ETCD_` and the flag
+    /// (or an alias) in capitals with `_` for `-`.
+    pub fn etcd_env_vars(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(self.flag)
+            .chain(self.aliases.iter().copied())
+            .map(|name| {
+                format!(
+                    "{ETCD_ENV_PREFIX}_{}",
+                    name.replace('-', "_").to_ascii_uppercase()
+                )
+            })
+    }
+
+    /// Marks a Go bool flag.
+    const fn switch(mut self) -> Opt {
+        self.kind = Kind::Bool;
+        self.value_name = "BOOL";
+        self
+    }
+
+    const fn supported(mut self, support: Support) -> Opt {
+        self.support = support;
+        self
+    }
+
+    const fn aka(mut self, aliases: &'static [&'static str]) -> Opt {
+        self.aliases = aliases;
+        self
+    }
 }
 
 /// Prefix of the environment variables (`CAIRN_NAME`, ...).
 pub(super) const ENV_PREFIX: &str = "CAIRN";
+
+/// Prefix of etcd's environment variables (`ETCD_NAME`, ...), read below
+/// `CAIRN_*` ones.
+pub(super) const ETCD_ENV_PREFIX: &str = "ETCD";
 
 /// The option naming the config file: a flag or a variable, never a file key.
 pub(super) const CONFIG_FILE: &str = "config_file";
@@ -45,7 +118,33 @@ const fn opt(
         flag,
         value_name,
         help,
+        kind: Kind::Value,
+        support: Support::Implemented,
+        aliases: &[],
     }
+}
+
+/// An etcd option cairn accepts without effect (see [`Support::Ignored`]).
+const fn ignored(
+    key: &'static str,
+    flag: &'static str,
+    agrees: &'static [&'static str],
+    reason: &'static str,
+    help: &'static str,
+) -> Opt {
+    opt(key, flag, "VALUE", help).supported(Support::Ignored { agrees, reason })
+}
+
+/// An etcd option cairn accepts only at the values in `agrees` (see
+/// [`Support::Refused`]).
+const fn refused(
+    key: &'static str,
+    flag: &'static str,
+    agrees: &'static [&'static str],
+    reason: &'static str,
+    help: &'static str,
+) -> Opt {
+    opt(key, flag, "VALUE", help).supported(Support::Refused { agrees, reason })
 }
 
 /// Every option, in the order `--help` and the sample file show them.
@@ -54,7 +153,8 @@ pub(super) const OPTIONS: &[Opt] = &[
         CONFIG_FILE,
         "config-file",
         "PATH",
-        "Path to a TOML configuration file; flags and CAIRN_* variables override it",
+        "Path to a configuration file, cairn's TOML or etcd's YAML (etcd.conf.yml); flags, \
+         CAIRN_* and ETCD_* variables override it",
     ),
     opt(
         "name",
@@ -179,13 +279,330 @@ pub(super) const OPTIONS: &[Opt] = &[
         "How often watches created with progress_notify get a progress notification when no \
          event reached them (etcd 3.4: --experimental-watch-progress-notify-interval) \
          [default: 10m]",
-    ),
+    )
+    .aka(&["experimental-watch-progress-notify-interval"]),
     opt(
         "log_level",
         "log-level",
         "LEVEL",
         "Log level: debug, info, warn or error [default: info]",
     ),
+    // The rest of etcd 3.4's server flags (and the 3.5/3.6 names of the
+    // graduated experimental ones), so that an etcd unit, manifest or
+    // ETCD_* environment starts cairn. TLS, auth-token and metrics flags
+    // are added with the features they configure.
+    opt(
+        "wal_dir",
+        "wal-dir",
+        "DIR",
+        "Path to a dedicated directory for the raft log [default: ${data-dir}/member/wal]",
+    ),
+    opt(
+        "debug",
+        "debug",
+        "BOOL",
+        "Log at debug level, as --log-level=debug (etcd 3.4, deprecated there) [default: false]",
+    )
+    .switch(),
+    ignored(
+        "logger",
+        "logger",
+        &["zap", "capnslog"],
+        "cairn logs through its own structured logger (tracing)",
+        "etcd's logger ('zap' or 'capnslog'); either way cairn logs in its own structured \
+         format",
+    ),
+    ignored(
+        "log_outputs",
+        "log-outputs",
+        &["default", "stderr"],
+        "cairn logs to stderr only (systemd's journal collects it there)",
+        "Where logs go; cairn always writes them to stderr [default: default]",
+    ),
+    ignored(
+        "log_output",
+        "log-output",
+        &["default", "stderr"],
+        "cairn logs to stderr only (systemd's journal collects it there)",
+        "etcd 3.3's name of --log-outputs [default: default]",
+    ),
+    ignored(
+        "log_package_levels",
+        "log-package-levels",
+        &[""],
+        "set per-module levels with RUST_LOG (e.g. RUST_LOG=info,cairn::raft=debug)",
+        "Per-package log levels of etcd's capnslog; use RUST_LOG",
+    ),
+    ignored(
+        "max_snapshots",
+        "max-snapshots",
+        &["5", "0"],
+        "cairn keeps no snapshot files: the raft log is truncated behind the flushed state",
+        "Maximum number of snapshot files to retain [default: 5]",
+    ),
+    ignored(
+        "max_wals",
+        "max-wals",
+        &["5", "0"],
+        "raft-engine recycles its own log files once the log is truncated",
+        "Maximum number of WAL files to retain [default: 5]",
+    ),
+    ignored(
+        "initial_election_tick_advance",
+        "initial-election-tick-advance",
+        &["true"],
+        "raft-rs has no fast-forwarded start-up ticks; cairn waits a full election timeout",
+        "Fast-forward initial election ticks on boot [default: true]",
+    )
+    .switch(),
+    ignored(
+        "backend_batch_interval",
+        "backend-batch-interval",
+        &[""],
+        "cairn's write buffer commits into the state store every 5 ms or 256 operations",
+        "Longest time before a backend commit",
+    ),
+    ignored(
+        "backend_batch_limit",
+        "backend-batch-limit",
+        &["0"],
+        "cairn's write buffer commits into the state store every 5 ms or 256 operations",
+        "Most operations before a backend commit [default: 0]",
+    ),
+    ignored(
+        "max_concurrent_streams",
+        "max-concurrent-streams",
+        &["math.MaxUint32", "4294967295"],
+        "cairn does not limit the gRPC streams of a client connection",
+        "Most concurrent gRPC streams per client connection [default: unlimited]",
+    ),
+    ignored(
+        "grpc_keepalive_min_time",
+        "grpc-keepalive-min-time",
+        &["5s"],
+        "cairn's gRPC server keeps its built-in HTTP/2 keep-alive policy",
+        "Shortest interval at which a client may ping [default: 5s]",
+    ),
+    ignored(
+        "grpc_keepalive_interval",
+        "grpc-keepalive-interval",
+        &["2h", "2h0m0s"],
+        "cairn's gRPC server keeps its built-in HTTP/2 keep-alive policy",
+        "How often the server pings an idle client [default: 2h]",
+    ),
+    ignored(
+        "grpc_keepalive_timeout",
+        "grpc-keepalive-timeout",
+        &["20s"],
+        "cairn's gRPC server keeps its built-in HTTP/2 keep-alive policy",
+        "How long the server waits for a ping's answer [default: 20s]",
+    ),
+    refused(
+        "discovery",
+        "discovery",
+        &[""],
+        "discovery bootstrap is not implemented; list the members in --initial-cluster",
+        "Discovery URL used to bootstrap the cluster (refused: use --initial-cluster)",
+    ),
+    ignored(
+        "discovery_fallback",
+        "discovery-fallback",
+        &["proxy", "exit"],
+        "it only applies with --discovery, which cairn does not implement",
+        "What to do when discovery fails ('exit' or 'proxy') [default: proxy]",
+    ),
+    ignored(
+        "discovery_proxy",
+        "discovery-proxy",
+        &[""],
+        "it only applies with --discovery, which cairn does not implement",
+        "HTTP proxy for the discovery service",
+    ),
+    refused(
+        "discovery_srv",
+        "discovery-srv",
+        &[""],
+        "DNS SRV bootstrap is not implemented; list the members in --initial-cluster",
+        "DNS SRV domain used to bootstrap the cluster (refused: use --initial-cluster)",
+    ),
+    ignored(
+        "discovery_srv_name",
+        "discovery-srv-name",
+        &[""],
+        "it only applies with --discovery-srv, which cairn does not implement",
+        "Suffix of the DNS SRV name queried when bootstrapping",
+    ),
+    ignored(
+        "strict_reconfig_check",
+        "strict-reconfig-check",
+        &["true"],
+        "cairn has no runtime membership changes yet, so no reconfiguration to check",
+        "Reject reconfiguration requests that would cause quorum loss [default: true]",
+    )
+    .switch(),
+    ignored(
+        "pre_vote",
+        "pre-vote",
+        &["true", "false"],
+        "cairn always runs raft's pre-vote phase",
+        "Run raft's pre-vote phase; cairn always does [default: false]",
+    )
+    .switch(),
+    ignored(
+        "enable_v2",
+        "enable-v2",
+        &["false"],
+        "cairn serves the v3 API only",
+        "Accept etcd v2 client requests (cairn serves v3 only) [default: false]",
+    )
+    .switch(),
+    ignored(
+        "experimental_enable_v2v3",
+        "experimental-enable-v2v3",
+        &[""],
+        "cairn serves the v3 API only",
+        "Serve v2 requests through the v3 backend under a prefix (not served)",
+    ),
+    ignored(
+        "enable_grpc_gateway",
+        "enable-grpc-gateway",
+        &["true"],
+        "whether cairn serves the JSON gateway does not depend on this flag",
+        "Serve the v3 JSON gateway on the client URLs [default: true]",
+    )
+    .switch(),
+    ignored(
+        "cors",
+        "cors",
+        &["", "*"],
+        "cairn serves no browser-facing v2 HTTP API",
+        "Comma-separated origins allowed for CORS [default: *]",
+    ),
+    ignored(
+        "host_whitelist",
+        "host-whitelist",
+        &["", "*"],
+        "cairn serves no v2 HTTP API, whose Host headers this checks",
+        "Hostnames accepted from insecure HTTP requests [default: *]",
+    ),
+    refused(
+        "proxy",
+        "proxy",
+        &["off"],
+        "cairn cannot run as an etcd v2 proxy; it only runs as a member",
+        "v2 proxy mode ('off', 'readonly' or 'on'; only 'off' is accepted) [default: off]",
+    ),
+    ignored(
+        "proxy_failure_wait",
+        "proxy-failure-wait",
+        &["5000"],
+        "it only applies to the v2 proxy, which cairn does not implement",
+        "v2 proxy: ms an endpoint stays failed [default: 5000]",
+    ),
+    ignored(
+        "proxy_refresh_interval",
+        "proxy-refresh-interval",
+        &["30000"],
+        "it only applies to the v2 proxy, which cairn does not implement",
+        "v2 proxy: endpoints refresh interval in ms [default: 30000]",
+    ),
+    ignored(
+        "proxy_dial_timeout",
+        "proxy-dial-timeout",
+        &["1000"],
+        "it only applies to the v2 proxy, which cairn does not implement",
+        "v2 proxy: dial timeout in ms [default: 1000]",
+    ),
+    ignored(
+        "proxy_write_timeout",
+        "proxy-write-timeout",
+        &["5000"],
+        "it only applies to the v2 proxy, which cairn does not implement",
+        "v2 proxy: write timeout in ms [default: 5000]",
+    ),
+    ignored(
+        "proxy_read_timeout",
+        "proxy-read-timeout",
+        &["0"],
+        "it only applies to the v2 proxy, which cairn does not implement",
+        "v2 proxy: read timeout in ms [default: 0]",
+    ),
+    ignored(
+        "experimental_initial_corrupt_check",
+        "experimental-initial-corrupt-check",
+        &["false"],
+        "cairn has no start-up corruption check yet: this member is NOT compared with its \
+         peers before serving",
+        "Check data corruption before serving (not implemented yet) [default: false]",
+    )
+    .switch()
+    .aka(&["initial-corrupt-check"]),
+    ignored(
+        "experimental_corrupt_check_time",
+        "experimental-corrupt-check-time",
+        &["0s", "0"],
+        "cairn has no periodic corruption check yet: members are NOT compared while running",
+        "Interval between corruption checks (not implemented yet) [default: 0s]",
+    )
+    .aka(&["corrupt-check-time"]),
+    ignored(
+        "experimental_backend_bbolt_freelist_type",
+        "experimental-backend-bbolt-freelist-type",
+        &["array", "map"],
+        "cairn's state store is not bbolt",
+        "bbolt's freelist type ('array' or 'map') [default: array]",
+    )
+    .aka(&["backend-bbolt-freelist-type"]),
+    ignored(
+        "experimental_enable_lease_checkpoint",
+        "experimental-enable-lease-checkpoint",
+        &["false"],
+        "cairn does not checkpoint lease TTLs: a new leader restarts each lease's TTL, as \
+         etcd does without this flag",
+        "Persist the remaining TTL of leases (not implemented) [default: false]",
+    )
+    .switch(),
+    ignored(
+        "experimental_compaction_batch_limit",
+        "experimental-compaction-batch-limit",
+        &["1000"],
+        "cairn's compactor removes revisions in batches of its own size, off the apply thread",
+        "Most revisions deleted per compaction batch [default: 1000]",
+    )
+    .aka(&["compaction-batch-limit"]),
+    ignored(
+        "experimental_compaction_sleep_interval",
+        "experimental-compaction-sleep-interval",
+        &["10ms"],
+        "cairn's compactor runs on a thread of its own and yields between batches",
+        "Pause between compaction batches (etcd 3.5) [default: 10ms]",
+    )
+    .aka(&["compaction-sleep-interval"]),
+    ignored(
+        "experimental_warning_apply_duration",
+        "experimental-warning-apply-duration",
+        &["100ms"],
+        "cairn has no per-request apply-duration warning",
+        "Warn when applying a request takes longer than this [default: 100ms]",
+    )
+    .aka(&["warning-apply-duration"]),
+    ignored(
+        "unsafe_no_fsync",
+        "unsafe-no-fsync",
+        &["false"],
+        "cairn always fsyncs its raft log",
+        "Disable fsync, unsafe (cairn always fsyncs) [default: false]",
+    )
+    .switch(),
+    refused(
+        "force_new_cluster",
+        "force-new-cluster",
+        &["false"],
+        "force-new-cluster is not implemented yet; restore a snapshot with `cairn snapshot \
+         restore` to rebuild a cluster",
+        "Force to create a new one-member cluster (not implemented yet) [default: false]",
+    )
+    .switch(),
 ];
 
 /// The option with this file key.
@@ -197,6 +614,16 @@ pub(super) fn by_key(key: &str) -> Option<&'static Opt> {
 /// by every test).
 pub(super) fn known(key: &str) -> &'static Opt {
     by_key(key).unwrap_or_else(|| panic!("no option with key {key}"))
+}
+
+/// The option a flag name (or one of its aliases) belongs to; `-` and `_`
+/// are the same here, so this also maps an etcd YAML key or the tail of an
+/// `ETCD_*` variable (lowercased) to its option.
+pub(super) fn by_name(name: &str) -> Option<&'static Opt> {
+    let name = name.replace('_', "-");
+    OPTIONS
+        .iter()
+        .find(|o| o.flag == name || o.aliases.contains(&name.as_str()))
 }
 
 /// The closest option key to a misspelt one (`data-dir` → `data_dir`,
@@ -225,26 +652,41 @@ pub(super) fn command() -> Command {
         )
         .after_help(
             "Every flag can also be set by a CAIRN_* environment variable (--data-dir is \
-             CAIRN_DATA_DIR) or by a key of the --config-file (data_dir). A flag overrides \
-             the variable, which overrides the file. Like etcd, flags may also be written \
-             with one dash (-name) and as --flag=value.",
+             CAIRN_DATA_DIR), by etcd's ETCD_* variable (ETCD_DATA_DIR) or by a key of the \
+             --config-file (TOML: data_dir; etcd's YAML: data-dir). A flag overrides a \
+             CAIRN_* variable, which overrides an ETCD_* one, which overrides the file. Like \
+             etcd, flags may also be written with one dash (-name) and as --flag=value; \
+             switches take their value after `=` (--enable-v2=false).",
         )
         .color(ColorChoice::Never)
         .disable_version_flag(true)
         // Go's flag package keeps the last of a repeated flag.
         .args_override_self(true);
     for o in OPTIONS {
-        command = command.arg(
-            Arg::new(o.flag)
-                .long(o.flag)
-                .value_name(o.value_name)
-                .help(o.help)
-                .action(ArgAction::Set)
-                .num_args(1)
-                // Like Go's flag package: the word after a flag is its value,
-                // even `-1` or `--something`.
-                .allow_hyphen_values(true),
-        );
+        let arg = Arg::new(o.flag)
+            .long(o.flag)
+            .aliases(o.aliases)
+            .value_name(o.value_name)
+            .help(o.help)
+            .action(ArgAction::Set);
+        let arg = match o.kind {
+            // Like Go's flag package: the word after a flag is its value,
+            // even `-1` or `--something`.
+            Kind::Value => arg.num_args(1).allow_hyphen_values(true),
+            // A Go bool flag: alone it means true, a value needs `=`.
+            Kind::Bool => arg
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true"),
+        };
+        let arg = match o.support {
+            Support::Implemented => arg,
+            Support::Ignored { .. } => arg.help_heading("etcd flags accepted without effect"),
+            Support::Refused { .. } => {
+                arg.help_heading("etcd flags accepted only at their default")
+            }
+        };
+        command = command.arg(arg);
     }
     command.arg(
         Arg::new("version")
@@ -263,8 +705,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let takes_value = |name: &str| OPTIONS.iter().any(|o| o.flag == name);
-    let is_flag = |name: &str| takes_value(name) || name == "help" || name == "version";
+    let takes_value = |name: &str| by_name(name).is_some_and(|o| o.kind == Kind::Value);
+    let is_flag = |name: &str| by_name(name).is_some() || name == "help" || name == "version";
     let mut out = Vec::new();
     let mut value_next = false;
     let mut rest_verbatim = false;

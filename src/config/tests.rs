@@ -1321,3 +1321,350 @@ fn option_names_agree_across_layers() {
         assert!(!o.help.is_empty(), "{} has no help", o.flag);
     }
 }
+
+// ---- etcd drop-in: ETCD_* variables, etcd's YAML file, unimplemented flags ----
+
+/// Loads with `args`, `env` and, if given, a config file named `file_name`.
+fn load_etcd(
+    args: &[&str],
+    env: &[(&str, &str)],
+    file: Option<(&str, &str)>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut all: Vec<String> = std::iter::once("cairn")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    if let Some((name, contents)) = file {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).expect("write config file");
+        all.push(format!("--config-file={}", path.display()));
+    }
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::load_with_warnings(all, env)
+}
+
+#[test]
+fn etcd_variables_set_options_below_cairn_ones() {
+    let env = [
+        ("ETCD_NAME", "infra1"),
+        ("ETCD_DATA_DIR", "/var/lib/etcd"),
+        ("ETCD_LISTEN_CLIENT_URLS", "http://127.0.0.1:2379"),
+        ("ETCD_ADVERTISE_CLIENT_URLS", "http://10.0.0.1:2379"),
+        ("ETCD_INITIAL_ADVERTISE_PEER_URLS", "http://10.0.0.1:2380"),
+        (
+            "ETCD_INITIAL_CLUSTER",
+            "infra1=http://10.0.0.1:2380,infra2=http://10.0.0.2:2380",
+        ),
+        ("ETCD_INITIAL_CLUSTER_STATE", "new"),
+        ("ETCD_HEARTBEAT_INTERVAL", "200"),
+        ("ETCD_ELECTION_TIMEOUT", "2000"),
+        ("ETCD_DEBUG", "true"),
+        ("ETCD_WAL_DIR", "/fast/wal"),
+        // A graduated name (etcd 3.6) of an implemented 3.4 flag.
+        ("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", "5s"),
+        // Not etcd's: ETCDCTL_* belongs to the client.
+        ("ETCDCTL_API", "3"),
+    ];
+    let (config, warnings) = load_etcd(&[], &env, None).expect("loads");
+    assert_eq!(config.name, "infra1");
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/etcd"));
+    assert_eq!(
+        config.advertise_client_urls,
+        urls(&["http://10.0.0.1:2379"])
+    );
+    assert_eq!(
+        config.initial_cluster,
+        members(&[
+            ("infra1", "http://10.0.0.1:2380"),
+            ("infra2", "http://10.0.0.2:2380")
+        ])
+    );
+    assert_eq!(config.heartbeat_interval, Duration::from_millis(200));
+    assert_eq!(config.log_level, "debug");
+    assert_eq!(config.wal_dir, Some(PathBuf::from("/fast/wal")));
+    assert_eq!(
+        config.watch_progress_notify_interval,
+        Duration::from_secs(5)
+    );
+    assert_eq!(warnings, Vec::<String>::new());
+
+    // CAIRN_* over ETCD_*, a flag over both; each shadowing is a warning.
+    let env = [
+        ("ETCD_NAME", "e"),
+        ("CAIRN_NAME", "c"),
+        ("ETCD_SNAPSHOT_COUNT", "5"),
+        ("CAIRN_SNAPSHOT_COUNT", "6"),
+        ("ETCD_MAX_TXN_OPS", "7"),
+    ];
+    let (config, warnings) = load_etcd(
+        &["--snapshot-count", "8"],
+        &env,
+        Some(("c.toml", "max_txn_ops = 3\n")),
+    )
+    .expect("loads");
+    assert_eq!(config.name, "c");
+    assert_eq!(config.snapshot_count, 8);
+    assert_eq!(config.max_txn_ops, 7, "ETCD_* over the file");
+    for want in [
+        "ETCD_NAME is shadowed by CAIRN_NAME",
+        "CAIRN_SNAPSHOT_COUNT is shadowed by --snapshot-count",
+        "ETCD_SNAPSHOT_COUNT is shadowed by --snapshot-count",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w == want),
+            "{want:?} not in {warnings:?}"
+        );
+    }
+}
+
+#[test]
+fn etcd_variable_mistakes_name_the_variable() {
+    let err = load_etcd(&[], &[("ETCD_HEARTBEAT_INTERVAL", "fast")], None).expect_err("bad");
+    assert_eq!(err.flag(), Some("heartbeat-interval"));
+    assert!(
+        err.to_string().contains("(from ETCD_HEARTBEAT_INTERVAL)"),
+        "{err}"
+    );
+    let err = load_etcd(&[], &[("ETCD_ENABLE_V2", "maybe")], None).expect_err("bad bool");
+    assert!(err.to_string().contains("ETCD_ENABLE_V2"), "{err}");
+    let (_, warnings) = load_etcd(&[], &[("ETCD_NO_SUCH_THING", "1")], None).expect("loads");
+    assert_eq!(
+        warnings,
+        ["unrecognized environment variable ETCD_NO_SUCH_THING ignored"]
+    );
+}
+
+#[test]
+fn unimplemented_etcd_flags_are_accepted_with_a_reason_or_refused() {
+    struct Check {
+        args: &'static [&'static str],
+        /// The warning expected, or "" for none.
+        warns: &'static str,
+    }
+    let quiet_or_warned = [
+        // At etcd's defaults (or what cairn does anyway): silent.
+        Check {
+            args: &["--enable-v2=false", "--max-wals", "5", "--logger=zap"],
+            warns: "",
+        },
+        Check {
+            args: &[
+                "--pre-vote",
+                "--strict-reconfig-check",
+                "--log-outputs=stderr",
+            ],
+            warns: "",
+        },
+        Check {
+            args: &[
+                "--force-new-cluster=false",
+                "--proxy",
+                "off",
+                "--discovery=",
+            ],
+            warns: "",
+        },
+        // Otherwise one line each, naming the flag and why.
+        Check {
+            args: &["--enable-v2"],
+            warns: "flag --enable-v2 accepted and ignored: cairn serves the v3 API only",
+        },
+        Check {
+            args: &["-enable-v2=true"],
+            warns: "flag --enable-v2 accepted and ignored",
+        },
+        Check {
+            args: &["--experimental-initial-corrupt-check=true"],
+            warns: "flag --experimental-initial-corrupt-check accepted and ignored: cairn has \
+                    no start-up corruption check yet",
+        },
+        // The 3.6 name of the same flag.
+        Check {
+            args: &["--initial-corrupt-check"],
+            warns: "flag --experimental-initial-corrupt-check accepted and ignored",
+        },
+        Check {
+            args: &["--log-outputs", "/var/log/etcd.log"],
+            warns: "flag --log-outputs accepted and ignored: cairn logs to stderr only",
+        },
+        Check {
+            args: &["--proxy-dial-timeout", "3000"],
+            warns: "flag --proxy-dial-timeout accepted and ignored",
+        },
+    ];
+    for check in quiet_or_warned {
+        let (_, warnings) = load_etcd(check.args, &[], None)
+            .unwrap_or_else(|e| panic!("{:?} must load: {e}", check.args));
+        match check.warns {
+            "" => assert_eq!(warnings, Vec::<String>::new(), "{:?}", check.args),
+            want => assert!(
+                warnings.len() == 1 && warnings[0].starts_with(want),
+                "{:?}: {warnings:?} lacks {want:?}",
+                check.args
+            ),
+        }
+    }
+    // A switch never takes the next word as its value (Go's flag package).
+    let (config, _) = load_etcd(&["--debug", "--name", "n"], &[], None).expect("loads");
+    assert_eq!(
+        (config.log_level.as_str(), config.name.as_str()),
+        ("debug", "n")
+    );
+
+    for (args, flag, text) in [
+        (
+            &["--force-new-cluster"][..],
+            "force-new-cluster",
+            "force-new-cluster is not implemented yet",
+        ),
+        (
+            &["--discovery", "https://discovery.etcd.io/abc"],
+            "discovery",
+            "discovery bootstrap is not implemented",
+        ),
+        (&["--proxy=on"], "proxy", "cannot run as an etcd v2 proxy"),
+    ] {
+        let err = load_etcd(args, &[], None).expect_err("refused");
+        assert_eq!(err.flag(), Some(flag), "{err}");
+        assert!(err.to_string().contains(text), "{err}");
+        assert_eq!(err.exit_code(), 1);
+    }
+    let err = load_etcd(&[], &[("ETCD_FORCE_NEW_CLUSTER", "1")], None).expect_err("refused");
+    assert!(
+        err.to_string().contains("(from ETCD_FORCE_NEW_CLUSTER)"),
+        "{err}"
+    );
+}
+
+/// etcd's sample etcd.conf.yml, trimmed of the TLS and metrics keys other
+/// features add, with values of every YAML type.
+const ETCD_YAML: &str = r#"
+# This is the configuration file for the etcd server.
+name: 'yaml-member'
+data-dir: /var/lib/etcd
+wal-dir:
+snapshot-count: 10000
+heartbeat-interval: 100
+election-timeout: 1000
+quota-backend-bytes: 0
+listen-peer-urls: http://localhost:2380
+listen-client-urls: http://127.0.0.1:2379,http://127.0.0.1:22379
+max-snapshots: 5
+max-wals: 5
+cors:
+initial-advertise-peer-urls: http://localhost:2380
+advertise-client-urls: http://127.0.0.1:2379
+discovery:
+discovery-fallback: 'proxy'
+discovery-proxy:
+discovery-srv:
+initial-cluster:
+initial-cluster-token: 'etcd-cluster'
+initial-cluster-state: 'new'
+strict-reconfig-check: false
+enable-v2: true
+proxy: 'off'
+proxy-failure-wait: 5000
+proxy-refresh-interval: 30000
+proxy-dial-timeout: 1000
+proxy-write-timeout: 5000
+proxy-read-timeout: 0
+client-transport-security:
+  cert-file:
+  key-file:
+  client-cert-auth: false
+  trusted-ca-file:
+  auto-tls: false
+peer-transport-security:
+  cert-file:
+  key-file:
+  client-cert-auth: false
+  trusted-ca-file:
+  auto-tls: false
+debug: false
+logger: zap
+log-outputs: [stderr]
+force-new-cluster: false
+auto-compaction-mode: periodic
+auto-compaction-retention: "1"
+some-future-key: 3
+"#;
+
+#[test]
+fn etcd_yaml_config_file_loads() {
+    for name in ["etcd.conf.yml", "etcd.conf"] {
+        let (config, warnings) = load_etcd(&[], &[], Some((name, ETCD_YAML))).expect(name);
+        assert_eq!(config.name, "yaml-member");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/etcd"));
+        assert_eq!(config.wal_dir, None);
+        assert_eq!(config.snapshot_count, 10_000);
+        assert_eq!(
+            config.listen_client_urls,
+            urls(&["http://127.0.0.1:2379", "http://127.0.0.1:22379"])
+        );
+        assert_eq!(
+            config.auto_compaction,
+            Some(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            config.initial_cluster,
+            members(&[("yaml-member", "http://localhost:2380")])
+        );
+        let expected = [
+            "flag --enable-v2 accepted and ignored: cairn serves the v3 API only",
+            "flag --strict-reconfig-check accepted and ignored: cairn has no runtime",
+            "unknown key `some-future-key` in --config-file ",
+        ];
+        assert_eq!(warnings.len(), expected.len(), "{name}: {warnings:?}");
+        for want in expected {
+            assert!(
+                warnings.iter().any(|w| w.starts_with(want)),
+                "{name}: {want:?} not in {warnings:?}"
+            );
+        }
+    }
+    // A bad value names the YAML key and the file.
+    let err = load_etcd(&[], &[], Some(("e.yaml", "heartbeat-interval: soon\n"))).expect_err("bad");
+    assert!(
+        err.to_string().contains("(from heartbeat-interval in "),
+        "{err}"
+    );
+    // TLS asked for but not available: refused, never served in the clear.
+    let tls = "client-transport-security:\n  cert-file: /etc/etcd/server.crt\n";
+    let err = load_etcd(&[], &[], Some(("e.yml", tls))).expect_err("tls");
+    assert!(err.to_string().contains("TLS is not supported"), "{err}");
+    // Flags and variables still layer over it (etcd would ignore them).
+    let (config, _) = load_etcd(
+        &["--name", "flag"],
+        &[("ETCD_SNAPSHOT_COUNT", "7")],
+        Some(("etcd.yml", "name: file\nsnapshot-count: 3\n")),
+    )
+    .expect("loads");
+    assert_eq!((config.name.as_str(), config.snapshot_count), ("flag", 7));
+    // TOML stays TOML.
+    let (config, _) = load_etcd(&[], &[], Some(("cairn.conf", "name = \"toml\"\n"))).expect("toml");
+    assert_eq!(config.name, "toml");
+}
+
+#[test]
+fn every_option_has_etcd_names_and_a_reason() {
+    for o in OPTIONS {
+        let first = o.etcd_env_vars().next().expect("at least one");
+        assert_eq!(first, format!("ETCD_{}", o.key.to_uppercase()));
+        for alias in o.aliases {
+            assert_eq!(
+                options::by_name(alias).map(|a| a.key),
+                Some(o.key),
+                "{alias}"
+            );
+        }
+        match o.support {
+            options::Support::Implemented => {}
+            options::Support::Ignored { agrees, reason }
+            | options::Support::Refused { agrees, reason } => {
+                assert!(!reason.is_empty() && !agrees.is_empty(), "{}", o.flag);
+            }
+        }
+    }
+}

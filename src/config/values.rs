@@ -30,6 +30,16 @@ pub(super) fn unsigned(text: &str) -> Result<u64, String> {
         .map_err(|_| "expected a whole number".to_string())
 }
 
+/// A boolean as Go's `strconv.ParseBool` reads it, which is what etcd's
+/// switches (`--enable-v2=true`, `ETCD_ENABLE_V2=1`) go through.
+pub(super) fn go_bool(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
 /// Milliseconds, as `--heartbeat-interval` and `--election-timeout` take them.
 pub(super) fn millis(text: &str) -> Result<Duration, String> {
     let ms = unsigned(text).map_err(|e| format!("{e} of milliseconds"))?;

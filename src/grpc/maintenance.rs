@@ -91,10 +91,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        // sled reclaims space itself (segment GC); what a defragment can do
-        // is make everything durable so that GC may run. See COMPATIBILITY.md.
+        // The state store rewrites itself into a fresh database and swaps
+        // it in, serving meanwhile (mvcc::defrag, docs/storage.md).
         let backend = self.api.store.backend().clone();
-        tokio::task::spawn_blocking(move || backend.flush())
+        tokio::task::spawn_blocking(move || backend.defragment())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;

@@ -390,6 +390,15 @@ impl Backend for BufferedBackend {
         Ok(())
     }
 
+    /// Commits what is buffered, lets the inner backend defragment (writes
+    /// keep landing in the overlay meanwhile), then flushes, which also
+    /// reads the new size.
+    fn defragment(&self) -> Result<(), StorageError> {
+        self.shared.commit_once()?;
+        self.shared.inner.defragment()?;
+        self.flush()
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.shared.commit_once()?;
         if let Err(e) = self.shared.inner.flush() {

@@ -203,6 +203,9 @@ impl Compaction {
     }
 }
 
+/// Below this size on disk a store is not worth rewriting after a compaction.
+const RECLAIM_MIN_SIZE: u64 = 16 << 20;
+
 /// Starts the compactor thread of a store.
 pub(crate) fn spawn(
     backend: Arc<dyn Backend>,
@@ -218,6 +221,7 @@ pub(crate) fn spawn(
         pruned: finished,
         prune: (finished, None),
         pass: (finished, Vec::new()),
+        removed: 0,
     };
     Ok(std::thread::Builder::new()
         .name("mvcc-compactor".into())
@@ -241,6 +245,8 @@ struct Worker {
     /// The deletion pass under way: its revision and the first backend key
     /// not examined yet (empty: start from the first record).
     pass: (i64, Vec<u8>),
+    /// Bytes (keys and values) the deletion pass under way has removed.
+    removed: u64,
 }
 
 impl Worker {
@@ -309,11 +315,34 @@ impl Worker {
         }
     }
 
+    /// Gives the space of what a finished pass removed back to the file
+    /// system when that is a large share of the store: sled reuses freed
+    /// pages but rarely shrinks its file, so the store rewrites itself
+    /// (`Backend::defragment`, mvcc::defrag) here, on the compactor thread,
+    /// off the raft and apply threads; the member serves meanwhile.
+    fn reclaim_space(&mut self) {
+        let removed = std::mem::take(&mut self.removed);
+        let size = self.backend.size_on_disk().unwrap_or(0);
+        if size < RECLAIM_MIN_SIZE || removed.saturating_mul(4) < size {
+            return;
+        }
+        tracing::info!(
+            removed,
+            size,
+            "compaction removed a large share of the store; defragmenting"
+        );
+        if let Err(e) = self.backend.defragment() {
+            // The old database stays live and whole; a later pass retries.
+            tracing::warn!(cause = %e, "defragmenting after compaction failed");
+        }
+    }
+
     /// Deletes the old records among the next [`BATCH_LIMIT`] at or below
     /// `target`; the last batch of a pass also records it as finished.
     fn delete_step(&mut self, target: i64) -> Result<(), StorageError> {
         if self.pass.0 != target {
             self.pass = (target, REV_PREFIX.to_vec());
+            self.removed = 0;
         }
         let end = rev_key(Revision::new(target.saturating_add(1), 0), false);
         let mut found = Vec::with_capacity(BATCH_LIMIT);
@@ -326,7 +355,8 @@ impl Worker {
             let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
             let head = RecordHead::decode(v.as_slice())
                 .map_err(|e| StorageError::corrupt("revision record", e))?;
-            found.push((k, rev, tombstone, head.key));
+            let bytes = (k.len() + v.len()) as u64;
+            found.push((k, rev, tombstone, head.key, bytes));
         }
         let last_batch = found.len() < BATCH_LIMIT;
         let next = found.last().map(|(k, ..)| {
@@ -342,11 +372,14 @@ impl Worker {
             }
             found
                 .into_iter()
-                .filter(|(_, rev, tombstone, key)| {
+                .filter(|(_, rev, tombstone, key, _)| {
                     let kept = c.index.get(key).and_then(|ki| ki.get(target));
                     *tombstone || kept.map(|k| k.modified) != Some(*rev)
                 })
-                .map(|(k, ..)| k)
+                .map(|(k, .., bytes)| {
+                    self.removed += bytes;
+                    k
+                })
                 .collect()
         };
         self.state.wait_readers_below(target);
@@ -361,6 +394,7 @@ impl Worker {
         if last_batch {
             tracing::debug!(revision = target, "compacted revisions removed");
             self.state.set_finished(target);
+            self.reclaim_space();
         } else {
             if let Some(next) = next {
                 self.pass.1 = next;

@@ -34,6 +34,7 @@
 pub mod backend;
 pub mod buffered;
 pub mod compaction;
+pub mod defrag;
 pub mod history;
 pub mod key_index;
 pub mod range;
@@ -43,6 +44,7 @@ pub mod writer;
 
 pub use backend::{Backend, MemBackend, SledBackend, WriteBatch};
 pub use buffered::BufferedBackend;
+pub use defrag::DefraggableSled;
 pub use key_index::KeyRange;
 pub use range::{ReadError, ReadView};
 pub use revision::Revision;
