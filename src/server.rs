@@ -102,8 +102,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .context("storing the member identity")?,
     }
     let cluster = Arc::new(cluster);
+    // TLS files (and auto-TLS certificates) are read now: a bad one fails here.
+    let (client_tls, peer_tls) = crate::tls::setup(
+        &cfg.security,
+        &cfg.data_dir,
+        &cfg.listen_client_urls,
+        &cfg.listen_peer_urls,
+    )
+    .context("setting up TLS")?;
     // Peer ports are bound before anything starts: one in use fails here.
     let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone())?;
+    peers.secure(peer_tls);
     tracing::info!(
         name = %cfg.name,
         member_id = %format!("{:x}", cluster.local_id),
@@ -247,21 +256,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                     let mut addrs = Vec::new();
                     for url in &listen {
-                        addrs.extend(resolve(url).await?);
+                        let tls = (url.scheme() == "https").then(|| client_tls.acceptor.clone()).flatten();
+                        addrs.extend(resolve(url).await?.into_iter().map(|addr| (addr, tls.clone())));
                     }
                     // Lock and Election reach this member through its first
                     // client address (see grpc::LocalClient).
-                    let first = *addrs.first().context("no client listen address")?;
-                    let local = grpc::LocalClient::new(first, stop_rx.clone());
+                    let (first, first_tls) = addrs.first().cloned().context("no client listen address")?;
+                    let loopback = first_tls.and(client_tls.loopback.clone());
+                    let local = grpc::LocalClient::new(first, loopback, stop_rx.clone());
                     let mut servers = tokio::task::JoinSet::new();
-                    for addr in addrs {
+                    for (addr, tls) in addrs {
                         let mut stop = stop_rx.clone();
                         let (api, local) = (api.clone(), local.clone());
                         servers.spawn(async move {
                             let shutdown = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            grpc::serve(api, local, addr, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
+                            grpc::serve(api, local, addr, tls, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
                         });
                         tracing::info!(%addr, "serving client requests");
                     }

@@ -31,6 +31,7 @@
 
 mod error;
 mod options;
+mod tls;
 mod values;
 
 #[cfg(test)]
@@ -121,6 +122,8 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
     /// `debug`, `info`, `warn` or `error` (usable as a tracing filter).
     pub log_level: String,
+    /// Client and peer TLS (`--cert-file` … `--tls-max-version`).
+    pub security: crate::tls::Security,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -151,6 +154,7 @@ impl Default for Config {
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(10 * 60),
             log_level: "info".to_string(),
+            security: crate::tls::Security::default(),
         }
     }
 }
@@ -279,6 +283,7 @@ impl Config {
             false,
         )?;
         self.validate_initial_cluster()?;
+        self.validate_security()?;
 
         let (heartbeat, election) = (self.heartbeat_interval, self.election_timeout);
         if heartbeat.is_zero() {
@@ -381,6 +386,7 @@ impl Config {
                 self.max_request_bytes, MAX_SUGGESTED_REQUEST_BYTES
             ));
         }
+        warnings.extend(self.security_warnings());
         warnings
     }
 
@@ -750,6 +756,7 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.watch_progress_notify_interval),
             log_level,
+            security: self.security()?,
             name,
         })
     }

@@ -24,13 +24,19 @@ pub struct LeaseForwarder {
     cluster: Arc<ClusterInfo>,
     /// A lazily connected channel per member.
     channels: Mutex<HashMap<u64, Channel>>,
+    /// How to dial peer URLs (TLS for `https://` ones).
+    connector: crate::tls::client::Connector,
 }
 
 impl LeaseForwarder {
-    pub fn new(cluster: Arc<ClusterInfo>) -> LeaseForwarder {
+    pub fn new(
+        cluster: Arc<ClusterInfo>,
+        connector: crate::tls::client::Connector,
+    ) -> LeaseForwarder {
         LeaseForwarder {
             cluster,
             channels: Mutex::new(HashMap::new()),
+            connector,
         }
     }
 
@@ -50,7 +56,7 @@ impl LeaseForwarder {
             .map_err(|_| EtcdError::NoLeader)?
             .connect_timeout(FORWARD_TIMEOUT)
             .timeout(FORWARD_TIMEOUT)
-            .connect_lazy();
+            .connect_with_connector_lazy(self.connector.clone());
         channels.insert(member, channel.clone());
         Ok(PeerClient::new(channel))
     }

@@ -53,6 +53,9 @@ pub struct Peers {
     senders: HashMap<u64, mpsc::Sender<raft::eraftpb::Message>>,
     /// Receiving ends, one per remote member, until the links take them.
     queues: HashMap<u64, Queue>,
+    /// TLS for `https://` peer URLs (plain TCP by default): the listeners'
+    /// acceptor and the links' connector, see [`Peers::secure`].
+    tls: crate::tls::PeerTls,
 }
 
 impl Peers {
@@ -60,10 +63,6 @@ impl Peers {
     pub fn bind(listen: &[url::Url], cluster: Arc<ClusterInfo>) -> anyhow::Result<Peers> {
         let mut listeners = Vec::new();
         for url in listen {
-            anyhow::ensure!(
-                url.scheme() == "http",
-                "--listen-peer-urls {url}: cairn serves peers over plain http only (no peer TLS yet)"
-            );
             let host = url.host_str().context("peer URL has no host")?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let port = url
@@ -90,7 +89,13 @@ impl Peers {
             listeners,
             senders,
             queues,
+            tls: crate::tls::PeerTls::default(),
         })
+    }
+
+    /// Serves and dials peers with `tls` (before [`Peers::start`]).
+    pub fn secure(&mut self, tls: crate::tls::PeerTls) {
+        self.tls = tls;
     }
 
     /// RaftNode's transport: the link queues, or [`NoPeers`] when alone.
@@ -110,7 +115,10 @@ impl Peers {
         if self.queues.is_empty() {
             return None;
         }
-        Some(Arc::new(forward::LeaseForwarder::new(self.cluster.clone())))
+        Some(Arc::new(forward::LeaseForwarder::new(
+            self.cluster.clone(),
+            self.tls.connector.clone(),
+        )))
     }
 
     /// `step` and `unreachable` are RaftNode's inboxes; `leases` answers
@@ -133,12 +141,14 @@ impl Peers {
                 deliver: deliver.clone(),
                 leases: Some(leases.clone()),
             };
+            let acceptor = self.tls.acceptor.clone();
             arbiter.spawn(async move {
                 let addr = listener.local_addr().ok();
                 let incoming = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => tokio_stream::wrappers::TcpListenerStream::new(l),
                     Err(e) => peer_server_failed(&e),
                 };
+                let incoming = crate::tls::server::incoming(incoming, acceptor);
                 tracing::info!(addr = ?addr, "serving peer requests");
                 let served = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
@@ -159,6 +169,7 @@ impl Peers {
                 from: cluster.local_id,
                 to: m.id,
                 urls: m.peer_urls.clone(),
+                connector: self.tls.connector.clone(),
             };
             let report = unreachable.clone();
             PeerLink::start_in_arbiter(&arbiter.handle(), move |_| {
