@@ -598,17 +598,28 @@ fn an_https_client_url_without_a_certificate_fails_start_up() {
     );
 }
 
-/// Members of a cluster whose peer URLs are https, each with its own
-/// certificate; `peer_certs[i]` is member i's, `cas[i]` the CA it trusts.
+/// Members of a cluster whose peer URLs are https; member i starts with
+/// `tls[i]`, its peer TLS flags.
 struct Cluster {
     members: Vec<Member>,
     client_urls: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
+/// Peer TLS flags for a member presenting `pair` and trusting `ca`, with
+/// peer client certificate authentication on.
+fn peer_flags(pair: &Pair, ca: &Path) -> Vec<String> {
+    vec![
+        format!("--peer-cert-file={}", arg(&pair.cert)),
+        format!("--peer-key-file={}", arg(&pair.key)),
+        format!("--peer-trusted-ca-file={}", arg(ca)),
+        "--peer-client-cert-auth=true".to_string(),
+    ]
+}
+
 impl Cluster {
-    fn start(dir: tempfile::TempDir, peers: &[(Pair, PathBuf)], extra: &[String]) -> Cluster {
-        let n = peers.len();
+    fn start(dir: tempfile::TempDir, tls: &[Vec<String>]) -> Cluster {
+        let n = tls.len();
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let initial: Vec<String> = (0..n)
@@ -616,7 +627,7 @@ impl Cluster {
             .collect();
         let mut members = Vec::new();
         let mut client_urls = Vec::new();
-        for (i, (pair, ca)) in peers.iter().enumerate() {
+        for (i, flags) in tls.iter().enumerate() {
             let client = format!("http://127.0.0.1:{}", client_ports[i]);
             let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
             let mut args: Vec<String> = vec![
@@ -626,14 +637,10 @@ impl Cluster {
                 format!("--listen-peer-urls={peer}"),
                 format!("--initial-advertise-peer-urls={peer}"),
                 format!("--initial-cluster={}", initial.join(",")),
-                format!("--peer-cert-file={}", arg(&pair.cert)),
-                format!("--peer-key-file={}", arg(&pair.key)),
-                format!("--peer-trusted-ca-file={}", arg(ca)),
-                "--peer-client-cert-auth=true".to_string(),
                 "--heartbeat-interval=50".to_string(),
                 "--election-timeout=500".to_string(),
             ];
-            args.extend(extra.iter().cloned());
+            args.extend(flags.iter().cloned());
             members.push(Member::spawn(
                 &dir.path().join(format!("data{i}")),
                 dir.path().join(format!("log{i}")),
@@ -646,6 +653,69 @@ impl Cluster {
             client_urls,
             _dir: dir,
         }
+    }
+
+    /// Waits for a leader on every member, writes through the first and
+    /// reads the write back from every member.
+    fn check_replication(&mut self) {
+        assert!(
+            wait_until(READY_TIMEOUT, || self
+                .client_urls
+                .iter()
+                .all(|u| leader_of(u).is_some_and(|l| l != 0))),
+            "no leader over peer TLS"
+        );
+        assert!(
+            wait_until(READY_TIMEOUT, || plain_put(
+                &self.client_urls[0],
+                "over",
+                "tls"
+            )),
+            "no write through member 0"
+        );
+        for url in &self.client_urls {
+            assert!(
+                wait_until(Duration::from_secs(10), || plain_get(url, "over")
+                    .as_deref()
+                    == Some("tls")),
+                "{url} did not see the write"
+            );
+        }
+        assert!(self.members.iter_mut().all(|m| !m.exited()));
+    }
+
+    /// With members 0 and 1 accepted by each other and member 2 refused:
+    /// 0 and 1 elect a leader and take a write, one of them logs the refused
+    /// peer, and member 2 never hears of a leader.
+    fn check_outcast(&mut self) {
+        let (good, outcast) = (&self.client_urls[..2], &self.client_urls[2]);
+        assert!(
+            wait_until(READY_TIMEOUT, || good
+                .iter()
+                .all(|u| leader_of(u).is_some_and(|l| l != 0))),
+            "the two accepted members elected no leader"
+        );
+        assert!(
+            wait_until(READY_TIMEOUT, || plain_put(&good[0], "k", "v")),
+            "no write through the two members"
+        );
+        let line = "refused a peer connection: TLS handshake failed";
+        assert!(
+            logged(&self.members[0], line) || logged(&self.members[1], line),
+            "no member logged the refused peer"
+        );
+        // The outcast serves (status, serializable reads) but never hears a
+        // leader: nothing of the cluster reached it.
+        assert!(
+            wait_until(READY_TIMEOUT, || leader_of(outcast).is_some()),
+            "the outcast member does not answer Status"
+        );
+        assert_eq!(
+            leader_of(outcast),
+            Some(0),
+            "the outcast joined the cluster"
+        );
+        assert!(self.members.iter_mut().all(|m| !m.exited()));
     }
 }
 
@@ -703,39 +773,28 @@ fn plain_put(url: &str, key: &str, value: &str) -> bool {
 }
 
 #[test]
-fn a_three_member_cluster_talks_over_peer_tls_and_refuses_another_ca() {
+fn a_three_member_cluster_replicates_over_mutual_peer_tls() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(dir.path(), "peer-ca");
-    let peers = vec![
-        (ca.issue("m0", "m0", 1), ca.pem.clone()),
-        (ca.issue("m1", "m1", 2), ca.pem.clone()),
-        (ca.issue("m2", "m2", 3), ca.pem.clone()),
-    ];
-    let mut c = Cluster::start(dir, &peers, &[]);
-    assert!(
-        wait_until(READY_TIMEOUT, || c
-            .client_urls
-            .iter()
-            .all(|u| leader_of(u).is_some_and(|l| l != 0))),
-        "no leader over peer TLS"
-    );
-    assert!(
-        wait_until(READY_TIMEOUT, || plain_put(
-            &c.client_urls[0],
-            "over",
-            "tls"
-        )),
-        "no write through member 0"
-    );
-    for url in &c.client_urls {
-        assert!(
-            wait_until(Duration::from_secs(10), || plain_get(url, "over")
-                .as_deref()
-                == Some("tls")),
-            "{url} did not see the write"
-        );
-    }
-    assert!(c.members.iter_mut().all(|m| !m.exited()));
+    let tls: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            let mut flags = peer_flags(&ca.issue(&format!("m{i}"), "member", i + 1), &ca.pem);
+            flags.push("--peer-cert-allowed-cn=member".to_string());
+            flags
+        })
+        .collect();
+    Cluster::start(dir, &tls).check_replication();
+}
+
+#[test]
+fn a_three_member_cluster_replicates_over_peer_auto_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = vec![vec!["--peer-auto-tls=true".to_string()]; 3];
+    let mut c = Cluster::start(dir, &tls);
+    c.check_replication();
+    assert!(c.members[0]
+        .logs()
+        .contains("generated a self-signed TLS certificate"));
 }
 
 #[test]
@@ -743,45 +802,36 @@ fn a_member_with_a_certificate_from_another_ca_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(dir.path(), "peer-ca");
     let other = Ca::new(dir.path(), "other-ca");
-    let peers = vec![
-        (ca.issue("m0", "m0", 1), ca.pem.clone()),
-        (ca.issue("m1", "m1", 2), ca.pem.clone()),
+    let tls = vec![
+        peer_flags(&ca.issue("m0", "m0", 1), &ca.pem),
+        peer_flags(&ca.issue("m1", "m1", 2), &ca.pem),
         // Listed in --initial-cluster, but its certificate (and the CA it
         // trusts) is another CA's.
-        (other.issue("m2", "m2", 3), other.pem.clone()),
+        peer_flags(&other.issue("m2", "m2", 3), &other.pem),
     ];
-    let mut c = Cluster::start(dir, &peers, &[]);
-    let (good, outcast) = (&c.client_urls[..2], &c.client_urls[2]);
+    Cluster::start(dir, &tls).check_outcast();
+}
+
+#[test]
+fn a_member_without_the_allowed_common_name_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "peer-ca");
+    let tls: Vec<Vec<String>> = [("m0", "member"), ("m1", "member"), ("m2", "stranger")]
+        .iter()
+        .zip(1u64..)
+        // Each member allows only its own Common Name: m2 and the others
+        // refuse each other both ways, though one CA signed all three.
+        .map(|((file, cn), serial)| {
+            let mut flags = peer_flags(&ca.issue(file, cn, serial), &ca.pem);
+            flags.push(format!("--peer-cert-allowed-cn={cn}"));
+            flags
+        })
+        .collect();
+    let mut c = Cluster::start(dir, &tls);
+    c.check_outcast();
     assert!(
-        wait_until(READY_TIMEOUT, || good
-            .iter()
-            .all(|u| leader_of(u).is_some_and(|l| l != 0))),
-        "the two members of the right CA elected no leader"
+        logged(&c.members[0], "peer-cert-allowed-cn")
+            || logged(&c.members[1], "peer-cert-allowed-cn"),
+        "the refusal does not name the rule"
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || plain_put(&good[0], "k", "v")),
-        "no write through the two members"
-    );
-    assert!(
-        logged(
-            &c.members[0],
-            "refused a peer connection: TLS handshake failed"
-        ) || logged(
-            &c.members[1],
-            "refused a peer connection: TLS handshake failed"
-        ),
-        "no member logged the refused peer"
-    );
-    // The outcast serves (status, serializable reads) but never hears a
-    // leader: nothing of the cluster reached it.
-    assert!(
-        wait_until(READY_TIMEOUT, || leader_of(outcast).is_some()),
-        "the outcast member does not answer Status"
-    );
-    assert_eq!(
-        leader_of(outcast),
-        Some(0),
-        "the outcast joined the cluster"
-    );
-    assert!(c.members.iter_mut().all(|m| !m.exited()));
 }

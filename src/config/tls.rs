@@ -213,3 +213,164 @@ impl Config {
         warnings
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+        let args = std::iter::once("cairn").chain(args.iter().copied());
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_warnings(args, env)
+    }
+
+    const HTTPS: &[&str] = &[
+        "--listen-client-urls=https://127.0.0.1:2379",
+        "--advertise-client-urls=https://127.0.0.1:2379",
+    ];
+
+    #[test]
+    fn every_layer_sets_the_tls_options() {
+        let mut args = HTTPS.to_vec();
+        args.extend([
+            "--cert-file=/c.pem",
+            "--key-file",
+            "/k.pem",
+            "--client-cert-auth=true",
+            "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256",
+            "--tls-max-version=TLS1.2",
+            "--peer-cert-allowed-cn=member",
+        ]);
+        let env = [
+            ("CAIRN_TRUSTED_CA_FILE", "/ca.pem"),
+            ("CAIRN_PEER_AUTO_TLS", "1"),
+        ];
+        let (config, warnings) = load(&args, &env).expect("loads");
+        let s = &config.security;
+        assert_eq!(s.client.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(s.client.key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(s.client.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
+        assert!(s.client.client_cert_auth && !s.client.auto_tls);
+        assert!(s.peer.auto_tls);
+        assert_eq!(s.peer.allowed_cn.as_deref(), Some("member"));
+        let names: Vec<&str> = s.policy.cipher_suites.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
+        assert_eq!(s.policy.max_version, Some(TlsVersion::Tls12));
+        assert_eq!(warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn etcds_rules_fail_with_the_flag_at_fault() {
+        struct Case {
+            args: &'static [&'static str],
+            flag: &'static str,
+            text: &'static str,
+        }
+        let cases = [
+            Case {
+                args: &[],
+                flag: "listen-client-urls",
+                text: "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+                       https://127.0.0.1:2379 with HTTPS scheme",
+            },
+            Case {
+                args: &["--cert-file=/c.pem"],
+                flag: "key-file",
+                text: "is required with --cert-file",
+            },
+            Case {
+                args: &[
+                    "--cert-file=/c.pem",
+                    "--key-file=/k.pem",
+                    "--client-cert-auth=true",
+                ],
+                flag: "client-cert-auth",
+                text: "needs --trusted-ca-file",
+            },
+            Case {
+                args: &["--auto-tls=yes"],
+                flag: "auto-tls",
+                text: "is not a boolean",
+            },
+            Case {
+                args: &[
+                    "--auto-tls=true",
+                    "--cipher-suites=TLS_RSA_WITH_RC4_128_SHA",
+                ],
+                flag: "cipher-suites",
+                text: "not supported by cairn",
+            },
+            Case {
+                args: &["--auto-tls=true", "--cipher-suites=bogus"],
+                flag: "cipher-suites",
+                text: "unexpected TLS cipher suite \"bogus\"",
+            },
+            Case {
+                args: &["--auto-tls=true", "--tls-min-version=TLS1.0"],
+                flag: "tls-min-version",
+                text: "TLS1.0 is not supported by cairn",
+            },
+            Case {
+                args: &[
+                    "--auto-tls=true",
+                    "--tls-min-version=TLS1.3",
+                    "--tls-max-version=TLS1.2",
+                ],
+                flag: "tls-min-version",
+                text: "is greater than max version",
+            },
+            Case {
+                args: &[
+                    "--auto-tls=true",
+                    "--tls-min-version=TLS1.3",
+                    "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                ],
+                flag: "cipher-suites",
+                text: "cannot be configured when only TLS1.3",
+            },
+            Case {
+                args: &[
+                    "--auto-tls=true",
+                    "--peer-cert-allowed-cn=a",
+                    "--peer-cert-allowed-hostname=b",
+                ],
+                flag: "peer-cert-allowed-cn",
+                text: "cannot be set together",
+            },
+            Case {
+                args: &[
+                    "--auto-tls=true",
+                    "--listen-peer-urls=https://127.0.0.1:2380",
+                    "--initial-advertise-peer-urls=https://127.0.0.1:2380",
+                ],
+                flag: "listen-peer-urls",
+                text: "(--peer-cert-file, --peer-key-file) must be provided for peer url",
+            },
+        ];
+        for case in cases {
+            let mut args = HTTPS.to_vec();
+            args.extend_from_slice(case.args);
+            let err = load(&args, &[]).expect_err(case.text);
+            assert_eq!(err.flag(), Some(case.flag), "{args:?}: {err}");
+            assert!(err.to_string().contains(case.text), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn etcds_warnings() {
+        let (_, warnings) = load(
+            &[
+                "--auto-tls=true",
+                "--cert-file=/c.pem",
+                "--key-file=/k.pem",
+                "--trusted-ca-file=/ca.pem",
+                "--client-cert-auth=true",
+            ],
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("--auto-tls ignored"), "{warnings:?}");
+        assert!(warnings[1].contains("is http while --client-cert-auth is on"));
+    }
+}

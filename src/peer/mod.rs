@@ -47,8 +47,9 @@ use transport::PeerTransport;
 /// The peer side of a member, between binding and starting.
 pub struct Peers {
     cluster: Arc<ClusterInfo>,
-    /// Bound `--listen-peer-urls` sockets.
-    listeners: Vec<std::net::TcpListener>,
+    /// Bound `--listen-peer-urls` sockets, each with whether its URL is
+    /// `https://`.
+    listeners: Vec<(std::net::TcpListener, bool)>,
     /// Sending ends, until RaftNode takes them.
     senders: HashMap<u64, mpsc::Sender<raft::eraftpb::Message>>,
     /// Receiving ends, one per remote member, until the links take them.
@@ -74,7 +75,7 @@ impl Peers {
                 let l = std::net::TcpListener::bind(addr)
                     .with_context(|| format!("cannot listen for peers on {addr}"))?;
                 l.set_nonblocking(true)?;
-                listeners.push(l);
+                listeners.push((l, url.scheme() == "https"));
             }
         }
         let mut senders = HashMap::new();
@@ -133,7 +134,7 @@ impl Peers {
         let cluster = self.cluster;
         let deliver: service::Deliver = Arc::new(move |m| step.try_send(Step(m)).is_ok());
         let members: HashSet<u64> = cluster.members.iter().map(|m| m.id).collect();
-        for listener in self.listeners {
+        for (listener, https) in self.listeners {
             let svc = PeerService {
                 cluster_id: cluster.cluster_id,
                 local_id: cluster.local_id,
@@ -141,7 +142,7 @@ impl Peers {
                 deliver: deliver.clone(),
                 leases: Some(leases.clone()),
             };
-            let acceptor = self.tls.acceptor.clone();
+            let acceptor = self.tls.acceptor.clone().filter(|_| https);
             arbiter.spawn(async move {
                 let addr = listener.local_addr().ok();
                 let incoming = match tokio::net::TcpListener::from_std(listener) {

@@ -111,7 +111,7 @@ impl Acceptor {
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
-            let tls = self.inner.accept(tcp).await.map_err(|e| e.to_string())?;
+            let tls = self.inner.accept(tcp).await.map_err(|e| describe(&e))?;
             Ok(ServerStream::tls(tls))
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -121,6 +121,35 @@ impl Acceptor {
                 HANDSHAKE_TIMEOUT.as_secs()
             )),
         }
+    }
+}
+
+/// A failed handshake in words for the log.
+fn describe(e: &io::Error) -> String {
+    use rustls::AlertDescription as Alert;
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e.to_string();
+    };
+    match tls {
+        rustls::Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::UnsupportedCertificate),
+        ) => format!(
+            "the client does not accept this member's certificate (it sent {alert:?}); \
+             check its CA bundle and the certificate's names"
+        ),
+        rustls::Error::NoCertificatesPresented => {
+            "the client presented no certificate (client certificate authentication is on)".into()
+        }
+        rustls::Error::InvalidCertificate(why) => {
+            format!("the client's certificate is refused: {why}")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -178,6 +207,7 @@ where
     tokio::spawn(async move {
         let mut tcp = std::pin::pin!(tcp);
         let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let refusals = Arc::new(Refusals::default());
         loop {
             let permit = tokio::select! {
                 permit = pending.clone().acquire_owned() => permit,
@@ -195,7 +225,7 @@ where
                 }
                 None => return,
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, refusals) = (acceptor.clone(), tx.clone(), refusals.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let remote = stream.peer_addr().ok();
@@ -203,17 +233,64 @@ where
                     Ok(stream) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Err(cause) => tracing::warn!(
-                        remote = ?remote,
-                        %cause,
-                        "refused a {} connection: TLS handshake failed",
-                        acceptor.side.name()
-                    ),
+                    Err(cause) => refusals.report(acceptor.side, remote, cause),
                 }
             });
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// How long a refusal is logged only once per client address and cause: a
+/// gRPC client retries its connection with backoff, and each attempt would
+/// otherwise add a line.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The refusals logged recently, to log each (client address, cause) once
+/// per [`REFUSAL_LOG_INTERVAL`]; repeats go to debug level.
+#[derive(Default)]
+struct Refusals(
+    parking_lot::Mutex<
+        std::collections::HashMap<(Option<std::net::IpAddr>, String), std::time::Instant>,
+    >,
+);
+
+impl Refusals {
+    fn report(&self, side: Side, remote: Option<SocketAddr>, cause: String) {
+        let now = std::time::Instant::now();
+        let fresh = {
+            let mut seen = self.0.lock();
+            // Bounded: a scan from many addresses cannot grow it for ever.
+            if seen.len() >= 1024 {
+                seen.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+                if seen.len() >= 1024 {
+                    seen.clear();
+                }
+            }
+            let key = (remote.map(|a| a.ip()), cause.clone());
+            match seen.get(&key) {
+                Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
+                _ => {
+                    seen.insert(key, now);
+                    true
+                }
+            }
+        };
+        match fresh {
+            true => tracing::warn!(
+                remote = ?remote,
+                %cause,
+                "refused a {} connection: TLS handshake failed",
+                side.name()
+            ),
+            false => tracing::debug!(
+                remote = ?remote,
+                %cause,
+                "refused a {} connection: TLS handshake failed (again)",
+                side.name()
+            ),
+        }
+    }
 }
 
 /// What a connection tells the services about itself (tonic puts it in
