@@ -65,6 +65,15 @@ async fn shutdown_signal() {
 
 /// Runs the member; returns when it has shut down.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // TLS files (and auto-TLS certificates) are read first: a bad one fails
+    // start-up before the member's state is created or opened.
+    let (client_tls, peer_tls) = crate::tls::setup(
+        &cfg.security,
+        &cfg.data_dir,
+        &cfg.listen_client_urls,
+        &cfg.listen_peer_urls,
+    )
+    .context("setting up TLS")?;
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)
         .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
@@ -102,14 +111,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .context("storing the member identity")?,
     }
     let cluster = Arc::new(cluster);
-    // TLS files (and auto-TLS certificates) are read now: a bad one fails here.
-    let (client_tls, peer_tls) = crate::tls::setup(
-        &cfg.security,
-        &cfg.data_dir,
-        &cfg.listen_client_urls,
-        &cfg.listen_peer_urls,
-    )
-    .context("setting up TLS")?;
     // Peer ports are bound before anything starts: one in use fails here.
     let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone())?;
     peers.secure(peer_tls);

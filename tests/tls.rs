@@ -481,6 +481,33 @@ fn a_rotated_server_certificate_is_used_without_a_restart() {
 }
 
 #[test]
+fn a_replaced_trusted_ca_applies_from_the_next_handshake() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "ca");
+    let next = Ca::new(dir.path(), "next-ca");
+    let server = ca.issue("server", "n1", 1);
+    let alice = client(&ca.pem, Some(&ca.issue("alice", "alice", 2)));
+    let bob = client(&ca.pem, Some(&next.issue("bob", "bob", 3)));
+    // The member trusts a copy of the CA file, which is then replaced.
+    let trusted = dir.path().join("trusted.pem");
+    std::fs::copy(&ca.pem, &trusted).expect("copy CA");
+    let s = TlsServer::start(&server_flags(&trusted, &server, true), &alice);
+    assert!(
+        get(&s.url(), &bob, "k").is_err(),
+        "bob's CA is not trusted yet"
+    );
+    std::fs::copy(&next.pem, &trusted).expect("replace CA");
+    assert!(
+        wait_until(Duration::from_secs(5), || get(&s.url(), &bob, "k").is_ok()),
+        "the new trusted CA was not used"
+    );
+    assert!(
+        get(&s.url(), &alice, "k").is_err(),
+        "the old CA is still trusted"
+    );
+}
+
+#[test]
 fn a_revoked_client_certificate_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(dir.path(), "ca");
@@ -595,6 +622,29 @@ fn an_https_client_url_without_a_certificate_fails_start_up() {
     assert!(
         err.contains("TLS key/cert (--cert-file, --key-file) must be provided for client url"),
         "{err}"
+    );
+    // A certificate file that cannot be read: its path in one line.
+    let out = Command::new(cairn_path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--cert-file=/nonexistent/cert.pem",
+            "--key-file=/nonexistent/key.pem",
+        ])
+        .output()
+        .expect("run cairn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a missing certificate");
+    assert!(err.contains("cannot read /nonexistent/cert.pem"), "{err}");
+    assert!(
+        !dir.path().join("data/member").exists(),
+        "a member was bootstrapped before TLS was checked"
     );
 }
 
