@@ -529,3 +529,112 @@ impl ClientCertVerifier for ClientCerts {
         self.verifier.current().supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::client::Connector;
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    use std::path::{Path, PathBuf};
+
+    /// A CA written to `<name>-ca.pem`.
+    fn ca(dir: &Path, name: &str) -> (Issuer<'static, KeyPair>, PathBuf) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        let cert = params.self_signed(&key).expect("CA");
+        let path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&path, cert.pem()).expect("write");
+        (Issuer::new(params, key), path)
+    }
+
+    /// A certificate for 127.0.0.1 with Common Name `cn`: (cert, key) files.
+    fn leaf(dir: &Path, issuer: &Issuer<'static, KeyPair>, cn: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, issuer).expect("sign");
+        let paths = (
+            dir.join(format!("{cn}.pem")),
+            dir.join(format!("{cn}-key.pem")),
+        );
+        std::fs::write(&paths.0, cert.pem()).expect("write");
+        std::fs::write(&paths.1, key.serialize_pem()).expect("write");
+        paths
+    }
+
+    /// One handshake: the server's outcome (the connection's Common Name,
+    /// or the cause it logs) for a client with `client`'s settings.
+    async fn handshake(acceptor: &Acceptor, client: TlsInfo) -> Result<Option<String>, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dial = tokio::spawn(async move {
+            let mut connector = Connector::new(&client, &TlsPolicy::default()).expect("client");
+            let uri: http::Uri = format!("https://{addr}").parse().expect("uri");
+            // Only the server's side is judged here.
+            let _ = tower_service::Service::call(&mut connector, uri).await;
+        });
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let accepted = acceptor.accept(tcp).await;
+        let _ = dial.await;
+        accepted.map(|stream| stream.connect_info().common_name)
+    }
+
+    #[tokio::test]
+    async fn client_certificates_are_checked_and_their_common_name_is_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let (issuer, ca_pem) = ca(d, "main");
+        let (other, other_pem) = ca(d, "other");
+        let (cert, key) = leaf(d, &issuer, "n1");
+        let alice = leaf(d, &issuer, "alice");
+        let mallory = leaf(d, &other, "mallory");
+        let info = TlsInfo {
+            cert_file: Some(cert),
+            key_file: Some(key),
+            trusted_ca_file: Some(ca_pem.clone()),
+            client_cert_auth: true,
+            ..TlsInfo::default()
+        };
+        let acceptor = Acceptor::new(&info, &TlsPolicy::default(), Side::Client).expect("acceptor");
+        let client = |pair: Option<&(PathBuf, PathBuf)>, trusts: &PathBuf| TlsInfo {
+            trusted_ca_file: Some(trusts.clone()),
+            cert_file: pair.map(|p| p.0.clone()),
+            key_file: pair.map(|p| p.1.clone()),
+            ..TlsInfo::default()
+        };
+
+        let ok = handshake(&acceptor, client(Some(&alice), &ca_pem)).await;
+        assert_eq!(ok, Ok(Some("alice".to_string())));
+        let none = handshake(&acceptor, client(None, &ca_pem)).await;
+        assert!(
+            none.as_ref()
+                .is_err_and(|e| e.contains("presented no certificate")),
+            "{none:?}"
+        );
+        let wrong = handshake(&acceptor, client(Some(&mallory), &ca_pem)).await;
+        assert!(
+            wrong
+                .as_ref()
+                .is_err_and(|e| e.contains("certificate is refused")),
+            "{wrong:?}"
+        );
+        // A client that trusts another CA refuses the server: said so.
+        let distrust = handshake(&acceptor, client(Some(&alice), &other_pem)).await;
+        assert!(
+            distrust
+                .as_ref()
+                .is_err_and(|e| e.contains("does not accept this member's certificate")),
+            "{distrust:?}"
+        );
+    }
+}
