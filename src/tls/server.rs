@@ -257,41 +257,50 @@ struct Refusals(
 
 impl Refusals {
     fn report(&self, side: Side, remote: Option<SocketAddr>, cause: String) {
-        let now = std::time::Instant::now();
-        let fresh = {
-            let mut seen = self.0.lock();
-            // Bounded: a scan from many addresses cannot grow it for ever.
-            if seen.len() >= 1024 {
-                seen.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
-                if seen.len() >= 1024 {
-                    seen.clear();
-                }
-            }
-            let key = (remote.map(|a| a.ip()), cause.clone());
-            match seen.get(&key) {
-                Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
-                _ => {
-                    seen.insert(key, now);
-                    true
-                }
-            }
-        };
-        match fresh {
+        let key = (remote.map(|a| a.ip()), cause);
+        match self.first_in_interval(key.clone(), std::time::Instant::now()) {
             true => tracing::warn!(
                 remote = ?remote,
-                %cause,
+                cause = %key.1,
                 "refused a {} connection: TLS handshake failed",
                 side.name()
             ),
             false => tracing::debug!(
                 remote = ?remote,
-                %cause,
+                cause = %key.1,
                 "refused a {} connection: TLS handshake failed (again)",
                 side.name()
             ),
         }
     }
+
+    /// Whether `key` was not reported within the interval before `now`
+    /// (and records it if so).
+    fn first_in_interval(
+        &self,
+        key: (Option<std::net::IpAddr>, String),
+        now: std::time::Instant,
+    ) -> bool {
+        let mut seen = self.0.lock();
+        // Bounded: a scan from many addresses cannot grow it for ever.
+        if seen.len() >= MAX_REFUSALS_REMEMBERED {
+            seen.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+            if seen.len() >= MAX_REFUSALS_REMEMBERED {
+                seen.clear();
+            }
+        }
+        match seen.get(&key) {
+            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
+            _ => {
+                seen.insert(key, now);
+                true
+            }
+        }
+    }
 }
+
+/// How many (address, cause) pairs [`Refusals`] remembers at most.
+const MAX_REFUSALS_REMEMBERED: usize = 1024;
 
 /// What a connection tells the services about itself (tonic puts it in
 /// every request's extensions): the TCP addresses and, for a TLS client
@@ -587,6 +596,23 @@ mod tests {
         let accepted = acceptor.accept(tcp).await;
         let _ = dial.await;
         accepted.map(|stream| stream.connect_info().common_name)
+    }
+
+    #[test]
+    fn a_repeated_refusal_is_logged_once_an_interval() {
+        let refusals = Refusals::default();
+        let t0 = std::time::Instant::now();
+        let key = |ip: [u8; 4], cause: &str| (Some(std::net::IpAddr::from(ip)), cause.to_string());
+        assert!(refusals.first_in_interval(key([127, 0, 0, 1], "plaintext"), t0));
+        assert!(!refusals.first_in_interval(key([127, 0, 0, 1], "plaintext"), t0));
+        assert!(refusals.first_in_interval(key([127, 0, 0, 1], "no certificate"), t0));
+        assert!(refusals.first_in_interval(key([127, 0, 0, 2], "plaintext"), t0));
+        let later = t0 + REFUSAL_LOG_INTERVAL;
+        assert!(refusals.first_in_interval(key([127, 0, 0, 1], "plaintext"), later));
+        for i in 0..(2 * MAX_REFUSALS_REMEMBERED) {
+            let _ = refusals.first_in_interval(key([127, 0, 0, 3], &i.to_string()), later);
+        }
+        assert!(refusals.0.lock().len() <= MAX_REFUSALS_REMEMBERED);
     }
 
     #[tokio::test]
