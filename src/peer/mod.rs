@@ -18,6 +18,11 @@
 //! lease requests followers forward to this member when it leads, see
 //! [`forward`]).
 //!
+//! `https://` peer URLs: [`Peers::secure`] hands over a [`crate::tls::PeerTls`]
+//! before `start`; the listeners accept through its acceptor (the same code
+//! as the client listeners) and every link and the lease forwarder dial
+//! through its connector.
+//!
 //! Failure semantics: a link that errors or panics restarts by itself with
 //! a jittered backoff, without disturbing raft or other links; messages lost
 //! meanwhile are raft's to resend. Only the peer server failing stops the
