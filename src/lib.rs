@@ -25,6 +25,8 @@
 //! * Reads bypass both actors: a Range is served from the shared [`mvcc`] store
 //!   once the applied index has caught up with the commit index.
 //!
+//! [`tls`] terminates TLS on client and peer connections and dials peers
+//! over it (rustls; certificates re-read when their files change).
 //! [`config`] holds the etcd-compatible flags, [`cluster`] the member and
 //! cluster identities, [`error`] the one table of etcd's error codes and strings.
 
@@ -47,5 +49,6 @@ pub mod server;
 pub mod snapshot;
 pub mod storage;
 pub mod supervise;
+pub mod tls;
 pub mod validate;
 pub mod watch;

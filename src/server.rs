@@ -97,6 +97,15 @@ fn finish_install(
 
 /// Runs the member; returns when it has shut down.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // TLS files (and auto-TLS certificates) are read first: a bad one fails
+    // start-up before the member's state is created or opened.
+    let (client_tls, peer_tls) = crate::tls::setup(
+        &cfg.security,
+        &cfg.data_dir,
+        &cfg.listen_client_urls,
+        &cfg.listen_peer_urls,
+    )
+    .context("setting up TLS")?;
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)
         .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
@@ -142,7 +151,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (cluster_id, member_id) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(crate::peer::join(&others, &own, Duration::from_secs(5)))?;
+            .block_on(crate::peer::join(
+                &others,
+                &own,
+                Duration::from_secs(5),
+                peer_tls.connector.clone(),
+            ))?;
         tracing::info!(
             member_id = %format!("{member_id:x}"),
             cluster_id = %format!("{cluster_id:x}"),
@@ -208,6 +222,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .collect()
     };
     let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone(), &members)?;
+    peers.secure(peer_tls);
     tracing::info!(
         name = %cfg.name,
         member_id = %format!("{:x}", cluster.local_id),
@@ -369,21 +384,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                     let mut addrs = Vec::new();
                     for url in &listen {
-                        addrs.extend(resolve(url).await?);
+                        let tls = (url.scheme() == "https").then(|| client_tls.acceptor.clone()).flatten();
+                        addrs.extend(resolve(url).await?.into_iter().map(|addr| (addr, tls.clone())));
                     }
                     // Lock and Election reach this member through its first
                     // client address (see grpc::LocalClient).
-                    let first = *addrs.first().context("no client listen address")?;
-                    let local = grpc::LocalClient::new(first, stop_rx.clone());
+                    let (first, first_tls) = addrs.first().cloned().context("no client listen address")?;
+                    let loopback = first_tls.and(client_tls.loopback.clone());
+                    let local = grpc::LocalClient::new(first, loopback, stop_rx.clone());
                     let mut servers = tokio::task::JoinSet::new();
-                    for addr in addrs {
+                    for (addr, tls) in addrs {
                         let mut stop = stop_rx.clone();
                         let (api, local) = (api.clone(), local.clone());
                         servers.spawn(async move {
                             let shutdown = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            grpc::serve(api, local, addr, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
+                            grpc::serve(api, local, addr, tls, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
                         });
                         tracing::info!(%addr, "serving client requests");
                     }

@@ -16,22 +16,7 @@ use common::{etcd_path, etcdctl_at, free_port, grpc, wait_until, READY_TIMEOUT};
 /// Flags whose features other work adds (TLS, auth tokens, metrics and
 /// pprof): they come with the options that implement them, not here.
 const ADDED_WITH_THEIR_FEATURE: &[&str] = &[
-    "cert-file",
-    "key-file",
-    "client-cert-auth",
-    "client-crl-file",
     "client-cert-allowed-hostname",
-    "trusted-ca-file",
-    "auto-tls",
-    "peer-cert-file",
-    "peer-key-file",
-    "peer-client-cert-auth",
-    "peer-trusted-ca-file",
-    "peer-cert-allowed-cn",
-    "peer-cert-allowed-hostname",
-    "peer-auto-tls",
-    "peer-crl-file",
-    "cipher-suites",
     "experimental-peer-skip-client-san-verification",
     "auth-token",
     "bcrypt-cost",

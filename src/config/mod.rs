@@ -40,6 +40,7 @@
 mod error;
 mod etcd;
 mod options;
+mod tls;
 mod values;
 
 #[cfg(test)]
@@ -135,6 +136,8 @@ pub struct Config {
     pub log_level: String,
     /// Where the raft log lives, when not under the data dir (`--wal-dir`).
     pub wal_dir: Option<PathBuf>,
+    /// Client and peer TLS (`--cert-file` … `--tls-max-version`).
+    pub security: crate::tls::Security,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -167,6 +170,7 @@ impl Default for Config {
             watch_progress_notify_interval: Duration::from_secs(10 * 60),
             log_level: "info".to_string(),
             wal_dir: None,
+            security: crate::tls::Security::default(),
         }
     }
 }
@@ -327,6 +331,7 @@ impl Config {
             false,
         )?;
         self.validate_initial_cluster()?;
+        self.validate_security()?;
 
         let (heartbeat, election) = (self.heartbeat_interval, self.election_timeout);
         if heartbeat.is_zero() {
@@ -429,6 +434,7 @@ impl Config {
                 self.max_request_bytes, MAX_SUGGESTED_REQUEST_BYTES
             ));
         }
+        warnings.extend(self.security_warnings());
         warnings
     }
 
@@ -821,6 +827,7 @@ impl Layers {
                 .get("wal_dir", |raw| Ok(raw.text()?.trim().to_string()))?
                 .filter(|dir| !dir.is_empty())
                 .map(PathBuf::from),
+            security: self.security()?,
             name,
         })
     }

@@ -281,6 +281,121 @@ pub(super) const OPTIONS: &[Opt] = &[
          [default: 10m]",
     )
     .aka(&["experimental-watch-progress-notify-interval"]),
+    // Transport security (src/tls/), etcd's flags; the bool ones take
+    // `true`/`false` (Go's flag forms `--x`, `--x=false`).
+    opt(
+        "cert_file",
+        "cert-file",
+        "PATH",
+        "Path to the client server TLS cert file (PEM); needed by https:// client URLs",
+    ),
+    opt(
+        "key_file",
+        "key-file",
+        "PATH",
+        "Path to the client server TLS key file (PEM)",
+    ),
+    opt(
+        "trusted_ca_file",
+        "trusted-ca-file",
+        "PATH",
+        "Path to the client server TLS trusted CA cert file (PEM)",
+    ),
+    opt(
+        "client_cert_auth",
+        "client-cert-auth",
+        "BOOL",
+        "Require and verify a client certificate (against --trusted-ca-file) on https:// \
+         client URLs [default: false]",
+    )
+    .switch(),
+    opt(
+        "client_crl_file",
+        "client-crl-file",
+        "PATH",
+        "Path to the client certificate revocation list file (PEM or DER); revoked client \
+         certificates are refused",
+    ),
+    opt(
+        "auto_tls",
+        "auto-tls",
+        "BOOL",
+        "Client TLS using a generated self-signed certificate when --cert-file is not given \
+         [default: false]",
+    )
+    .switch(),
+    opt(
+        "peer_cert_file",
+        "peer-cert-file",
+        "PATH",
+        "Path to the peer server TLS cert file (PEM); also the client certificate a member \
+         presents to its peers",
+    ),
+    opt(
+        "peer_key_file",
+        "peer-key-file",
+        "PATH",
+        "Path to the peer server TLS key file (PEM)",
+    ),
+    opt(
+        "peer_trusted_ca_file",
+        "peer-trusted-ca-file",
+        "PATH",
+        "Path to the peer server TLS trusted CA file (PEM)",
+    ),
+    opt(
+        "peer_client_cert_auth",
+        "peer-client-cert-auth",
+        "BOOL",
+        "Require and verify peers' client certificates (against --peer-trusted-ca-file) \
+         [default: false]",
+    )
+    .switch(),
+    opt(
+        "peer_crl_file",
+        "peer-crl-file",
+        "PATH",
+        "Path to the peer certificate revocation list file (PEM or DER)",
+    ),
+    opt(
+        "peer_auto_tls",
+        "peer-auto-tls",
+        "BOOL",
+        "Peer TLS using a generated self-signed certificate when --peer-cert-file is not \
+         given [default: false]",
+    )
+    .switch(),
+    opt(
+        "peer_cert_allowed_cn",
+        "peer-cert-allowed-cn",
+        "CN",
+        "Refuse peer client certificates whose Common Name is not this",
+    ),
+    opt(
+        "peer_cert_allowed_hostname",
+        "peer-cert-allowed-hostname",
+        "HOST",
+        "Refuse peer client certificates not valid for this host name",
+    ),
+    opt(
+        "cipher_suites",
+        "cipher-suites",
+        "SUITES",
+        "Comma-separated TLS 1.2 cipher suites, by Go name (rustls offers the ECDHE AEAD \
+         ones) [default: all of those]",
+    ),
+    opt(
+        "tls_min_version",
+        "tls-min-version",
+        "VERSION",
+        "Minimum TLS version: TLS1.2 or TLS1.3 [default: TLS1.2]",
+    ),
+    opt(
+        "tls_max_version",
+        "tls-max-version",
+        "VERSION",
+        "Maximum TLS version: TLS1.2 or TLS1.3 [default: TLS1.3]",
+    ),
     opt(
         "log_level",
         "log-level",
@@ -436,7 +551,7 @@ pub(super) const OPTIONS: &[Opt] = &[
         "strict_reconfig_check",
         "strict-reconfig-check",
         &["true"],
-        "cairn has no runtime membership changes yet, so no reconfiguration to check",
+        "cairn always checks reconfiguration requests (etcd's default)",
         "Reject reconfiguration requests that would cause quorum loss [default: true]",
     )
     .switch(),

@@ -1613,7 +1613,7 @@ fn etcd_yaml_config_file_loads() {
         );
         let expected = [
             "flag --enable-v2 accepted and ignored: cairn serves the v3 API only",
-            "flag --strict-reconfig-check accepted and ignored: cairn has no runtime",
+            "flag --strict-reconfig-check accepted and ignored: cairn always checks",
             "unknown key `some-future-key` in --config-file ",
         ];
         assert_eq!(warnings.len(), expected.len(), "{name}: {warnings:?}");
@@ -1630,10 +1630,10 @@ fn etcd_yaml_config_file_loads() {
         err.to_string().contains("(from heartbeat-interval in "),
         "{err}"
     );
-    // TLS asked for but not available: refused, never served in the clear.
+    // TLS sections map to the TLS flags, checked as such.
     let tls = "client-transport-security:\n  cert-file: /etc/etcd/server.crt\n";
     let err = load_etcd(&[], &[], Some(("e.yml", tls))).expect_err("tls");
-    assert!(err.to_string().contains("TLS is not supported"), "{err}");
+    assert!(err.to_string().contains("--key-file"), "{err}");
     // Flags and variables still layer over it (etcd would ignore them).
     let (config, _) = load_etcd(
         &["--name", "flag"],

@@ -14,7 +14,8 @@
 //! Services not built yet (Auth) are not registered, so tonic answers
 //! their RPCs with UNIMPLEMENTED.
 //!
-//! Every accepted connection reads through [`authority::FixAuthority`],
+//! Every accepted connection is decrypted by the TLS acceptor on `https://`
+//! listeners (`crate::tls`), then reads through [`authority::FixAuthority`],
 //! which repairs the `:authority` etcdctl sends for `endpoint status` and
 //! `endpoint hashkv` (a whole URL, which h2 would refuse).
 
@@ -173,9 +174,14 @@ pub struct LocalClient {
 }
 
 impl LocalClient {
-    /// A lazily connecting client of the member serving on `addr`. Must be
-    /// called inside a tokio runtime (the channel's worker is spawned on it).
-    pub fn new(addr: SocketAddr, stopping: tokio::sync::watch::Receiver<bool>) -> LocalClient {
+    /// A lazily connecting client of the member serving on `addr`, over TLS
+    /// through `tls` when that listener is `https://`. Must be called inside
+    /// a tokio runtime (the channel's worker is spawned on it).
+    pub fn new(
+        addr: SocketAddr,
+        tls: Option<crate::tls::client::Connector>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> LocalClient {
         let mut addr = addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
@@ -183,10 +189,14 @@ impl LocalClient {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        let channel: Channel = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .expect("a socket address makes a valid URI")
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel: Channel = match tls {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector),
+            None => endpoint.connect_lazy(),
+        };
         LocalClient {
             client: crate::recipes::Client::new(channel),
             stopping,
@@ -228,11 +238,13 @@ pub enum ServeError {
 
 /// Serves the client API on `addr` until `shutdown` resolves, then drains
 /// in-flight requests and returns. `local` is what the Lock and Election
-/// services use to reach this member's API.
+/// services use to reach this member's API; `tls` terminates TLS for an
+/// `https://` listener.
 pub async fn serve(
     api: Api,
     local: LocalClient,
     addr: SocketAddr,
+    tls: Option<crate::tls::server::Acceptor>,
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -263,11 +275,12 @@ pub async fn serve(
     // etcd's interceptor: a request carrying `hasleader: true` fails fast
     // on a member that knows no leader (clientv3 WithRequireLeader).
     let leader = RequireLeader(api.status.clone());
-    // Each connection reads through the :authority repair (see
-    // `authority`); a TLS acceptor, when there is one, goes before it.
-    let incoming = TcpIncoming::bind(addr)
+    // Each connection is decrypted first (https listeners, see `tls`),
+    // then read through the :authority repair (see `authority`).
+    let tcp = TcpIncoming::bind(addr)
         .map_err(ServeError::Bind)?
-        .with_nodelay(Some(true))
+        .with_nodelay(Some(true));
+    let incoming = crate::tls::server::incoming(tcp, tls)
         .map(|accepted| accepted.map(authority::FixAuthority::new));
 
     Server::builder()

@@ -26,14 +26,21 @@ pub struct LeaseForwarder {
     directory: super::Directory,
     /// A lazily connected channel per member and URL.
     channels: Mutex<HashMap<(u64, String), Channel>>,
+    /// How to dial peer URLs (TLS for `https://` ones).
+    connector: crate::tls::client::Connector,
 }
 
 impl LeaseForwarder {
-    pub fn new(cluster: Arc<ClusterInfo>, directory: super::Directory) -> LeaseForwarder {
+    pub fn new(
+        cluster: Arc<ClusterInfo>,
+        directory: super::Directory,
+        connector: crate::tls::client::Connector,
+    ) -> LeaseForwarder {
         LeaseForwarder {
             cluster,
             directory,
             channels: Mutex::new(HashMap::new()),
+            connector,
         }
     }
 
@@ -51,7 +58,7 @@ impl LeaseForwarder {
             .map_err(|_| EtcdError::NoLeader)?
             .connect_timeout(FORWARD_TIMEOUT)
             .timeout(FORWARD_TIMEOUT)
-            .connect_lazy();
+            .connect_with_connector_lazy(self.connector.clone());
         channels.insert((member, url), channel.clone());
         Ok(PeerClient::new(channel))
     }

@@ -57,6 +57,9 @@ pub struct Target {
     pub to: u64,
     /// The remote member's peer URLs; attempts go round them.
     pub urls: Vec<String>,
+    /// How to dial them: plain TCP, or TLS for `https://` peer URLs
+    /// (`--peer-cert-file` …).
+    pub connector: crate::tls::client::Connector,
 }
 
 /// Why a sender stopped.
@@ -213,7 +216,10 @@ async fn send_loop(
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true);
-    let channel = match endpoint.connect().await {
+    let channel = match endpoint
+        .connect_with_connector(target.connector.clone())
+        .await
+    {
         Ok(channel) => channel,
         Err(e) => {
             // Messages queued for a member that cannot be reached are stale
@@ -291,6 +297,7 @@ mod tests {
             from: 1,
             to: 2,
             urls: vec!["http://127.0.0.1:1".into()],
+            connector: crate::tls::client::Connector::plain(),
         };
         let sys = actix::System::new();
         sys.block_on(async move {
@@ -334,6 +341,7 @@ mod tests {
                 from: 1,
                 to: 2,
                 urls: vec![],
+                connector: crate::tls::client::Connector::plain(),
             };
             let batch = next_batch(&target, &mut rx).await.expect("batch");
             assert_eq!(

@@ -95,8 +95,12 @@ impl Directory {
 /// The peer side of a member, between binding and starting.
 pub struct Peers {
     cluster: Arc<ClusterInfo>,
-    /// Bound `--listen-peer-urls` sockets.
-    listeners: Vec<std::net::TcpListener>,
+    /// Bound `--listen-peer-urls` sockets, each with whether its URL is
+    /// `https://`.
+    listeners: Vec<(std::net::TcpListener, bool)>,
+    /// TLS for `https://` peer URLs (plain TCP by default): the listeners'
+    /// acceptor and the links' connector, see [`Peers::secure`].
+    tls: crate::tls::PeerTls,
     /// RaftNode's transport, until it takes it.
     transport: Option<PeerTransport>,
     /// The links to start (the initial members', then every member added).
@@ -114,10 +118,6 @@ impl Peers {
     ) -> anyhow::Result<Peers> {
         let mut listeners = Vec::new();
         for url in listen {
-            anyhow::ensure!(
-                url.scheme() == "http",
-                "--listen-peer-urls {url}: cairn serves peers over plain http only (no peer TLS yet)"
-            );
             let host = url.host_str().context("peer URL has no host")?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let port = url
@@ -129,7 +129,7 @@ impl Peers {
                 let l = std::net::TcpListener::bind(addr)
                     .with_context(|| format!("cannot listen for peers on {addr}"))?;
                 l.set_nonblocking(true)?;
-                listeners.push(l);
+                listeners.push((l, url.scheme() == "https"));
             }
         }
         let (links_tx, links) = mpsc::unbounded_channel();
@@ -148,7 +148,13 @@ impl Peers {
             transport: Some(transport),
             links,
             directory,
+            tls: crate::tls::PeerTls::default(),
         })
+    }
+
+    /// Serves and dials peers with `tls` (before [`Peers::start`]).
+    pub fn secure(&mut self, tls: crate::tls::PeerTls) {
+        self.tls = tls;
     }
 
     /// RaftNode's transport: the link queues by member.
@@ -169,6 +175,7 @@ impl Peers {
         Some(Arc::new(forward::LeaseForwarder::new(
             self.cluster.clone(),
             self.directory.clone(),
+            self.tls.connector.clone(),
         )))
     }
 
@@ -192,7 +199,7 @@ impl Peers {
         let arbiter = Arbiter::new();
         let cluster = self.cluster;
         let deliver: service::Deliver = Arc::new(move |m| step.try_send(Step(m)).is_ok());
-        for listener in self.listeners {
+        for (listener, https) in self.listeners {
             let svc = PeerService {
                 cluster_id: cluster.cluster_id,
                 local_id: cluster.local_id,
@@ -202,12 +209,14 @@ impl Peers {
                 snaps: Some(snaps.clone()),
                 store: Some(store.clone()),
             };
+            let acceptor = self.tls.acceptor.clone().filter(|_| https);
             arbiter.spawn(async move {
                 let addr = listener.local_addr().ok();
                 let incoming = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => tokio_stream::wrappers::TcpListenerStream::new(l),
                     Err(e) => peer_server_failed(&e),
                 };
+                let incoming = crate::tls::server::incoming(incoming, acceptor);
                 tracing::info!(addr = ?addr, "serving peer requests");
                 let served = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
@@ -223,6 +232,7 @@ impl Peers {
         let mut links = self.links;
         let directory = self.directory.clone();
         let (cluster_id, from) = (cluster.cluster_id, cluster.local_id);
+        let connector = self.tls.connector.clone();
         arbiter.spawn(async move {
             while let Some(link) = links.recv().await {
                 let target = Target {
@@ -230,6 +240,7 @@ impl Peers {
                     from,
                     to: link.id,
                     urls: link.urls,
+                    connector: connector.clone(),
                 };
                 actix::spawn(snapshot::sender(
                     target.clone(),
@@ -255,6 +266,7 @@ pub async fn join(
     others: &[crate::cluster::Member],
     own_peer_urls: &[String],
     timeout: std::time::Duration,
+    connector: crate::tls::client::Connector,
 ) -> anyhow::Result<(u64, u64)> {
     use crate::proto::cairnpb::peer_client::PeerClient;
     let mut own = own_peer_urls.to_vec();
@@ -266,7 +278,7 @@ pub async fn join(
                 let channel = tonic::transport::Endpoint::from_shared(url.clone())?
                     .connect_timeout(timeout)
                     .timeout(timeout)
-                    .connect()
+                    .connect_with_connector(connector.clone())
                     .await?;
                 let answer = PeerClient::new(channel)
                     .members(crate::proto::cairnpb::MembersRequest {})

@@ -104,7 +104,10 @@ async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Re
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        match endpoint.connect().await {
+        match endpoint
+            .connect_with_connector(target.connector.clone())
+            .await
+        {
             Ok(channel) => {
                 client = Some(PeerClient::new(channel).max_encoding_message_size(MAX_BATCH_BYTES));
                 break;
