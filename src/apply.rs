@@ -56,6 +56,8 @@ pub enum ApplyResponse {
     LeaseCheckpoint(LeaseCheckpointResponse),
     /// A member's published attributes were recorded (etcd's publish).
     MemberAttributes,
+    /// An auth store change was applied (src/auth/state.rs).
+    Auth,
 }
 
 /// A change to the set of leases, for the LeaseKeeper (which owns expiry).
@@ -239,6 +241,13 @@ fn apply_request(
         Request::MemberAttributes(m) => {
             w.set_member_attributes(m);
             Ok(ApplyResponse::MemberAttributes)
+        }
+        auth => {
+            // Applied on a copy: a refused change leaves the batch's state as it was.
+            let mut next = w.auth_mut().clone();
+            next.apply(&auth)?;
+            *w.auth_mut() = next;
+            Ok(ApplyResponse::Auth)
         }
     }
 }

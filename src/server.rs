@@ -140,6 +140,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (storage, storage_mailbox) = mailbox::<StorageActor>();
         let (leases, lease_mailbox) = mailbox::<LeaseKeeper>();
         let (watch, watch_mailbox) = mailbox_of::<WatchBroadcaster>(WATCH_MAILBOX_CAPACITY);
+        let (auth_manager, auth_mailbox) = mailbox::<crate::auth::AuthManager>();
         let client = RaftClient::new(
             RaftInbox {
                 propose: raft.clone().recipient(),
@@ -156,7 +157,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // One arbiter (thread) per core actor: RaftNode's ticks, heartbeats
         // and peer messages never queue behind applying a batch, a sled
         // commit or a watch catch-up (see docs/ARCHITECTURE.md).
-        let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
+        let arbiters: Vec<Arbiter> = (0..5).map(|_| Arbiter::new()).collect();
         {
             let initial: Vec<(i64, i64)> = store.leases().iter().map(|l| (l.id, l.ttl)).collect();
             let (status, client) = (status.clone(), client.clone());
@@ -193,6 +194,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             });
         }
 
+        let tokens = Arc::new(crate::auth::manager::Tokens::default());
+        {
+            let (store, tokens, ttl) = (store.clone(), tokens.clone(), cfg.auth_token_ttl);
+            auth_mailbox.start_on(&arbiters[4].handle(), move || crate::auth::AuthManager::new(store, tokens, ttl));
+        }
+        let auth = crate::auth::Auth::new(store.clone(), tokens, auth_manager.recipient(), cfg.auth_token_ttl);
+
         let leases = Leases::new(
             (leases.clone().recipient(), leases.clone().recipient(), leases.recipient()),
             status.clone(),
@@ -211,6 +219,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             storage: storage.clone().recipient(),
             tick: heartbeat,
             watch,
+            auth,
+            bcrypt_cost: cfg.bcrypt_cost,
         };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on

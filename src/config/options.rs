@@ -174,6 +174,26 @@ pub(super) const OPTIONS: &[Opt] = &[
          event reached them (etcd 3.4: --experimental-watch-progress-notify-interval) \
          [default: 10m]",
     ),
+    // Authentication (src/auth/).
+    opt(
+        "auth_token",
+        "auth-token",
+        "simple",
+        "How auth tokens are made: simple (random, kept in memory) [default: simple]; \
+         jwt is not supported yet",
+    ),
+    opt(
+        "auth_token_ttl",
+        "auth-token-ttl",
+        "SECONDS",
+        "Time (in seconds) a simple token lives without use [default: 300]",
+    ),
+    opt(
+        "bcrypt_cost",
+        "bcrypt-cost",
+        "COST",
+        "bcrypt cost of password hashes, 4 to 31 [default: 10]",
+    ),
     opt(
         "log_level",
         "log-level",

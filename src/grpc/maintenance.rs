@@ -56,6 +56,7 @@ fn alarm_text(a: &AlarmMember) -> String {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        self.api.auth.caller(req.metadata())?.check_admin()?;
         // All alarm actions go through the log, as in etcd, so every member
         // agrees on the alarm list.
         let mut resp = self.api.propose(req.into_inner()).await?;
@@ -89,8 +90,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.api.auth.caller(req.metadata())?.check_admin()?;
         // sled reclaims space itself (segment GC); what a defragment can do
         // is make everything durable so that GC may run. See COMPATIBILITY.md.
         let backend = self.api.store.backend().clone();
@@ -103,7 +105,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.api.auth.caller(req.metadata())?.check_admin()?;
         let h = self.hash_at(0).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -115,6 +118,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.api.auth.caller(req.metadata())?.check_admin()?;
         let h = self.hash_at(req.into_inner().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -131,8 +135,9 @@ impl Maintenance for MaintenanceService {
     /// file ends with a SHA-256 of its contents, as etcd's does.
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.api.auth.caller(req.metadata())?.check_admin()?;
         let head = self
             .api
             .storage
@@ -188,6 +193,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.api.auth.caller(req.metadata())?.check_admin()?;
         let target = req.into_inner().target_id;
         let header = self.api.header(0);
         self.api.raft.move_leader(target, self.api.tick).await?;

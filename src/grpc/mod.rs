@@ -18,6 +18,7 @@
 //! which repairs the `:authority` etcdctl sends for `endpoint status` and
 //! `endpoint hashkv` (a whole URL, which h2 would refuse).
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod election;
@@ -69,6 +70,10 @@ pub struct Api {
     pub storage: actix::Recipient<crate::msg::CaptureImage>,
     /// The WatchBroadcaster actor, which every Watch stream talks to.
     pub watch: actix::Addr<crate::watch::WatchBroadcaster>,
+    /// Token resolution and permission checks (src/auth/).
+    pub auth: crate::auth::Auth,
+    /// `--bcrypt-cost`, for the Auth service's password hashes.
+    pub bcrypt_cost: u32,
 }
 
 impl Api {
@@ -223,6 +228,7 @@ pub async fn serve(
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    use crate::proto::etcdserverpb::auth_server::AuthServer;
     use crate::proto::etcdserverpb::cluster_server::ClusterServer;
     use crate::proto::etcdserverpb::kv_server::KvServer;
     use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -281,6 +287,11 @@ pub async fn serve(
                 streams_stopped,
             ))
             .max_decoding_message_size(max_decode),
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AuthServer::new(auth::AuthService::new(api.clone(), api.bcrypt_cost))
+                .max_decoding_message_size(max_decode),
             leader.clone(),
         ))
         .add_service(InterceptedService::new(

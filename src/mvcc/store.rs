@@ -44,6 +44,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 
+use crate::auth::state::AuthState;
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::{decode_lease, LeaseEntry, LeaseTable, LEASE_PREFIX};
 use crate::proto::cairnpb::{Lease, MemberAttributes};
@@ -185,6 +186,9 @@ pub struct Store {
     pub(crate) compaction: Arc<Compaction>,
     /// The compactor thread; stopped and joined when the store is dropped.
     compactor: Option<JoinHandle<()>>,
+    /// The auth store (users, roles, enabled, revision), replaced whole by
+    /// each batch that changes it; readers clone the `Arc` (src/auth/).
+    pub(crate) auth: RwLock<Arc<AuthState>>,
 }
 
 impl Drop for Store {
@@ -294,6 +298,7 @@ impl Store {
             leases,
             members,
         }));
+        let auth = RwLock::new(Arc::new(AuthState::load(&*backend)?));
         let state = Arc::new(Compaction::new(finished.min(compact_rev)));
         let compactor = compaction::spawn(backend.clone(), committed.clone(), state.clone())?;
         Ok(Store {
@@ -305,6 +310,7 @@ impl Store {
             writer: Mutex::new(()),
             compaction: state,
             compactor: Some(compactor),
+            auth,
         })
     }
 
@@ -334,6 +340,11 @@ impl Store {
     /// Raft index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The auth store as of the last applied batch.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().clone()
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

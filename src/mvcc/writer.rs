@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use parking_lot::MutexGuard;
 use prost::Message;
 
+use crate::auth::state::AuthState;
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::lease_key;
 use crate::proto::cairnpb::{Lease, MemberAttributes};
@@ -69,6 +70,8 @@ pub struct BatchWriter<'s> {
     leases: BTreeMap<i64, Option<Lease>>,
     /// Member attributes published in this batch, by member id.
     members: BTreeMap<u64, MemberAttributes>,
+    /// The auth store with this batch's changes, once one touched it.
+    auth: Option<AuthState>,
 }
 
 impl<'s> BatchWriter<'s> {
@@ -91,7 +94,15 @@ impl<'s> BatchWriter<'s> {
             events: Vec::new(),
             leases: BTreeMap::new(),
             members: BTreeMap::new(),
+            auth: None,
         }
+    }
+
+    /// The auth store with this batch's changes so far, for an auth change.
+    pub fn auth_mut(&mut self) -> &mut AuthState {
+        let store = self.store;
+        self.auth
+            .get_or_insert_with(|| AuthState::clone(&store.auth.read()))
     }
 
     /// Records a member's published name and client URLs (etcd's publish);
@@ -272,7 +283,7 @@ impl<'s> BatchWriter<'s> {
     ///
     /// On error nothing has been published and the in-memory state is the
     /// one before the batch; the member must stop (the error is fatal).
-    pub fn commit(self, applied_index: u64) -> Result<Vec<Event>, StorageError> {
+    pub fn commit(mut self, applied_index: u64) -> Result<Vec<Event>, StorageError> {
         let store = self.store;
         let mut batch = WriteBatch::new();
         for (rev, (kv, tombstone)) in &self.records {
@@ -287,6 +298,9 @@ impl<'s> BatchWriter<'s> {
         }
         for (&id, m) in &self.members {
             batch.put(member_key(id), m.encode_to_vec());
+        }
+        if let Some(auth) = &self.auth {
+            auth.write_changes(&store.auth.read(), &mut batch);
         }
         {
             let c = store.committed.read();
@@ -311,6 +325,9 @@ impl<'s> BatchWriter<'s> {
         {
             let mut c = store.committed.write();
             self.publish_into(&mut c, applied_index);
+        }
+        if let Some(auth) = self.auth.take() {
+            *store.auth.write() = std::sync::Arc::new(auth);
         }
         if self.compacted {
             store.compaction.kick();
