@@ -420,7 +420,8 @@ pub mod grpc {
         Ok(KvClient::new(channel))
     }
 
-    /// Whether a linearizable Range of key "health" succeeds (readiness).
+    /// Whether a linearizable Range of key "health" succeeds, or is refused
+    /// by auth (readiness).
     pub fn range_ok(url: &str) -> bool {
         let url = url.to_string();
         block_on(async move {
@@ -431,7 +432,15 @@ pub mod grpc {
                 key: b"health".to_vec(),
                 ..Default::default()
             };
-            kv.range(req).await.is_ok()
+            match kv.range(req).await {
+                Ok(_) => true,
+                // With auth enabled an anonymous read is refused, by a
+                // server that serves (as etcdctl endpoint health judges).
+                Err(status) => {
+                    status.code() == tonic::Code::PermissionDenied
+                        || status.message() == "etcdserver: user name is empty"
+                }
+            }
         })
     }
 }
