@@ -226,6 +226,31 @@ mod tests {
         }
         let cases = [
             Case {
+                err: EtcdError::AuthFailed,
+                code: Code::InvalidArgument,
+                msg: "etcdserver: authentication failed, invalid user ID or password",
+            },
+            Case {
+                err: EtcdError::UserNotFound,
+                code: Code::FailedPrecondition,
+                msg: "etcdserver: user name not found",
+            },
+            Case {
+                err: EtcdError::RoleNotGranted,
+                code: Code::FailedPrecondition,
+                msg: "etcdserver: role is not granted to the user",
+            },
+            Case {
+                err: EtcdError::AuthOldRevision,
+                code: Code::InvalidArgument,
+                msg: "etcdserver: revision of auth store is old",
+            },
+            Case {
+                err: EtcdError::InvalidAuthToken,
+                code: Code::Unauthenticated,
+                msg: "etcdserver: invalid auth token",
+            },
+            Case {
                 err: EtcdError::EmptyKey,
                 code: Code::InvalidArgument,
                 msg: "etcdserver: key is not provided",

@@ -299,6 +299,24 @@ pub(super) fn initial_cluster(items: &[String]) -> Result<Vec<(String, Url)>, St
         .collect()
 }
 
+/// `--auth-token`: `simple`, or etcd's `jwt,pub-key=…` (not supported yet).
+pub(super) fn auth_token(text: &str) -> Result<crate::auth::TokenConfig, String> {
+    match text.split(',').next().map(str::trim) {
+        Some("simple") => Ok(crate::auth::TokenConfig::Simple),
+        Some("jwt") => Err("jwt tokens are not supported yet; use simple".into()),
+        _ => Err(format!("unknown token type {text:?} (want simple)")),
+    }
+}
+
+/// `--bcrypt-cost`: bcrypt's range, 4 to 31.
+pub(super) fn bcrypt_cost(text: &str) -> Result<u32, String> {
+    let cost = unsigned(text)?;
+    match u32::try_from(cost) {
+        Ok(c) if (4..=31).contains(&c) => Ok(c),
+        _ => Err(format!("{cost} is outside bcrypt's 4 to 31")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,23 +427,5 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(has_explicit_port(raw), want, "{raw}");
         }
-    }
-}
-
-/// `--auth-token`: `simple`, or etcd's `jwt,pub-key=…` (not supported yet).
-pub(super) fn auth_token(text: &str) -> Result<crate::auth::TokenConfig, String> {
-    match text.split(',').next().map(str::trim) {
-        Some("simple") => Ok(crate::auth::TokenConfig::Simple),
-        Some("jwt") => Err("jwt tokens are not supported yet; use simple".into()),
-        _ => Err(format!("unknown token type {text:?} (want simple)")),
-    }
-}
-
-/// `--bcrypt-cost`: bcrypt's range, 4 to 31.
-pub(super) fn bcrypt_cost(text: &str) -> Result<u32, String> {
-    let cost = unsigned(text)?;
-    match u32::try_from(cost) {
-        Ok(c) if (4..=31).contains(&c) => Ok(c),
-        _ => Err(format!("{cost} is outside bcrypt's 4 to 31")),
     }
 }
