@@ -41,7 +41,8 @@ const SWEEP: Duration = Duration::from_secs(1);
 struct TokenEntry {
     /// Whose token it is.
     user: String,
-    /// The auth revision when it was issued (etcd's AuthInfo.Revision).
+    /// The auth revision when it was issued: a token from before the last
+    /// `auth enable` is void (auth was disabled since).
     revision: u64,
     /// The user's password hash when it was issued: a changed password
     /// invalidates the token.
@@ -226,7 +227,10 @@ impl Auth {
         {
             return Err(EtcdError::InvalidAuthToken);
         }
-        let user = Some((entry.user.clone(), entry.revision));
+        // etcd's simple tokens are judged at the current auth revision (only
+        // JWTs carry the revision they were issued at), so an auth change
+        // does not make them stale.
+        let user = Some((entry.user.clone(), state.revision));
         drop(entry);
         Ok(Caller { state, user })
     }
