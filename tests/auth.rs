@@ -231,6 +231,8 @@ mod matrix {
     use cairn::proto::etcdserverpb::watch_client::WatchClient;
     use cairn::proto::etcdserverpb::watch_request::RequestUnion;
     use cairn::proto::etcdserverpb::*;
+    use cairn::proto::v3lockpb::lock_client::LockClient;
+    use cairn::proto::v3lockpb::{LockRequest, UnlockRequest};
     use std::time::Duration;
     use tonic::transport::Channel;
 
@@ -276,9 +278,11 @@ mod matrix {
         WatchOutside,
         RevokeLeaseWithOutsideKey,
         RevokeLeaseWithInsideKey,
+        /// The Lock service (a recipe acting with the caller's token), then Unlock.
+        LockAndUnlock,
     }
 
-    const ASKS: [Ask; 13] = [
+    const ASKS: [Ask; 14] = [
         Ask::Get,
         Ask::GetOutside,
         Ask::GetPrefix,
@@ -292,6 +296,7 @@ mod matrix {
         Ask::WatchOutside,
         Ask::RevokeLeaseWithOutsideKey,
         Ask::RevokeLeaseWithInsideKey,
+        Ask::LockAndUnlock,
     ];
 
     struct Tokens {
@@ -432,6 +437,25 @@ mod matrix {
                     Ok(Some(r)) if r.canceled => format!("canceled: {}", r.cancel_reason),
                     Ok(Some(r)) if r.created => "created".to_string(),
                     other => format!("unexpected {other:?}"),
+                }
+            }
+            Ask::LockAndUnlock => {
+                let mut lock = LockClient::new(ch.clone());
+                let locked = lock
+                    .lock(with_token(
+                        LockRequest {
+                            name: b"/app/lock".to_vec(),
+                            lease: 0,
+                        },
+                        token,
+                    ))
+                    .await;
+                match locked {
+                    Ok(r) => {
+                        let key = r.into_inner().key;
+                        outcome(lock.unlock(with_token(UnlockRequest { key }, token)).await)
+                    }
+                    Err(e) => format!("{:?}: {}", e.code(), e.message()),
                 }
             }
             Ask::RevokeLeaseWithOutsideKey | Ask::RevokeLeaseWithInsideKey => {
@@ -624,6 +648,7 @@ mod matrix {
             // Simple tokens are judged at the current auth revision.
             "StaleToken Get: ok",
             "ReadWrite WatchPrefix: created",
+            "ReadWrite LockAndUnlock: ok",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
