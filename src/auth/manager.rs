@@ -175,8 +175,8 @@ pub struct Auth {
 
 /// Who sent a request, judged against the auth store at that moment.
 pub struct Caller {
-    /// The auth store the checks read.
-    pub state: Arc<AuthState>,
+    /// The auth store the checks read; None while auth is disabled.
+    pub state: Option<Arc<AuthState>>,
     /// The token's user and auth revision; None without a token.
     user: Option<(String, u64)>,
 }
@@ -201,12 +201,22 @@ impl Auth {
     /// no longer valid (user deleted, password changed, auth disabled since)
     /// is `invalid auth token`.
     pub fn caller(&self, md: &MetadataMap) -> Result<Caller, EtcdError> {
+        let disabled = Caller {
+            state: None,
+            user: None,
+        };
+        if !self.store.auth_enabled() {
+            return Ok(disabled);
+        }
         let state = self.store.auth();
         if !state.enabled {
-            return Ok(Caller { state, user: None });
+            return Ok(disabled);
         }
         let Some(token) = md.get("token") else {
-            return Ok(Caller { state, user: None });
+            return Ok(Caller {
+                state: Some(state),
+                user: None,
+            });
         };
         let token = token.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
         let entry = self
@@ -232,7 +242,10 @@ impl Auth {
         // does not make them stale.
         let user = Some((entry.user.clone(), state.revision));
         drop(entry);
-        Ok(Caller { state, user })
+        Ok(Caller {
+            state: Some(state),
+            user,
+        })
     }
 
     /// Asks AuthManager for a token (Authenticate).
@@ -255,7 +268,7 @@ impl Auth {
 impl Caller {
     /// Whether auth is enabled (else every check passes).
     pub fn enabled(&self) -> bool {
-        self.state.enabled
+        self.state.is_some()
     }
 
     /// The token's user, if any.
@@ -277,13 +290,19 @@ impl Caller {
         range_end: &[u8],
         access: Access,
     ) -> Result<(), EtcdError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
         let (user, rev) = self.who();
-        self.state.check_range(user, rev, key, range_end, access)
+        state.check_range(user, rev, key, range_end, access)
     }
 
     /// Is the caller an administrator (root role)?
     pub fn check_admin(&self) -> Result<(), EtcdError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
         let (user, rev) = self.who();
-        self.state.check_admin(user, rev)
+        state.check_admin(user, rev)
     }
 }

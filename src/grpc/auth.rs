@@ -210,10 +210,13 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
         let caller = self.api.auth.caller(req.metadata())?;
         let req = req.into_inner();
-        let own = caller
-            .user()
-            .and_then(|u| caller.state.users.get(u))
-            .is_some_and(|u| u.roles.contains(&req.role));
+        let own = match (&caller.state, caller.user()) {
+            (Some(state), Some(user)) => state
+                .users
+                .get(user)
+                .is_some_and(|u| u.roles.contains(&req.role)),
+            _ => false,
+        };
         if !own {
             caller.check_admin()?;
         }

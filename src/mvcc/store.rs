@@ -189,6 +189,9 @@ pub struct Store {
     /// The auth store (users, roles, enabled, revision), replaced whole by
     /// each batch that changes it; readers clone the `Arc` (src/auth/).
     pub(crate) auth: RwLock<Arc<AuthState>>,
+    /// Copy of the auth store's enabled flag, readable without the lock:
+    /// every request asks, and with auth off that is all it asks.
+    pub(crate) auth_enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Store {
@@ -298,7 +301,9 @@ impl Store {
             leases,
             members,
         }));
-        let auth = RwLock::new(Arc::new(AuthState::load(&*backend)?));
+        let auth = AuthState::load(&*backend)?;
+        let auth_enabled = std::sync::atomic::AtomicBool::new(auth.enabled);
+        let auth = RwLock::new(Arc::new(auth));
         let state = Arc::new(Compaction::new(finished.min(compact_rev)));
         let compactor = compaction::spawn(backend.clone(), committed.clone(), state.clone())?;
         Ok(Store {
@@ -311,6 +316,7 @@ impl Store {
             compaction: state,
             compactor: Some(compactor),
             auth,
+            auth_enabled,
         })
     }
 
@@ -345,6 +351,11 @@ impl Store {
     /// The auth store as of the last applied batch.
     pub fn auth(&self) -> Arc<AuthState> {
         self.auth.read().clone()
+    }
+
+    /// Whether auth is enabled, as of the last applied batch (no lock).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled.load(Ordering::Acquire)
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

@@ -327,7 +327,11 @@ impl<'s> BatchWriter<'s> {
             self.publish_into(&mut c, applied_index);
         }
         if let Some(auth) = self.auth.take() {
+            let enabled = auth.enabled;
             *store.auth.write() = std::sync::Arc::new(auth);
+            store
+                .auth_enabled
+                .store(enabled, std::sync::atomic::Ordering::Release);
         }
         if self.compacted {
             store.compaction.kick();
