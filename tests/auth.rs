@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{etcdctl, normalise, Identity, Kind, Server};
+use common::{assert_same_transcripts, etcdctl, normalise, Identity, Kind, Server};
 
 /// A cheap bcrypt cost, so the session does not spend seconds hashing
 /// (both etcd and cairn take the flag).
@@ -131,19 +131,7 @@ fn etcdctl_auth_session_matches_etcd() {
     drop(etcd);
     let cairn = Server::start_with(Kind::Cairn, &FAST_BCRYPT);
     let got = transcript(&cairn);
-    let diffs: Vec<String> = want
-        .iter()
-        .zip(&got)
-        .filter(|(w, g)| w != g)
-        .map(|(w, g)| format!("--- etcd\n{w}+++ {:?}\n{g}", cairn.kind))
-        .collect();
-    assert!(
-        diffs.is_empty(),
-        "{} of {} steps differ:\n\n{}",
-        diffs.len(),
-        want.len(),
-        diffs.join("\n")
-    );
+    assert_same_transcripts(&want, &got, cairn.kind);
     // The session saw both sides of the checks, or it proves little.
     let all = want.concat();
     for expected in [

@@ -9,10 +9,13 @@
 //! every RPC but Authenticate and AuthStatus needs the root role, except
 //! UserGet of oneself and RoleGet of one's own role (etcd's rules).
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::apply::ApplyResponse;
+use crate::auth::AuthState;
 use crate::error::EtcdError;
 use crate::proto::cairnpb::internal_request::Request as Internal;
 use crate::proto::etcdserverpb::auth_server::Auth;
@@ -33,6 +36,23 @@ impl AuthService {
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
         self.api.auth.caller(req.metadata())?.check_admin()?;
         Ok(())
+    }
+
+    /// An admin-only change sent as is: check, propose, answer the header.
+    async fn admin_change<T>(
+        &self,
+        req: Request<T>,
+        wrap: fn(T) -> Internal,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        self.admin(&req)?;
+        self.change(wrap(req.into_inner())).await
+    }
+
+    /// The applied auth store for an admin-only read, after the read barrier.
+    async fn admin_read<T>(&self, req: &Request<T>) -> Result<Arc<AuthState>, Status> {
+        self.admin(req)?;
+        self.api.raft.read_barrier().await?;
+        Ok(self.api.store.auth())
     }
 
     /// Proposes an auth change; the answer is just a header.
@@ -60,8 +80,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Internal::AuthEnable(req.into_inner())).await?;
+        let header = self.admin_change(req, Internal::AuthEnable).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
 
@@ -69,8 +88,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Internal::AuthDisable(req.into_inner())).await?;
+        let header = self.admin_change(req, Internal::AuthDisable).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
 
@@ -141,9 +159,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.admin(&req)?;
-        self.api.raft.read_barrier().await?;
-        let users = self.api.store.auth().users.keys().cloned().collect();
+        let users = self.admin_read(&req).await?.users.keys().cloned().collect();
         Ok(Response::new(AuthUserListResponse {
             header: Some(self.api.header(0)),
             users,
@@ -154,8 +170,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Internal::UserDelete(req.into_inner())).await?;
+        let header = self.admin_change(req, Internal::UserDelete).await?;
         Ok(Response::new(AuthUserDeleteResponse { header }))
     }
 
@@ -177,10 +192,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        self.admin(&req)?;
-        let header = self
-            .change(Internal::UserGrantRole(req.into_inner()))
-            .await?;
+        let header = self.admin_change(req, Internal::UserGrantRole).await?;
         Ok(Response::new(AuthUserGrantRoleResponse { header }))
     }
 
@@ -188,10 +200,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        self.admin(&req)?;
-        let header = self
-            .change(Internal::UserRevokeRole(req.into_inner()))
-            .await?;
+        let header = self.admin_change(req, Internal::UserRevokeRole).await?;
         Ok(Response::new(AuthUserRevokeRoleResponse { header }))
     }
 
@@ -199,8 +208,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Internal::RoleAdd(req.into_inner())).await?;
+        let header = self.admin_change(req, Internal::RoleAdd).await?;
         Ok(Response::new(AuthRoleAddResponse { header }))
     }
 
@@ -233,9 +241,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.admin(&req)?;
-        self.api.raft.read_barrier().await?;
-        let roles = self.api.store.auth().roles.keys().cloned().collect();
+        let roles = self.admin_read(&req).await?.roles.keys().cloned().collect();
         Ok(Response::new(AuthRoleListResponse {
             header: Some(self.api.header(0)),
             roles,
@@ -246,8 +252,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Internal::RoleDelete(req.into_inner())).await?;
+        let header = self.admin_change(req, Internal::RoleDelete).await?;
         Ok(Response::new(AuthRoleDeleteResponse { header }))
     }
 
@@ -255,9 +260,8 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        self.admin(&req)?;
         let header = self
-            .change(Internal::RoleGrantPermission(req.into_inner()))
+            .admin_change(req, Internal::RoleGrantPermission)
             .await?;
         Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
     }
@@ -266,9 +270,8 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        self.admin(&req)?;
         let header = self
-            .change(Internal::RoleRevokePermission(req.into_inner()))
+            .admin_change(req, Internal::RoleRevokePermission)
             .await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }

@@ -718,3 +718,21 @@ fn normalise_json(v: &mut serde_json::Value, id: &Identity, is_status: bool) {
         _ => {}
     }
 }
+
+/// Fails unless etcd's transcript (`want`, one text per step) and the
+/// server's (`got`) are equal step by step, showing the steps that differ.
+pub fn assert_same_transcripts(want: &[String], got: &[String], kind: Kind) {
+    let diffs: Vec<String> = want
+        .iter()
+        .zip(got)
+        .filter(|(w, g)| w != g)
+        .map(|(w, g)| format!("----- etcd -----\n{w}----- {kind:?} -----\n{g}"))
+        .collect();
+    assert!(
+        diffs.is_empty() && want.len() == got.len(),
+        "{} of {} steps differ:\n\n{}",
+        diffs.len(),
+        want.len(),
+        diffs.join("\n")
+    );
+}
