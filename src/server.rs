@@ -128,6 +128,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // etcd's request timeout: 5 s plus two election timeouts.
     let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
 
+    let jwt = match &cfg.auth_token {
+        crate::auth::TokenConfig::Simple => None,
+        crate::auth::TokenConfig::Jwt(jwt) => Some(Arc::new(
+            crate::auth::jwt::Jwt::load(jwt).map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?,
+        )),
+    };
+
     supervise::install();
     let system = System::new();
     system.block_on(async move {
@@ -196,10 +203,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
         let tokens = Arc::new(crate::auth::manager::Tokens::default());
         {
-            let (store, tokens, ttl) = (store.clone(), tokens.clone(), cfg.auth_token_ttl);
-            auth_mailbox.start_on(&arbiters[4].handle(), move || crate::auth::AuthManager::new(store, tokens, ttl));
+            let (store, tokens, ttl, jwt) = (store.clone(), tokens.clone(), cfg.auth_token_ttl, jwt.clone());
+            auth_mailbox.start_on(&arbiters[4].handle(), move || crate::auth::AuthManager::new(store, tokens, ttl, jwt));
         }
-        let auth = crate::auth::Auth::new(store.clone(), tokens, auth_manager.recipient(), cfg.auth_token_ttl);
+        let auth = crate::auth::Auth::new(store.clone(), tokens, auth_manager.recipient(), cfg.auth_token_ttl, jwt);
 
         let leases = Leases::new(
             (leases.clone().recipient(), leases.clone().recipient(), leases.recipient()),

@@ -642,3 +642,193 @@ mod matrix {
         }
     }
 }
+
+/// `--auth-token jwt`: tokens signed with the operator's RSA or ECDSA key,
+/// and stale after an auth change, on etcd and cairn alike.
+mod jwt {
+    use super::common::{etcdctl, grpc::block_on, Kind, Server};
+    use super::FAST_BCRYPT;
+    use cairn::proto::etcdserverpb::auth_client::AuthClient;
+    use cairn::proto::etcdserverpb::kv_client::KvClient;
+    use cairn::proto::etcdserverpb::{AuthRoleAddRequest, AuthenticateRequest, RangeRequest};
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Writes a key pair with openssl; fails clearly without it.
+    fn keys(dir: &Path, method: &str) -> (String, String) {
+        let private = dir.join(format!("{method}.key"));
+        let public = dir.join(format!("{method}.pub"));
+        let generate: Vec<&str> = if method.starts_with("ES") {
+            vec![
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ]
+        } else {
+            vec![
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ]
+        };
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("these tests need openssl on PATH to make JWT keys");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let (private, public) = (
+            private.to_string_lossy().into_owned(),
+            public.to_string_lossy().into_owned(),
+        );
+        let mut args = generate;
+        args.extend(["-out", &private]);
+        run(&args);
+        run(&["pkey", "-in", &private, "-pubout", "-out", &public]);
+        (private, public)
+    }
+
+    /// What one server answers: the etcdctl steps' exit codes and outputs,
+    /// then a raw-token check over gRPC.
+    fn session(server: &Server) -> Vec<String> {
+        let mut lines = Vec::new();
+        for args in [
+            &["user", "add", "root", "--new-user-password=pw"][..],
+            &["role", "add", "app"],
+            &[
+                "role",
+                "grant-permission",
+                "app",
+                "--prefix",
+                "readwrite",
+                "/app/",
+            ],
+            &["user", "add", "alice", "--new-user-password=apw"],
+            &["user", "grant-role", "alice", "app"],
+            &["auth", "enable"],
+            &["--user=alice:apw", "put", "/app/a", "1"],
+            &["--user=alice:apw", "get", "/app/a"],
+            &["--user=alice:apw", "put", "/other", "1"],
+            &["--user=alice:nope", "get", "/app/a"],
+            &["--user=root:pw", "user", "list"],
+        ] {
+            let out = etcdctl(server, args, None);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let error = stderr
+                .lines()
+                .filter(|l| l.starts_with("Error:"))
+                .collect::<Vec<_>>();
+            lines.push(format!(
+                "{args:?}: {:?} {} {error:?}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+        let url = server.client_url();
+        lines.extend(block_on(async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            let token = |name: &str, password: &str| {
+                let mut auth = AuthClient::new(ch.clone());
+                let req = AuthenticateRequest {
+                    name: name.into(),
+                    password: password.into(),
+                };
+                async move {
+                    auth.authenticate(req)
+                        .await
+                        .expect("authenticate")
+                        .into_inner()
+                        .token
+                }
+            };
+            let get = |token: String| {
+                let mut kv = KvClient::new(ch.clone());
+                async move {
+                    let mut req = tonic::Request::new(RangeRequest {
+                        key: b"/app/a".to_vec(),
+                        ..Default::default()
+                    });
+                    req.metadata_mut()
+                        .insert("token", token.parse().expect("ASCII token"));
+                    match kv.range(req).await {
+                        Ok(r) => format!("ok {} kvs", r.into_inner().kvs.len()),
+                        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+                    }
+                }
+            };
+            let alice = token("alice", "apw").await;
+            let root = token("root", "pw").await;
+            let mut out = vec![
+                format!("a JWT has three parts: {}", alice.split('.').count() == 3),
+                format!("fresh token: {}", get(alice.clone()).await),
+                format!("forged token: {}", get(format!("{alice}x")).await),
+            ];
+            let mut req = tonic::Request::new(AuthRoleAddRequest {
+                name: "other".into(),
+            });
+            req.metadata_mut()
+                .insert("token", root.parse().expect("ASCII token"));
+            AuthClient::new(ch.clone())
+                .role_add(req)
+                .await
+                .expect("role add");
+            out.push(format!(
+                "token from before an auth change: {}",
+                get(alice).await
+            ));
+            out.push(format!(
+                "new token: {}",
+                get(token("alice", "apw").await).await
+            ));
+            out
+        }));
+        lines
+    }
+
+    fn matches_etcd(method: &str) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (private, public) = keys(dir.path(), method);
+        let flag = format!("jwt,pub-key={public},priv-key={private},sign-method={method},ttl=5m");
+        let args = [
+            "--auth-token",
+            flag.as_str(),
+            FAST_BCRYPT[0],
+            FAST_BCRYPT[1],
+        ];
+        let etcd = Server::start_with(Kind::Etcd, &args);
+        let want = session(&etcd);
+        drop(etcd);
+        let cairn = Server::start_with(Kind::Cairn, &args);
+        let got = session(&cairn);
+        assert_eq!(want, got, "- etcd, + {:?}", cairn.kind);
+        let all = want.join("\n");
+        for expected in [
+            "a JWT has three parts: true",
+            "fresh token: ok 1 kvs",
+            "forged token: Unauthenticated: etcdserver: invalid auth token",
+            "token from before an auth change: InvalidArgument: etcdserver: revision of auth store is old",
+            "new token: ok 1 kvs",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn rs256_tokens_match_etcd() {
+        matches_etcd("RS256");
+    }
+
+    #[test]
+    fn es256_tokens_match_etcd() {
+        matches_etcd("ES256");
+    }
+}

@@ -22,6 +22,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tonic::metadata::MetadataMap;
 
+use super::jwt::Jwt;
 use super::state::{Access, AuthState};
 use crate::error::EtcdError;
 use crate::mvcc::Store;
@@ -32,6 +33,8 @@ use crate::supervise::Lifeline;
 pub enum TokenConfig {
     /// etcd's simple tokens: random, kept in memory, expiring after a TTL.
     Simple,
+    /// Signed JWTs ([`super::jwt`]).
+    Jwt(super::jwt::JwtConfig),
 }
 
 /// How often expired tokens are dropped.
@@ -72,6 +75,8 @@ pub struct AuthManager {
     tokens: Arc<Tokens>,
     /// `--auth-token-ttl`.
     ttl: Duration,
+    /// Signs tokens instead of keeping them, with `--auth-token jwt`.
+    jwt: Option<Arc<Jwt>>,
     /// Numbers the tokens (etcd's simple token suffix).
     issued: u64,
     /// A core actor: if it goes, the member stops (crate::supervise).
@@ -79,11 +84,17 @@ pub struct AuthManager {
 }
 
 impl AuthManager {
-    pub fn new(store: Arc<Store>, tokens: Arc<Tokens>, ttl: Duration) -> AuthManager {
+    pub fn new(
+        store: Arc<Store>,
+        tokens: Arc<Tokens>,
+        ttl: Duration,
+        jwt: Option<Arc<Jwt>>,
+    ) -> AuthManager {
         AuthManager {
             store,
             tokens,
             ttl,
+            jwt,
             issued: 0,
             _lifeline: Lifeline::new("AuthManager"),
         }
@@ -134,6 +145,9 @@ impl Handler<Authenticate> for AuthManager {
             // The revision now, not when the check began: a change applied
             // meanwhile is seen by the next use of the token anyway.
             let revision = act.store.auth().revision;
+            if let Some(jwt) = &act.jwt {
+                return jwt.sign(&user, revision);
+            }
             act.issued += 1;
             let token = format!("{}.{}", random_letters(16), act.issued);
             act.tokens.map.insert(
@@ -169,6 +183,8 @@ fn random_letters(n: usize) -> String {
 pub struct Auth {
     store: Arc<Store>,
     tokens: Arc<Tokens>,
+    /// With `--auth-token jwt`: verifies tokens.
+    jwt: Option<Arc<Jwt>>,
     manager: Recipient<Authenticate>,
     ttl: Duration,
 }
@@ -187,10 +203,12 @@ impl Auth {
         tokens: Arc<Tokens>,
         manager: Recipient<Authenticate>,
         ttl: Duration,
+        jwt: Option<Arc<Jwt>>,
     ) -> Auth {
         Auth {
             store,
             tokens,
+            jwt,
             manager,
             ttl,
         }
@@ -219,6 +237,15 @@ impl Auth {
             });
         };
         let token = token.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
+        if let Some(jwt) = &self.jwt {
+            // A JWT carries its user and auth revision; a stale one is
+            // refused by the checks (`revision of auth store is old`).
+            let user = jwt.verify(token).ok_or(EtcdError::InvalidAuthToken)?;
+            return Ok(Caller {
+                state: Some(state),
+                user: Some(user),
+            });
+        }
         let entry = self
             .tokens
             .map

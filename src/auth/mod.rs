@@ -20,6 +20,7 @@
 //! ```
 
 pub mod check;
+pub mod jwt;
 pub mod manager;
 pub mod state;
 

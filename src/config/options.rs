@@ -178,9 +178,10 @@ pub(super) const OPTIONS: &[Opt] = &[
     opt(
         "auth_token",
         "auth-token",
-        "simple",
-        "How auth tokens are made: simple (random, kept in memory) [default: simple]; \
-         jwt is not supported yet",
+        "simple|jwt,…",
+        "How auth tokens are made: simple (random, kept in memory), or \
+         jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|ES256|…,ttl=5m (signed) \
+         [default: simple]",
     ),
     opt(
         "auth_token_ttl",

@@ -349,16 +349,30 @@ fn each_flag() {
             },
         },
         Case {
-            name: "--auth-token jwt is refused until supported",
+            name: "--auth-token jwt",
             args: &[
                 "--auth-token",
-                "jwt,pub-key=a.pub,priv-key=a,sign-method=RS256",
+                "jwt,pub-key=a.pub,priv-key=a,sign-method=ES256,ttl=1m",
             ],
+            env: &[],
+            file: None,
+            expect: Is(|c| {
+                c.auth_token = crate::auth::TokenConfig::Jwt(crate::auth::jwt::JwtConfig {
+                    sign_method: "ES256".into(),
+                    pub_key: "a.pub".into(),
+                    priv_key: Some("a".into()),
+                    ttl: Duration::from_secs(60),
+                })
+            }),
+        },
+        Case {
+            name: "--auth-token jwt without a sign method",
+            args: &["--auth-token", "jwt,pub-key=a.pub"],
             env: &[],
             file: None,
             expect: Fails {
                 flag: Some("auth-token"),
-                text: "jwt tokens are not supported yet",
+                text: "jwt needs sign-method",
             },
         },
         Case {
