@@ -101,6 +101,7 @@ impl AuthManager {
     }
 
     fn sweep(&mut self) {
+        crate::failpoint::hit("auth-sweep");
         let now = Instant::now();
         self.tokens.map.retain(|_, t| *t.expires.lock() > now);
     }
