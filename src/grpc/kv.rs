@@ -76,7 +76,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
+        // etcd 3.4 checks no permission for Compact.
         let req = req.into_inner();
         validate::validate_compaction(&req)?;
         let (revision, physical) = (req.revision, req.physical);

@@ -56,7 +56,6 @@ fn alarm_text(a: &AlarmMember) -> String {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
         // All alarm actions go through the log, as in etcd, so every member
         // agrees on the alarm list.
         let mut resp = self.api.propose(req.into_inner()).await?;
@@ -92,7 +91,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         // sled reclaims space itself (segment GC); what a defragment can do
         // is make everything durable so that GC may run. See COMPATIBILITY.md.
         let backend = self.api.store.backend().clone();
@@ -106,7 +105,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         let h = self.hash_at(0).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -118,7 +117,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         let h = self.hash_at(req.into_inner().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -137,7 +136,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         let head = self
             .api
             .storage
@@ -193,7 +192,6 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
         let target = req.into_inner().target_id;
         let header = self.api.header(0);
         self.api.raft.move_leader(target, self.api.tick).await?;
