@@ -70,6 +70,17 @@ fn session() -> Vec<Vec<&'static str>> {
         vec!["--user=alice:alicepw", "del", "/app/a"],
         vec!["--user=alice:alicepw", "del", "/other"],
         vec!["--user=alice:alicepw", "user", "list"],
+        vec!["--user=alice:alicepw", "user", "get", "alice"],
+        vec!["--user=alice:alicepw", "user", "get", "root"],
+        vec!["--user=alice:alicepw", "role", "get", "app"],
+        vec!["--user=alice:alicepw", "role", "get", "root"],
+        vec![
+            "--user=alice:alicepw",
+            "user",
+            "passwd",
+            "alice",
+            "--new-user-password=x",
+        ],
         vec!["--user=alice:alicepw", "role", "add", "sneaky"],
         vec!["--user=alice:alicepw", "auth", "disable"],
         // What needs no permission, and what needs root, as etcd judges it.
