@@ -121,6 +121,12 @@ fn lease_keeper_death_stops_the_member() {
 }
 
 #[test]
+fn auth_manager_death_stops_the_member() {
+    // The 3rd token sweep (one a second).
+    core_actor_death_stops_the_member("auth-sweep@3");
+}
+
+#[test]
 fn watch_broadcaster_death_stops_the_member() {
     // The 30th batch of events handed to the broadcaster.
     core_actor_death_stops_the_member("watch-applied@30");

@@ -60,6 +60,8 @@ pub enum ApplyResponse {
     /// A membership change was applied (member add, remove, update,
     /// promote): the member as it now is.
     Membership(MemberRecord),
+    /// An auth store change was applied (src/auth/state.rs).
+    Auth,
 }
 
 /// A change to the set of leases, for the LeaseKeeper (which owns expiry).
@@ -247,6 +249,13 @@ fn apply_request(
         Request::MemberUpdate(m) => apply_member_update(w, m)
             .map(ApplyResponse::Membership)
             .map_err(Fail::Client),
+        auth => {
+            // Applied on a copy: a refused change leaves the batch's state as it was.
+            let mut next = w.auth_mut().clone();
+            next.apply(&auth)?;
+            *w.auth_mut() = next;
+            Ok(ApplyResponse::Auth)
+        }
     }
 }
 

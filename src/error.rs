@@ -64,6 +64,34 @@ pub enum EtcdError {
     AuthNotEnabled,
     #[error("etcdserver: invalid auth token")]
     InvalidAuthToken,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: not leader")]
@@ -104,6 +132,12 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | MemberBadUrls | RequestTooLarge => Code::InvalidArgument,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted => {
+                Code::FailedPrecondition
+            }
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
@@ -213,6 +247,31 @@ mod tests {
             msg: &'static str,
         }
         let cases = [
+            Case {
+                err: EtcdError::AuthFailed,
+                code: Code::InvalidArgument,
+                msg: "etcdserver: authentication failed, invalid user ID or password",
+            },
+            Case {
+                err: EtcdError::UserNotFound,
+                code: Code::FailedPrecondition,
+                msg: "etcdserver: user name not found",
+            },
+            Case {
+                err: EtcdError::RoleNotGranted,
+                code: Code::FailedPrecondition,
+                msg: "etcdserver: role is not granted to the user",
+            },
+            Case {
+                err: EtcdError::AuthOldRevision,
+                code: Code::InvalidArgument,
+                msg: "etcdserver: revision of auth store is old",
+            },
+            Case {
+                err: EtcdError::InvalidAuthToken,
+                code: Code::Unauthenticated,
+                msg: "etcdserver: invalid auth token",
+            },
             Case {
                 err: EtcdError::EmptyKey,
                 code: Code::InvalidArgument,

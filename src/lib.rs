@@ -31,6 +31,7 @@
 //! cluster identities, [`error`] the one table of etcd's error codes and strings.
 
 pub mod apply;
+pub mod auth;
 pub mod cluster;
 pub mod compactor;
 pub mod config;

@@ -247,6 +247,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // etcd's request timeout: 5 s plus two election timeouts.
     let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
 
+    let jwt = match &cfg.auth_token {
+        crate::auth::TokenConfig::Simple => None,
+        crate::auth::TokenConfig::Jwt(jwt) => Some(Arc::new(
+            crate::auth::jwt::Jwt::load(jwt).map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?,
+        )),
+    };
+
     supervise::install();
     let system = System::new();
     system.block_on(async move {
@@ -259,6 +266,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (storage, storage_mailbox) = mailbox::<StorageActor>();
         let (leases, lease_mailbox) = mailbox::<LeaseKeeper>();
         let (watch, watch_mailbox) = mailbox_of::<WatchBroadcaster>(WATCH_MAILBOX_CAPACITY);
+        let (auth_manager, auth_mailbox) = mailbox::<crate::auth::AuthManager>();
         let client = RaftClient::new(
             RaftInbox {
                 learner_ready: raft.clone().recipient(),
@@ -276,7 +284,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // One arbiter (thread) per core actor: RaftNode's ticks, heartbeats
         // and peer messages never queue behind applying a batch, a sled
         // commit or a watch catch-up (see docs/ARCHITECTURE.md).
-        let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
+        let arbiters: Vec<Arbiter> = (0..5).map(|_| Arbiter::new()).collect();
         {
             let initial: Vec<(i64, i64)> = store.leases().iter().map(|l| (l.id, l.ttl)).collect();
             let (status, client) = (status.clone(), client.clone());
@@ -323,6 +331,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             });
         }
 
+        let tokens = Arc::new(crate::auth::manager::Tokens::default());
+        {
+            let (store, tokens, ttl, jwt) = (store.clone(), tokens.clone(), cfg.auth_token_ttl, jwt.clone());
+            auth_mailbox.start_on(&arbiters[4].handle(), move || crate::auth::AuthManager::new(store, tokens, ttl, jwt));
+        }
+        let auth = crate::auth::Auth::new(store.clone(), tokens, auth_manager.recipient(), cfg.auth_token_ttl, jwt);
+
         let leases = Leases::new(
             (leases.clone().recipient(), leases.clone().recipient(), leases.recipient()),
             status.clone(),
@@ -348,6 +363,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tick: heartbeat,
             watch,
             peers: directory,
+            auth,
+            bcrypt_cost: cfg.bcrypt_cost,
         };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on

@@ -122,19 +122,7 @@ fn url_endpoints_and_cluster_forms_match_etcd() {
     for text in &want {
         assert!(text.ends_with("[exit 0]\n"), "etcd failed a step:\n{text}");
     }
-    let diffs: Vec<String> = want
-        .iter()
-        .zip(&got)
-        .filter(|(w, g)| w != g)
-        .map(|(w, g)| format!("----- etcd -----\n{w}----- {:?} -----\n{g}", cairn.kind))
-        .collect();
-    assert!(
-        diffs.is_empty(),
-        "{} of {} steps differ:\n\n{}",
-        diffs.len(),
-        want.len(),
-        diffs.join("\n")
-    );
+    common::assert_same_transcripts(&want, &got, cairn.kind);
     // The steps really reported on the URL endpoint and masked real hashes.
     let all = got.concat();
     for expected in [

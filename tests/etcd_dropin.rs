@@ -18,9 +18,6 @@ use common::{etcd_path, etcdctl_at, free_port, grpc, wait_until, READY_TIMEOUT};
 const ADDED_WITH_THEIR_FEATURE: &[&str] = &[
     "client-cert-allowed-hostname",
     "experimental-peer-skip-client-san-verification",
-    "auth-token",
-    "bcrypt-cost",
-    "auth-token-ttl",
     "enable-pprof",
     "metrics",
     "listen-metrics-urls",

@@ -132,6 +132,12 @@ pub struct Config {
     /// Period of the progress notifications sent to watches created with
     /// `progress_notify` (etcd's 10 minutes by default).
     pub watch_progress_notify_interval: Duration,
+    /// `--auth-token`: how auth tokens are made.
+    pub auth_token: crate::auth::TokenConfig,
+    /// `--auth-token-ttl`: a simple token's life without use.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost` of password hashes.
+    pub bcrypt_cost: u32,
     /// `debug`, `info`, `warn` or `error` (usable as a tracing filter).
     pub log_level: String,
     /// Where the raft log lives, when not under the data dir (`--wal-dir`).
@@ -168,6 +174,9 @@ impl Default for Config {
             snapshot_catchup_entries: 5_000,
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(10 * 60),
+            auth_token: crate::auth::TokenConfig::Simple,
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
             log_level: "info".to_string(),
             wal_dir: None,
             security: crate::tls::Security::default(),
@@ -822,6 +831,16 @@ impl Layers {
                     values::go_duration(raw.text()?)
                 })?
                 .unwrap_or(defaults.watch_progress_notify_interval),
+            auth_token: self
+                .get("auth_token", |raw| values::auth_token(raw.text()?))?
+                .unwrap_or(defaults.auth_token),
+            auth_token_ttl: self
+                .get("auth_token_ttl", |raw| values::positive(raw.text()?))?
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.auth_token_ttl),
+            bcrypt_cost: self
+                .get("bcrypt_cost", |raw| values::bcrypt_cost(raw.text()?))?
+                .unwrap_or(defaults.bcrypt_cost),
             log_level,
             wal_dir: self
                 .get("wal_dir", |raw| Ok(raw.text()?.trim().to_string()))?

@@ -396,6 +396,27 @@ pub(super) const OPTIONS: &[Opt] = &[
         "VERSION",
         "Maximum TLS version: TLS1.2 or TLS1.3 [default: TLS1.3]",
     ),
+    // Authentication (src/auth/).
+    opt(
+        "auth_token",
+        "auth-token",
+        "simple|jwt,…",
+        "How auth tokens are made: simple (random, kept in memory), or \
+         jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|ES256|…,ttl=5m (signed) \
+         [default: simple]",
+    ),
+    opt(
+        "auth_token_ttl",
+        "auth-token-ttl",
+        "SECONDS",
+        "Time (in seconds) a simple token lives without use [default: 300]",
+    ),
+    opt(
+        "bcrypt_cost",
+        "bcrypt-cost",
+        "COST",
+        "bcrypt cost of password hashes, 4 to 31 [default: 10]",
+    ),
     opt(
         "log_level",
         "log-level",

@@ -319,6 +319,64 @@ fn each_flag() {
             expect: Is(|c| c.snapshot_count = 10_000),
         },
         Case {
+            name: "--auth-token simple",
+            args: &["--auth-token", "simple"],
+            env: &[],
+            file: None,
+            expect: Is(|c| c.auth_token = crate::auth::TokenConfig::Simple),
+        },
+        Case {
+            name: "--auth-token-ttl",
+            args: &["--auth-token-ttl", "60"],
+            env: &[],
+            file: None,
+            expect: Is(|c| c.auth_token_ttl = Duration::from_secs(60)),
+        },
+        Case {
+            name: "--bcrypt-cost",
+            args: &["--bcrypt-cost", "4"],
+            env: &[],
+            file: None,
+            expect: Is(|c| c.bcrypt_cost = 4),
+        },
+        Case {
+            name: "--bcrypt-cost below bcrypt's minimum",
+            args: &["--bcrypt-cost", "3"],
+            env: &[],
+            file: None,
+            expect: Fails {
+                flag: Some("bcrypt-cost"),
+                text: "3 is outside bcrypt's 4 to 31",
+            },
+        },
+        Case {
+            name: "--auth-token jwt",
+            args: &[
+                "--auth-token",
+                "jwt,pub-key=a.pub,priv-key=a,sign-method=ES256,ttl=1m",
+            ],
+            env: &[],
+            file: None,
+            expect: Is(|c| {
+                c.auth_token = crate::auth::TokenConfig::Jwt(crate::auth::jwt::JwtConfig {
+                    sign_method: "ES256".into(),
+                    pub_key: "a.pub".into(),
+                    priv_key: Some("a".into()),
+                    ttl: Duration::from_secs(60),
+                })
+            }),
+        },
+        Case {
+            name: "--auth-token jwt without a sign method",
+            args: &["--auth-token", "jwt,pub-key=a.pub"],
+            env: &[],
+            file: None,
+            expect: Fails {
+                flag: Some("auth-token"),
+                text: "jwt needs sign-method",
+            },
+        },
+        Case {
             name: "--watch-progress-notify-interval",
             args: &["--watch-progress-notify-interval", "1.5s"],
             env: &[],

@@ -309,6 +309,50 @@ pub(super) fn initial_cluster(items: &[String]) -> Result<Vec<(String, Url)>, St
         .collect()
 }
 
+/// `--auth-token`: `simple`, or etcd's
+/// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m`
+/// (priv-key and ttl optional).
+pub(super) fn auth_token(text: &str) -> Result<crate::auth::TokenConfig, String> {
+    use crate::auth::jwt::{check_sign_method, JwtConfig};
+    let (kind, options) = text.split_once(',').unwrap_or((text, ""));
+    match kind.trim() {
+        "simple" => Ok(crate::auth::TokenConfig::Simple),
+        "jwt" => {
+            let (mut method, mut public, mut private, mut ttl) = (None, None, None, None);
+            for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                let (key, value) = option
+                    .split_once('=')
+                    .ok_or_else(|| format!("jwt option {option:?} is not key=value"))?;
+                match key {
+                    "sign-method" => method = Some(value.to_string()),
+                    "pub-key" => public = Some(std::path::PathBuf::from(value)),
+                    "priv-key" => private = Some(std::path::PathBuf::from(value)),
+                    "ttl" => ttl = Some(go_duration(value).map_err(|e| format!("jwt ttl: {e}"))?),
+                    other => return Err(format!("unknown jwt option {other:?}")),
+                }
+            }
+            let sign_method = method.ok_or("jwt needs sign-method")?;
+            check_sign_method(&sign_method)?;
+            Ok(crate::auth::TokenConfig::Jwt(JwtConfig {
+                sign_method,
+                pub_key: public.ok_or("jwt needs pub-key")?,
+                priv_key: private,
+                ttl: ttl.unwrap_or(std::time::Duration::from_secs(5 * 60)),
+            }))
+        }
+        _ => Err(format!("unknown token type {kind:?} (want simple or jwt)")),
+    }
+}
+
+/// `--bcrypt-cost`: bcrypt's range, 4 to 31.
+pub(super) fn bcrypt_cost(text: &str) -> Result<u32, String> {
+    let cost = unsigned(text)?;
+    match u32::try_from(cost) {
+        Ok(c) if (4..=31).contains(&c) => Ok(c),
+        _ => Err(format!("{cost} is outside bcrypt's 4 to 31")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,11 @@ impl ClusterService {
         ClusterService { api }
     }
 
+    /// etcd's rule: with auth enabled, membership changes need root.
+    fn admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), EtcdError> {
+        self.api.auth.caller(md)?.check_admin()
+    }
+
     fn members(&self) -> Vec<Member> {
         crate::cluster::member_list(
             &self.api.cluster,
@@ -168,6 +173,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.admin(req.metadata())?;
         let req = req.into_inner();
         let urls = peer_urls(&req.peer_ur_ls)?;
         let membership = self.api.store.membership();
@@ -206,6 +212,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin(req.metadata())?;
         let id = req.into_inner().id;
         let membership = self.api.store.membership();
         let member = membership
@@ -224,6 +231,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin(req.metadata())?;
         let req = req.into_inner();
         let urls = peer_urls(&req.peer_ur_ls)?;
         let membership = self.api.store.membership();
@@ -274,6 +282,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin(req.metadata())?;
         let id = req.into_inner().id;
         let member = self
             .api

@@ -44,8 +44,9 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        // As etcd's: the recipe acts with the caller's credentials.
+        let client = self.local.client.with_token(req.metadata().get("token"));
         let req = req.into_inner();
-        let client = self.local.client.clone();
         let elected = self
             .local
             .until_stopped(async {
@@ -63,9 +64,10 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        // As etcd's: the recipe acts with the caller's credentials.
+        let client = self.local.client.with_token(req.metadata().get("token"));
         let req = req.into_inner();
         let leader = req.leader.ok_or(EtcdError::MissingLeaderKey)?;
-        let client = self.local.client.clone();
         let header = self
             .local
             .until_stopped(async {
@@ -82,8 +84,10 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        // As etcd's: the recipe acts with the caller's credentials.
+        let client = self.local.client.with_token(req.metadata().get("token"));
         let req = req.into_inner();
-        let client = &self.local.client;
+        let client = &client;
         let resp = self
             .local
             .until_stopped(election::leader(client, &req.name))
@@ -97,8 +101,10 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        // As etcd's: the recipe acts with the caller's credentials.
+        let client = self.local.client.with_token(req.metadata().get("token"));
         let req = req.into_inner();
-        let leaders = election::observe(self.local.client.clone(), &req.name);
+        let leaders = election::observe(client, &req.name);
         // The stream ends when the observer fails (as etcd's does) or when
         // the member shuts down, so it never holds up the drain.
         let stream = ReceiverStream::new(leaders)
@@ -111,9 +117,10 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        // As etcd's: the recipe acts with the caller's credentials.
+        let client = self.local.client.with_token(req.metadata().get("token"));
         let req = req.into_inner();
         let leader = req.leader.ok_or(EtcdError::MissingLeaderKey)?;
-        let client = self.local.client.clone();
         let header = self
             .local
             .until_stopped(async {

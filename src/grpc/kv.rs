@@ -3,11 +3,13 @@
 //! Read path: Range (and a read-only Txn) is served from the shared MVCC
 //! store on this gRPC thread, never through the actors' mailboxes; a
 //! linearizable one first waits on the read barrier. Write path: everything
-//! else is proposed through raft and answered when applied.
+//! else is proposed through raft and answered when applied. With auth
+//! enabled each request's permissions are checked first (`auth::check`).
 
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::auth::check;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::*;
 use crate::validate;
@@ -25,8 +27,10 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let caller = self.api.auth.caller(req.metadata())?;
         let req = req.into_inner();
         validate::validate_range(&req)?;
+        check::range(&caller, &req)?;
         if !req.serializable {
             self.api.refuse_on_learner()?;
             self.api.raft.read_barrier().await?;
@@ -37,8 +41,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.api.auth.caller(req.metadata())?;
         let req = req.into_inner();
         validate::validate_put(&req)?;
+        check::put(&self.api.auth, &caller, &req)?;
         let mut resp = self.api.propose(req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -48,16 +54,20 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = self.api.auth.caller(req.metadata())?;
         let req = req.into_inner();
         validate::validate_delete_range(&req)?;
+        check::delete_range(&caller, &req)?;
         let mut resp = self.api.propose(req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.api.auth.caller(req.metadata())?;
         let req = req.into_inner();
         validate::validate_txn(&req, self.api.max_txn_ops)?;
+        check::txn(&self.api.auth, &caller, &req)?;
         let mut resp = self.api.propose(req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -67,6 +77,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // etcd 3.4 checks no permission for Compact.
         let req = req.into_inner();
         validate::validate_compaction(&req)?;
         let (revision, physical) = (req.revision, req.physical);

@@ -72,7 +72,11 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let mut resp = self.api.propose(req.into_inner()).await?;
+        // etcd: revoking deletes the attached keys, so it needs write on each.
+        let caller = self.api.auth.caller(req.metadata())?;
+        let req = req.into_inner();
+        crate::auth::check::lease_keys(&self.api.auth, &caller, req.id)?;
+        let mut resp = self.api.propose(req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -29,8 +29,9 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        // As etcd's: the recipe acts with the caller's credentials.
+        let client = self.local.client.with_token(req.metadata().get("token"));
         let req = req.into_inner();
-        let client = self.local.client.clone();
         let locked = self
             .local
             .until_stopped(async {
@@ -48,8 +49,10 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        // As etcd's: the recipe acts with the caller's credentials.
+        let client = self.local.client.with_token(req.metadata().get("token"));
         let req = req.into_inner();
-        let client = &self.local.client;
+        let client = &client;
         let header = self
             .local
             .until_stopped(mutex::unlock(client, &req.key))

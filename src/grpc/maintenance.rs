@@ -89,8 +89,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         // The state store rewrites itself into a fresh database and swaps
         // it in, serving meanwhile (mvcc::defrag, docs/storage.md).
         let backend = self.api.store.backend().clone();
@@ -103,7 +104,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         let h = self.hash_at(0).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -115,6 +117,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         let h = self.hash_at(req.into_inner().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -131,8 +134,9 @@ impl Maintenance for MaintenanceService {
     /// file ends with a SHA-256 of its contents, as etcd's does.
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
         let head = self
             .api
             .storage

@@ -19,6 +19,7 @@
 //! which repairs the `:authority` etcdctl sends for `endpoint status` and
 //! `endpoint hashkv` (a whole URL, which h2 would refuse).
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod election;
@@ -73,6 +74,10 @@ pub struct Api {
     /// Which members this member's peer links reach (etcd's strict
     /// reconfiguration check).
     pub peers: crate::peer::Directory,
+    /// Token resolution and permission checks (src/auth/).
+    pub auth: crate::auth::Auth,
+    /// `--bcrypt-cost`, for the Auth service's password hashes.
+    pub bcrypt_cost: u32,
 }
 
 impl Api {
@@ -248,6 +253,7 @@ pub async fn serve(
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    use crate::proto::etcdserverpb::auth_server::AuthServer;
     use crate::proto::etcdserverpb::cluster_server::ClusterServer;
     use crate::proto::etcdserverpb::kv_server::KvServer;
     use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -307,6 +313,11 @@ pub async fn serve(
                 streams_stopped,
             ))
             .max_decoding_message_size(max_decode),
+            leader.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AuthServer::new(auth::AuthService::new(api.clone(), api.bcrypt_cost))
+                .max_decoding_message_size(max_decode),
             leader.clone(),
         ))
         .add_service(InterceptedService::new(

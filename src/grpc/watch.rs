@@ -142,6 +142,10 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let denials = Denials {
+            api: self.api.clone(),
+            metadata: req.metadata().clone(),
+        };
         let inbound = req.into_inner();
         let (tx, rx) = outbound_channel();
         let stream = self
@@ -163,7 +167,7 @@ impl Watch for WatchService {
         };
         tokio::spawn(supervise(
             stream,
-            inbound,
+            (inbound, denials),
             rx,
             sender,
             out_tx,
@@ -181,7 +185,7 @@ impl Watch for WatchService {
 /// unregisters it.
 async fn supervise(
     stream: StreamId,
-    inbound: Streaming<WatchRequest>,
+    (inbound, denials): (Streaming<WatchRequest>, Denials),
     rx: mpsc::Receiver<Outbound>,
     sender: Sender,
     out: mpsc::Sender<Batch>,
@@ -198,6 +202,7 @@ async fn supervise(
         inbound,
         broadcaster.clone(),
         ctrl,
+        (denials, out.clone()),
     )));
     let mut receiving = true;
     loop {
@@ -246,6 +251,7 @@ async fn receive(
     mut inbound: Streaming<WatchRequest>,
     broadcaster: Addr<WatchBroadcaster>,
     ctrl: Arc<Semaphore>,
+    (denials, out): (Denials, mpsc::Sender<Batch>),
 ) -> Result<(), Status> {
     while let Some(req) = inbound.message().await? {
         // Like etcd, an empty or unknown request is ignored.
@@ -260,6 +266,12 @@ async fn receive(
         );
         let sent = match union {
             RequestUnion::CreateRequest(req) => {
+                if let Some(refused) = denials.refuse(&req) {
+                    out.send(Ok(vec![refused.into()]))
+                        .await
+                        .map_err(|_| Status::from(EtcdError::Stopped))?;
+                    continue;
+                }
                 broadcaster
                     .send(CreateWatch {
                         stream,
@@ -284,6 +296,36 @@ async fn receive(
         sent.map_err(|_| Status::from(EtcdError::Stopped))?;
     }
     Ok(())
+}
+
+/// What a stream's creates are checked with (etcd's `isWatchPermitted`):
+/// the stream's token, read once when it opened.
+struct Denials {
+    api: Api,
+    metadata: tonic::metadata::MetadataMap,
+}
+
+impl Denials {
+    /// The answer to a create the caller may not make: created and canceled,
+    /// watch id -1, the reason as etcd writes it (a Go status's text).
+    fn refuse(
+        &self,
+        req: &crate::proto::etcdserverpb::WatchCreateRequest,
+    ) -> Option<WatchResponse> {
+        let denied = self.api.auth.caller(&self.metadata).and_then(|c| {
+            let key: &[u8] = if req.key.is_empty() { &[0] } else { &req.key };
+            c.check_range(key, &req.range_end, crate::auth::Access::Read)
+        });
+        let e = denied.err()?;
+        Some(WatchResponse {
+            header: Some(self.api.header(0)),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: format!("rpc error: code = {:?} desc = {e}", e.code()),
+            ..Default::default()
+        })
+    }
 }
 
 /// The client is gone: nothing more can be delivered.

@@ -16,7 +16,7 @@
 //! a/<member:8><type:4>      an active alarm (empty value)
 //! n/<member:8>              a member's published name and client URLs
 //! c/<member:8>              a member of the raft configuration -> cairnpb.MemberRecord
-//! r/<member:8>              a member removed from the cluster (empty value)
+//! x/<member:8>              a member removed from the cluster (empty value)
 //! l/<id:8>                  a lease -> cairnpb.Lease (see `lease::table`)
 //! ```
 //!
@@ -46,6 +46,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 
+use crate::auth::state::AuthState;
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::{decode_lease, LeaseEntry, LeaseTable, LEASE_PREFIX};
 use crate::proto::cairnpb::{Lease, MemberAttributes, MemberRecord};
@@ -89,8 +90,8 @@ pub(crate) const ALARM_PREFIX: &[u8] = b"a/";
 pub(crate) const MEMBER_PREFIX: &[u8] = b"n/";
 /// Prefix of the members of the raft configuration.
 pub(crate) const CONF_MEMBER_PREFIX: &[u8] = b"c/";
-/// Prefix of removed members' ids.
-pub(crate) const REMOVED_PREFIX: &[u8] = b"r/";
+/// Prefix of removed members' ids (`r/` holds auth roles).
+pub(crate) const REMOVED_PREFIX: &[u8] = b"x/";
 
 /// The compact revision of a store that was never compacted (etcd's value,
 /// visible to clients in HashKV and watch responses).
@@ -211,6 +212,12 @@ pub struct Store {
     gate: RwLock<()>,
     /// The compactor thread; stopped and joined when the store is dropped.
     compactor: Option<JoinHandle<()>>,
+    /// The auth store (users, roles, enabled, revision), replaced whole by
+    /// each batch that changes it; readers clone the `Arc` (src/auth/).
+    pub(crate) auth: RwLock<Arc<AuthState>>,
+    /// Copy of the auth store's enabled flag, readable without the lock:
+    /// every request asks, and with auth off that is all it asks.
+    pub(crate) auth_enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Store {
@@ -243,6 +250,9 @@ impl Store {
         let committed = Arc::new(RwLock::new(loaded.committed));
         let state = Arc::new(Compaction::new(loaded.finished.min(compact_rev)));
         let compactor = compaction::spawn(backend.clone(), committed.clone(), state.clone())?;
+        let auth = AuthState::load(&*backend)?;
+        let auth_enabled = std::sync::atomic::AtomicBool::new(auth.enabled);
+        let auth = RwLock::new(Arc::new(auth));
         Ok(Store {
             backend,
             committed,
@@ -253,6 +263,8 @@ impl Store {
             compaction: state,
             gate: RwLock::new(()),
             compactor: Some(compactor),
+            auth,
+            auth_enabled,
         })
     }
 
@@ -279,6 +291,9 @@ impl Store {
         fill(&|batch| self.backend.write_batch(batch))?;
         let loaded = load(self.backend.as_ref())?;
         *c = loaded.committed;
+        let auth = AuthState::load(self.backend.as_ref())?;
+        self.auth_enabled.store(auth.enabled, Ordering::Release);
+        *self.auth.write() = Arc::new(auth);
         self.compaction
             .restart_from(loaded.finished.min(c.compact_rev));
         self.publish(&c, loaded.applied);
@@ -318,6 +333,16 @@ impl Store {
     /// Raft index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The auth store as of the last applied batch.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().clone()
+    }
+
+    /// Whether auth is enabled, as of the last applied batch (no lock).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled.load(Ordering::Acquire)
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

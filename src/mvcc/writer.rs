@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use parking_lot::MutexGuard;
 use prost::Message;
 
+use crate::auth::state::AuthState;
 use crate::error::{EtcdError, StorageError};
 use crate::lease::table::lease_key;
 use crate::proto::cairnpb::{Lease, MemberAttributes, MemberRecord};
@@ -72,6 +73,8 @@ pub struct BatchWriter<'s> {
     /// Raft configuration changes in this batch: a member added or updated
     /// (Some) or removed (None), by member id.
     membership: BTreeMap<u64, Option<MemberRecord>>,
+    /// The auth store with this batch's changes, once one touched it.
+    auth: Option<AuthState>,
 }
 
 impl<'s> BatchWriter<'s> {
@@ -95,6 +98,7 @@ impl<'s> BatchWriter<'s> {
             leases: BTreeMap::new(),
             members: BTreeMap::new(),
             membership: BTreeMap::new(),
+            auth: None,
         }
     }
 
@@ -109,6 +113,13 @@ impl<'s> BatchWriter<'s> {
     pub fn remove_conf_member(&mut self, id: u64) {
         self.membership.insert(id, None);
         self.members.remove(&id);
+    }
+
+    /// The auth store with this batch's changes so far, for an auth change.
+    pub fn auth_mut(&mut self) -> &mut AuthState {
+        let store = self.store;
+        self.auth
+            .get_or_insert_with(|| AuthState::clone(&store.auth.read()))
     }
 
     /// Records a member's published name and client URLs (etcd's publish);
@@ -294,7 +305,7 @@ impl<'s> BatchWriter<'s> {
     ///
     /// On error nothing has been published and the in-memory state is the
     /// one before the batch; the member must stop (the error is fatal).
-    pub fn commit(self, applied_index: u64) -> Result<Vec<Event>, StorageError> {
+    pub fn commit(mut self, applied_index: u64) -> Result<Vec<Event>, StorageError> {
         let store = self.store;
         let mut batch = WriteBatch::new();
         for (rev, (kv, tombstone)) in &self.records {
@@ -320,6 +331,9 @@ impl<'s> BatchWriter<'s> {
                 }
             }
         }
+        if let Some(auth) = &self.auth {
+            auth.write_changes(&store.auth.read(), &mut batch);
+        }
         {
             let c = store.committed.read();
             for &(m, t) in c.alarms.difference(&self.alarms) {
@@ -343,6 +357,13 @@ impl<'s> BatchWriter<'s> {
         {
             let mut c = store.committed.write();
             self.publish_into(&mut c, applied_index);
+        }
+        if let Some(auth) = self.auth.take() {
+            let enabled = auth.enabled;
+            *store.auth.write() = std::sync::Arc::new(auth);
+            store
+                .auth_enabled
+                .store(enabled, std::sync::atomic::Ordering::Release);
         }
         if self.compacted {
             store.compaction.kick();

@@ -28,6 +28,8 @@ pub mod session;
 mod wait;
 
 use tokio::sync::oneshot;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::Channel;
 
 use crate::error::EtcdError;
@@ -61,22 +63,53 @@ pub enum Error {
     Etcd(#[from] EtcdError),
 }
 
+/// The connection the recipes' requests travel on: a channel whose
+/// requests carry an auth token when the caller sent one (etcd's Lock and
+/// Election services act with their caller's credentials).
+pub type Conn = InterceptedService<Channel, WithToken>;
+
+/// Adds the `token` metadata, if any, to every request.
+#[derive(Clone, Debug, Default)]
+pub struct WithToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for WithToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("token", token.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// The three etcd clients the recipes use, sharing one channel; cheap to
 /// clone (tonic clients are handles on the channel).
 #[derive(Clone, Debug)]
 pub struct Client {
-    pub kv: KvClient<Channel>,
-    pub lease: LeaseClient<Channel>,
-    pub watch: WatchClient<Channel>,
+    pub kv: KvClient<Conn>,
+    pub lease: LeaseClient<Conn>,
+    pub watch: WatchClient<Conn>,
+    /// The channel, for [`Client::with_token`].
+    channel: Channel,
 }
 
 impl Client {
     pub fn new(channel: Channel) -> Client {
+        Client::with(channel, WithToken::default())
+    }
+
+    fn with(channel: Channel, token: WithToken) -> Client {
         Client {
-            kv: KvClient::new(channel.clone()),
-            lease: LeaseClient::new(channel.clone()),
-            watch: WatchClient::new(channel),
+            kv: KvClient::with_interceptor(channel.clone(), token.clone()),
+            lease: LeaseClient::with_interceptor(channel.clone(), token.clone()),
+            watch: WatchClient::with_interceptor(channel.clone(), token),
+            channel,
         }
+    }
+
+    /// The same connection, every request carrying `token` (a caller's
+    /// `token` metadata), or none.
+    pub fn with_token(&self, token: Option<&MetadataValue<Ascii>>) -> Client {
+        Client::with(self.channel.clone(), WithToken(token.cloned()))
     }
 }
 

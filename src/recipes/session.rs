@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::{Client, Error};
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
@@ -116,7 +115,7 @@ impl Drop for Session {
 
 /// Sends keep-alives for `id` on one stream until the server reports the
 /// lease gone (TTL 0) or the stream fails.
-async fn keep_alive(mut lease: LeaseClient<Channel>, id: i64) {
+async fn keep_alive(mut lease: LeaseClient<super::Conn>, id: i64) {
     let (tx, rx) = mpsc::channel(1);
     // The first request goes in before the call is awaited (see
     // `wait::Watcher::start`).

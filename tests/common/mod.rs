@@ -420,7 +420,8 @@ pub mod grpc {
         Ok(KvClient::new(channel))
     }
 
-    /// Whether a linearizable Range of key "health" succeeds (readiness).
+    /// Whether a linearizable Range of key "health" succeeds, or is refused
+    /// by auth (readiness).
     pub fn range_ok(url: &str) -> bool {
         let url = url.to_string();
         block_on(async move {
@@ -431,7 +432,15 @@ pub mod grpc {
                 key: b"health".to_vec(),
                 ..Default::default()
             };
-            kv.range(req).await.is_ok()
+            match kv.range(req).await {
+                Ok(_) => true,
+                // With auth enabled an anonymous read is refused, by a
+                // server that serves (as etcdctl endpoint health judges).
+                Err(status) => {
+                    status.code() == tonic::Code::PermissionDenied
+                        || status.message() == "etcdserver: user name is empty"
+                }
+            }
         })
     }
 }
@@ -708,4 +717,22 @@ fn normalise_json(v: &mut serde_json::Value, id: &Identity, is_status: bool) {
         Value::String(s) => *s = normalise_text(s, id),
         _ => {}
     }
+}
+
+/// Fails unless etcd's transcript (`want`, one text per step) and the
+/// server's (`got`) are equal step by step, showing the steps that differ.
+pub fn assert_same_transcripts(want: &[String], got: &[String], kind: Kind) {
+    let diffs: Vec<String> = want
+        .iter()
+        .zip(got)
+        .filter(|(w, g)| w != g)
+        .map(|(w, g)| format!("----- etcd -----\n{w}----- {kind:?} -----\n{g}"))
+        .collect();
+    assert!(
+        diffs.is_empty() && want.len() == got.len(),
+        "{} of {} steps differ:\n\n{}",
+        diffs.len(),
+        want.len(),
+        diffs.join("\n")
+    );
 }
