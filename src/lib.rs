@@ -35,6 +35,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod grpc;
+pub mod http;
 pub mod lease;
 pub mod logging;
 pub mod msg;

@@ -121,6 +121,10 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
     /// `debug`, `info`, `warn` or `error` (usable as a tracing filter).
     pub log_level: String,
+    /// Extra URLs serving only the probes and `/metrics` (kubeadm's 2381).
+    pub listen_metrics_urls: Vec<Url>,
+    /// etcd's `--metrics`: `basic` or `extensive`.
+    pub metrics: String,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -151,6 +155,8 @@ impl Default for Config {
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(10 * 60),
             log_level: "info".to_string(),
+            listen_metrics_urls: Vec::new(),
+            metrics: "basic".to_string(),
         }
     }
 }
@@ -273,6 +279,9 @@ impl Config {
         check_urls("listen-client-urls", &self.listen_client_urls, true)?;
         check_urls("advertise-client-urls", &self.advertise_client_urls, false)?;
         check_urls("listen-peer-urls", &self.listen_peer_urls, true)?;
+        if !self.listen_metrics_urls.is_empty() {
+            check_urls("listen-metrics-urls", &self.listen_metrics_urls, true)?;
+        }
         check_urls(
             "initial-advertise-peer-urls",
             &self.initial_advertise_peer_urls,
@@ -750,6 +759,13 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.watch_progress_notify_interval),
             log_level,
+            listen_metrics_urls: urls("listen_metrics_urls")?.unwrap_or_default(),
+            metrics: self
+                .get("metrics", |raw| match raw.text()?.trim() {
+                    level @ ("basic" | "extensive") => Ok(level.to_string()),
+                    other => Err(format!("must be basic or extensive, not {other:?}")),
+                })?
+                .unwrap_or(defaults.metrics),
             name,
         })
     }

@@ -180,6 +180,19 @@ pub(super) const OPTIONS: &[Opt] = &[
         "LEVEL",
         "Log level: debug, info, warn or error [default: info]",
     ),
+    // HTTP admin (src/http/).
+    opt(
+        "listen_metrics_urls",
+        "listen-metrics-urls",
+        "URLS",
+        "Comma-separated URLs serving /health, /livez, /readyz and /metrics only [default: none]",
+    ),
+    opt(
+        "metrics",
+        "metrics",
+        "LEVEL",
+        "basic or extensive (etcd's; cairn exports the same metrics for both) [default: basic]",
+    ),
 ];
 
 /// The option with this file key.

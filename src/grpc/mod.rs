@@ -215,12 +215,14 @@ pub enum ServeError {
 
 /// Serves the client API on `addr` until `shutdown` resolves, then drains
 /// in-flight requests and returns. `local` is what the Lock and Election
-/// services use to reach this member's API.
+/// services use to reach this member's API; `admin` serves the HTTP/1.x
+/// connections.
 pub async fn serve(
     api: Api,
     local: LocalClient,
     addr: SocketAddr,
     max_request_bytes: usize,
+    admin: Arc<crate::http::Admin>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -250,12 +252,14 @@ pub async fn serve(
     // etcd's interceptor: a request carrying `hasleader: true` fails fast
     // on a member that knows no leader (clientv3 WithRequireLeader).
     let leader = RequireLeader(api.status.clone());
-    // Each connection reads through the :authority repair (see
-    // `authority`); a TLS acceptor, when there is one, goes before it.
-    let incoming = TcpIncoming::bind(addr)
+    // Each connection is sniffed: HTTP/1.x goes to the HTTP admin server
+    // (crate::http), HTTP/2 reads through the :authority repair (see
+    // `authority`); a TLS acceptor, when there is one, goes before both.
+    let tcp = TcpIncoming::bind(addr)
         .map_err(ServeError::Bind)?
-        .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(authority::FixAuthority::new));
+        .with_nodelay(Some(true));
+    let incoming =
+        crate::http::route(tcp, admin).map(|accepted| accepted.map(authority::FixAuthority::new));
 
     Server::builder()
         .add_service(health_service)
