@@ -759,7 +759,15 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.watch_progress_notify_interval),
             log_level,
-            listen_metrics_urls: urls("listen_metrics_urls")?.unwrap_or_default(),
+            // etcd: empty (the default) means none.
+            listen_metrics_urls: self
+                .get("listen_metrics_urls", |raw| {
+                    match raw.items().iter().all(|i| i.trim().is_empty()) {
+                        true => Ok(Vec::new()),
+                        false => values::url_list(&raw.items()),
+                    }
+                })?
+                .unwrap_or_default(),
             metrics: self
                 .get("metrics", |raw| match raw.text()?.trim() {
                     level @ ("basic" | "extensive") => Ok(level.to_string()),
