@@ -85,14 +85,14 @@ struct StreamError<'a> {
     http_status: &'a str,
 }
 
-/// grpc-gateway's mapping of gRPC codes to HTTP statuses.
+/// grpc-gateway's mapping of gRPC codes to HTTP statuses (v1, as etcd 3.4
+/// vendors it: FailedPrecondition is 412).
 fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
