@@ -112,6 +112,9 @@ impl Admin {
             .map(std::net::TcpListener::bind)
             .collect::<io::Result<Vec<_>>>()?;
 
+        // A JSON body holds the request's bytes in base64 (4/3) and some
+        // syntax: twice gRPC's own limit bounds it; beyond, 413.
+        let body_limit = 2 * (opts.max_request_bytes + crate::grpc::GRPC_OVERHEAD_BYTES);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("http".into())
@@ -123,7 +126,7 @@ impl Admin {
                         App::new()
                             .wrap(cors_headers())
                             .app_data(web::Data::new(client_state.clone()))
-                            .app_data(web::PayloadConfig::new(usize::MAX))
+                            .app_data(web::PayloadConfig::new(body_limit))
                             .configure(health::routes)
                             .configure(metrics::routes)
                             .configure(gateway::routes)
