@@ -267,6 +267,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         metrics_addrs,
                         stopping: stop_rx.clone(),
                         quota_backend_bytes,
+                        local: local.clone(),
                     }).context("cannot start the HTTP admin server")?);
                     let mut servers = tokio::task::JoinSet::new();
                     for addr in addrs {

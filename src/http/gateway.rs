@@ -24,11 +24,15 @@ use tonic::{Code, Status};
 use super::conn::ClientGone;
 use super::json::{self, Named};
 use super::State;
-use crate::grpc::{cluster, kv, lease, maintenance, watch, Api, GRPC_OVERHEAD_BYTES};
+use crate::grpc::{
+    cluster, election, kv, lease, lock, maintenance, watch, Api, LocalClient, GRPC_OVERHEAD_BYTES,
+};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::v3electionpb::election_server::Election;
+use crate::proto::v3lockpb::lock_server::Lock;
 use crate::proto::watch_wire::watch_server::Watch;
 
 /// The gRPC services the gateway calls, and the runtime they run on.
@@ -38,6 +42,8 @@ pub struct Services {
     pub maintenance: maintenance::MaintenanceService,
     pub cluster: cluster::ClusterService,
     pub watch: watch::WatchService,
+    pub lock: lock::LockService,
+    pub election: election::ElectionService,
     /// The gRPC runtime: the services (and the tasks they spawn) run there,
     /// not on the HTTP server's thread.
     pub runtime: tokio::runtime::Handle,
@@ -47,6 +53,7 @@ pub struct Services {
 impl Services {
     pub fn new(
         api: Api,
+        local: LocalClient,
         max_request_bytes: usize,
         stopping: tokio::sync::watch::Receiver<bool>,
         runtime: tokio::runtime::Handle,
@@ -62,6 +69,8 @@ impl Services {
                 max_request_bytes,
                 stopping,
             ),
+            lock: lock::LockService::new(local.clone()),
+            election: election::ElectionService::new(local),
             runtime,
             max_decode: max_request_bytes + GRPC_OVERHEAD_BYTES,
         }
@@ -275,6 +284,59 @@ async fn keepalive(req: HttpRequest, state: web::Data<State>, body: Bytes) -> Ht
     }
 }
 
+/// Calls a server-streaming RPC with the body's (first) request and streams
+/// its responses.
+async fn server_stream<Req, Resp, S, F, Fut>(
+    req: &HttpRequest,
+    state: &State,
+    body: &[u8],
+    call: F,
+) -> HttpResponse
+where
+    Req: Named + Send + 'static,
+    Resp: Named + Send + 'static,
+    S: futures::Stream<Item = Result<Resp, Status>> + Send + 'static,
+    F: FnOnce(Arc<Services>, tonic::Request<Req>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<tonic::Response<S>, Status>> + Send + 'static,
+{
+    let first = match requests::<Req>(body) {
+        Ok(reqs) => reqs.into_iter().next().unwrap_or_default(),
+        Err(status) => return error_response(&status),
+    };
+    let services = state.services.clone();
+    let runtime = services.runtime.clone();
+    match runtime
+        .spawn(call(services, tonic::Request::new(first)))
+        .await
+    {
+        Ok(Ok(responses)) => streamed(req, responses.into_inner(), |resp: Resp| {
+            json::to_json(&resp).map_err(Status::internal)
+        }),
+        Ok(Err(status)) => error_response(&status),
+        Err(e) => error_response(&Status::internal(e.to_string())),
+    }
+}
+
+/// Registers a server-streaming RPC at its path under `/v3` and `/v3beta`.
+macro_rules! server_stream {
+    ($cfg:ident, $path:literal, $service:ident . $method:ident) => {
+        for prefix in ["/v3", "/v3beta"] {
+            $cfg.service(
+                web::resource(format!("{prefix}{}", $path))
+                    .route(web::post().to(
+                        |req: HttpRequest, state: web::Data<State>, body: Bytes| async move {
+                            server_stream(&req, &state, &body, |s: Arc<Services>, r| async move {
+                                s.$service.$method(r).await
+                            })
+                            .await
+                        },
+                    ))
+                    .default_service(web::to(method_not_allowed)),
+            );
+        }
+    };
+}
+
 /// Registers a unary RPC at its path under `/v3` and `/v3beta`.
 macro_rules! unary {
     ($cfg:ident, $path:literal, $service:ident . $method:ident) => {
@@ -308,10 +370,17 @@ async fn method_not_allowed() -> HttpResponse {
         .body("Method Not Allowed\n")
 }
 
-async fn not_found() -> HttpResponse {
+/// etcd's 404s: grpc-gateway's own under `/v3`, Go's elsewhere.
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    let gateway = req.path().starts_with("/v3/") || req.path().starts_with("/v3beta/");
     HttpResponse::NotFound()
         .content_type("text/plain; charset=utf-8")
-        .body("404 page not found\n")
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(if gateway {
+            "Not Found\n"
+        } else {
+            "404 page not found\n"
+        })
 }
 
 /// The gateway's paths, `/version`, and etcd's answers to anything else.
@@ -331,7 +400,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     unary!(cfg, "/cluster/member/list", cluster.member_list);
     unary!(cfg, "/maintenance/status", maintenance.status);
     unary!(cfg, "/maintenance/alarm", maintenance.alarm);
+    // etcd 3.4 routes both Hash and HashKV to /hash (Hash answers);
+    // /hashkv is 3.5's path for HashKV.
+    unary!(cfg, "/maintenance/hash", maintenance.hash);
     unary!(cfg, "/maintenance/hashkv", maintenance.hash_kv);
+    unary!(cfg, "/maintenance/defragment", maintenance.defragment);
+    unary!(
+        cfg,
+        "/maintenance/transfer-leadership",
+        maintenance.move_leader
+    );
+    server_stream!(cfg, "/maintenance/snapshot", maintenance.snapshot);
+    unary!(cfg, "/cluster/member/add", cluster.member_add);
+    unary!(cfg, "/cluster/member/remove", cluster.member_remove);
+    unary!(cfg, "/cluster/member/update", cluster.member_update);
+    unary!(cfg, "/cluster/member/promote", cluster.member_promote);
+    unary!(cfg, "/lock/lock", lock.lock);
+    unary!(cfg, "/lock/unlock", lock.unlock);
+    unary!(cfg, "/election/campaign", election.campaign);
+    unary!(cfg, "/election/proclaim", election.proclaim);
+    unary!(cfg, "/election/leader", election.leader);
+    unary!(cfg, "/election/resign", election.resign);
+    server_stream!(cfg, "/election/observe", election.observe);
     for prefix in ["/v3", "/v3beta"] {
         for (path, handler) in [
             ("/watch", Stream::Watch),

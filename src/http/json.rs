@@ -27,6 +27,8 @@ macro_rules! named {
 }
 
 use crate::proto::etcdserverpb as pb;
+use crate::proto::v3electionpb as election;
+use crate::proto::v3lockpb as lock;
 named! {
     pb::RangeRequest => "etcdserverpb.RangeRequest",
     pb::RangeResponse => "etcdserverpb.RangeResponse",
@@ -58,6 +60,34 @@ named! {
     pb::HashKvResponse => "etcdserverpb.HashKVResponse",
     pb::WatchRequest => "etcdserverpb.WatchRequest",
     pb::WatchResponse => "etcdserverpb.WatchResponse",
+    pb::HashRequest => "etcdserverpb.HashRequest",
+    pb::HashResponse => "etcdserverpb.HashResponse",
+    pb::DefragmentRequest => "etcdserverpb.DefragmentRequest",
+    pb::DefragmentResponse => "etcdserverpb.DefragmentResponse",
+    pb::SnapshotRequest => "etcdserverpb.SnapshotRequest",
+    pb::SnapshotResponse => "etcdserverpb.SnapshotResponse",
+    pb::MoveLeaderRequest => "etcdserverpb.MoveLeaderRequest",
+    pb::MoveLeaderResponse => "etcdserverpb.MoveLeaderResponse",
+    pb::MemberAddRequest => "etcdserverpb.MemberAddRequest",
+    pb::MemberAddResponse => "etcdserverpb.MemberAddResponse",
+    pb::MemberRemoveRequest => "etcdserverpb.MemberRemoveRequest",
+    pb::MemberRemoveResponse => "etcdserverpb.MemberRemoveResponse",
+    pb::MemberUpdateRequest => "etcdserverpb.MemberUpdateRequest",
+    pb::MemberUpdateResponse => "etcdserverpb.MemberUpdateResponse",
+    pb::MemberPromoteRequest => "etcdserverpb.MemberPromoteRequest",
+    pb::MemberPromoteResponse => "etcdserverpb.MemberPromoteResponse",
+    lock::LockRequest => "v3lockpb.LockRequest",
+    lock::LockResponse => "v3lockpb.LockResponse",
+    lock::UnlockRequest => "v3lockpb.UnlockRequest",
+    lock::UnlockResponse => "v3lockpb.UnlockResponse",
+    election::CampaignRequest => "v3electionpb.CampaignRequest",
+    election::CampaignResponse => "v3electionpb.CampaignResponse",
+    election::ProclaimRequest => "v3electionpb.ProclaimRequest",
+    election::ProclaimResponse => "v3electionpb.ProclaimResponse",
+    election::LeaderRequest => "v3electionpb.LeaderRequest",
+    election::LeaderResponse => "v3electionpb.LeaderResponse",
+    election::ResignRequest => "v3electionpb.ResignRequest",
+    election::ResignResponse => "v3electionpb.ResignResponse",
 }
 
 /// `msg` as etcd's gateway writes it (fields in proto order).

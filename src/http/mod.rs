@@ -51,6 +51,8 @@ pub struct AdminOptions {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// `--quota-backend-bytes`, reported as etcd_server_quota_backend_bytes.
     pub quota_backend_bytes: u64,
+    /// What the Lock and Election services reach this member's API with.
+    pub local: crate::grpc::LocalClient,
 }
 
 /// Where the client URLs' HTTP/1 connections are spliced to.
@@ -84,6 +86,7 @@ impl Admin {
         let runtime = tokio::runtime::Handle::current();
         let services = Arc::new(gateway::Services::new(
             api.clone(),
+            opts.local,
             opts.max_request_bytes,
             opts.stopping,
             runtime.clone(),
