@@ -51,6 +51,11 @@ pub struct Services {
 }
 
 impl Services {
+    /// The gRPC decode limit, for request streams built here.
+    pub fn max_decode(&self) -> usize {
+        self.max_decode
+    }
+
     pub fn new(
         api: Api,
         local: LocalClient,
@@ -169,7 +174,7 @@ where
 
 /// The requests as the gRPC stream a service takes: framed, then ended
 /// (the client half-closes; the server keeps sending, as in etcd).
-fn inbound<M: prost::Message + Default + Send + 'static>(
+pub(super) fn inbound<M: prost::Message + Default + Send + 'static>(
     reqs: &[M],
     max_decode: usize,
 ) -> tonic::Streaming<M> {

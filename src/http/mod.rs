@@ -27,6 +27,7 @@ pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod sniff;
+pub mod sse;
 
 use std::io;
 use std::net::SocketAddr;
@@ -132,6 +133,7 @@ impl Admin {
                             .app_data(web::PayloadConfig::new(body_limit))
                             .configure(health::routes)
                             .configure(metrics::routes)
+                            .configure(sse::routes)
                             .configure(gateway::routes)
                     })
                     .on_connect(conn::on_connect)
