@@ -665,3 +665,111 @@ fn grpc_and_http_share_the_client_port() {
         "port"
     );
 }
+
+/// Reads SSE events (id, event name, data) until `n` change events or a
+/// terminal event arrived.
+fn sse_events(reader: &mut BufReader<TcpStream>, n: usize) -> Vec<(String, String, String)> {
+    let mut pending = String::new();
+    let mut out = Vec::new();
+    let mut changes = 0;
+    while changes < n {
+        while let Some(at) = pending.find("\n\n") {
+            let block: String = pending.drain(..at + 2).collect();
+            let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_string();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = v.to_string();
+                }
+            }
+            if event.is_empty() {
+                continue;
+            }
+            let terminal = event != "change";
+            changes += 1;
+            out.push((id, event, data));
+            if terminal || changes == n {
+                return out;
+            }
+        }
+        let data = chunk(reader).expect("the event stream goes on");
+        pending.push_str(std::str::from_utf8(&data).expect("UTF-8"));
+    }
+    out
+}
+
+fn open_sse(port: u16, query: &str, last_event_id: Option<&str>) -> BufReader<TcpStream> {
+    let mut stream = connect(port);
+    let last = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /v3/watch/sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{last}\r\n"
+    );
+    stream.write_all(req.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = head(&mut reader);
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v == "text/event-stream"),
+        "{headers:?}"
+    );
+    reader
+}
+
+fn put(port: u16, key: &str, value: &str) {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
+    assert_eq!(post(port, "/v3/kv/put", &body).status, 200);
+}
+
+#[test]
+fn an_sse_watch_resumes_after_a_restart_exactly_once() {
+    let mut server = Server::start(Kind::Cairn);
+    if server.is_etcd() {
+        return;
+    }
+    let port = server.client_port;
+    let query = "key=%2Fflags%2F&prefix=true";
+    let mut reader = open_sse(port, query, None);
+    put(port, "/flags/a", "on");
+    put(port, "/other", "x");
+    put(port, "/flags/b", "off");
+    let seen = sse_events(&mut reader, 2);
+    let ids: Vec<&str> = seen.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["2", "4"], "{seen:?}");
+    let data: Value = serde_json::from_str(&seen[0].2).expect("JSON data");
+    assert_eq!(data[0]["key"], "/flags/a");
+    assert_eq!(data[0]["value"], "on");
+    drop(reader);
+
+    // The browser reconnects with the last id it saw, even after a restart.
+    server.kill();
+    server.restart();
+    put(port, "/flags/a", "off");
+    let mut reader = open_sse(port, query, Some("2"));
+    let resumed = sse_events(&mut reader, 2);
+    let ids: Vec<&str> = resumed.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["4", "5"], "no gap, no duplicate: {resumed:?}");
+
+    // A compacted start revision says so, and the stream ends.
+    assert_eq!(
+        post(
+            port,
+            "/v3/kv/compaction",
+            r#"{"revision":"5","physical":true}"#
+        )
+        .status,
+        200
+    );
+    let mut reader = open_sse(port, "key=%2Fflags%2F&prefix=true&start_revision=2", None);
+    let compacted = sse_events(&mut reader, 1);
+    assert_eq!(compacted[0].1, "compacted", "{compacted:?}");
+    assert_eq!(compacted[0].2, r#"{"compact_revision":5}"#);
+}
