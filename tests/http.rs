@@ -445,6 +445,9 @@ const METRICS: &[&str] = &[
     "etcd_mvcc_db_total_size_in_use_in_bytes",
     "etcd_debugging_mvcc_current_revision",
     "etcd_debugging_mvcc_compact_revision",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
 ];
 
 /// `name value` samples of a Prometheus text exposition, with every name
@@ -772,4 +775,14 @@ fn an_sse_watch_resumes_after_a_restart_exactly_once() {
     let compacted = sse_events(&mut reader, 1);
     assert_eq!(compacted[0].1, "compacted", "{compacted:?}");
     assert_eq!(compacted[0].2, r#"{"compact_revision":5}"#);
+}
+
+#[test]
+fn etcdctl_check_datascale_reads_cairns_metrics() {
+    let server = Server::start(Kind::Cairn);
+    let out = common::etcdctl_ok(&server, &["check", "datascale", "--load", "s"]);
+    assert!(
+        out.contains("PASS: Approximate system memory used"),
+        "check datascale did not pass:\n{out}"
+    );
 }

@@ -83,6 +83,13 @@ impl Metrics {
         )
         .with_label_values(&[super::health::CLUSTER_VERSION])
         .set(1);
+        // process_resident_memory_bytes & co., which `etcdctl check
+        // datascale` and dashboards read.
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(cause = %e, "no process metrics");
+        }
         Metrics {
             has_leader: gauge(&r, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."),
             is_leader: gauge(&r, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise."),
