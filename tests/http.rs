@@ -786,3 +786,69 @@ fn etcdctl_check_datascale_reads_cairns_metrics() {
         "check datascale did not pass:\n{out}"
     );
 }
+
+/// Kills the child on drop (also while the test panics).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn health_is_false_without_a_leader() {
+    // Member n1 of a two-member cluster whose n2 never starts: no quorum,
+    // no leader. cairn serves clients after at most a request timeout.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (client, peer, other) = (free_port(), free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let cluster = format!("n1={peer_url},n2=http://127.0.0.1:{other}");
+    let child = std::process::Command::new(common::cairn_path())
+        .args(["--name", "n1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &cluster])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cairn");
+    let _child = Child(child);
+    let answered = wait_until(Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", client)).is_ok()
+            && request(client, "GET", "/livez", "").status == 200
+    });
+    assert!(answered, "cairn did not answer /livez without a leader");
+    let (status, body) = health(client);
+    assert_eq!(
+        (status, body),
+        (
+            503,
+            serde_json::json!({"health": "false", "reason": "RAFT NO LEADER"})
+        )
+    );
+    let ready = request(client, "GET", "/readyz?verbose", "");
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready
+            .body
+            .contains("[-]linearizable_read failed: reason withheld\n")
+            && ready.body.ends_with("readyz check failed\n"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(metric(client, "etcd_server_has_leader"), 0.0);
+}
