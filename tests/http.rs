@@ -556,6 +556,26 @@ fn metrics_carry_etcd_names_and_move() {
         healthy + 1.0
     );
 
+    // gRPC calls are counted with grpc-go-prometheus's names and labels.
+    assert_eq!(common::etcdctl_ok(&cairn, &["put", "k", "v"]).trim(), "OK");
+    let failed = common::etcdctl(&cairn, &["get", "k", "--rev", "100"], None);
+    assert!(!failed.status.success(), "a future revision fails");
+    let text = request(cairn.client_port, "GET", "/metrics", "").body;
+    for series in [
+        r#"grpc_server_started_total{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#,
+        r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#,
+        r#"grpc_server_handled_total{grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#,
+    ] {
+        assert!(text.contains(series), "no `{series}` in /metrics:\n{text}");
+    }
+    let etcd_text = request(etcd.client_port, "GET", "/metrics", "").body;
+    for name in ["grpc_server_started_total", "grpc_server_handled_total"] {
+        assert!(
+            etcd_text.contains(&format!("# TYPE {name} counter")),
+            "etcd has no {name}"
+        );
+    }
+
     // The metrics URL serves the probes and /metrics, nothing else.
     assert_eq!(metric(metrics_port, "etcd_server_has_leader"), 1.0);
     assert_eq!(

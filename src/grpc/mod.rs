@@ -258,10 +258,13 @@ pub async fn serve(
     let tcp = TcpIncoming::bind(addr)
         .map_err(ServeError::Bind)?
         .with_nodelay(Some(true));
+    // grpc_server_started/handled_total for /metrics (crate::http).
+    let grpc_metrics = admin.grpc_metrics();
     let incoming =
         crate::http::route(tcp, admin).map(|accepted| accepted.map(authority::FixAuthority::new));
 
     Server::builder()
+        .layer(grpc_metrics)
         .add_service(health_service)
         .add_service(InterceptedService::new(
             KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),

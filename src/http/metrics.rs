@@ -108,6 +108,11 @@ impl Metrics {
         }
     }
 
+    /// Where other parts register their metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Reads the state gauges and encodes everything.
     fn render(&self, state: &State) -> Result<Vec<u8>, prometheus::Error> {
         let api = &state.api;

@@ -23,6 +23,7 @@
 
 pub mod conn;
 pub mod gateway;
+pub mod grpc_metrics;
 pub mod health;
 pub mod json;
 pub mod metrics;
@@ -69,6 +70,8 @@ const MAX_SOCKET_PATH: usize = 100;
 pub struct Admin {
     internal: Internal,
     handles: Vec<ServerHandle>,
+    /// gRPC's request counters, for `grpc::serve`'s layer.
+    grpc_counters: Arc<grpc_metrics::GrpcCounters>,
 }
 
 /// What every handler shares; cheap to clone.
@@ -93,6 +96,7 @@ impl Admin {
             runtime.clone(),
         ));
         let metrics = Arc::new(metrics::Metrics::new(opts.quota_backend_bytes));
+        let grpc_counters = grpc_metrics::GrpcCounters::register(metrics.registry());
         runtime.spawn(metrics::track_leader(api.status.clone(), metrics.clone()));
         let state = State {
             api,
@@ -177,7 +181,11 @@ impl Admin {
         let handles = rx
             .recv()
             .map_err(|_| io::Error::other("the HTTP admin server did not start"))?;
-        Ok(Admin { internal, handles })
+        Ok(Admin {
+            internal,
+            handles,
+            grpc_counters,
+        })
     }
 
     /// Serves one HTTP/1.x connection: splices it to the admin server until
@@ -199,6 +207,11 @@ impl Admin {
         if let Err(e) = spliced {
             tracing::debug!(cause = %e, "HTTP connection ended");
         }
+    }
+
+    /// The layer that counts gRPC calls for `/metrics`.
+    pub fn grpc_metrics(&self) -> grpc_metrics::GrpcMetricsLayer {
+        grpc_metrics::GrpcMetricsLayer(self.grpc_counters.clone())
     }
 
     /// Stops the admin servers (after the gRPC drain).
