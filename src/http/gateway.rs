@@ -148,8 +148,28 @@ fn requests<M: Named>(body: &[u8]) -> Result<Vec<M>, Status> {
         .collect()
 }
 
+/// The gRPC request a gateway call makes: the message, and the auth token
+/// of the `Authorization` header as the `token` metadata gRPC clients send
+/// (etcd's gateway forwards it so).
+pub(super) fn grpc_request<T>(http: &HttpRequest, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(token) = http
+        .headers()
+        .get("Authorization")
+        .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
+    {
+        req.metadata_mut().insert("token", token);
+    }
+    req
+}
+
 /// Calls a unary RPC with the body's (first) request.
-async fn unary<Req, Resp, F, Fut>(state: &State, body: &[u8], call: F) -> HttpResponse
+async fn unary<Req, Resp, F, Fut>(
+    http: &HttpRequest,
+    state: &State,
+    body: &[u8],
+    call: F,
+) -> HttpResponse
 where
     Req: Named + Send + 'static,
     Resp: Named + Send + 'static,
@@ -162,10 +182,7 @@ where
     };
     let services = state.services.clone();
     let runtime = services.runtime.clone();
-    match runtime
-        .spawn(call(services, tonic::Request::new(req)))
-        .await
-    {
+    match runtime.spawn(call(services, grpc_request(http, req))).await {
         Ok(Ok(resp)) => json_response(&resp.into_inner()),
         Ok(Err(status)) => error_response(&status),
         Err(e) => error_response(&Status::internal(e.to_string())),
@@ -250,11 +267,11 @@ async fn watch(req: HttpRequest, state: web::Data<State>, body: Bytes) -> HttpRe
         Err(status) => return error_response(&status),
     };
     let services = state.services.clone();
-    let stream = inbound(&reqs, services.max_decode);
+    let request = grpc_request(&req, inbound(&reqs, services.max_decode));
     let opened = services
         .runtime
         .clone()
-        .spawn(async move { services.watch.watch(tonic::Request::new(stream)).await });
+        .spawn(async move { services.watch.watch(request).await });
     match opened.await {
         Ok(Ok(replies)) => streamed(&req, replies.into_inner(), |reply| {
             let resp = reply
@@ -273,13 +290,11 @@ async fn keepalive(req: HttpRequest, state: web::Data<State>, body: Bytes) -> Ht
         Err(status) => return error_response(&status),
     };
     let services = state.services.clone();
-    let stream = inbound(&reqs, services.max_decode);
-    let opened = services.runtime.clone().spawn(async move {
-        services
-            .lease
-            .lease_keep_alive(tonic::Request::new(stream))
-            .await
-    });
+    let request = grpc_request(&req, inbound(&reqs, services.max_decode));
+    let opened = services
+        .runtime
+        .clone()
+        .spawn(async move { services.lease.lease_keep_alive(request).await });
     match opened.await {
         Ok(Ok(responses)) => streamed(&req, responses.into_inner(), |resp| {
             json::to_json(&resp).map_err(Status::internal)
@@ -311,7 +326,7 @@ where
     let services = state.services.clone();
     let runtime = services.runtime.clone();
     match runtime
-        .spawn(call(services, tonic::Request::new(first)))
+        .spawn(call(services, grpc_request(req, first)))
         .await
     {
         Ok(Ok(responses)) => streamed(req, responses.into_inner(), |resp: Resp| {
@@ -348,14 +363,14 @@ macro_rules! unary {
         for prefix in ["/v3", "/v3beta"] {
             $cfg.service(
                 web::resource(format!("{prefix}{}", $path))
-                    .route(
-                        web::post().to(|state: web::Data<State>, body: Bytes| async move {
-                            unary(&state, &body, |s: Arc<Services>, r| async move {
+                    .route(web::post().to(
+                        |req: HttpRequest, state: web::Data<State>, body: Bytes| async move {
+                            unary(&req, &state, &body, |s: Arc<Services>, r| async move {
                                 s.$service.$method(r).await
                             })
                             .await
-                        }),
-                    )
+                        },
+                    ))
                     .default_service(web::to(method_not_allowed)),
             );
         }
@@ -445,4 +460,41 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }
     super::health::version_routes(cfg);
     cfg.default_service(web::route().to(not_found));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authorization_header_becomes_the_token() {
+        let http = actix_web::test::TestRequest::default()
+            .insert_header(("Authorization", "tok.en"))
+            .to_http_request();
+        let req = grpc_request(&http, ());
+        let token = req.metadata().get("token").and_then(|v| v.to_str().ok());
+        assert_eq!(token, Some("tok.en"));
+        let bare = grpc_request(
+            &actix_web::test::TestRequest::default().to_http_request(),
+            (),
+        );
+        assert!(bare.metadata().get("token").is_none());
+    }
+
+    #[test]
+    fn statuses_are_grpc_gateways() {
+        let cases = [
+            (Code::InvalidArgument, 400),
+            (Code::OutOfRange, 400),
+            (Code::FailedPrecondition, 412),
+            (Code::NotFound, 404),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+            (Code::PermissionDenied, 403),
+            (Code::Unauthenticated, 401),
+        ];
+        for (code, status) in cases {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+        }
+    }
 }
