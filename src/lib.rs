@@ -5,6 +5,10 @@
 //!
 //! * [`grpc`]: the tonic services (KV, Maintenance, Cluster, ...). A request is
 //!   checked by [`validate`] at the edge, before anything reaches consensus.
+//! * [`http`]: HTTP/1.x on the same client URLs (the first bytes of a
+//!   connection decide): etcd's JSON gateway, which calls the same [`grpc`]
+//!   services, `/health`, `/metrics` and a Server-Sent Events watch, on
+//!   actix-web.
 //! * [`raft`]: the **RaftNode** actor wraps a raft-rs `RawNode`. It batches
 //!   proposals into one Ready, persists the log in raft-engine with one sync
 //!   per Ready, and hands committed entries to Storage.
@@ -38,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod grpc;
+pub mod http;
 pub mod lease;
 pub mod logging;
 pub mod msg;

@@ -373,6 +373,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let listen = cfg.listen_client_urls.clone();
         let max_request_bytes = cfg.max_request_bytes as usize;
         let auto_compaction = cfg.auto_compaction;
+        let metrics_urls = cfg.listen_metrics_urls.clone();
+        let data_dir = cfg.data_dir.clone();
+        let quota_backend_bytes = cfg.quota_backend_bytes;
         let published = MemberAttributes {
             id: api.cluster.local_id,
             name: cfg.name.clone(),
@@ -409,15 +412,28 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     let (first, first_tls) = addrs.first().cloned().context("no client listen address")?;
                     let loopback = first_tls.and(client_tls.loopback.clone());
                     let local = grpc::LocalClient::new(first, loopback, stop_rx.clone());
+                    // HTTP admin (crate::http): shared by every client URL.
+                    let mut metrics_addrs = Vec::new();
+                    for url in &metrics_urls {
+                        metrics_addrs.extend(resolve(url).await?);
+                    }
+                    let admin = Arc::new(crate::http::Admin::start(api.clone(), crate::http::AdminOptions {
+                        data_dir,
+                        max_request_bytes,
+                        metrics_addrs,
+                        stopping: stop_rx.clone(),
+                        quota_backend_bytes,
+                        local: local.clone(),
+                    }).context("cannot start the HTTP admin server")?);
                     let mut servers = tokio::task::JoinSet::new();
                     for (addr, tls) in addrs {
                         let mut stop = stop_rx.clone();
-                        let (api, local) = (api.clone(), local.clone());
+                        let (api, local, admin) = (api.clone(), local.clone(), admin.clone());
                         servers.spawn(async move {
                             let shutdown = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            grpc::serve(api, local, addr, tls, max_request_bytes, shutdown).await.map_err(|e| (addr, e))
+                            grpc::serve(api, local, addr, tls, max_request_bytes, admin, shutdown).await.map_err(|e| (addr, e))
                         });
                         tracing::info!(%addr, "serving client requests");
                     }
@@ -433,6 +449,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                     let _ = stop_tx.send(true);
                     while servers.join_next().await.is_some() {}
+                    admin.stop().await;
                     Ok(())
                 })
             })();

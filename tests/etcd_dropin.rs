@@ -19,8 +19,6 @@ const ADDED_WITH_THEIR_FEATURE: &[&str] = &[
     "client-cert-allowed-hostname",
     "experimental-peer-skip-client-san-verification",
     "enable-pprof",
-    "metrics",
-    "listen-metrics-urls",
 ];
 
 /// Every `--flag default` pair of `etcd --help`.

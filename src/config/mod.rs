@@ -144,6 +144,10 @@ pub struct Config {
     pub wal_dir: Option<PathBuf>,
     /// Client and peer TLS (`--cert-file` … `--tls-max-version`).
     pub security: crate::tls::Security,
+    /// Extra URLs serving only the probes and `/metrics` (kubeadm's 2381).
+    pub listen_metrics_urls: Vec<Url>,
+    /// etcd's `--metrics`: `basic` or `extensive`.
+    pub metrics: String,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -180,6 +184,8 @@ impl Default for Config {
             log_level: "info".to_string(),
             wal_dir: None,
             security: crate::tls::Security::default(),
+            listen_metrics_urls: Vec::new(),
+            metrics: "basic".to_string(),
         }
     }
 }
@@ -334,6 +340,9 @@ impl Config {
         check_urls("listen-client-urls", &self.listen_client_urls, true)?;
         check_urls("advertise-client-urls", &self.advertise_client_urls, false)?;
         check_urls("listen-peer-urls", &self.listen_peer_urls, true)?;
+        if !self.listen_metrics_urls.is_empty() {
+            check_urls("listen-metrics-urls", &self.listen_metrics_urls, true)?;
+        }
         check_urls(
             "initial-advertise-peer-urls",
             &self.initial_advertise_peer_urls,
@@ -847,6 +856,21 @@ impl Layers {
                 .filter(|dir| !dir.is_empty())
                 .map(PathBuf::from),
             security: self.security()?,
+            // etcd: empty (the default) means none.
+            listen_metrics_urls: self
+                .get("listen_metrics_urls", |raw| {
+                    match raw.items().iter().all(|i| i.trim().is_empty()) {
+                        true => Ok(Vec::new()),
+                        false => values::url_list(&raw.items()),
+                    }
+                })?
+                .unwrap_or_default(),
+            metrics: self
+                .get("metrics", |raw| match raw.text()?.trim() {
+                    level @ ("basic" | "extensive") => Ok(level.to_string()),
+                    other => Err(format!("must be basic or extensive, not {other:?}")),
+                })?
+                .unwrap_or(defaults.metrics),
             name,
         })
     }

@@ -739,6 +739,19 @@ pub(super) const OPTIONS: &[Opt] = &[
         "Force to create a new one-member cluster (not implemented yet) [default: false]",
     )
     .switch(),
+    // HTTP admin (src/http/).
+    opt(
+        "listen_metrics_urls",
+        "listen-metrics-urls",
+        "URLS",
+        "Comma-separated URLs serving /health, /livez, /readyz and /metrics only [default: none]",
+    ),
+    opt(
+        "metrics",
+        "metrics",
+        "LEVEL",
+        "basic or extensive (etcd's; cairn exports the same metrics for both) [default: basic]",
+    ),
 ];
 
 /// The option with this file key.

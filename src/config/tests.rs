@@ -397,6 +397,35 @@ fn each_flag() {
             file: None,
             expect: Is(|c| c.log_level = "error".into()),
         },
+        Case {
+            name: "--listen-metrics-urls",
+            args: &[
+                "--listen-metrics-urls",
+                "http://127.0.0.1:2381,http://[::1]:2381",
+            ],
+            env: &[],
+            file: None,
+            expect: Is(|c| {
+                c.listen_metrics_urls = urls(&["http://127.0.0.1:2381", "http://[::1]:2381"])
+            }),
+        },
+        Case {
+            name: "--metrics extensive",
+            args: &["--metrics", "extensive"],
+            env: &[],
+            file: None,
+            expect: Is(|c| c.metrics = "extensive".into()),
+        },
+        Case {
+            name: "--metrics takes basic or extensive only",
+            args: &["--metrics", "all"],
+            env: &[],
+            file: None,
+            expect: Fails {
+                flag: Some("metrics"),
+                text: "basic or extensive",
+            },
+        },
     ]);
 }
 

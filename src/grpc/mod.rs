@@ -244,13 +244,14 @@ pub enum ServeError {
 /// Serves the client API on `addr` until `shutdown` resolves, then drains
 /// in-flight requests and returns. `local` is what the Lock and Election
 /// services use to reach this member's API; `tls` terminates TLS for an
-/// `https://` listener.
+/// `https://` listener; `admin` serves the HTTP/1.x connections.
 pub async fn serve(
     api: Api,
     local: LocalClient,
     addr: SocketAddr,
     tls: Option<crate::tls::server::Acceptor>,
     max_request_bytes: usize,
+    admin: Arc<crate::http::Admin>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     use crate::proto::etcdserverpb::auth_server::AuthServer;
@@ -281,15 +282,19 @@ pub async fn serve(
     // etcd's interceptor: a request carrying `hasleader: true` fails fast
     // on a member that knows no leader (clientv3 WithRequireLeader).
     let leader = RequireLeader(api.status.clone());
-    // Each connection is decrypted first (https listeners, see `tls`),
-    // then read through the :authority repair (see `authority`).
+    // Each connection is decrypted first (https listeners, see `tls`), then
+    // sniffed: HTTP/1.x goes to the HTTP admin server (crate::http), HTTP/2
+    // reads through the :authority repair (see `authority`).
     let tcp = TcpIncoming::bind(addr)
         .map_err(ServeError::Bind)?
         .with_nodelay(Some(true));
-    let incoming = crate::tls::server::incoming(tcp, tls)
+    // grpc_server_started/handled_total for /metrics (crate::http).
+    let grpc_metrics = admin.grpc_metrics();
+    let incoming = crate::http::route(crate::tls::server::incoming(tcp, tls), admin)
         .map(|accepted| accepted.map(authority::FixAuthority::new));
 
     Server::builder()
+        .layer(grpc_metrics)
         .add_service(health_service)
         .add_service(InterceptedService::new(
             KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),

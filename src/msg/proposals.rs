@@ -312,6 +312,11 @@ impl RaftClient {
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
     }
+
+    /// Proposals waiting to be applied (etcd_server_proposals_pending).
+    pub fn pending_proposals(&self) -> usize {
+        self.proposals.pending()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,197 @@
+//! grpc-go-prometheus's server counters for the gRPC API, with its names
+//! and labels (`grpc_type`, `grpc_service`, `grpc_method`, `grpc_code`), as
+//! etcd exports them: `grpc_server_started_total` when a call arrives,
+//! `grpc_server_handled_total` when its status is known (the response
+//! headers of a failed call, else the trailers at the end of its body).
+//! A tower layer around tonic's router (wired in `grpc::serve`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use prometheus::{IntCounterVec, Opts, Registry};
+
+/// The two counters, registered in the /metrics registry.
+pub struct GrpcCounters {
+    started: IntCounterVec,
+    handled: IntCounterVec,
+}
+
+impl GrpcCounters {
+    pub fn register(registry: &Registry) -> Arc<GrpcCounters> {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("each metric registered once");
+            v
+        };
+        Arc::new(GrpcCounters {
+            started: vec(
+                "grpc_server_started_total",
+                "Total number of RPCs started on the server.",
+                &["grpc_type", "grpc_service", "grpc_method"],
+            ),
+            handled: vec(
+                "grpc_server_handled_total",
+                "Total number of RPCs completed on the server, regardless of success or failure.",
+                &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            ),
+        })
+    }
+}
+
+/// grpc-go's names of the status codes.
+fn code_name(code: &[u8]) -> &'static str {
+    match code {
+        b"0" => "OK",
+        b"1" => "Canceled",
+        b"2" => "Unknown",
+        b"3" => "InvalidArgument",
+        b"4" => "DeadlineExceeded",
+        b"5" => "NotFound",
+        b"6" => "AlreadyExists",
+        b"7" => "PermissionDenied",
+        b"8" => "ResourceExhausted",
+        b"9" => "FailedPrecondition",
+        b"10" => "Aborted",
+        b"11" => "OutOfRange",
+        b"12" => "Unimplemented",
+        b"13" => "Internal",
+        b"14" => "Unavailable",
+        b"15" => "DataLoss",
+        b"16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// The streaming kind of each etcd RPC that is not unary.
+fn grpc_type(method: &str) -> &'static str {
+    match method {
+        "Watch" | "LeaseKeepAlive" => "bidi_stream",
+        "Snapshot" | "Observe" => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// One call's labels, and whether its end was counted.
+struct Call {
+    counters: Arc<GrpcCounters>,
+    labels: [String; 3],
+    counted: bool,
+}
+
+impl Call {
+    fn handled(&mut self, code: &[u8]) {
+        if !self.counted {
+            self.counted = true;
+            let [t, s, m] = &self.labels;
+            self.counters
+                .handled
+                .with_label_values(&[t.as_str(), s.as_str(), m.as_str(), code_name(code)])
+                .inc();
+        }
+    }
+}
+
+impl Drop for Call {
+    /// A body dropped before its trailers: the client went away.
+    fn drop(&mut self) {
+        self.handled(b"1");
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetricsLayer(pub Arc<GrpcCounters>);
+
+impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics {
+            inner,
+            counters: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    counters: Arc<GrpcCounters>,
+}
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + Unpin + 'static,
+{
+    type Response = http::Response<Counted<RB>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+        let service = parts.next().unwrap_or_default().to_string();
+        let method = parts.next().unwrap_or_default().to_string();
+        let kind = grpc_type(&method).to_string();
+        self.counters
+            .started
+            .with_label_values(&[kind.as_str(), service.as_str(), method.as_str()])
+            .inc();
+        let mut call = Call {
+            counters: self.counters.clone(),
+            labels: [kind, service, method],
+            counted: false,
+        };
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let resp = response.await?;
+            // A failed call may carry its status in the headers alone.
+            if let Some(code) = resp.headers().get("grpc-status") {
+                call.handled(code.as_bytes());
+            }
+            Ok(resp.map(|inner| Counted { inner, call }))
+        })
+    }
+}
+
+/// A response body that counts its call handled at its trailers.
+pub struct Counted<B> {
+    inner: B,
+    call: Call,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                let code = code.as_bytes().to_vec();
+                self.call.handled(&code);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
