@@ -65,3 +65,27 @@ fn three_members_pause_isolate_and_move_leader() {
         ],
     ));
 }
+
+#[test]
+fn checker_catches_stale_follower_reads() {
+    let mut s = Scenario::new(
+        "stale-follower-reads",
+        3,
+        &[Fault::IsolateFollower, Fault::IsolateFollower],
+    );
+    s.env = vec![("CAIRN_FAILPOINT_STALE_READS", "1")];
+    s.duration = std::time::Duration::from_secs(12);
+    let outcome = robust::run(&s);
+    let summary = outcome.summary(&s);
+    eprintln!("{summary}");
+    assert!(
+        !outcome.linearizability.is_linearizable(),
+        "members serving reads without a read barrier, one of them cut off from its peers, \
+         yet the history was judged linearizable: the checker cannot fail? {summary}"
+    );
+    let file = outcome
+        .history_file
+        .as_ref()
+        .expect("a failed run writes its history");
+    assert!(file.is_file(), "{} missing", file.display());
+}
