@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn::proto::etcdserverpb::{MoveLeaderRequest, StatusRequest};
+use cairn::proto::etcdserverpb::{HashKvRequest, MoveLeaderRequest, StatusRequest};
 
 use super::proxy::Proxy;
 use crate::common::{free_port, grpc, wait_until};
@@ -56,8 +56,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` members (proxies on `rt`) and waits until each serves.
-    pub fn start(n: usize, env: &[(&str, &str)], rt: &tokio::runtime::Handle) -> Cluster {
+    /// Starts `n` members of `binary` (cairn, or etcd for the comparison
+    /// run; both take the same flags), proxies on `rt`, and waits until
+    /// each serves.
+    pub fn start(
+        binary: PathBuf,
+        n: usize,
+        env: &[(&str, &str)],
+        rt: &tokio::runtime::Handle,
+    ) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("cairn-robust-")
             .tempdir()
@@ -83,7 +90,7 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            binary: crate::common::cairn_path(),
+            binary,
         };
         for i in 0..n {
             c.spawn(i);
@@ -224,6 +231,23 @@ impl Cluster {
         })
     }
 
+    /// Waits until every member reports the same HashKV at the same
+    /// revision; that (revision, hash), or what each member said.
+    pub fn converged(&self, timeout: Duration) -> Result<(i64, u32), String> {
+        let urls: Vec<String> = self.members.iter().map(|m| m.client_url()).collect();
+        let mut seen = Vec::new();
+        let agreed = wait_until(timeout, || {
+            seen = urls.iter().map(|u| hash_kv(u)).collect();
+            seen.iter().all(|h| h.is_some() && *h == seen[0])
+        });
+        match seen.first() {
+            Some(Some(first)) if agreed => Ok(*first),
+            _ => Err(format!(
+                "members did not converge within {timeout:?}: (revision, hash) = {seen:?}"
+            )),
+        }
+    }
+
     fn logs(&self, i: usize) -> String {
         (1..=self.members[i].starts)
             .map(|s| std::fs::read_to_string(self.log_path(i, s)).unwrap_or_default())
@@ -274,5 +298,16 @@ fn status(url: &str) -> Option<u64> {
             .await
             .ok()
             .map(|r| r.into_inner().leader)
+    })
+}
+
+/// (revision, hash) of a member's HashKV at its current revision.
+fn hash_kv(url: &str) -> Option<(i64, u32)> {
+    let url = url.to_string();
+    grpc::block_on(async move {
+        let mut m = MaintenanceClient::new(channel(&url).await?);
+        let r = m.hash_kv(HashKvRequest { revision: 0 }).await.ok()?;
+        let r = r.into_inner();
+        Some((r.header?.revision, r.hash))
     })
 }

@@ -52,6 +52,9 @@ pub struct Scenario {
     /// Environment for every member (e.g. a failpoint).
     pub env: Vec<(&'static str, &'static str)>,
     pub seed: u64,
+    /// Run real etcd (`/usr/bin/etcd`) instead of cairn: the same harness
+    /// and checkers must find nothing there either.
+    pub etcd: bool,
 }
 
 impl Scenario {
@@ -80,6 +83,7 @@ impl Scenario {
             compaction_period: Duration::from_millis(700),
             env: Vec::new(),
             seed,
+            etcd: false,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct RunReport {
     pub linearizability: linearizability::Report,
     pub watch: watch::Report,
     pub nemesis: nemesis::Log,
+    /// Every member's HashKV at one revision after the run, or why not.
+    pub converged: Result<(i64, u32), String>,
     /// Where the history was written (only when a check failed).
     pub history_file: Option<PathBuf>,
     pub elapsed: Duration,
@@ -100,7 +106,7 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn ok(&self) -> bool {
-        self.linearizability.is_linearizable() && self.watch.ok()
+        self.linearizability.is_linearizable() && self.watch.ok() && self.converged.is_ok()
     }
     /// A readable summary, and the violations if any.
     pub fn summary(&self, s: &Scenario) -> String {
@@ -128,6 +134,12 @@ impl RunReport {
         for v in &self.watch.violations {
             out.push_str(&format!("\nWATCH VIOLATION: {v}"));
         }
+        match &self.converged {
+            Ok((revision, hash)) => out.push_str(&format!(
+                "\nevery member: HashKV {hash:#x} at revision {revision}"
+            )),
+            Err(e) => out.push_str(&format!("\nDATA VIOLATION: {e}")),
+        }
         if let Some(f) = &self.history_file {
             out.push_str(&format!("\nhistory written to {}", f.display()));
         }
@@ -148,7 +160,12 @@ pub fn run(s: &Scenario) -> RunReport {
         .enable_all()
         .build()
         .expect("build tokio runtime");
-    let cluster = Cluster::start(s.members, &s.env, rt.handle());
+    let binary = if s.etcd {
+        crate::common::etcd_path()
+    } else {
+        crate::common::cairn_path()
+    };
+    let cluster = Cluster::start(binary, s.members, &s.env, rt.handle());
     let urls: Vec<String> = cluster.members.iter().map(|m| m.client_url()).collect();
     let cluster = Arc::new(Mutex::new(cluster));
 
@@ -219,6 +236,10 @@ pub fn run(s: &Scenario) -> RunReport {
         rec.reference.load(Ordering::SeqCst)
     );
 
+    let converged = cluster
+        .lock()
+        .expect("cluster lock")
+        .converged(Duration::from_secs(20));
     let history = rec.history();
     let lin = linearizability::check(&history, linearizability::DEFAULT_STEP_BUDGET);
     let watch = watch::check(&history);
@@ -229,6 +250,7 @@ pub fn run(s: &Scenario) -> RunReport {
         linearizability: lin,
         watch,
         nemesis: nemesis_log,
+        converged,
         history_file: None,
         elapsed: started.elapsed(),
     };

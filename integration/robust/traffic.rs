@@ -72,6 +72,8 @@ pub struct Recorder {
     pub reference: AtomicI64,
     /// Tells the reference watcher to finish.
     pub stop_reference: AtomicBool,
+    /// Revisions compactions were requested at.
+    compactions: Mutex<Vec<i64>>,
 }
 
 impl Recorder {
@@ -85,6 +87,7 @@ impl Recorder {
             compacted: AtomicI64::new(0),
             reference: AtomicI64::new(initial_revision),
             stop_reference: AtomicBool::new(false),
+            compactions: Mutex::new(Vec::new()),
         }
     }
     /// Nanoseconds since the run started.
@@ -116,6 +119,7 @@ impl Recorder {
             initial: Default::default(),
             operations: self.operations.lock().expect("recorder lock").clone(),
             watches: self.watches.lock().expect("recorder lock").clone(),
+            compactions: self.compactions.lock().expect("recorder lock").clone(),
         }
     }
 }
@@ -489,6 +493,7 @@ pub async fn compactor(urls: Vec<String>, rec: Arc<Recorder>, period: Duration, 
             continue;
         };
         turn += 1;
+        rec.compactions.lock().expect("recorder lock").push(target);
         let req = CompactionRequest {
             revision: target,
             physical: false,

@@ -173,6 +173,11 @@ pub struct History {
     pub initial: BTreeMap<String, KeyValue>,
     pub operations: Vec<Operation>,
     pub watches: Vec<Watch>,
+    /// Revisions compactions were requested at (whether or not the request
+    /// was answered): a delete at exactly a compaction revision leaves no
+    /// tombstone behind (etcd's compaction rule), so a watch starting there
+    /// cannot see it.
+    pub compactions: Vec<i64>,
 }
 
 impl History {
@@ -191,6 +196,7 @@ impl History {
                 op.client, op.invoked, op.completed, op.request, op.outcome
             );
         }
+        let _ = writeln!(out, "compactions requested at {:?}", self.compactions);
         for (i, w) in self.watches.iter().enumerate() {
             let _ = writeln!(
                 out,

@@ -693,6 +693,7 @@ pub fn check_per_key(history: &History, budget: u64) -> Report {
 /// its observers allow.
 fn project(history: &History, key: &str) -> History {
     History {
+        compactions: history.compactions.clone(),
         initial_revision: history.initial_revision,
         initial: history
             .initial
