@@ -89,6 +89,12 @@ fn etcd_passes_the_same_checks() {
         &[Fault::KillLeader, Fault::IsolateFollower, Fault::Pause],
     );
     s.etcd = true;
+    // etcd 3.4.23 answers RequestProgress for watchers that are still
+    // catching up, with a revision whose events it has not sent yet: its
+    // issue 15220, fixed by PR 15237 in later 3.4 releases. The watch
+    // checker reports that (docs/robustness.md, Results), so the etcd run
+    // does not ask for progress.
+    s.progress_requests = false;
     assert_clean(&s);
 }
 

@@ -55,6 +55,8 @@ pub struct Scenario {
     /// Run real etcd (`/usr/bin/etcd`) instead of cairn: the same harness
     /// and checkers must find nothing there either.
     pub etcd: bool,
+    /// Whether watchers ask for progress notifications (RequestProgress).
+    pub progress_requests: bool,
 }
 
 impl Scenario {
@@ -84,6 +86,7 @@ impl Scenario {
             env: Vec::new(),
             seed,
             etcd: false,
+            progress_requests: true,
         }
     }
 }
@@ -198,6 +201,7 @@ pub fn run(s: &Scenario) -> RunReport {
             urls.clone(),
             rec.clone(),
             deadline,
+            s.progress_requests,
             s.seed.wrapping_add(100 + w as u64),
         )));
     }
@@ -207,7 +211,12 @@ pub fn run(s: &Scenario) -> RunReport {
         s.compaction_period,
         deadline,
     )));
-    let reference = rt.spawn(traffic::reference_watcher(200, urls.clone(), rec.clone()));
+    let reference = rt.spawn(traffic::reference_watcher(
+        200,
+        urls.clone(),
+        rec.clone(),
+        s.progress_requests,
+    ));
 
     let nemesis_log = {
         let cluster = cluster.clone();

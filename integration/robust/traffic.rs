@@ -423,6 +423,7 @@ pub async fn watcher(
     urls: Vec<String>,
     rec: Arc<Recorder>,
     deadline: Instant,
+    progress_requests: bool,
     seed: u64,
 ) {
     let mut rng = Rng::new(seed);
@@ -432,7 +433,7 @@ pub async fn watcher(
         let high = rec.max_revision.load(Ordering::SeqCst) + 1;
         let start = low + rng.below((high - low + 1).max(1) as u64) as i64;
         let until = Instant::now() + rng.millis(300, 2_000);
-        let progress = (rng.below(2) == 0).then(|| rng.millis(100, 400));
+        let progress = (progress_requests && rng.below(2) == 0).then(|| rng.millis(100, 400));
         let w = watch_once(client, url, start, &rec, progress, |_| {
             Instant::now() >= until.min(deadline)
         })
@@ -447,7 +448,12 @@ pub async fn watcher(
 
 /// The run-long watch of the prefix, resumed from its last revision + 1 on
 /// the next member whenever its stream breaks, until `stop_reference`.
-pub async fn reference_watcher(client: usize, urls: Vec<String>, rec: Arc<Recorder>) {
+pub async fn reference_watcher(
+    client: usize,
+    urls: Vec<String>,
+    rec: Arc<Recorder>,
+    progress_requests: bool,
+) {
     let mut next = rec.initial_revision + 1;
     let mut turn = 0;
     while !rec.stop_reference.load(Ordering::SeqCst) {
@@ -458,7 +464,7 @@ pub async fn reference_watcher(client: usize, urls: Vec<String>, rec: Arc<Record
             url,
             next,
             &rec,
-            Some(Duration::from_millis(200)),
+            progress_requests.then_some(Duration::from_millis(200)),
             |w| {
                 rec.reference.fetch_max(vouched(w), Ordering::SeqCst);
                 rec.stop_reference.load(Ordering::SeqCst)
