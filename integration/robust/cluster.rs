@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn::proto::etcdserverpb::{HashKvRequest, MoveLeaderRequest, StatusRequest};
+use cairn::proto::etcdserverpb::{MoveLeaderRequest, StatusRequest};
 
 use super::proxy::Proxy;
 use crate::common::{free_port, grpc, wait_until};
@@ -237,7 +237,7 @@ impl Cluster {
         let urls: Vec<String> = self.members.iter().map(|m| m.client_url()).collect();
         let mut seen = Vec::new();
         let agreed = wait_until(timeout, || {
-            seen = urls.iter().map(|u| hash_kv(u)).collect();
+            seen = urls.iter().map(|u| grpc::hash_kv(u)).collect();
             seen.iter().all(|h| h.is_some() && *h == seen[0])
         });
         match seen.first() {
@@ -263,16 +263,11 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             for i in 0..self.members.len() {
-                let logs = self.logs(i);
-                let mut cut = logs.len().saturating_sub(6_000);
-                while !logs.is_char_boundary(cut) {
-                    cut += 1;
-                }
                 eprintln!(
                     "===== member {} ({:x}) =====\n{}",
                     self.members[i].name,
                     self.members[i].id(),
-                    &logs[cut..]
+                    crate::common::tail(&self.logs(i), 6_000)
                 );
             }
         }
@@ -298,16 +293,5 @@ fn status(url: &str) -> Option<u64> {
             .await
             .ok()
             .map(|r| r.into_inner().leader)
-    })
-}
-
-/// (revision, hash) of a member's HashKV at its current revision.
-fn hash_kv(url: &str) -> Option<(i64, u32)> {
-    let url = url.to_string();
-    grpc::block_on(async move {
-        let mut m = MaintenanceClient::new(channel(&url).await?);
-        let r = m.hash_kv(HashKvRequest { revision: 0 }).await.ok()?;
-        let r = r.into_inner();
-        Some((r.header?.revision, r.hash))
     })
 }

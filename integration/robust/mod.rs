@@ -65,14 +65,7 @@ impl Scenario {
     /// replays a seed.
     pub fn new(name: &'static str, members: usize, faults: &[Fault]) -> Scenario {
         let long = std::env::var("CAIRN_ROBUST_LONG").is_ok_and(|v| v == "1");
-        let seed = std::env::var("CAIRN_ROBUST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
+        let seed = crate::common::seed_from_env("CAIRN_ROBUST_SEED");
         Scenario {
             name,
             members,
