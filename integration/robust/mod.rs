@@ -107,7 +107,7 @@ impl RunReport {
     /// A readable summary, and the violations if any.
     pub fn summary(&self, s: &Scenario) -> String {
         let mut out = format!(
-            "robustness {} (seed {}, {} member(s), {:?}): {} operations ({} acknowledged, {} pinned, {} free, {} failed reads), \
+            "robustness {} (seed {}, {} member(s), {:?}): {} operations ({} acknowledged, {} pinned, {} free, {} impossible, {} failed reads), \
              {} watches with {} events, checked linearizable in {:?}; {} nemesis actions; run took {:?}",
             s.name,
             s.seed,
@@ -117,6 +117,7 @@ impl RunReport {
             self.linearizability.stats.acknowledged,
             self.linearizability.stats.pinned,
             self.linearizability.stats.free,
+            self.linearizability.stats.impossible,
             self.linearizability.stats.dropped_reads,
             self.watches,
             self.watch_events,

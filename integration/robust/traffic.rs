@@ -438,10 +438,11 @@ pub async fn watcher(
             Instant::now() >= until.min(deadline)
         })
         .await;
-        let broken = w.responses.is_empty();
-        rec.record_watch(w);
-        if broken {
+        // A watch that never opened (its member was down) shows nothing.
+        if w.responses.is_empty() {
             tokio::time::sleep(rng.millis(50, 150)).await;
+        } else {
+            rec.record_watch(w);
         }
     }
 }
@@ -472,10 +473,10 @@ pub async fn reference_watcher(
         )
         .await;
         next = next.max(vouched(&w) + 1);
-        let broken = w.responses.is_empty();
-        rec.record_watch(w);
-        if broken {
+        if w.responses.is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            rec.record_watch(w);
         }
     }
 }

@@ -426,6 +426,10 @@ pub struct Stats {
     pub free: usize,
     /// Failed reads, left out.
     pub dropped_reads: usize,
+    /// Free writes left out because no revision is open to them (the
+    /// watches saw every revision they could have made): they never
+    /// happened. Not counted in `free`.
+    pub impossible: usize,
     pub elapsed: Duration,
 }
 
@@ -550,8 +554,47 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
         .chain(claimed.iter().copied())
         .max()
         .unwrap_or(history.initial_revision);
-    let open = (history.initial_revision + 1..=horizon)
+    let open: BTreeSet<i64> = (history.initial_revision + 1..=horizon)
         .filter(|r| !claimed.contains(r))
+        .collect();
+    // A free write no open revision can take never happened: leave it out,
+    // or the search would try it again at every step.
+    let unknown = open.iter().any(|r| !seen.contains_key(r));
+    let deletable: HashSet<&str> = open
+        .iter()
+        .filter_map(|r| seen.get(r))
+        .filter(|e| e.value.is_none())
+        .map(|e| e.key.as_str())
+        .collect();
+    let placeable: Vec<bool> = steps
+        .iter()
+        .map(|step| match step {
+            (_, Known::Response(_) | Known::Pinned(_)) => true,
+            (Request::Delete { key }, Known::Free) => unknown || deletable.contains(key.as_str()),
+            (_, Known::Free) => unknown,
+        })
+        .collect();
+    let impossible = placeable.iter().filter(|p| !**p).count();
+    stats.free -= impossible;
+    stats.impossible = impossible;
+    let keep = |k: &usize| placeable[*k];
+    let steps: Vec<_> = steps
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| keep(k))
+        .map(|(_, s)| s)
+        .collect();
+    let calls: Vec<_> = calls
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| keep(k))
+        .map(|(_, c)| c)
+        .collect();
+    let origin: Vec<_> = origin
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| keep(k))
+        .map(|(_, o)| o)
         .collect();
     let model = EtcdModel {
         horizon,
@@ -673,6 +716,7 @@ pub fn check_per_key(history: &History, budget: u64) -> Report {
         stats.pinned += report.stats.pinned;
         stats.free += report.stats.free;
         stats.dropped_reads += report.stats.dropped_reads;
+        stats.impossible += report.stats.impossible;
         if let Some(v) = report.violation {
             stats.elapsed = started.elapsed();
             return Report {
@@ -1092,6 +1136,38 @@ mod tests {
             op(0, (20, 30), get("a"), get_ok(3, kv("x", 3, 3, 1))),
         ]);
         assert!(!check(&h, DEFAULT_STEP_BUDGET).is_linearizable());
+    }
+
+    #[test]
+    fn free_writes_no_revision_is_open_to_are_left_out() {
+        // A watch saw every revision; a thousand failed writes it never
+        // saw cannot have happened, and the search must not try them.
+        let mut ops = vec![
+            op(0, (0, 10), put("a", "x"), put_ok(2)),
+            op(0, (20, 30), get("a"), get_ok(2, kv("x", 2, 2, 1))),
+        ];
+        for i in 0..1_000u64 {
+            ops.push(op(1, (i, i + 1), put("a", &format!("lost-{i}")), failed()));
+            ops.push(op(2, (i, i + 1), del("a"), failed()));
+        }
+        let mut h = history(ops);
+        h.watches.push(crate::history::Watch {
+            key: "a".into(),
+            start_revision: 2,
+            responses: vec![crate::history::WatchResponse {
+                events: vec![Event {
+                    revision: 2,
+                    key: "a".into(),
+                    value: Some("x".into()),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let report = check(&h, DEFAULT_STEP_BUDGET);
+        assert!(report.is_linearizable(), "{:?}", report.violation);
+        assert_eq!(report.stats.impossible, 2_000);
+        assert_eq!(report.stats.free, 0);
     }
 
     /// A random history of `n` operations by `clients` clients, made by
