@@ -429,7 +429,14 @@ pub async fn watcher(
     let mut rng = Rng::new(seed);
     while Instant::now() < deadline {
         let url = &urls[rng.below(urls.len() as u64) as usize];
-        let low = rec.initial_revision + 1;
+        // Mostly from a revision still in history; one in five from
+        // anywhere, so some watches meet the compaction and are canceled.
+        let compacted = rec.compacted.load(Ordering::SeqCst);
+        let low = if rng.below(5) == 0 {
+            rec.initial_revision + 1
+        } else {
+            compacted.max(rec.initial_revision + 1)
+        };
         let high = rec.max_revision.load(Ordering::SeqCst) + 1;
         let start = low + rng.below((high - low + 1).max(1) as u64) as i64;
         let until = Instant::now() + rng.millis(300, 2_000);
