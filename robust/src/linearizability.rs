@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 
 use crate::history::{Compare, Event, History, KeyValue, Operation, Outcome, Request, Response};
 
-/// The search gives up (and says so) after this many model steps.
+/// The search gives up (and says so) after this many moves (steps the
+/// model accepted, each taken or found already explored).
 pub const DEFAULT_STEP_BUDGET: u64 = 20_000_000;
 
 /// A sequential specification: a state and a step that says whether an
@@ -178,11 +179,13 @@ pub fn search<M: Model>(model: &M, calls: &[Call], budget: u64) -> Search<M::Sta
             continue;
         }
         let i = op[entry];
-        steps += 1;
-        if steps > budget {
-            return Search::Undecided { steps };
-        }
         if let Some(after) = model.step(&state, i) {
+            // Only moves count: refused candidates cost one cheap check
+            // each, at most one per list entry per move.
+            steps += 1;
+            if steps > budget {
+                return Search::Undecided { steps };
+            }
             taken_bits[i / 64] |= 1 << (i % 64);
             if cache.insert((taken_bits.clone(), after.clone())) {
                 stack.push((entry, std::mem::replace(&mut state, after)));
