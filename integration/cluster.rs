@@ -30,6 +30,7 @@ use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn::proto::etcdserverpb::{
     HashKvRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
 };
+use common::grpc::hash_kv;
 use common::{free_port, wait_until};
 
 const HEARTBEAT_MS: u64 = 50;
@@ -319,16 +320,11 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             for i in 0..self.members.len() {
-                let logs = self.logs(i);
-                let mut cut = logs.len().saturating_sub(8_000);
-                while !logs.is_char_boundary(cut) {
-                    cut += 1;
-                }
                 eprintln!(
                     "===== member {} ({:x}) =====\n{}",
                     self.members[i].name,
                     self.members[i].id(),
-                    &logs[cut..]
+                    common::tail(&self.logs(i), 8_000)
                 );
             }
         }
@@ -358,17 +354,6 @@ fn status(url: &str) -> Option<StatusResponse> {
             .await
             .ok()
             .map(|r| r.into_inner())
-    })
-}
-
-/// (revision, hash) of a member's HashKV at its current revision.
-fn hash_kv(url: &str) -> Option<(i64, u32)> {
-    let url = url.to_string();
-    block_on(async move {
-        let mut m = MaintenanceClient::new(channel(&url).await?);
-        let r = m.hash_kv(HashKvRequest { revision: 0 }).await.ok()?;
-        let r = r.into_inner();
-        Some((r.header?.revision, r.hash))
     })
 }
 

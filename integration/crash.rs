@@ -149,15 +149,7 @@ fn read_prefix(url: &str, prefix: &[u8]) -> (i64, Vec<KeyValue>) {
 #[test]
 fn acknowledged_puts_survive_sigkill() {
     let started = Instant::now();
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let seed = common::seed_from_env("CRASH_SEED");
     eprintln!("crash test seed: CRASH_SEED={seed}");
     let mut rng = Rng(seed);
 

@@ -9,6 +9,11 @@
 //! `snapshot-install` (Storage installing a raft snapshot's image, before
 //! its last write). Unset (always,
 //! outside tests), a hit is one load of an initialised `OnceLock`.
+//!
+//! `CAIRN_FAILPOINT_STALE_READS=1` makes this member serve linearizable
+//! Ranges from its local state without the read barrier ([`stale_reads`]): a
+//! deliberate bug, so the robustness tests can show that their checker
+//! catches the stale reads a follower cut off from the leader then serves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -48,4 +53,14 @@ pub fn hit(name: &str) {
     if a.name == name && a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.at {
         panic!("failpoint {PANIC_ENV}={name}@{}", a.at);
     }
+}
+
+/// The environment variable that makes linearizable reads skip the barrier.
+pub const STALE_READS_ENV: &str = "CAIRN_FAILPOINT_STALE_READS";
+
+/// Whether linearizable reads should skip the read barrier (a deliberate
+/// bug, armed only by robustness tests through [`STALE_READS_ENV`]).
+pub fn stale_reads() -> bool {
+    static ARMED: OnceLock<bool> = OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var(STALE_READS_ENV).is_ok_and(|v| v == "1"))
 }

@@ -31,7 +31,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         validate::validate_range(&req)?;
         check::range(&caller, &req)?;
-        if !req.serializable {
+        if !req.serializable && !crate::failpoint::stale_reads() {
             self.api.refuse_on_learner()?;
             self.api.raft.read_barrier().await?;
         }

@@ -126,6 +126,30 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The end of `text`, at most `max` bytes (cut at a character boundary):
+/// the part of a log that explains a failure.
+pub fn tail(text: &str, max: usize) -> &str {
+    let mut cut = text.len().saturating_sub(max);
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    &text[cut..]
+}
+
+/// A test's random seed: `$var` if it holds a number (to replay a run),
+/// else one from the clock (odd, so never zero).
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        })
+}
+
 /// A port that was free a moment ago (bound to port 0, then released).
 /// A collision with another process is possible but rare; [`Server::start`]
 /// retries with new ports when the server cannot bind.
@@ -371,11 +395,7 @@ impl Drop for Server {
         if std::thread::panicking() {
             let logs = self.logs();
             // The tail is what explains a failure; etcd's startup chatter is long.
-            let mut cut = logs.len().saturating_sub(20_000);
-            while !logs.is_char_boundary(cut) {
-                cut += 1;
-            }
-            let tail = &logs[cut..];
+            let tail = tail(&logs, 20_000);
             eprintln!(
                 "===== {:?} server ({}) on {} =====\n{tail}",
                 self.kind,
@@ -418,6 +438,29 @@ pub mod grpc {
             .await
             .map_err(|e| e.to_string())?;
         Ok(KvClient::new(channel))
+    }
+
+    /// (revision, hash) of a member's HashKV at its current revision, or
+    /// None if it does not answer.
+    pub fn hash_kv(url: &str) -> Option<(i64, u32)> {
+        use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+        use cairn::proto::etcdserverpb::HashKvRequest;
+        let url = url.to_string();
+        block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .ok()?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .ok()?;
+            let r = MaintenanceClient::new(channel)
+                .hash_kv(HashKvRequest { revision: 0 })
+                .await
+                .ok()?
+                .into_inner();
+            Some((r.header?.revision, r.hash))
+        })
     }
 
     /// Whether a linearizable Range of key "health" succeeds, or is refused

@@ -1,0 +1,297 @@
+//! The members of a robustness run: `n` cairn processes on loopback ports,
+//! each behind its own peer [`Proxy`], that the nemesis kills, restarts,
+//! pauses and cuts off. Killed on drop; if the test failed, the tail of
+//! every member's log is printed.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn::proto::etcdserverpb::{MoveLeaderRequest, StatusRequest};
+
+use super::proxy::Proxy;
+use crate::common::{free_port, grpc, wait_until};
+
+const TOKEN: &str = "cairn-robustness";
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MS: u64 = 500;
+/// How long a (re)started member gets to serve a linearizable Range.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    /// Where the member listens for peers (behind its proxy).
+    pub listen_peer_port: u16,
+    pub proxy: Proxy,
+    child: Option<Child>,
+    paused: bool,
+    starts: u32,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    /// The advertised peer URL: the proxy's.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy.port)
+    }
+    pub fn id(&self) -> u64 {
+        cairn::cluster::member_id(&[self.peer_url()], TOKEN)
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    tmp: tempfile::TempDir,
+    pub members: Vec<Member>,
+    /// Environment for every member (e.g. a failpoint).
+    env: Vec<(String, String)>,
+    binary: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `n` members of `binary` (cairn, or etcd for the comparison
+    /// run; both take the same flags), proxies on `rt`, and waits until
+    /// each serves.
+    pub fn start(
+        binary: PathBuf,
+        n: usize,
+        env: &[(&str, &str)],
+        rt: &tokio::runtime::Handle,
+    ) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("cairn-robust-")
+            .tempdir()
+            .expect("create temp dir");
+        let members = (1..=n)
+            .map(|i| {
+                let listen_peer_port = free_port();
+                Member {
+                    name: format!("m{i}"),
+                    client_port: free_port(),
+                    listen_peer_port,
+                    proxy: rt.block_on(Proxy::start(listen_peer_port)),
+                    child: None,
+                    paused: false,
+                    starts: 0,
+                }
+            })
+            .collect();
+        let mut c = Cluster {
+            tmp,
+            members,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            binary,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_ready(i);
+        }
+        c
+    }
+
+    fn log_path(&self, i: usize, start: u32) -> PathBuf {
+        self.tmp
+            .path()
+            .join(format!("{}-{start}.stderr", self.members[i].name))
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        self.members[i].starts += 1;
+        let log = File::create(self.log_path(i, self.members[i].starts)).expect("create log");
+        let m = &self.members[i];
+        let listen_peer = format!("http://127.0.0.1:{}", m.listen_peer_port);
+        let child = Command::new(&self.binary)
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(self.tmp.path().join(&m.name))
+            .args(["--listen-client-urls", &m.client_url()])
+            .args(["--advertise-client-urls", &m.client_url()])
+            .args(["--listen-peer-urls", &listen_peer])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-token", TOKEN])
+            .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ELECTION_MS.to_string()])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn cairn");
+        self.members[i].child = Some(child);
+        self.members[i].paused = false;
+    }
+
+    /// Waits until member `i` serves a linearizable Range; fails the test
+    /// if it exits or does not within [`READY_TIMEOUT`].
+    pub fn wait_ready(&mut self, i: usize) {
+        let url = self.members[i].client_url();
+        let mut exited = None;
+        let ready = wait_until(READY_TIMEOUT, || {
+            if let Some(c) = self.members[i].child.as_mut() {
+                exited = c.try_wait().ok().flatten();
+            }
+            exited.is_some() || grpc::range_ok(&url)
+        });
+        assert!(
+            ready && exited.is_none(),
+            "member {} did not serve within {READY_TIMEOUT:?} (exit: {exited:?})",
+            self.members[i].name
+        );
+    }
+
+    /// SIGKILL (works on a paused process too) and reap.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.members[i].paused = false;
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(child) = &self.members[i].child {
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// SIGSTOP: the process freezes (a GC pause, a frozen VM).
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+        self.members[i].paused = true;
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if self.members[i].paused {
+            self.signal(i, "-CONT");
+            self.members[i].paused = false;
+        }
+    }
+
+    /// Undoes every fault: resumes, heals proxies, restarts what was
+    /// killed, and waits until every member serves.
+    pub fn heal_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.resume(i);
+            self.members[i].proxy.heal();
+            if !self.members[i].is_running() {
+                self.spawn(i);
+            }
+        }
+        for i in 0..self.members.len() {
+            self.wait_ready(i);
+        }
+    }
+
+    /// The member every running member names as leader, if they agree.
+    pub fn leader(&self) -> Option<usize> {
+        let mut leader = None;
+        for m in self.members.iter().filter(|m| m.is_running() && !m.paused) {
+            let s = status(&m.client_url())?;
+            if s == 0 || leader.is_some_and(|l| l != s) {
+                return None;
+            }
+            leader = Some(s);
+        }
+        let leader = leader?;
+        self.members.iter().position(|m| m.id() == leader)
+    }
+
+    /// Asks the leader to hand leadership to member `to`.
+    pub fn move_leader(&self, from: usize, to: usize) -> Result<(), String> {
+        let url = self.members[from].client_url();
+        let target_id = self.members[to].id();
+        grpc::block_on(async move {
+            let channel = channel(&url).await.ok_or("cannot connect")?;
+            MaintenanceClient::new(channel)
+                .move_leader(MoveLeaderRequest { target_id })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Waits until every member reports the same HashKV at the same
+    /// revision; that (revision, hash), or what each member said.
+    pub fn converged(&self, timeout: Duration) -> Result<(i64, u32), String> {
+        let urls: Vec<String> = self.members.iter().map(|m| m.client_url()).collect();
+        let mut seen = Vec::new();
+        let agreed = wait_until(timeout, || {
+            seen = urls.iter().map(|u| grpc::hash_kv(u)).collect();
+            seen.iter().all(|h| h.is_some() && *h == seen[0])
+        });
+        match seen.first() {
+            Some(Some(first)) if agreed => Ok(*first),
+            _ => Err(format!(
+                "members did not converge within {timeout:?}: (revision, hash) = {seen:?}"
+            )),
+        }
+    }
+
+    fn logs(&self, i: usize) -> String {
+        (1..=self.members[i].starts)
+            .map(|s| std::fs::read_to_string(self.log_path(i, s)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            for i in 0..self.members.len() {
+                eprintln!(
+                    "===== member {} ({:x}) =====\n{}",
+                    self.members[i].name,
+                    self.members[i].id(),
+                    crate::common::tail(&self.logs(i), 6_000)
+                );
+            }
+        }
+    }
+}
+
+async fn channel(url: &str) -> Option<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .ok()
+}
+
+/// The leader a member names (0: none), or None if it does not answer.
+fn status(url: &str) -> Option<u64> {
+    let url = url.to_string();
+    grpc::block_on(async move {
+        let mut m = MaintenanceClient::new(channel(&url).await?);
+        m.status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner().leader)
+    })
+}
