@@ -350,6 +350,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             step: raft.clone().recipient(),
             unreachable: raft.clone().recipient(),
             snapshot_done: raft.clone().recipient(),
+            learner_ready: raft.clone().recipient(),
         };
         peers.start(inboxes, leases.clone(), snaps, store.clone());
         let api = Api {

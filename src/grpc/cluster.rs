@@ -20,6 +20,10 @@ use crate::proto::cairnpb::MemberRecord;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
 
+/// How long a peer's link must have been up to count as active (etcd's
+/// `HealthInterval`).
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// etcd allows one learner at a time (`maxLearners`).
 const MAX_LEARNERS: usize = 1;
 
@@ -27,6 +31,7 @@ const MAX_LEARNERS: usize = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reconfig {
     Add,
+    AddLearner,
     Promote,
     Remove(u64),
 }
@@ -69,8 +74,16 @@ impl ClusterService {
             .map(|m| m.id)
             .collect();
         let started = |id: &u64| published.get(id).is_some_and(|a| !a.name.is_empty());
-        let active = |id: &u64| *id == local || self.api.peers.is_connected(*id);
+        // etcd's HealthInterval: a peer counts as active once its link has
+        // been up this long (a member just restarted or just reconnected
+        // does not count yet).
+        let active = |id: &u64| *id == local || self.api.peers.is_connected(*id, HEALTH_INTERVAL);
         match change {
+            Reconfig::AddLearner => {
+                if !voters.iter().all(active) {
+                    return Err(EtcdError::Unhealthy);
+                }
+            }
             Reconfig::Add | Reconfig::Promote => {
                 let nmembers = voters.len() + 1;
                 let mut nstarted = voters.iter().filter(|id| started(id)).count();
@@ -186,9 +199,11 @@ impl Cluster for ClusterService {
         if req.is_learner && membership.values().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
             return Err(EtcdError::TooManyLearners.into());
         }
-        if !req.is_learner {
-            self.check_reconfig(Reconfig::Add)?;
-        }
+        self.check_reconfig(if req.is_learner {
+            Reconfig::AddLearner
+        } else {
+            Reconfig::Add
+        })?;
         let member = MemberRecord {
             id: new_member_id(&urls, self.api.cluster.cluster_id),
             name: String::new(),
@@ -295,9 +310,20 @@ impl Cluster for ClusterService {
             return Err(EtcdError::MemberNotLearner.into());
         }
         self.check_reconfig(Reconfig::Promote)?;
-        // Known on the leader only (its view of the learner's log); a
-        // follower lets the change through, as the apply path accepts it.
-        if self.api.raft.learner_ready(id).await == Some(false) {
+        // Known on the leader only (its view of the learner's log): a
+        // follower asks the leader, as etcd's forwards the promote to it.
+        let ready = match self.api.raft.learner_ready(id).await {
+            Some(ready) => ready,
+            None => {
+                let leader = self.api.status.leader_id();
+                let forward = self.api.leases.forwarder().ok_or(EtcdError::NoLeader)?;
+                if leader == 0 {
+                    return Err(EtcdError::NoLeader.into());
+                }
+                forward.learner_ready(leader, id).await?.unwrap_or(false)
+            }
+        };
+        if !ready {
             return Err(EtcdError::LearnerNotReady.into());
         }
         self.change(ConfChangeType::AddNode, member).await?;

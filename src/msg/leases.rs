@@ -62,6 +62,13 @@ pub trait ForwardToLeader: Send + Sync {
         leader: u64,
         id: i64,
     ) -> BoxFuture<'static, Result<Option<LeaseTtl>, EtcdError>>;
+    /// Whether learner `id` is in sync with member `leader`'s log (None:
+    /// it does not lead).
+    fn learner_ready(
+        &self,
+        leader: u64,
+        id: u64,
+    ) -> BoxFuture<'static, Result<Option<bool>, EtcdError>>;
 }
 
 /// How the gRPC Lease service and the peer service reach the lessor.
@@ -87,6 +94,11 @@ type Forward<T> =
     dyn Fn(&dyn ForwardToLeader, u64) -> BoxFuture<'static, Result<Option<T>, EtcdError>> + Sync;
 
 impl Leases {
+    /// How this member reaches the leader's peer service, if it has peers.
+    pub fn forwarder(&self) -> Option<Arc<dyn ForwardToLeader>> {
+        self.forward.clone()
+    }
+
     /// `renew`, `ttl` and `list` are LeaseKeeper's inboxes.
     pub fn new(
         (renew, ttl, list): (

@@ -78,6 +78,23 @@ fn forwarded(status: tonic::Status) -> EtcdError {
 }
 
 impl ForwardToLeader for LeaseForwarder {
+    fn learner_ready(
+        &self,
+        leader: u64,
+        id: u64,
+    ) -> BoxFuture<'static, Result<Option<bool>, EtcdError>> {
+        let (client, mut req) = (self.client(leader), self.request(0));
+        req.id = id as i64;
+        Box::pin(async move {
+            let answer = client?
+                .learner_ready(req)
+                .await
+                .map_err(forwarded)?
+                .into_inner();
+            Ok(answer.known.then_some(answer.ready))
+        })
+    }
+
     fn renew(&self, leader: u64, id: i64) -> BoxFuture<'static, Result<Option<i64>, EtcdError>> {
         let (client, req) = (self.client(leader), self.request(id));
         Box::pin(async move {

@@ -21,7 +21,7 @@
 //! keeps ticking and the other links keep sending. The queue outlives every
 //! sender (it sits behind an async mutex the sender holds while it runs).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,15 @@ pub struct Target {
     pub connector: crate::tls::client::Connector,
 }
 
+/// Now, in milliseconds since the Unix epoch (never 0).
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Why a sender stopped.
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
@@ -82,19 +91,20 @@ pub struct PeerLink {
     /// Which of the target's URLs the next attempt uses.
     attempt: usize,
     /// Set by the sender once its stream is up; resets the backoff.
-    connected: Arc<AtomicBool>,
+    connected: Arc<AtomicU64>,
     /// Jitter source (xorshift; the exact values do not matter).
     rng: u64,
 }
 
 impl PeerLink {
-    /// `connected` is set while the link's stream is up (shared with the
-    /// member directory: etcd's "active" peers, for reconfiguration checks).
+    /// `connected` holds when the link's stream came up (milliseconds since
+    /// the Unix epoch; 0 while down), shared with the member directory:
+    /// etcd's "active since", for reconfiguration checks.
     pub fn new(
         target: Target,
         queue: Queue,
         raft: Recipient<ReportUnreachable>,
-        connected: Arc<AtomicBool>,
+        connected: Arc<AtomicU64>,
     ) -> PeerLink {
         let seed = target.from ^ target.to.rotate_left(17) ^ std::process::id() as u64;
         PeerLink {
@@ -124,7 +134,7 @@ impl PeerLink {
     fn launch(&mut self, ctx: &mut Context<Self>) {
         let url = self.target.urls[self.attempt % self.target.urls.len()].clone();
         self.attempt = self.attempt.wrapping_add(1);
-        self.connected.store(false, Ordering::Relaxed);
+        self.connected.store(0, Ordering::Relaxed);
         let sender = send_loop(
             self.target.clone(),
             url,
@@ -158,7 +168,7 @@ impl PeerLink {
                             );
                         }
                     }
-                    if act.connected.load(Ordering::Relaxed) {
+                    if act.connected.load(Ordering::Relaxed) != 0 {
                         tracing::warn!(remote_peer_id = %to, cause = %e, "lost the stream to the remote peer; reconnecting");
                     } else {
                         tracing::debug!(remote_peer_id = %to, cause = %e, "peer link still down; retrying");
@@ -170,11 +180,11 @@ impl PeerLink {
             }
             // A stream that carried batches for a while was healthy: retry
             // fast. One refused at once (another cluster) keeps backing off.
-            if act.connected.load(Ordering::Relaxed) && launched.elapsed() > MAX_BACKOFF {
+            if act.connected.load(Ordering::Relaxed) != 0 && launched.elapsed() > MAX_BACKOFF {
                 act.backoff = FIRST_BACKOFF;
             }
             // Down until the next stream is up.
-            act.connected.store(false, Ordering::Relaxed);
+            act.connected.store(0, Ordering::Relaxed);
             // What was in flight is lost: raft-rs should probe the member
             // again rather than assume its stream of appends arrived.
             let _ = act.raft.try_send(ReportUnreachable { id: act.target.to });
@@ -200,7 +210,7 @@ async fn send_loop(
     target: Target,
     url: String,
     queue: Queue,
-    connected: Arc<AtomicBool>,
+    connected: Arc<AtomicU64>,
 ) -> Result<(), LinkError> {
     let mut queue = queue.lock_owned().await;
     let connect_err = |cause: String| LinkError::Connect {
@@ -241,7 +251,10 @@ async fn send_loop(
                 // The call ended: its outcome says why.
                 return std::future::pending().await;
             }
-            if !connected.swap(true, Ordering::Relaxed) {
+            if connected
+                .compare_exchange(0, now_millis(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
                 tracing::info!(remote_peer_id = %format!("{:x}", target.to), %url, "peer link connected");
             }
         }
@@ -306,7 +319,7 @@ mod tests {
                 target,
                 Arc::new(Mutex::new(rx)),
                 raft,
-                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicU64::new(0)),
             );
             let mut bound = FIRST_BACKOFF;
             for _ in 0..10 {

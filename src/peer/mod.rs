@@ -54,8 +54,9 @@ use transport::{NewLink, PeerTransport};
 #[derive(Clone, Default)]
 pub struct Directory {
     urls: Arc<RwLock<HashMap<u64, Vec<String>>>>,
-    /// Per member: whether this member's link to it is up (etcd's "active").
-    connected: Arc<RwLock<HashMap<u64, Arc<std::sync::atomic::AtomicBool>>>>,
+    /// Per member: since when this member's link to it is up (Unix
+    /// milliseconds, 0 while down): etcd's "active since".
+    connected: Arc<RwLock<HashMap<u64, Arc<std::sync::atomic::AtomicU64>>>>,
 }
 
 impl Directory {
@@ -78,17 +79,19 @@ impl Directory {
         *self.urls.write() = members;
     }
 
-    /// The flag member `id`'s link keeps up to date.
-    pub fn connection(&self, id: u64) -> Arc<std::sync::atomic::AtomicBool> {
+    /// The time member `id`'s link keeps up to date.
+    pub fn connection(&self, id: u64) -> Arc<std::sync::atomic::AtomicU64> {
         self.connected.write().entry(id).or_default().clone()
     }
 
-    /// Whether this member's link to `id` is up.
-    pub fn is_connected(&self, id: u64) -> bool {
-        self.connected
+    /// Whether this member's link to `id` has been up for at least `for_at_least`.
+    pub fn is_connected(&self, id: u64, for_at_least: std::time::Duration) -> bool {
+        let since = self
+            .connected
             .read()
             .get(&id)
-            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
+        since != 0 && link::now_millis().saturating_sub(since) >= for_at_least.as_millis() as u64
     }
 }
 
@@ -195,6 +198,7 @@ impl Peers {
             step,
             unreachable,
             snapshot_done,
+            learner_ready,
         } = raft;
         let arbiter = Arbiter::new();
         let cluster = self.cluster;
@@ -208,6 +212,7 @@ impl Peers {
                 leases: Some(leases.clone()),
                 snaps: Some(snaps.clone()),
                 store: Some(store.clone()),
+                learner_ready: Some(learner_ready.clone()),
             };
             let acceptor = self.tls.acceptor.clone().filter(|_| https);
             arbiter.spawn(async move {
@@ -320,6 +325,8 @@ pub struct RaftInboxes {
     pub unreachable: Recipient<ReportUnreachable>,
     /// How each snapshot sent to a member ended.
     pub snapshot_done: Recipient<ReportSnapshot>,
+    /// A learner's progress, asked by followers on MemberPromote.
+    pub learner_ready: Recipient<crate::msg::LearnerReady>,
 }
 
 fn peer_server_failed(e: &dyn std::fmt::Display) -> ! {

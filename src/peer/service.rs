@@ -48,6 +48,8 @@ pub struct PeerService {
     pub snaps: Option<crate::snapshot::SnapDir>,
     /// The applied state, for the member list a joining member asks for.
     pub store: Option<std::sync::Arc<crate::mvcc::Store>>,
+    /// RaftNode, for a learner's progress (a follower's promote).
+    pub learner_ready: Option<actix::Recipient<crate::msg::LearnerReady>>,
 }
 
 impl PeerService {
@@ -250,6 +252,28 @@ impl Peer for PeerService {
         }))
     }
 
+    async fn learner_ready(
+        &self,
+        request: Request<LeaseForward>,
+    ) -> Result<Response<crate::proto::cairnpb::LearnerReadyAnswer>, Status> {
+        let req = request.into_inner();
+        if req.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(CLUSTER_ID_MISMATCH));
+        }
+        let raft = self
+            .learner_ready
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("no raft here"))?;
+        let ready = raft
+            .send(crate::msg::LearnerReady { id: req.id as u64 })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(crate::proto::cairnpb::LearnerReadyAnswer {
+            known: ready.is_some(),
+            ready: ready.unwrap_or(false),
+        }))
+    }
+
     async fn lease_renew(
         &self,
         request: Request<LeaseForward>,
@@ -307,6 +331,7 @@ mod tests {
             leases: None,
             snaps: None,
             store: None,
+            learner_ready: None,
             deliver: Arc::new(move |m| {
                 got.lock().expect("lock").push(m.index);
                 true
