@@ -1081,6 +1081,47 @@ fn members_are_added_promoted_and_removed_at_runtime() {
     put(&c.members[asker].client_url(), "k/4", "after").expect("put");
 }
 
+/// etcd's disaster recovery when a quorum is lost for good: two of three
+/// members are gone; the survivor restarts with `--force-new-cluster` as
+/// the only member of its cluster, with every acknowledged write, serves
+/// writes again, and stays a one-member cluster after a normal restart.
+#[test]
+fn force_new_cluster_recovers_a_survivor_of_a_lost_quorum() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let url = c.members[leader].client_url();
+    for i in 0..30 {
+        put(&url, &format!("f/{i:02}"), "kept").expect("put");
+    }
+    c.wait_converged(Duration::from_secs(10));
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        c.kill(i);
+    }
+    c.extra_args = vec!["--force-new-cluster".into()];
+    c.spawn_member(survivor);
+    c.extra_args.clear();
+    let url = c.members[survivor].client_url();
+    let ep = url.trim_start_matches("http://").to_string();
+    assert!(
+        wait_until(START_TIMEOUT, || put(&url, "f/after", "new").is_ok()),
+        "the survivor takes no writes after --force-new-cluster"
+    );
+    assert!(c.logs(survivor).contains("forcing a new cluster"));
+    assert_eq!(get_prefix(&url, "f/").expect("read").len(), 31);
+    let list = etcdctl_on(&ep, &["member", "list"]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+
+    // A normal restart keeps it a one-member cluster.
+    c.kill(survivor);
+    c.spawn_member(survivor);
+    assert!(
+        wait_until(START_TIMEOUT, || put(&url, "f/again", "x").is_ok()),
+        "no writes after a normal restart"
+    );
+    assert_eq!(get_prefix(&url, "f/").expect("read").len(), 32);
+}
+
 /// `etcdctl move-leader` (Maintenance.MoveLeader): leadership moves to the
 /// named voter; a follower refuses the RPC and an unknown id is a bad
 /// transferee, with etcd's errors.

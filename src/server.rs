@@ -95,6 +95,44 @@ fn finish_install(
     Ok(())
 }
 
+/// etcd's `--force-new-cluster`: the member restarts as the only member of
+/// its cluster (same cluster id, same data), for when a quorum is lost for
+/// good. The other members are removed from the applied state and the raft
+/// configuration; every entry of its log stays (see `LogStore::force_single`).
+fn force_new_cluster(log: &LogStore, store: &Store, cluster: &ClusterInfo) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !log.is_new() || !store.membership().is_empty(),
+        "--force-new-cluster needs the data dir of an existing member"
+    );
+    let me = cluster.local_id;
+    let membership = store.membership();
+    let own = membership.get(&me).cloned().unwrap_or_else(|| {
+        cluster
+            .member_records()
+            .into_iter()
+            .find(|m| m.id == me)
+            .unwrap_or_default()
+    });
+    let mut w = crate::mvcc::BatchWriter::new(store);
+    for id in membership.keys().filter(|id| **id != me) {
+        w.remove_conf_member(*id);
+    }
+    w.set_conf_member(crate::proto::cairnpb::MemberRecord {
+        is_learner: false,
+        ..own
+    });
+    w.commit(store.applied_index())
+        .context("removing the other members")?;
+    crate::mvcc::Backend::flush(store.backend().as_ref()).context("flushing the state store")?;
+    log.force_single(me).context("rewriting the raft log")?;
+    tracing::warn!(
+        member = %format!("{me:x}"),
+        removed = membership.len().saturating_sub(1),
+        "forcing a new cluster: this member is now the only one"
+    );
+    Ok(())
+}
+
 /// Runs the member; returns when it has shut down.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     // TLS files (and auto-TLS certificates) are read first: a bad one fails
@@ -198,6 +236,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         "the member has been permanently removed from the cluster (member {:x}); start a new member with a new data dir instead",
         cluster.local_id
     );
+    if cfg.force_new_cluster {
+        force_new_cluster(&log, &store, &cluster)?;
+    }
     // Everything up to the applied index is in the state store, the
     // configuration included: raft starts from that one.
     if !store.membership().is_empty() {

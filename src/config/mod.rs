@@ -142,6 +142,8 @@ pub struct Config {
     pub log_level: String,
     /// Where the raft log lives, when not under the data dir (`--wal-dir`).
     pub wal_dir: Option<PathBuf>,
+    /// etcd's --force-new-cluster: restart as a one-member cluster.
+    pub force_new_cluster: bool,
     /// Client and peer TLS (`--cert-file` … `--tls-max-version`).
     pub security: crate::tls::Security,
     /// Extra URLs serving only the probes and `/metrics` (kubeadm's 2381).
@@ -183,6 +185,7 @@ impl Default for Config {
             bcrypt_cost: 10,
             log_level: "info".to_string(),
             wal_dir: None,
+            force_new_cluster: false,
             security: crate::tls::Security::default(),
             listen_metrics_urls: Vec::new(),
             metrics: "basic".to_string(),
@@ -851,6 +854,7 @@ impl Layers {
                 .get("bcrypt_cost", |raw| values::bcrypt_cost(raw.text()?))?
                 .unwrap_or(defaults.bcrypt_cost),
             log_level,
+            force_new_cluster: switch("force_new_cluster")?.unwrap_or(false),
             wal_dir: self
                 .get("wal_dir", |raw| Ok(raw.text()?.trim().to_string()))?
                 .filter(|dir| !dir.is_empty())

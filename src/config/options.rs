@@ -730,13 +730,12 @@ pub(super) const OPTIONS: &[Opt] = &[
         "Disable fsync, unsafe (cairn always fsyncs) [default: false]",
     )
     .switch(),
-    refused(
+    opt(
         "force_new_cluster",
         "force-new-cluster",
-        &["false"],
-        "force-new-cluster is not implemented yet; restore a snapshot with `cairn snapshot \
-         restore` to rebuild a cluster",
-        "Force to create a new one-member cluster (not implemented yet) [default: false]",
+        "BOOL",
+        "Restart this member as the only member of its cluster, keeping its data (disaster \
+         recovery when quorum is lost for good) [default: false]",
     )
     .switch(),
     // HTTP admin (src/http/).

@@ -1599,14 +1599,15 @@ fn unimplemented_etcd_flags_are_accepted_with_a_reason_or_refused() {
         ("debug", "n")
     );
 
+    // --force-new-cluster is implemented: a switch, also as a variable.
+    let (config, _) = load_etcd(&["--force-new-cluster"], &[], None).expect("loads");
+    assert!(config.force_new_cluster);
+    let (config, _) = load_etcd(&[], &[("ETCD_FORCE_NEW_CLUSTER", "1")], None).expect("loads");
+    assert!(config.force_new_cluster);
+
     for (args, flag, text) in [
         (
-            &["--force-new-cluster"][..],
-            "force-new-cluster",
-            "force-new-cluster is not implemented yet",
-        ),
-        (
-            &["--discovery", "https://discovery.etcd.io/abc"],
+            &["--discovery", "https://discovery.etcd.io/abc"][..],
             "discovery",
             "discovery bootstrap is not implemented",
         ),
@@ -1617,11 +1618,8 @@ fn unimplemented_etcd_flags_are_accepted_with_a_reason_or_refused() {
         assert!(err.to_string().contains(text), "{err}");
         assert_eq!(err.exit_code(), 1);
     }
-    let err = load_etcd(&[], &[("ETCD_FORCE_NEW_CLUSTER", "1")], None).expect_err("refused");
-    assert!(
-        err.to_string().contains("(from ETCD_FORCE_NEW_CLUSTER)"),
-        "{err}"
-    );
+    let err = load_etcd(&[], &[("ETCD_PROXY", "on")], None).expect_err("refused");
+    assert!(err.to_string().contains("(from ETCD_PROXY)"), "{err}");
 }
 
 /// etcd's sample etcd.conf.yml, trimmed of the TLS and metrics keys other

@@ -265,6 +265,31 @@ impl LogStore {
         Ok(())
     }
 
+    /// etcd's --force-new-cluster: this member becomes the only voter, and
+    /// its vote is cleared. Every entry of its log stays: the persisted
+    /// commit index can lag behind entries the old cluster had committed
+    /// (a commit-only Ready is not written), so dropping the entries past
+    /// it, as etcd drops "uncommitted" WAL entries, could drop acknowledged
+    /// writes; as the only voter it commits them all. Durable.
+    pub fn force_single(&self, voter: u64) -> Result<(), StorageError> {
+        let cs = ConfState {
+            voters: vec![voter],
+            ..Default::default()
+        };
+        let hs = HardState {
+            vote: 0,
+            ..self.hard_state()
+        };
+        let mut batch = LogBatch::default();
+        batch.put_message(GROUP, KEY_CONF_STATE.to_vec(), &cs)?;
+        batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), &hs)?;
+        self.engine.write(&mut batch, true)?;
+        let mut m = self.meta.write();
+        m.conf_state = cs;
+        m.hard_state = hs;
+        Ok(())
+    }
+
     /// Records an image of the applied state at `index` (whose entry has
     /// `term`) that raft-rs may now send to lagging members.
     pub fn set_image(&self, index: u64, term: u64, conf_state: ConfState) {
