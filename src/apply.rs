@@ -270,10 +270,7 @@ fn apply_member_update(
         .get(&update.id)
         .cloned()
         .ok_or(EtcdError::MemberNotFound)?;
-    if membership
-        .values()
-        .any(|o| o.id != m.id && o.peer_urls.iter().any(|u| update.peer_urls.contains(u)))
-    {
+    if crate::cluster::peer_urls_taken(&membership, m.id, &update.peer_urls) {
         return Err(EtcdError::PeerUrlExist);
     }
     m.peer_urls = update.peer_urls;
@@ -305,11 +302,7 @@ pub fn apply_conf_change(
     use raft::eraftpb::ConfChangeType::*;
     let membership = store.membership();
     let existing = membership.get(&cc.node_id).cloned();
-    let urls_taken = || {
-        membership
-            .values()
-            .any(|o| o.id != member.id && o.peer_urls.iter().any(|u| member.peer_urls.contains(u)))
-    };
+    let urls_taken = || crate::cluster::peer_urls_taken(&membership, member.id, &member.peer_urls);
     let decided: Result<Option<MemberRecord>, EtcdError> = match cc.get_change_type() {
         AddNode => match existing.clone() {
             // Promote: a learner becomes a voter.

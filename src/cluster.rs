@@ -193,16 +193,26 @@ impl ClusterInfo {
     }
 }
 
-impl From<&Member> for PbMember {
-    fn from(m: &Member) -> Self {
+/// A member of the configuration as clients see it, before its published
+/// name and client URLs are filled in.
+impl From<&MemberRecord> for PbMember {
+    fn from(m: &MemberRecord) -> Self {
         PbMember {
             id: m.id,
             name: m.name.clone(),
             peer_ur_ls: m.peer_urls.clone(),
-            client_ur_ls: m.client_urls.clone(),
-            is_learner: false,
+            client_ur_ls: Vec::new(),
+            is_learner: m.is_learner,
         }
     }
+}
+
+/// etcd's `Peer URLs already exists`: whether a member other than `id`
+/// uses any of `urls`.
+pub fn peer_urls_taken(membership: &BTreeMap<u64, MemberRecord>, id: u64, urls: &[String]) -> bool {
+    membership
+        .values()
+        .any(|m| m.id != id && m.peer_urls.iter().any(|u| urls.contains(u)))
 }
 
 /// The member list as clients see it (MemberList, `etcdctl member list`,
@@ -218,13 +228,7 @@ pub fn member_list(
     membership
         .values()
         .map(|m| {
-            let mut pb = PbMember {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: Vec::new(),
-                is_learner: m.is_learner,
-            };
+            let mut pb = PbMember::from(m);
             if m.id == cluster.local_id {
                 if let Some(local) = cluster.local() {
                     pb.client_ur_ls = local.client_urls.clone();

@@ -86,12 +86,8 @@ fn finish_install(
         applied,
         "finishing the install of a raft snapshot"
     );
-    crate::snapshot::install(store, &image).context("installing the raft snapshot")?;
-    store
-        .backend()
-        .flush()
-        .context("flushing the state store")?;
-    snaps.prune(|i| i > truncated);
+    crate::snapshot::install_kept(store, snaps, truncated)
+        .context("installing the raft snapshot")?;
     Ok(())
 }
 

@@ -532,6 +532,21 @@ pub fn install(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError
     Ok(head)
 }
 
+/// Installs the kept image at `index` of `dir` (see [`install`]), makes the
+/// state durable (the log no longer has the entries it covers) and only
+/// then removes the image and older ones. Both the Storage actor and a
+/// start-up that finds an unfinished install come through here.
+pub fn install_kept(
+    store: &Store,
+    dir: &SnapDir,
+    index: u64,
+) -> Result<SnapshotHead, SnapshotError> {
+    let head = install(store, &dir.image(index))?;
+    store.backend().flush()?;
+    dir.prune(|i| i > index);
+    Ok(head)
+}
+
 /// Writes an image of `store` to `path` (through a temporary file, synced
 /// and renamed, so `path` only ever holds a whole image); blocking. How a
 /// leader prepares the raft snapshot it sends to a lagging member.

@@ -191,19 +191,9 @@ impl StorageActor {
                 tracing::warn!(index = e.index, change = ?cc.get_change_type(), member = %format!("{:x}", out.member.id), cause = %err, "membership change refused at apply")
             }
         }
-        self.listeners.conf.do_send(ConfChanged {
-            change: out.taken.then_some(cc),
-            members: self.store.membership().into_values().collect(),
-        });
+        self.tell_raft_members(out.taken.then_some(cc));
         self.proposals.complete(ctx.id, out.result);
-        let last = e.index;
-        self.applied_tx.send_if_modified(|applied| {
-            let advanced = last > *applied;
-            if advanced {
-                *applied = last;
-            }
-            advanced
-        });
+        self.publish_applied(e.index);
         Ok(())
     }
 
@@ -254,21 +244,9 @@ impl StorageActor {
         }
         if members_changed {
             // New peer URLs (MemberUpdate): the links follow.
-            self.listeners.conf.do_send(ConfChanged {
-                change: None,
-                members: self.store.membership().into_values().collect(),
-            });
+            self.tell_raft_members(None);
         }
-        // Only ever forward (entries skipped as already applied may be
-        // older). A borrow() guard must not be held across a send: that
-        // deadlocks on the channel's own lock.
-        self.applied_tx.send_if_modified(|applied| {
-            let advanced = last > *applied;
-            if advanced {
-                *applied = last;
-            }
-            advanced
-        });
+        self.publish_applied(last);
         Ok(())
     }
 
@@ -278,14 +256,10 @@ impl StorageActor {
     /// history (events the image compacted away end their watches with
     /// `compacted`, as etcd's do after a snapshot).
     fn install(&mut self, index: u64) -> Result<(), crate::snapshot::SnapshotError> {
-        let path = self.images.dir.image(index);
         let before: Vec<i64> = self.store.leases().iter().map(|l| l.id).collect();
         let started = std::time::Instant::now();
-        let head = crate::snapshot::install(&self.store, &path)?;
-        // Durable before the image goes: the log no longer has its entries.
-        self.store.backend().flush()?;
+        let head = crate::snapshot::install_kept(&self.store, &self.images.dir, index)?;
         self.flushed = head.applied_index;
-        self.images.dir.prune(|i| i > index);
         tracing::info!(
             index,
             revision = head.revision,
@@ -309,19 +283,31 @@ impl StorageActor {
         self.tell_watchers(Arc::new(Vec::new()));
         // The image's members: raft took its configuration from the
         // snapshot; the peer links follow.
-        self.listeners.conf.do_send(ConfChanged {
-            change: None,
-            members: self.store.membership().into_values().collect(),
-        });
-        let applied = head.applied_index;
-        self.applied_tx.send_if_modified(|a| {
-            let advanced = applied > *a;
+        self.tell_raft_members(None);
+        self.publish_applied(head.applied_index);
+        Ok(())
+    }
+
+    /// Publishes the applied index, only ever forward (entries skipped as
+    /// already applied may be older). A borrow() guard must not be held
+    /// across a send: that deadlocks on the channel's own lock.
+    fn publish_applied(&self, index: u64) {
+        self.applied_tx.send_if_modified(|applied| {
+            let advanced = index > *applied;
             if advanced {
-                *a = applied;
+                *applied = index;
             }
             advanced
         });
-        Ok(())
+    }
+
+    /// Tells RaftNode the members after a change (`change`: the raft
+    /// configuration change it takes, if any); the peer links follow.
+    fn tell_raft_members(&self, change: Option<raft::eraftpb::ConfChange>) {
+        self.listeners.conf.do_send(ConfChanged {
+            change,
+            members: self.store.membership().into_values().collect(),
+        });
     }
 
     fn maybe_flush(

@@ -170,16 +170,6 @@ fn new_member_id(urls: &[String], cluster_id: u64) -> u64 {
     crate::cluster::member_id(urls, &format!("{cluster_id:x}{now}"))
 }
 
-fn to_pb(m: &MemberRecord) -> Member {
-    Member {
-        id: m.id,
-        name: m.name.clone(),
-        peer_ur_ls: m.peer_urls.clone(),
-        client_ur_ls: Vec::new(),
-        is_learner: m.is_learner,
-    }
-}
-
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
@@ -190,10 +180,7 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         let urls = peer_urls(&req.peer_ur_ls)?;
         let membership = self.api.store.membership();
-        if membership
-            .values()
-            .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
-        {
+        if crate::cluster::peer_urls_taken(&membership, 0, &urls) {
             return Err(EtcdError::PeerUrlExist.into());
         }
         if req.is_learner && membership.values().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
@@ -218,7 +205,7 @@ impl Cluster for ClusterService {
         let added = self.change(change, member).await?;
         Ok(Response::new(MemberAddResponse {
             header: Some(self.api.membership_header()),
-            member: Some(to_pb(&added)),
+            member: Some(Member::from(&added)),
             members: self.members(),
         }))
     }
@@ -254,10 +241,7 @@ impl Cluster for ClusterService {
             .get(&req.id)
             .cloned()
             .ok_or(EtcdError::MemberNotFound)?;
-        if membership
-            .values()
-            .any(|m| m.id != req.id && m.peer_urls.iter().any(|u| urls.contains(u)))
-        {
+        if crate::cluster::peer_urls_taken(&membership, req.id, &urls) {
             return Err(EtcdError::PeerUrlExist.into());
         }
         let update = MemberRecord {

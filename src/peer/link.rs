@@ -62,6 +62,22 @@ pub struct Target {
     pub connector: crate::tls::client::Connector,
 }
 
+/// How a member dials another's peer URL: a short connect timeout, and
+/// HTTP/2 keep-alives, so a member that vanishes without closing its
+/// connections (a partition, a frozen host) is noticed within
+/// `keep_alive_timeout` and a second.
+pub fn peer_endpoint(
+    url: &str,
+    keep_alive_timeout: Duration,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(keep_alive_timeout)
+        .keep_alive_while_idle(true))
+}
+
 /// Now, in milliseconds since the Unix epoch (never 0).
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
@@ -217,15 +233,8 @@ async fn send_loop(
         url: url.clone(),
         cause,
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| connect_err(e.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        // A member that vanishes without closing its connections (a
-        // partition, a frozen host) is noticed within a few seconds.
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true);
+    let endpoint =
+        peer_endpoint(&url, Duration::from_secs(3)).map_err(|e| connect_err(e.to_string()))?;
     let channel = match endpoint
         .connect_with_connector(target.connector.clone())
         .await

@@ -37,7 +37,6 @@ use crate::snapshot::SnapDir;
 
 /// Image bytes per chunk.
 const CHUNK_BYTES: usize = 1 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Sends the snapshots raft-rs addresses to `target.to`, one at a time,
 /// and reports each outcome to raft-rs. Runs until the transport is gone.
@@ -97,13 +96,8 @@ async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Re
     let mut client = None;
     let mut last_err = String::from("no peer URL");
     for url in &target.urls {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+        let endpoint =
+            super::link::peer_endpoint(url, Duration::from_secs(5)).map_err(|e| e.to_string())?;
         match endpoint
             .connect_with_connector(target.connector.clone())
             .await
