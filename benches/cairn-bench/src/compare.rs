@@ -455,7 +455,15 @@ async fn restart(server: &mut Cluster, o: &CompareOpts) -> Result<Report, BenchE
             .extra
             .insert("peak_rss_restart_kib".into(), kib as f64);
     }
-    check_count(&spec.endpoints[0], &keys, loaded, false, "after restart", &mut report).await?;
+    check_count(
+        &spec.endpoints[0],
+        &keys,
+        loaded,
+        false,
+        "after restart",
+        &mut report,
+    )
+    .await?;
     Ok(report)
 }
 
@@ -539,7 +547,15 @@ async fn catchup(cluster: &mut Cluster, o: &CompareOpts) -> Result<Report, Bench
             .extra
             .insert("peak_rss_follower_kib".into(), kib as f64);
     }
-    check_count(&url, &keys, loaded, true, "on the caught-up follower", &mut report).await?;
+    check_count(
+        &url,
+        &keys,
+        loaded,
+        true,
+        "on the caught-up follower",
+        &mut report,
+    )
+    .await?;
     Ok(report)
 }
 
@@ -860,7 +876,8 @@ mod tests {
         else {
             panic!("compare parses as compare");
         };
-        let Some((_, Scenario::Watch(w))) = plan("watch-sat", &o, vec!["127.0.0.1:1".into()]) else {
+        let Some((_, Scenario::Watch(w))) = plan("watch-sat", &o, vec!["127.0.0.1:1".into()])
+        else {
             panic!("watch-sat is a watch scenario");
         };
         assert_eq!((w.watchers, w.streams, w.rate, w.writers), (500, 10, 0, 16));
