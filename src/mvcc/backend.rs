@@ -77,6 +77,11 @@ pub trait Backend: Send + Sync + 'static {
     fn defragment(&self) -> Result<(), StorageError> {
         self.flush()
     }
+    /// Writes a large batch of a bulk load (a snapshot install, nothing
+    /// reading): an engine with a write buffer may skip it.
+    fn write_bulk(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.write_batch(batch)
+    }
     /// Whether a batch of about `ops` operations can be written now without
     /// waiting for the engine (a write buffer's backpressure commit). RaftNode
     /// applies a batch on its own thread only then.

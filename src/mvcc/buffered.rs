@@ -324,6 +324,15 @@ impl Drop for BufferedBackend {
 }
 
 impl Backend for BufferedBackend {
+    fn write_bulk(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        // Straight into the engine, after what is buffered: no copy into
+        // the overlay and out again.
+        self.commit()?;
+        self.shared
+            .inner
+            .write_batch(batch)
+            .inspect_err(|e| self.shared.poison(e))
+    }
     fn has_room(&self, ops: usize) -> bool {
         let o = self.shared.overlay.read();
         o.active.len() + ops < LIMIT_OPS / 2 && o.active_bytes < LIMIT_BYTES / 2

@@ -275,8 +275,9 @@ impl Store {
     ///
     /// Nothing else runs meanwhile: the caller is the one writer (the
     /// Storage actor), the compactor is paused between two steps, and reads
-    /// wait at the gate (those in flight finish first), so no read sees a
-    /// mix of the two states. `fill` must write the consistent index last:
+    /// of the backend wait at the gate (those in flight finish first), so no
+    /// read sees a mix of the two states; the in-memory state (index,
+    /// members, leases) is swapped in one step at the end. `fill` must write the consistent index last:
     /// a crash half-way leaves a backend without one, which start-up
     /// recognises and fills again from the image.
     pub fn replace_all<E: From<StorageError>>(
@@ -286,10 +287,24 @@ impl Store {
         let _writer = self.writer.lock();
         let _paused = self.compaction.pause();
         let _gate = self.gate.write();
-        let mut c = self.committed.write();
+        let t = std::time::Instant::now();
         clear(self.backend.as_ref())?;
-        fill(&|batch| self.backend.write_batch(batch))?;
+        let cleared = t.elapsed();
+        fill(&|batch| self.backend.write_bulk(batch))?;
+        let filled = t.elapsed();
         let loaded = load(self.backend.as_ref())?;
+        tracing::info!(
+            clear_ms = cleared.as_millis() as u64,
+            fill_ms = (filled - cleared).as_millis() as u64,
+            load_ms = (t.elapsed() - filled).as_millis() as u64,
+            "state store replaced"
+        );
+        // The in-memory state is swapped only now: until here, what needs
+        // no backend read (membership, removed ids, leases; the peer
+        // service checks them on every message) answers from the old state
+        // at once instead of waiting seconds for a big image. Backend
+        // readers wait at the gate.
+        let mut c = self.committed.write();
         *c = loaded.committed;
         let auth = AuthState::load(self.backend.as_ref())?;
         self.auth_enabled.store(auth.enabled, Ordering::Release);
