@@ -1669,3 +1669,79 @@ fn cluster_session(c: Cluster) -> Vec<String> {
     );
     t
 }
+
+/// etcd's corruption checks (src/corrupt.rs), driven by the test-only
+/// failpoint that rewrites one revision record of a member's state store
+/// behind raft's back (debug builds only):
+/// * restarted with `--experimental-initial-corrupt-check`, the corrupted
+///   member compares its HashKV with its peers' and refuses to start, with
+///   etcd's `<id> found data inconsistency with peers`;
+/// * restarted without it, it serves, and the leader's periodic check
+///   (`--experimental-corrupt-check-time`) raises the CORRUPT alarm for it
+///   through raft: `etcdctl alarm list` names it (and only it) on every
+///   member, and every write is refused with `etcdserver: corrupt cluster`.
+#[test]
+fn a_corrupted_member_is_refused_at_start_and_raises_the_corrupt_alarm() {
+    const CORRUPT_ENV: &str = "CAIRN_FAILPOINT_CORRUPT_STATE";
+    let mut c = Cluster::new(3);
+    c.extra_args = vec!["--experimental-corrupt-check-time=300ms".into()];
+    c.spawn_all_and_wait();
+    let leader = c.wait_leader(START_TIMEOUT);
+    let url = c.members[leader].client_url();
+    for i in 0..10 {
+        put(&url, &format!("c/{i}"), "v").expect("put");
+    }
+    c.wait_converged(Duration::from_secs(10));
+    let victim = (leader + 1) % 3;
+    let victim_id = c.members[victim].id();
+    c.kill(victim);
+
+    // Corrupted, with the start-up check: refused.
+    c.extra_env = vec![(CORRUPT_ENV.into(), "1".into())];
+    c.extra_args
+        .push("--experimental-initial-corrupt-check=true".into());
+    c.spawn_member(victim);
+    let refusal = format!("{victim_id:016x} found data inconsistency with peers");
+    assert!(
+        wait_until(START_TIMEOUT, || c.exited(victim)),
+        "the corrupted member started despite --experimental-initial-corrupt-check"
+    );
+    let logs = std::fs::read_to_string(c.log_path(victim, c.members[victim].starts))
+        .expect("read the refused start's log");
+    assert!(logs.contains(&refusal), "no {refusal:?} in its log");
+    assert!(logs.contains("found different hash values from remote peer"));
+    assert!(!logs.contains("ready to serve client requests"));
+
+    // Corrupted, without the start-up check: it serves until the leader's
+    // periodic check raises CORRUPT for it.
+    c.extra_args.pop();
+    c.spawn_member(victim);
+    c.extra_env.clear();
+    let corrupt = format!("memberID:{victim_id} alarm:CORRUPT");
+    let mut listed = String::new();
+    let raised = wait_until(Duration::from_secs(30), || {
+        let ep = c.members[leader].client_url().replace("http://", "");
+        let out = common::etcdctl_at(&ep, &["alarm", "list"], None);
+        listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        listed.contains(&corrupt)
+    });
+    assert!(
+        raised,
+        "no CORRUPT alarm for the corrupted member: {listed:?}"
+    );
+    assert_eq!(listed.trim(), corrupt, "only the corrupted member is named");
+    for m in &c.members {
+        let ep = m.client_url().replace("http://", "");
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                String::from_utf8_lossy(&common::etcdctl_at(&ep, &["alarm", "list"], None).stdout)
+                    .contains(&corrupt)
+            }),
+            "member {} does not list the alarm",
+            m.name
+        );
+    }
+    let refused = put(&url, "c/after", "x").expect_err("a write while CORRUPT is raised");
+    assert!(refused.contains("etcdserver: corrupt cluster"), "{refused}");
+    assert!((0..3).any(|i| c.logs(i).contains("raising the CORRUPT alarm")));
+}
