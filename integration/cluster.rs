@@ -1745,3 +1745,102 @@ fn a_corrupted_member_is_refused_at_start_and_raises_the_corrupt_alarm() {
     assert!(refused.contains("etcdserver: corrupt cluster"), "{refused}");
     assert!((0..3).any(|i| c.logs(i).contains("raising the CORRUPT alarm")));
 }
+
+/// NOSPACE is replicated state (src/quota.rs): the member that takes a write
+/// over `--quota-backend-bytes` proposes the alarm instead of the write, and
+/// from then on every member refuses the same writes (each one's own size
+/// does not matter), and the members stay identical. Compaction, defragment
+/// and `etcdctl alarm disarm` let writes through again everywhere.
+#[test]
+fn nospace_is_raised_for_the_whole_cluster_and_disarmed_after_compaction() {
+    const QUOTA: u64 = 2_000_000;
+    const FULL: &str = "etcdserver: mvcc: database space exceeded";
+    let mut c = Cluster::new(3);
+    c.extra_args = vec![format!("--quota-backend-bytes={QUOTA}")];
+    c.spawn_all_and_wait();
+    let leader = c.wait_leader(START_TIMEOUT);
+    // Through a follower: the edge is whichever member takes the write.
+    let taker = (leader + 1) % 3;
+    let url = c.members[taker].client_url();
+    let big = "x".repeat(64 * 1024);
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(
+            accepted < 200,
+            "200 puts of 64 KiB never exceeded the quota"
+        );
+        match put(&url, &format!("big/{}", accepted % 4), &big) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(refused.contains(FULL), "{refused}");
+    assert!(accepted > 0, "some puts must fit under the quota");
+    let taker_alarm = format!("memberID:{} alarm:NOSPACE", c.members[taker].id());
+    let endpoints: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| m.client_url().replace("http://", ""))
+        .collect();
+    let alarm_lists = || -> Vec<String> {
+        endpoints
+            .iter()
+            .map(|ep| etcdctl_on(ep, &["alarm", "list"]))
+            .collect()
+    };
+    let mut lists = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            lists = alarm_lists();
+            lists.iter().all(|l| l.contains(&taker_alarm))
+        }),
+        "not every member lists {taker_alarm:?}: {lists:?}"
+    );
+    // Every member refuses every write that adds data, whatever its own size.
+    for m in &c.members {
+        let e = put(&m.client_url(), "small", "v").expect_err("a write under NOSPACE");
+        assert!(e.contains(FULL), "{}: {e}", m.name);
+    }
+    // (A member over the quota itself raises its own alarm too, as etcd's.)
+    let rev = c.wait_converged(Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            lists = alarm_lists();
+            lists.iter().all(|l| *l == lists[0])
+        }),
+        "members disagree on the alarms: {lists:?}"
+    );
+
+    // The way out, as with etcd: compact, defragment, disarm.
+    etcdctl_on(
+        &endpoints[taker],
+        &["compaction", "--physical", &rev.to_string()],
+    );
+    for ep in &endpoints {
+        etcdctl_on(ep, &["defrag"]);
+    }
+    for m in &c.members {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                status(&m.client_url()).is_some_and(|s| (s.db_size as u64) < QUOTA / 2)
+            }),
+            "{}'s state store did not shrink below half the quota",
+            m.name
+        );
+    }
+    let disarmed = etcdctl_on(&endpoints[leader], &["alarm", "disarm"]);
+    assert!(disarmed.contains(&taker_alarm), "{disarmed}");
+    for (m, ep) in c.members.iter().zip(&endpoints) {
+        assert!(
+            wait_until(Duration::from_secs(10), || etcdctl_on(
+                ep,
+                &["alarm", "list"]
+            )
+            .is_empty()),
+            "{} still lists an alarm",
+            m.name
+        );
+        put(&m.client_url(), &format!("after/{}", m.name), "v").expect("a write after disarm");
+    }
+    c.wait_converged(Duration::from_secs(10));
+}

@@ -52,6 +52,7 @@ pub mod msg;
 pub mod mvcc;
 pub mod peer;
 pub mod proto;
+pub mod quota;
 pub mod raft;
 pub mod recipes;
 pub mod server;

@@ -371,13 +371,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 leases: leases.clone().recipient(),
             };
             let (store, proposals) = (store.clone(), proposals.clone());
-            let (quota, member, min_ttl) = (cfg.quota_backend_bytes, cluster.local_id, cfg.min_lease_ttl());
+            let (member, min_ttl) = (cluster.local_id, cfg.min_lease_ttl());
             let images = crate::storage::Images {
                 dir: snaps.clone(),
                 cluster_id: cluster.cluster_id,
             };
             storage_mailbox.start_on(&arbiters[2].handle(), move || {
-                StorageActor::new(store, proposals, applied_tx, listeners, quota, member, min_ttl, images)
+                StorageActor::new(store, proposals, applied_tx, listeners, member, min_ttl, images)
             });
         }
         {
@@ -430,6 +430,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             peers: directory,
             auth,
             bcrypt_cost: cfg.bcrypt_cost,
+            quota_bytes: cfg.quota_backend_bytes,
         };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on

@@ -71,8 +71,6 @@ pub struct StorageActor {
     listeners: Listeners,
     /// Lease grants below this TTL (seconds) are raised to it.
     min_lease_ttl: i64,
-    /// --quota-backend-bytes.
-    quota_bytes: u64,
     /// This member's id, recorded with alarms it raises.
     member_id: u64,
     /// Raft snapshot images: made for lagging members, installed from the leader.
@@ -95,7 +93,6 @@ impl StorageActor {
         proposals: Arc<Proposals>,
         applied_tx: watch::Sender<u64>,
         listeners: Listeners,
-        quota_bytes: u64,
         member_id: u64,
         min_lease_ttl: i64,
         images: Images,
@@ -107,7 +104,6 @@ impl StorageActor {
             applied_tx,
             listeners,
             min_lease_ttl,
-            quota_bytes,
             member_id,
             images,
             flushed,
@@ -219,13 +215,7 @@ impl StorageActor {
             batch.push((e.index, req.request));
         }
         tracing::trace!(last, count = batch.len(), "applying committed entries");
-        let out = apply_batch(
-            &self.store,
-            batch,
-            self.quota_bytes,
-            self.member_id,
-            self.min_lease_ttl,
-        )?;
+        let out = apply_batch(&self.store, batch, self.min_lease_ttl)?;
         if !out.lease_changes.is_empty() || leader_noop_term.is_some() {
             self.listeners.leases.do_send(AppliedLeases {
                 changes: out.lease_changes,
