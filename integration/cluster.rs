@@ -1667,6 +1667,95 @@ fn cluster_session(c: Cluster) -> Vec<String> {
         "member list (after)",
         sorted(by_name(&etcdctl_on(&all, &["member", "list"]))),
     );
+
+    // member update: a second peer URL for the target (its first still
+    // reaches it), etcd's errors for a URL another member has and for an
+    // unknown id, and back.
+    let own_peer = c.members[target].peer_url();
+    // Which member is which depends on who led: members by role.
+    let roles = |text: &str| -> String {
+        let mut out = masked(text);
+        for (i, role) in [
+            (leader, "leader"),
+            (target, "target"),
+            (3 - leader - target, "other"),
+        ] {
+            out = out.replace(&format!("<{}-", c.members[i].name), &format!("<{role}-"));
+            out = out.replace(
+                &format!(", {}, ", c.members[i].name),
+                &format!(", <{role}>, "),
+            );
+        }
+        out
+    };
+    let two_urls = format!(
+        "{own_peer},http://localhost:{}",
+        c.members[target].peer_port
+    );
+    step(
+        "member update <target> --peer-urls=<own>,<localhost>",
+        sorted(masked(&by_role(&etcdctl_on(
+            &all,
+            &[
+                "member",
+                "update",
+                &target_hex,
+                &format!("--peer-urls={two_urls}"),
+            ],
+        )))),
+    );
+    step(
+        "member list (updated)",
+        sorted(roles(&etcdctl_on(&all, &["member", "list"]))),
+    );
+    let taken = common::etcdctl_at(
+        &all,
+        &[
+            "member",
+            "update",
+            &target_hex,
+            &format!("--peer-urls={}", c.members[leader].peer_url()),
+        ],
+        None,
+    );
+    step(
+        "member update <target> --peer-urls=<leader's>",
+        vec![masked(String::from_utf8_lossy(&taken.stderr).trim())],
+    );
+    let unknown = common::etcdctl_at(
+        &all,
+        &[
+            "member",
+            "update",
+            "1234abcd",
+            "--peer-urls=http://127.0.0.1:1",
+        ],
+        None,
+    );
+    step(
+        "member update <unknown id>",
+        vec![masked(String::from_utf8_lossy(&unknown.stderr).trim())],
+    );
+    step(
+        "member update <target> --peer-urls=<own>",
+        sorted(masked(&by_role(&etcdctl_on(
+            &all,
+            &[
+                "member",
+                "update",
+                &target_hex,
+                &format!("--peer-urls={own_peer}"),
+            ],
+        )))),
+    );
+    step(
+        "member list (restored)",
+        sorted(by_name(&etcdctl_on(&all, &["member", "list"]))),
+    );
+    step(
+        "put k2 v2 (cluster still writes)",
+        sorted(etcdctl_on(&all, &["put", "k2", "v2"])),
+    );
     t
 }
 

@@ -33,7 +33,7 @@ use crate::proto::cairnpb::MemberAttributes;
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
 use crate::raft::node::RaftNode;
-use crate::storage::{Listeners, StorageActor};
+use crate::storage::{Applier, ApplyLane, Listeners, StorageActor};
 use crate::supervise::{self, mailbox, mailbox_of};
 use crate::watch::WatchBroadcaster;
 
@@ -363,25 +363,29 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             let (store, interval) = (store.clone(), cfg.watch_progress_notify_interval);
             watch_mailbox.start_on(&arbiters[1].handle(), move || WatchBroadcaster::new(store, interval));
         }
-        {
+        // The apply state: the Storage actor applies through it, and
+        // RaftNode applies small batches through it inline.
+        let lane = {
             let listeners = Listeners {
                 conf: raft.clone().recipient(),
                 flushed: raft.clone().recipient(),
                 applied: watch.clone().recipient(),
                 leases: leases.clone().recipient(),
             };
-            let (store, proposals) = (store.clone(), proposals.clone());
-            let (member, min_ttl) = (cluster.local_id, cfg.min_lease_ttl());
+            let limits = (cluster.local_id, cfg.min_lease_ttl());
+            ApplyLane::new(Applier::new(store.clone(), proposals.clone(), applied_tx, listeners, limits))
+        };
+        {
+            let lane = lane.clone();
             let images = crate::storage::Images {
                 dir: snaps.clone(),
                 cluster_id: cluster.cluster_id,
             };
-            storage_mailbox.start_on(&arbiters[2].handle(), move || {
-                StorageActor::new(store, proposals, applied_tx, listeners, member, min_ttl, images)
-            });
+            storage_mailbox.start_on(&arbiters[2].handle(), move || StorageActor::new(lane, images));
         }
         {
             let inbox = crate::raft::node::StorageInbox {
+                lane,
                 apply: storage.clone().recipient(),
                 make_image: storage.clone().recipient(),
                 install: storage.clone().recipient(),

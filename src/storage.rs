@@ -1,6 +1,9 @@
 //! The Storage actor: applies committed raft entries to the MVCC store.
 //!
-//! Takes [`ApplyCommitted`] from RaftNode (entries in log order), decodes each
+//! The apply state is an [`Applier`] behind an [`ApplyLane`] shared with
+//! RaftNode, which applies small batches on its own thread when the log
+//! order allows (see [`ApplyLane`]); everything else reaches the Storage actor
+//! as [`ApplyCommitted`] (entries in log order). Applying decodes each
 //! `cairnpb::InternalRequest`, applies the whole message as one atomic
 //! backend batch (`apply::apply_batch`), completes the proposer's waiter, and
 //! publishes the applied index (a `watch` channel linearizable reads wait on).
@@ -15,6 +18,7 @@
 //! its applied index is reported to RaftNode ([`LogFlushed`]) as the point up
 //! to which the log may be truncated.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,18 +64,107 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// other batch comes.
 const WATCH_RETRY: Duration = Duration::from_millis(50);
 
-pub struct StorageActor {
+/// Everything applying a batch touches. Owned by the [`ApplyLane`], so the
+/// Storage actor and RaftNode (small batches, inline) apply through the
+/// same state, one batch at a time.
+pub struct Applier {
     /// The MVCC store, shared with readers on gRPC threads.
     store: Arc<Store>,
     /// Waiters of this member's proposals.
     proposals: Arc<Proposals>,
     /// Publishes the applied index.
     applied_tx: watch::Sender<u64>,
-    /// Who hears of flushes, applied events and lease changes.
+    /// Who hears of applied events, lease changes and membership changes.
     listeners: Listeners,
     /// Lease grants below this TTL (seconds) are raised to it.
     min_lease_ttl: i64,
     /// This member's id, recorded with alarms it raises.
+    member_id: u64,
+    /// Notices of applied events were dropped (the broadcaster's mailbox
+    /// was full): the next notice, or a retry, lets it catch up from history.
+    watch_behind: bool,
+}
+
+/// Largest batch RaftNode applies on its own thread: well under a
+/// millisecond of work (`apply_batch` takes ~12 µs a put), so ticks and
+/// heartbeats never wait long behind it.
+pub const INLINE_ENTRIES: usize = 64;
+/// Largest payload (bytes of entry data) applied inline.
+pub const INLINE_BYTES: usize = 256 << 10;
+
+/// How committed entries reach the [`Applier`], in log order. RaftNode
+/// applies a small batch itself when nothing it sent to the Storage actor
+/// is still pending (so the log order holds) and the applier is free;
+/// everything else (large batches, membership changes, snapshot installs)
+/// goes to the Storage actor's mailbox, counted in `pending` until done.
+/// The common small batch so skips the hand-off to another thread (a
+/// wake-up per Ready, and the proposer answered from a third thread).
+pub struct ApplyLane {
+    applier: parking_lot::Mutex<Applier>,
+    /// Messages RaftNode sent to the Storage actor that later batches must
+    /// not overtake: batches to apply and snapshots to install.
+    pending: AtomicUsize,
+}
+
+impl ApplyLane {
+    pub fn new(applier: Applier) -> Arc<ApplyLane> {
+        Arc::new(ApplyLane {
+            applier: parking_lot::Mutex::new(applier),
+            pending: AtomicUsize::new(0),
+        })
+    }
+
+    /// Applies `entries` on the caller's thread if that keeps the log order
+    /// and is cheap; gives them back otherwise (the caller then sends them
+    /// to the Storage actor, after [`ApplyLane::will_send`]).
+    pub fn try_apply_inline(&self, entries: Vec<Entry>) -> Option<Vec<Entry>> {
+        let small = entries.len() <= INLINE_ENTRIES
+            && entries.iter().map(|e| e.data.len()).sum::<usize>() <= INLINE_BYTES
+            && entries
+                .iter()
+                .all(|e| e.get_entry_type() == EntryType::EntryNormal);
+        if !small || self.pending.load(Ordering::Acquire) != 0 {
+            return Some(entries);
+        }
+        let Some(mut applier) = self.applier.try_lock() else {
+            return Some(entries);
+        };
+        // A put is a few operations (record, meta); never a backpressure
+        // commit into the engine on this thread.
+        if !applier.store.backend().has_room(entries.len() * 4) {
+            return Some(entries);
+        }
+        crate::failpoint::hit("storage-apply");
+        if let Err(e) = applier.apply(entries) {
+            fatal("applying committed entries", &e);
+        }
+        None
+    }
+
+    /// Counts a message about to be sent to the Storage actor that later
+    /// batches must not overtake.
+    pub fn will_send(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The Storage actor has handled one such message.
+    fn sent_done(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Applier> {
+        self.applier.lock()
+    }
+}
+
+pub struct StorageActor {
+    /// The apply state, shared with RaftNode.
+    lane: Arc<ApplyLane>,
+    /// The MVCC store (the applier's).
+    store: Arc<Store>,
+    /// RaftNode, told how far the log may be truncated.
+    flushed_to: Recipient<LogFlushed>,
+    /// This member's id, in image headers.
     member_id: u64,
     /// Raft snapshot images: made for lagging members, installed from the leader.
     images: Images,
@@ -79,37 +172,26 @@ pub struct StorageActor {
     flushed: u64,
     /// A flush is running on a blocking thread.
     flushing: bool,
-    /// Notices of applied events were dropped (the broadcaster's mailbox
-    /// was full): the next notice, or a retry, lets it catch up from history.
-    watch_behind: bool,
     /// A core actor: if it goes, the member stops (crate::supervise).
     _lifeline: Lifeline,
 }
 
-impl StorageActor {
-    #[allow(clippy::too_many_arguments)]
+impl Applier {
     pub fn new(
         store: Arc<Store>,
         proposals: Arc<Proposals>,
         applied_tx: watch::Sender<u64>,
         listeners: Listeners,
-        member_id: u64,
-        min_lease_ttl: i64,
-        images: Images,
-    ) -> StorageActor {
-        let flushed = store.applied_index();
-        StorageActor {
+        (member_id, min_lease_ttl): (u64, i64),
+    ) -> Applier {
+        Applier {
             store,
             proposals,
             applied_tx,
             listeners,
             min_lease_ttl,
             member_id,
-            images,
-            flushed,
-            flushing: false,
             watch_behind: false,
-            _lifeline: Lifeline::new("Storage"),
         }
     }
 
@@ -240,44 +322,6 @@ impl StorageActor {
         Ok(())
     }
 
-    /// Replaces the applied state with the leader's image at `index`, then
-    /// tells everyone who follows the state: the applied index moves, the
-    /// lessor learns the image's leases, and watchers catch up from the new
-    /// history (events the image compacted away end their watches with
-    /// `compacted`, as etcd's do after a snapshot).
-    fn install(&mut self, index: u64) -> Result<(), crate::snapshot::SnapshotError> {
-        let before: Vec<i64> = self.store.leases().iter().map(|l| l.id).collect();
-        let started = std::time::Instant::now();
-        let head = crate::snapshot::install_kept(&self.store, &self.images.dir, index)?;
-        self.flushed = head.applied_index;
-        tracing::info!(
-            index,
-            revision = head.revision,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "installed the raft snapshot from the leader"
-        );
-        let after = self.store.leases();
-        let mut changes: Vec<LeaseChange> = before
-            .into_iter()
-            .filter(|id| !after.iter().any(|l| l.id == *id))
-            .map(|id| LeaseChange::Revoked { id })
-            .collect();
-        changes.extend(after.iter().map(|l| LeaseChange::Granted {
-            id: l.id,
-            ttl: l.ttl,
-        }));
-        self.listeners.leases.do_send(AppliedLeases {
-            changes,
-            leader_noop_term: None,
-        });
-        self.tell_watchers(Arc::new(Vec::new()));
-        // The image's members: raft took its configuration from the
-        // snapshot; the peer links follow.
-        self.tell_raft_members(None);
-        self.publish_applied(head.applied_index);
-        Ok(())
-    }
-
     /// Publishes the applied index, only ever forward (entries skipped as
     /// already applied may be older). A borrow() guard must not be held
     /// across a send: that deadlocks on the channel's own lock.
@@ -298,6 +342,66 @@ impl StorageActor {
             change,
             members: self.store.membership().into_values().collect(),
         });
+    }
+}
+
+impl StorageActor {
+    pub fn new(lane: Arc<ApplyLane>, images: Images) -> StorageActor {
+        let (store, flushed_to, member_id) = {
+            let a = lane.lock();
+            (a.store.clone(), a.listeners.flushed.clone(), a.member_id)
+        };
+        let flushed = store.applied_index();
+        StorageActor {
+            lane,
+            store,
+            flushed_to,
+            member_id,
+            images,
+            flushed,
+            flushing: false,
+            _lifeline: Lifeline::new("Storage"),
+        }
+    }
+
+    /// Replaces the applied state with the leader's image at `index`, then
+    /// tells everyone who follows the state: the applied index moves, the
+    /// lessor learns the image's leases, and watchers catch up from the new
+    /// history (events the image compacted away end their watches with
+    /// `compacted`, as etcd's do after a snapshot).
+    fn install(&mut self, index: u64) -> Result<(), crate::snapshot::SnapshotError> {
+        let lane = self.lane.clone();
+        let mut applier = lane.lock();
+        let before: Vec<i64> = self.store.leases().iter().map(|l| l.id).collect();
+        let started = std::time::Instant::now();
+        let head = crate::snapshot::install_kept(&self.store, &self.images.dir, index)?;
+        self.flushed = head.applied_index;
+        tracing::info!(
+            index,
+            revision = head.revision,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "installed the raft snapshot from the leader"
+        );
+        let after = self.store.leases();
+        let mut changes: Vec<LeaseChange> = before
+            .into_iter()
+            .filter(|id| !after.iter().any(|l| l.id == *id))
+            .map(|id| LeaseChange::Revoked { id })
+            .collect();
+        changes.extend(after.iter().map(|l| LeaseChange::Granted {
+            id: l.id,
+            ttl: l.ttl,
+        }));
+        applier.listeners.leases.do_send(AppliedLeases {
+            changes,
+            leader_noop_term: None,
+        });
+        applier.tell_watchers(Arc::new(Vec::new()));
+        // The image's members: raft took its configuration from the
+        // snapshot; the peer links follow.
+        applier.tell_raft_members(None);
+        applier.publish_applied(head.applied_index);
+        Ok(())
     }
 
     fn maybe_flush(
@@ -324,7 +428,7 @@ impl StorageActor {
             let r = match r {
                 Ok(Ok(())) => {
                     act.flushed = applied;
-                    act.listeners.flushed.do_send(LogFlushed {
+                    act.flushed_to.do_send(LogFlushed {
                         applied_index: applied,
                     });
                     Ok(())
@@ -349,8 +453,11 @@ impl Actor for StorageActor {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(FLUSH_INTERVAL, |act, ctx| act.maybe_flush(ctx, None));
         ctx.run_interval(WATCH_RETRY, |act, _| {
-            if act.watch_behind {
-                act.tell_watchers(Arc::new(Vec::new()));
+            // Never wait for the applier here: RaftNode may be applying.
+            if let Some(mut applier) = act.lane.applier.try_lock() {
+                if applier.watch_behind {
+                    applier.tell_watchers(Arc::new(Vec::new()));
+                }
             }
         });
     }
@@ -360,16 +467,18 @@ impl Handler<ApplyCommitted> for StorageActor {
     type Result = ();
     fn handle(&mut self, msg: ApplyCommitted, _: &mut Context<Self>) {
         crate::failpoint::hit("storage-apply");
-        if let Err(e) = self.apply(msg.entries) {
+        if let Err(e) = self.lane.lock().apply(msg.entries) {
             fatal("applying committed entries", &e);
         }
+        self.lane.sent_done();
     }
 }
 
 impl Handler<CaptureImage> for StorageActor {
     type Result = Result<ImageHead, StorageError>;
     fn handle(&mut self, _: CaptureImage, _: &mut Context<Self>) -> Self::Result {
-        // Between two batches: nothing is being applied.
+        // Between two batches: the applier's lock.
+        let _applier = self.lane.lock();
         capture_head(&self.store)
     }
 }
@@ -386,10 +495,12 @@ impl Handler<FlushNow> for StorageActor {
 impl Handler<MakeImage> for StorageActor {
     type Result = ResponseFuture<Result<(u64, raft::eraftpb::ConfState), String>>;
     fn handle(&mut self, _: MakeImage, _: &mut Context<Self>) -> Self::Result {
-        // The head between two batches, here; the revision records from a
-        // blocking thread, while applying goes on.
-        let head = capture_head(&self.store);
-        let conf = self.store.conf_state();
+        // The head between two batches (under the applier's lock); the
+        // revision records from a blocking thread, while applying goes on.
+        let (head, conf) = {
+            let _applier = self.lane.lock();
+            (capture_head(&self.store), self.store.conf_state())
+        };
         let store = self.store.clone();
         let dir = self.images.dir.clone();
         let (cluster_id, member_id) = (self.images.cluster_id, self.member_id);
@@ -426,5 +537,6 @@ impl Handler<InstallSnapshot> for StorageActor {
         if let Err(e) = self.install(msg.index) {
             fatal("installing the raft snapshot from the leader", &e);
         }
+        self.lane.sent_done();
     }
 }

@@ -84,6 +84,12 @@ pub trait Backend: Send + Sync + 'static {
     fn defragment(&self) -> Result<(), StorageError> {
         self.flush()
     }
+    /// Whether a batch of about `ops` operations can be written now without
+    /// waiting for the engine (a write buffer's backpressure commit). RaftNode
+    /// applies a batch on its own thread only then.
+    fn has_room(&self, _ops: usize) -> bool {
+        true
+    }
 }
 
 /// sled's page cache size used by [`SledBackend::open`]: large enough to keep

@@ -324,6 +324,11 @@ impl Drop for BufferedBackend {
 }
 
 impl Backend for BufferedBackend {
+    fn has_room(&self, ops: usize) -> bool {
+        let o = self.shared.overlay.read();
+        o.active.len() + ops < LIMIT_OPS / 2 && o.active_bytes < LIMIT_BYTES / 2
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         match self.shared.buffered(key) {
             Some(op) => Ok(op),

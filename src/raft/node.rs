@@ -38,6 +38,9 @@ struct Drive;
 
 /// What RaftNode asks of the Storage actor, in log order.
 pub struct StorageInbox {
+    /// Applies small batches on RaftNode's thread when the order allows;
+    /// counts what is sent to `apply` and `install`.
+    pub lane: Arc<crate::storage::ApplyLane>,
     /// Committed entries to apply.
     pub apply: Recipient<ApplyCommitted>,
     /// An image of the applied state for lagging members.
@@ -166,7 +169,10 @@ impl RaftNode {
                 count = entries.len(),
                 "handing committed entries to storage"
             );
-            self.storage.apply.do_send(ApplyCommitted { entries });
+            if let Some(entries) = self.storage.lane.try_apply_inline(entries) {
+                self.storage.lane.will_send();
+                self.storage.apply.do_send(ApplyCommitted { entries });
+            }
         }
     }
 
@@ -276,21 +282,21 @@ impl RaftNode {
         }
         let send_now = std::mem::take(&mut work.send_now);
         let apply = std::mem::take(&mut work.apply);
-        self.hand_off(send_now, apply);
+        self.hand_off(send_now, Vec::new());
         if work.nothing_to_persist() {
+            self.hand_off(Vec::new(), apply);
             self.finish(work, ctx);
             return;
         }
         self.persisting = true;
         let log = self.log.clone();
-        let job = async move {
-            tokio::task::spawn_blocking(move || {
-                let r = Core::persist(&log, &work);
-                (work, r)
-            })
-            .await
-        };
-        ctx.spawn(job.into_actor(self).map(|joined, act, ctx| {
+        // Started now, not when the actor next polls its futures: the
+        // inline apply below then runs while the log is written.
+        let persist = tokio::task::spawn_blocking(move || {
+            let r = Core::persist(&log, &work);
+            (work, r)
+        });
+        ctx.spawn(persist.into_actor(self).map(|joined, act, ctx| {
             act.persisting = false;
             match joined {
                 Ok((work, Ok(()))) => act.finish(work, ctx),
@@ -298,6 +304,9 @@ impl RaftNode {
                 Err(e) => fatal("persisting the raft log (task)", &e),
             }
         }));
+        // After the persist has started, so a batch applied on this thread
+        // overlaps the log write instead of delaying it.
+        self.hand_off(Vec::new(), apply);
     }
 
     fn finish(&mut self, work: ReadyWork, ctx: &mut Context<Self>) {
@@ -309,6 +318,7 @@ impl RaftNode {
                 term = snapshot.term,
                 "raft snapshot from the leader persisted; installing it"
             );
+            self.storage.lane.will_send();
             self.storage.install.do_send(InstallSnapshot {
                 index: snapshot.index,
             });

@@ -3,7 +3,8 @@
 //! --val-size --key-space-size --sequential-keys`, `range --consistency`).
 //!
 //! Exit status: 0 when the run had no error, 1 when it counted errors (or a
-//! server failed), 2 for bad usage (including `compare --members N > 1`).
+//! server failed), 2 for bad usage (e.g. `compare --members 2`, or a cluster scenario
+//! without `--members 3`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

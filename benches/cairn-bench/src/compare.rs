@@ -14,6 +14,13 @@
 //! Special scenarios: `put-clients` (put at each `--sweep` client count; the
 //! chart), `load-100k` (load keys, report peak RSS) and `restart-1m` (load
 //! keys, stop, time from process start until a Range is served).
+//!
+//! With `--members 3` (or 5) both servers run as clusters of that many
+//! members on loopback, and the clients of every scenario are spread over all
+//! members, except the cluster scenarios: `put-leader` (every client on the
+//! leader), `range-l-follower` (linearizable ranges on one follower) and
+//! `catchup` (a follower is stopped, keys are loaded, and the time it takes
+//! the restarted follower to reach the leader's revision is measured).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +33,7 @@ use crate::conn::Pool;
 use crate::keys::KeyGen;
 use crate::kv::{self, CasOpts, Consistency, MixedOpts, PutOpts, RangeOpts};
 use crate::lease::LeaseOpts;
-use crate::server::{Kind, ServerProc};
+use crate::server::{Cluster, Kind};
 use crate::watch::WatchOpts;
 use crate::{chart, run, BenchError, Load, Report, Scenario};
 use cairn::proto::etcdserverpb::kv_client::KvClient;
@@ -49,6 +56,8 @@ pub const ALL_SCENARIOS: &[&str] = &[
     "load-100k",
     "restart-1m",
 ];
+/// Scenarios that need `--members` of 3 or more (`all` adds them then).
+pub const CLUSTER_SCENARIOS: &[&str] = &["put-leader", "range-l-follower", "catchup"];
 
 /// Options of `compare`.
 #[derive(Args, Clone, Debug)]
@@ -61,7 +70,9 @@ pub struct CompareOpts {
     /// load-100k, restart-1m).
     #[arg(long, default_value = DEFAULT_SCENARIOS)]
     pub scenarios: String,
-    /// Cluster size. Only 1 works: clustering is not there yet.
+    /// Cluster size (1, 3 or 5): both servers run as clusters of this many
+    /// members on loopback, with the same flags; clients are spread over the
+    /// members (but see `put-leader`, `range-l-follower`, `catchup`).
     #[arg(long, default_value_t = 1)]
     pub members: usize,
     /// The cairn binary (default: `cairn` next to this program).
@@ -95,6 +106,15 @@ pub struct CompareOpts {
     /// Keys `restart-1m` loads before the restart.
     #[arg(long, default_value_t = 1_000_000)]
     pub restart_keys: u64,
+    /// Keys `catchup` loads while a follower is down.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub catchup_keys: u64,
+    /// `--snapshot-count` both servers get in `catchup`, so that the leader
+    /// has compacted its log and the follower catches up from a snapshot, as
+    /// a member down for long does (etcd's default, 100,000, would leave the
+    /// whole load in the log).
+    #[arg(long, default_value_t = 1_000)]
+    pub catchup_snapshot_count: u64,
     /// Time limit of a load phase (load-100k, restart-1m); the keys loaded
     /// by then are reported.
     #[arg(long, default_value_t = 600)]
@@ -184,9 +204,17 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
 }
 
 /// Expands `--scenarios` into run names (`put-clients` → `put@c1`, …).
-pub fn expand_scenarios(list: &str, sweep: &[usize]) -> Result<Vec<String>, BenchError> {
+pub fn expand_scenarios(
+    list: &str,
+    sweep: &[usize],
+    members: usize,
+) -> Result<Vec<String>, BenchError> {
     let names: Vec<&str> = if list.trim() == "all" {
-        ALL_SCENARIOS.to_vec()
+        let mut all = ALL_SCENARIOS.to_vec();
+        if members > 1 {
+            all.extend_from_slice(CLUSTER_SCENARIOS);
+        }
+        all
     } else {
         list.split(',')
             .map(str::trim)
@@ -198,10 +226,19 @@ pub fn expand_scenarios(list: &str, sweep: &[usize]) -> Result<Vec<String>, Benc
         match n {
             "put-clients" => out.extend(sweep.iter().map(|c| format!("put@c{c}"))),
             n if ALL_SCENARIOS.contains(&n) => out.push(n.to_string()),
+            n if CLUSTER_SCENARIOS.contains(&n) => {
+                if members < 3 {
+                    return Err(BenchError::Usage(format!(
+                        "scenario {n} needs --members 3 or more"
+                    )));
+                }
+                out.push(n.to_string())
+            }
             n => {
                 return Err(BenchError::Usage(format!(
-                    "unknown scenario {n:?}; known: {}",
-                    ALL_SCENARIOS.join(", ")
+                    "unknown scenario {n:?}; known: {}, and with --members 3 or more {}",
+                    ALL_SCENARIOS.join(", "),
+                    CLUSTER_SCENARIOS.join(", ")
                 )))
             }
         }
@@ -212,10 +249,11 @@ pub fn expand_scenarios(list: &str, sweep: &[usize]) -> Result<Vec<String>, Benc
     Ok(out)
 }
 
-/// The load and scenario a plain scenario name stands for.
-fn plan(name: &str, o: &CompareOpts, url: &str) -> Option<(Load, Scenario)> {
+/// The load and scenario a plain scenario name stands for, against
+/// `endpoints` (see [`endpoints_for`]).
+fn plan(name: &str, o: &CompareOpts, endpoints: Vec<String>) -> Option<(Load, Scenario)> {
     let load = Load {
-        endpoints: vec![url.to_string()],
+        endpoints,
         conns: o.conns,
         clients: o.clients,
         total: o.ops,
@@ -223,8 +261,8 @@ fn plan(name: &str, o: &CompareOpts, url: &str) -> Option<(Load, Scenario)> {
         progress: false,
     };
     let sc = match name {
-        "put" => Scenario::Put(PutOpts::default()),
-        "range-l" => Scenario::Range(RangeOpts::default()),
+        "put" | "put-leader" => Scenario::Put(PutOpts::default()),
+        "range-l" | "range-l-follower" => Scenario::Range(RangeOpts::default()),
         "range-s" => Scenario::Range(RangeOpts {
             consistency: Consistency::S,
             ..Default::default()
@@ -297,23 +335,41 @@ async fn run_one(
         Kind::Etcd => o.etcd_bin.as_path(),
         Kind::Cairn => cairn_bin,
     };
-    let mut server =
-        match ServerProc::start(kind, bin, o.data_root.as_deref(), Duration::from_secs(60)).await {
-            Ok(s) => s,
-            Err(e) => {
-                rec.failure = Some(e.to_string());
-                return rec;
-            }
-        };
+    let flags = match name {
+        "catchup" => vec![
+            "--snapshot-count".to_string(),
+            o.catchup_snapshot_count.to_string(),
+        ],
+        _ => Vec::new(),
+    };
+    let start = Cluster::start(
+        kind,
+        bin,
+        o.data_root.as_deref(),
+        o.members,
+        &flags,
+        Duration::from_secs(60),
+    );
+    let mut server = match start.await {
+        Ok(s) => s,
+        Err(e) => {
+            rec.failure = Some(e.to_string());
+            return rec;
+        }
+    };
     let result = match name {
         "load-100k" => load_100k(&server, o).await,
         "restart-1m" => restart(&mut server, o).await,
-        _ => match plan(name, o, &server.url()) {
-            Some((load, sc)) => run(&load, &sc).await.map(|mut r| {
-                r.scenario = name.to_string();
-                r
-            }),
-            None => Err(BenchError::Usage(format!("unknown scenario {name}"))),
+        "catchup" => catchup(&mut server, o).await,
+        _ => match endpoints_for(name, &server).await {
+            Err(e) => Err(e),
+            Ok(endpoints) => match plan(name, o, endpoints) {
+                Some((load, sc)) => run(&load, &sc).await.map(|mut r| {
+                    r.scenario = name.to_string();
+                    r
+                }),
+                None => Err(BenchError::Usage(format!("unknown scenario {name}"))),
+            },
         },
     };
     rec.peak_rss_kib = server.peak_rss_kib();
@@ -333,9 +389,23 @@ async fn run_one(
     rec
 }
 
-fn load_spec(o: &CompareOpts, url: &str) -> Load {
+/// Where a scenario's clients go: every member, the leader (`put-leader`),
+/// or one follower (`range-l-follower`).
+async fn endpoints_for(name: &str, cluster: &Cluster) -> Result<Vec<String>, BenchError> {
+    match name {
+        "put-leader" => Ok(vec![cluster.members[cluster.leader().await?].url()]),
+        "range-l-follower" => {
+            let leader = cluster.leader().await?;
+            let follower = (leader + 1) % cluster.members.len();
+            Ok(vec![cluster.members[follower].url()])
+        }
+        _ => Ok(cluster.urls()),
+    }
+}
+
+fn load_spec(o: &CompareOpts, endpoints: Vec<String>) -> Load {
     Load {
-        endpoints: vec![url.to_string()],
+        endpoints,
         conns: o.conns,
         clients: 16,
         total: 0,
@@ -351,8 +421,8 @@ fn load_keys() -> KeyGen {
 
 /// `load-100k`: load `--load-keys` keys of 256 B; the report counts keys,
 /// its latencies are per 128-put transaction; peak RSS is added by the caller.
-async fn load_100k(server: &ServerProc, o: &CompareOpts) -> Result<Report, BenchError> {
-    let spec = load_spec(o, &server.url());
+async fn load_100k(server: &Cluster, o: &CompareOpts) -> Result<Report, BenchError> {
+    let spec = load_spec(o, server.urls());
     let pool = Pool::connect(&spec.endpoints, spec.conns).await?;
     Ok(kv::load_keys(&pool, &load_keys(), o.load_keys, 256, &spec, "load-100k").await)
 }
@@ -360,8 +430,8 @@ async fn load_100k(server: &ServerProc, o: &CompareOpts) -> Result<Report, Bench
 /// `restart-1m`: load `--restart-keys` keys (bounded by the load timeout),
 /// stop the server with SIGTERM, start it again and time from the spawn until
 /// it serves a linearizable Range; then check that every loaded key is there.
-async fn restart(server: &mut ServerProc, o: &CompareOpts) -> Result<Report, BenchError> {
-    let spec = load_spec(o, &server.url());
+async fn restart(server: &mut Cluster, o: &CompareOpts) -> Result<Report, BenchError> {
+    let spec = load_spec(o, server.urls());
     let keys = load_keys();
     let mut report = {
         let pool = Pool::connect(&spec.endpoints, spec.conns).await?;
@@ -385,26 +455,123 @@ async fn restart(server: &mut ServerProc, o: &CompareOpts) -> Result<Report, Ben
             .extra
             .insert("peak_rss_restart_kib".into(), kib as f64);
     }
-    let pool = Pool::connect(&spec.endpoints, 1).await?;
+    check_count(
+        &spec.endpoints[0],
+        &keys,
+        loaded,
+        false,
+        "after restart",
+        &mut report,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Counts the loaded keys at `url` (serializably: what that member itself
+/// holds) and counts an error in `report` if any loaded key is missing.
+async fn check_count(
+    url: &str,
+    keys: &KeyGen,
+    loaded: u64,
+    serializable: bool,
+    when: &str,
+    report: &mut Report,
+) -> Result<(), BenchError> {
+    let pool = Pool::connect(&[url.to_string()], 1).await?;
     let count = KvClient::new(pool.channel(0))
         .range(RangeRequest {
             key: keys.prefix.clone(),
             range_end: keys.range_end(),
             count_only: true,
+            serializable,
             ..Default::default()
         })
         .await
-        .map_err(|e| BenchError::Setup(format!("count after restart: {e}")))?
+        .map_err(|e| BenchError::Setup(format!("count {when}: {e}")))?
         .into_inner()
         .count;
     // A timed-out load txn may still have applied, so only a clean load
     // pins the count exactly.
     if (report.errors == 0 && count as u64 != loaded) || (count as u64) < loaded {
         report.add_error(format!(
-            "after restart {count} keys are there, {loaded} were loaded"
+            "{when} {count} keys are there, {loaded} were loaded"
         ));
     }
+    Ok(())
+}
+
+/// `catchup`: stop a follower, load `--catchup-keys` keys through the
+/// leader, note the leader's revision, start the follower again and time
+/// from its spawn until a serializable Range on it answers at that revision
+/// (it has applied everything); then check it holds every key. The leader
+/// has compacted its log (`--catchup-snapshot-count`), so the follower is
+/// sent a snapshot. The report's throughput is the load's keys/s.
+async fn catchup(cluster: &mut Cluster, o: &CompareOpts) -> Result<Report, BenchError> {
+    let leader = cluster.leader().await?;
+    let lagging = (leader + 1) % cluster.members.len();
+    cluster.members[lagging].stop().await?;
+    let leader_url = cluster.members[leader].url();
+    let spec = load_spec(o, vec![leader_url.clone()]);
+    let keys = load_keys();
+    let mut report = {
+        let pool = Pool::connect(&spec.endpoints, spec.conns).await?;
+        kv::load_keys(&pool, &keys, o.catchup_keys, 256, &spec, "catchup").await
+    };
+    let loaded = report.ops;
+    report.extra.insert("keys_loaded".into(), loaded as f64);
+    let target = revision_at(&leader_url, false)
+        .await
+        .map_err(|e| BenchError::Setup(format!("leader's revision after the load: {e}")))?;
+    let t = Instant::now();
+    cluster.members[lagging].spawn()?;
+    let url = cluster.members[lagging].url();
+    let deadline = t + Duration::from_secs(o.load_timeout_secs);
+    loop {
+        if revision_at(&url, true).await.is_ok_and(|r| r >= target) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Setup(format!(
+                "the restarted follower did not reach revision {target} within {} s; log:\n{}",
+                o.load_timeout_secs,
+                cluster.members[lagging].log_tail()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    report
+        .extra
+        .insert("catchup_ms".into(), t.elapsed().as_secs_f64() * 1000.0);
+    if let Some(kib) = cluster.members[lagging].peak_rss_kib() {
+        report
+            .extra
+            .insert("peak_rss_follower_kib".into(), kib as f64);
+    }
+    check_count(
+        &url,
+        &keys,
+        loaded,
+        true,
+        "on the caught-up follower",
+        &mut report,
+    )
+    .await?;
     Ok(report)
+}
+
+/// The revision a Range of one key answers at `url`.
+async fn revision_at(url: &str, serializable: bool) -> Result<i64, BenchError> {
+    let pool = Pool::connect(&[url.to_string()], 1).await?;
+    let r = KvClient::new(pool.channel(0))
+        .range(RangeRequest {
+            key: b"health".to_vec(),
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BenchError::Connect(format!("range at {url}: {e}")))?
+        .into_inner();
+    Ok(r.header.map_or(0, |h| h.revision))
 }
 
 fn side(records: &[&RunRecord]) -> Side {
@@ -584,9 +751,9 @@ pub fn summary_table(s: &Summary) -> String {
 
 /// Runs the whole comparison; returns the summary (and writes `--out`).
 pub async fn compare(o: &CompareOpts) -> Result<Summary, BenchError> {
-    if o.members != 1 {
+    if !matches!(o.members, 1 | 3 | 5) {
         return Err(BenchError::Usage(format!(
-            "--members {}: clustering is not there yet (cairn runs a single member), so only --members 1 can be compared",
+            "--members {}: compare runs clusters of 1, 3 or 5 members",
             o.members
         )));
     }
@@ -614,7 +781,7 @@ pub async fn compare(o: &CompareOpts) -> Result<Summary, BenchError> {
             )));
         }
     }
-    let scenarios = expand_scenarios(&o.scenarios, &o.sweep)?;
+    let scenarios = expand_scenarios(&o.scenarios, &o.sweep, o.members)?;
     if let Some(out) = &o.out {
         std::fs::create_dir_all(out.join("rounds"))?;
     }
@@ -709,29 +876,35 @@ mod tests {
         else {
             panic!("compare parses as compare");
         };
-        let Some((_, Scenario::Watch(w))) = plan("watch-sat", &o, "127.0.0.1:1") else {
+        let Some((_, Scenario::Watch(w))) = plan("watch-sat", &o, vec!["127.0.0.1:1".into()])
+        else {
             panic!("watch-sat is a watch scenario");
         };
         assert_eq!((w.watchers, w.streams, w.rate, w.writers), (500, 10, 0, 16));
         assert_eq!(w.puts, 1500);
-        let Some((_, Scenario::Watch(w))) = plan("watch", &o, "127.0.0.1:1") else {
+        let Some((_, Scenario::Watch(w))) = plan("watch", &o, vec!["127.0.0.1:1".into()]) else {
             panic!("watch is a watch scenario");
         };
         assert_eq!((w.rate, w.writers), (200, 1), "watch keeps its fixed rate");
-        let default = expand_scenarios(DEFAULT_SCENARIOS, &[1]).expect("ok");
+        let default = expand_scenarios(DEFAULT_SCENARIOS, &[1], 1).expect("ok");
         assert!(default.contains(&"watch-sat".to_string()));
     }
 
     #[test]
     fn scenarios_expand_and_unknown_is_an_error() {
         assert_eq!(
-            expand_scenarios("put, put-clients", &[1, 16]).expect("ok"),
+            expand_scenarios("put, put-clients", &[1, 16], 1).expect("ok"),
             ["put", "put@c1", "put@c16"]
         );
-        assert!(expand_scenarios("nope", &[1]).is_err());
-        assert!(expand_scenarios("all", &[1])
+        assert!(expand_scenarios("nope", &[1], 1).is_err());
+        let all = expand_scenarios("all", &[1], 1).expect("ok");
+        assert!(all.contains(&"restart-1m".to_string()));
+        assert!(!all.contains(&"catchup".to_string()));
+        // The cluster scenarios need a cluster.
+        assert!(expand_scenarios("catchup", &[1], 1).is_err());
+        assert!(expand_scenarios("all", &[1], 3)
             .expect("ok")
-            .contains(&"restart-1m".to_string()));
+            .contains(&"catchup".to_string()));
     }
 
     fn rec(round: usize, server: Kind, tput: f64, p99: f64) -> RunRecord {

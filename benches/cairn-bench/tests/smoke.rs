@@ -331,12 +331,66 @@ fn compare_runs_every_kind_of_scenario_and_writes_its_outputs() {
 }
 
 #[test]
-fn compare_refuses_more_than_one_member() {
+fn compare_runs_three_member_clusters_of_both_servers() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
     let out = cairn_bench()
-        .args(["compare", "--members", "3"])
+        .args(["compare", "--members", "3", "--rounds", "1", "--ops", "200"])
+        .args(["--clients", "8", "--conns", "3"])
+        .args(["--scenarios", "put,put-leader,range-l-follower,catchup"])
+        .args(["--catchup-keys", "2000", "--quiet"])
+        .arg("--cairn-bin")
+        .arg(common::cairn_path())
+        .arg("--etcd-bin")
+        .arg(common::etcd_path())
+        .arg("--out")
+        .arg(out_dir.path())
         .output()
-        .expect("run cairn-bench");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("clustering is not there yet"), "{stderr}");
+        .expect("run cairn-bench compare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.path().join("summary.json")).expect("summary.json"),
+    )
+    .expect("summary JSON");
+    let scenarios = summary["scenarios"].as_array().expect("scenarios");
+    for s in scenarios {
+        for side in ["etcd", "cairn"] {
+            assert_eq!(s[side]["runs"], 1, "{s}");
+            assert_eq!(s[side]["errors"], 0, "{s}");
+        }
+    }
+    let catchup = &scenarios[3];
+    assert_eq!(catchup["scenario"], "catchup");
+    for side in ["etcd", "cairn"] {
+        assert_eq!(catchup[side]["extra"]["keys_loaded"], 2000.0, "{catchup}");
+        let ms = catchup[side]["extra"]["catchup_ms"]
+            .as_f64()
+            .expect("catchup_ms");
+        assert!(ms > 0.0, "{catchup}");
+    }
+}
+
+#[test]
+fn compare_refuses_sizes_and_scenarios_it_cannot_run() {
+    for args in [
+        &["compare", "--members", "2"][..],
+        &["compare", "--scenarios", "catchup"][..],
+    ] {
+        let out = cairn_bench()
+            .args(args)
+            .arg("--cairn-bin")
+            .arg(common::cairn_path())
+            .output()
+            .expect("run cairn-bench");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--members 2") || stderr.contains("needs --members 3"),
+            "{stderr}"
+        );
+    }
 }
