@@ -65,7 +65,7 @@ impl Applier {
                 (i, Some(put(i)))
             })
             .collect();
-        black_box(apply_batch(&self.store, entries, 0, 1, 2).expect("apply"));
+        black_box(apply_batch(&self.store, entries, 2).expect("apply"));
     }
 }
 
@@ -172,7 +172,7 @@ impl Applier {
             ..Default::default()
         });
         let t = Instant::now();
-        black_box(apply_batch(&self.store, vec![(i, Some(req))], 0, 1, 2).expect("apply"));
+        black_box(apply_batch(&self.store, vec![(i, Some(req))], 2).expect("apply"));
         t.elapsed()
     }
 
@@ -215,7 +215,7 @@ fn apply_blocked() {
                     (i, Some(req))
                 })
                 .collect();
-            apply_batch(&a.store, entries, 0, 1, 2).expect("load");
+            apply_batch(&a.store, entries, 2).expect("load");
         }
     }
     println!(
@@ -275,7 +275,7 @@ fn apply_blocked() {
         physical: false,
     });
     let t = Instant::now();
-    apply_batch(&a.store, vec![(i, Some(compact))], 0, 1, 2).expect("compact");
+    apply_batch(&a.store, vec![(i, Some(compact))], 2).expect("compact");
     let applied = t.elapsed();
     let busy = Arc::new(AtomicBool::new(true));
     let waiter = {

@@ -1758,3 +1758,178 @@ fn cluster_session(c: Cluster) -> Vec<String> {
     );
     t
 }
+
+/// etcd's corruption checks (src/corrupt.rs), driven by the test-only
+/// failpoint that rewrites one revision record of a member's state store
+/// behind raft's back (debug builds only):
+/// * restarted with `--experimental-initial-corrupt-check`, the corrupted
+///   member compares its HashKV with its peers' and refuses to start, with
+///   etcd's `<id> found data inconsistency with peers`;
+/// * restarted without it, it serves, and the leader's periodic check
+///   (`--experimental-corrupt-check-time`) raises the CORRUPT alarm for it
+///   through raft: `etcdctl alarm list` names it (and only it) on every
+///   member, and every write is refused with `etcdserver: corrupt cluster`.
+#[test]
+fn a_corrupted_member_is_refused_at_start_and_raises_the_corrupt_alarm() {
+    const CORRUPT_ENV: &str = "CAIRN_FAILPOINT_CORRUPT_STATE";
+    let mut c = Cluster::new(3);
+    c.extra_args = vec!["--experimental-corrupt-check-time=300ms".into()];
+    c.spawn_all_and_wait();
+    let leader = c.wait_leader(START_TIMEOUT);
+    let url = c.members[leader].client_url();
+    for i in 0..10 {
+        put(&url, &format!("c/{i}"), "v").expect("put");
+    }
+    c.wait_converged(Duration::from_secs(10));
+    let victim = (leader + 1) % 3;
+    let victim_id = c.members[victim].id();
+    c.kill(victim);
+
+    // Corrupted, with the start-up check: refused.
+    c.extra_env = vec![(CORRUPT_ENV.into(), "1".into())];
+    c.extra_args
+        .push("--experimental-initial-corrupt-check=true".into());
+    c.spawn_member(victim);
+    let refusal = format!("{victim_id:016x} found data inconsistency with peers");
+    assert!(
+        wait_until(START_TIMEOUT, || c.exited(victim)),
+        "the corrupted member started despite --experimental-initial-corrupt-check"
+    );
+    let logs = std::fs::read_to_string(c.log_path(victim, c.members[victim].starts))
+        .expect("read the refused start's log");
+    assert!(logs.contains(&refusal), "no {refusal:?} in its log");
+    assert!(logs.contains("found different hash values from remote peer"));
+    assert!(!logs.contains("ready to serve client requests"));
+
+    // Corrupted, without the start-up check: it serves until the leader's
+    // periodic check raises CORRUPT for it.
+    c.extra_args.pop();
+    c.spawn_member(victim);
+    c.extra_env.clear();
+    let corrupt = format!("memberID:{victim_id} alarm:CORRUPT");
+    let mut listed = String::new();
+    let raised = wait_until(Duration::from_secs(30), || {
+        let ep = c.members[leader].client_url().replace("http://", "");
+        let out = common::etcdctl_at(&ep, &["alarm", "list"], None);
+        listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        listed.contains(&corrupt)
+    });
+    assert!(
+        raised,
+        "no CORRUPT alarm for the corrupted member: {listed:?}"
+    );
+    assert_eq!(listed.trim(), corrupt, "only the corrupted member is named");
+    for m in &c.members {
+        let ep = m.client_url().replace("http://", "");
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                String::from_utf8_lossy(&common::etcdctl_at(&ep, &["alarm", "list"], None).stdout)
+                    .contains(&corrupt)
+            }),
+            "member {} does not list the alarm",
+            m.name
+        );
+    }
+    let refused = put(&url, "c/after", "x").expect_err("a write while CORRUPT is raised");
+    assert!(refused.contains("etcdserver: corrupt cluster"), "{refused}");
+    assert!((0..3).any(|i| c.logs(i).contains("raising the CORRUPT alarm")));
+}
+
+/// NOSPACE is replicated state (src/quota.rs): the member that takes a write
+/// over `--quota-backend-bytes` proposes the alarm instead of the write, and
+/// from then on every member refuses the same writes (each one's own size
+/// does not matter), and the members stay identical. Compaction, defragment
+/// and `etcdctl alarm disarm` let writes through again everywhere.
+#[test]
+fn nospace_is_raised_for_the_whole_cluster_and_disarmed_after_compaction() {
+    const QUOTA: u64 = 2_000_000;
+    const FULL: &str = "etcdserver: mvcc: database space exceeded";
+    let mut c = Cluster::new(3);
+    c.extra_args = vec![format!("--quota-backend-bytes={QUOTA}")];
+    c.spawn_all_and_wait();
+    let leader = c.wait_leader(START_TIMEOUT);
+    // Through a follower: the edge is whichever member takes the write.
+    let taker = (leader + 1) % 3;
+    let url = c.members[taker].client_url();
+    let big = "x".repeat(64 * 1024);
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(
+            accepted < 200,
+            "200 puts of 64 KiB never exceeded the quota"
+        );
+        match put(&url, &format!("big/{}", accepted % 4), &big) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(refused.contains(FULL), "{refused}");
+    assert!(accepted > 0, "some puts must fit under the quota");
+    let taker_alarm = format!("memberID:{} alarm:NOSPACE", c.members[taker].id());
+    let endpoints: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| m.client_url().replace("http://", ""))
+        .collect();
+    let alarm_lists = || -> Vec<String> {
+        endpoints
+            .iter()
+            .map(|ep| etcdctl_on(ep, &["alarm", "list"]))
+            .collect()
+    };
+    let mut lists = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            lists = alarm_lists();
+            lists.iter().all(|l| l.contains(&taker_alarm))
+        }),
+        "not every member lists {taker_alarm:?}: {lists:?}"
+    );
+    // Every member refuses every write that adds data, whatever its own size.
+    for m in &c.members {
+        let e = put(&m.client_url(), "small", "v").expect_err("a write under NOSPACE");
+        assert!(e.contains(FULL), "{}: {e}", m.name);
+    }
+    // (A member over the quota itself raises its own alarm too, as etcd's.)
+    let rev = c.wait_converged(Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            lists = alarm_lists();
+            lists.iter().all(|l| *l == lists[0])
+        }),
+        "members disagree on the alarms: {lists:?}"
+    );
+
+    // The way out, as with etcd: compact, defragment, disarm.
+    etcdctl_on(
+        &endpoints[taker],
+        &["compaction", "--physical", &rev.to_string()],
+    );
+    for ep in &endpoints {
+        etcdctl_on(ep, &["defrag"]);
+    }
+    for m in &c.members {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                status(&m.client_url()).is_some_and(|s| (s.db_size as u64) < QUOTA / 2)
+            }),
+            "{}'s state store did not shrink below half the quota",
+            m.name
+        );
+    }
+    let disarmed = etcdctl_on(&endpoints[leader], &["alarm", "disarm"]);
+    assert!(disarmed.contains(&taker_alarm), "{disarmed}");
+    for (m, ep) in c.members.iter().zip(&endpoints) {
+        assert!(
+            wait_until(Duration::from_secs(10), || etcdctl_on(
+                ep,
+                &["alarm", "list"]
+            )
+            .is_empty()),
+            "{} still lists an alarm",
+            m.name
+        );
+        put(&m.client_url(), &format!("after/{}", m.name), "v").expect("a write after disarm");
+    }
+    c.wait_converged(Duration::from_secs(10));
+}

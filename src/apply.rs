@@ -13,7 +13,9 @@
 //! prev_kv / ignore_value / ignore_lease, DeleteRange over every range form,
 //! Txn (all compares are evaluated and every op is checked before anything
 //! executes, so a failing txn changes nothing), Compaction, Alarm with
-//! the NOSPACE ("capped") and CORRUPT behaviours, and the lease requests:
+//! the NOSPACE ("capped") and CORRUPT behaviours (decided by the replicated
+//! alarms only, never by this member's own size: see `crate::quota`), and
+//! the lease requests:
 //! LeaseGrant (the proposer chose the id; the TTL is raised to the minimum
 //! here), LeaseRevoke (every attached key deleted in ONE revision) and
 //! LeaseCheckpoint. A put with a lease must name an existing one. The response
@@ -89,39 +91,24 @@ pub struct ApplyOutput {
     pub lease_changes: Vec<LeaseChange>,
 }
 
-/// etcd's per-put overhead in its quota arithmetic (`kvOverhead`).
-const KV_OVERHEAD: u64 = 256;
-/// etcd's cost of a lease grant in its quota arithmetic (`leaseOverhead`).
-const LEASE_OVERHEAD: u64 = 64;
-
 /// Applies committed entries (index, decoded request or None) in ONE backend
 /// write batch, then advances the applied index to the last index. Entries
 /// with index <= `store.applied_index()` are skipped (exactly-once across
 /// restarts).
 ///
-/// `quota_bytes` (0 = no quota) bounds the backend size: a Put, or a Txn
-/// with a put, that would take the backend to the quota fails with NoSpace
-/// and raises the NOSPACE alarm for `member_id`. `min_lease_ttl` (seconds)
-/// is the TTL a shorter lease grant is raised to.
+/// `min_lease_ttl` (seconds) is the TTL a shorter lease grant is raised to.
 ///
 /// An `Err` is a storage failure: nothing of the batch was published and the
 /// member must stop.
 pub fn apply_batch(
     store: &Store,
     entries: Vec<(u64, Option<Request>)>,
-    quota_bytes: u64,
-    member_id: u64,
     min_lease_ttl: i64,
 ) -> Result<ApplyOutput, StorageError> {
     let applied = store.applied_index();
     let mut last = applied;
     let mut w = BatchWriter::new(store);
     let mut ctx = Ctx {
-        quota: Quota {
-            limit: quota_bytes,
-            size: None,
-        },
-        member_id,
         min_lease_ttl,
         lease_changes: Vec::new(),
     };
@@ -188,42 +175,10 @@ impl From<ReadError> for Fail {
 
 /// Per-batch inputs that are not part of the replicated state.
 struct Ctx {
-    /// The backend size limit.
-    quota: Quota,
-    /// Who raises the NOSPACE alarm when the quota is hit.
-    member_id: u64,
     /// Shorter lease grants are raised to this TTL (seconds).
     min_lease_ttl: i64,
     /// Lease changes applied so far in this batch.
     lease_changes: Vec<LeaseChange>,
-}
-
-/// The backend quota, with the backend size read at most once per batch
-/// (sled computes it by listing files).
-struct Quota {
-    /// Maximum backend size in bytes; 0 means unlimited.
-    limit: u64,
-    /// Backend size, read on first use in this batch.
-    size: Option<u64>,
-}
-
-impl Quota {
-    /// Whether writing `cost` more bytes would reach the limit (etcd's
-    /// `size + cost < quota` admission test, negated).
-    fn exceeded(&mut self, w: &BatchWriter, cost: u64) -> Result<bool, StorageError> {
-        if self.limit == 0 || cost == 0 {
-            return Ok(false);
-        }
-        let size = match self.size {
-            Some(s) => s,
-            None => {
-                let s = w.backend_size()?;
-                self.size = Some(s);
-                s
-            }
-        };
-        Ok(size.saturating_add(cost) >= self.limit)
-    }
 }
 
 fn apply_request(
@@ -232,9 +187,9 @@ fn apply_request(
     request: Request,
 ) -> Result<ApplyResponse, Fail> {
     match request {
-        Request::Put(p) => apply_put(w, ctx, &p).map(ApplyResponse::Put),
+        Request::Put(p) => apply_put(w, &p).map(ApplyResponse::Put),
         Request::DeleteRange(d) => apply_delete_range(w, &d).map(ApplyResponse::DeleteRange),
-        Request::Txn(t) => apply_txn(w, ctx, &t).map(ApplyResponse::Txn),
+        Request::Txn(t) => apply_txn(w, &t).map(ApplyResponse::Txn),
         Request::Compaction(c) => apply_compaction(w, &c).map(ApplyResponse::Compaction),
         Request::Alarm(a) => Ok(ApplyResponse::Alarm(apply_alarm(w, &a))),
         Request::LeaseGrant(g) => apply_lease_grant(w, ctx, &g).map(ApplyResponse::LeaseGrant),
@@ -381,7 +336,7 @@ fn apply_lease_grant(
     g: &LeaseGrantRequest,
 ) -> Result<LeaseGrantResponse, Fail> {
     check_corrupt(w)?;
-    check_space(w, ctx, LEASE_OVERHEAD)?;
+    check_capped(w, crate::quota::LEASE_OVERHEAD)?;
     if g.id == 0 {
         return Err(EtcdError::LeaseNotFound.into());
     }
@@ -463,50 +418,20 @@ fn check_corrupt(w: &BatchWriter) -> Result<(), EtcdError> {
     Ok(())
 }
 
-/// Refuses a write of `cost` bytes while NOSPACE is active or when it would
-/// exceed the quota. Exceeding the quota also raises NOSPACE for this member.
-///
-/// etcd raises the alarm at the edge, through its own raft proposal, and its
-/// apply-time quota check still applies the write. cairn decides here,
-/// refusing the write, which is deterministic as long as one member decides;
-/// with several members their backend sizes differ, so the edge should then
-/// propose the alarm instead, as etcd does.
-fn check_space(w: &mut BatchWriter, ctx: &mut Ctx, cost: u64) -> Result<(), Fail> {
-    if cost == 0 {
-        return Ok(());
-    }
-    if w.alarm_active(AlarmType::Nospace) {
-        return Err(EtcdError::NoSpace.into());
-    }
-    if ctx.quota.exceeded(w, cost)? {
-        w.activate_alarm(ctx.member_id, AlarmType::Nospace as i32);
-        return Err(EtcdError::NoSpace.into());
+/// etcd's capped applier: while any member's NOSPACE alarm is active, a
+/// write that may add data (`cost` > 0, see `crate::quota`) fails. The
+/// alarm is replicated state, so every member refuses the same writes; the
+/// quota itself is checked at the edge, against the receiving member's size.
+fn check_capped(w: &BatchWriter, cost: u64) -> Result<(), EtcdError> {
+    if cost > 0 && w.alarm_active(AlarmType::Nospace) {
+        return Err(EtcdError::NoSpace);
     }
     Ok(())
 }
 
-fn put_cost(p: &PutRequest) -> u64 {
-    KV_OVERHEAD + p.key.len() as u64 + p.value.len() as u64
-}
-
-/// The bytes a txn may add: the larger of its two branches. Unlike etcd,
-/// puts inside nested txns count too, so nesting cannot bypass NOSPACE.
-fn txn_cost(t: &TxnRequest) -> u64 {
-    let branch = |ops: &[crate::proto::etcdserverpb::RequestOp]| -> u64 {
-        ops.iter()
-            .map(|op| match &op.request {
-                Some(Op::RequestPut(p)) => put_cost(p),
-                Some(Op::RequestTxn(t)) => txn_cost(t),
-                _ => 0,
-            })
-            .sum()
-    };
-    branch(&t.success).max(branch(&t.failure))
-}
-
-fn apply_put(w: &mut BatchWriter, ctx: &mut Ctx, p: &PutRequest) -> Result<PutResponse, Fail> {
+fn apply_put(w: &mut BatchWriter, p: &PutRequest) -> Result<PutResponse, Fail> {
     check_corrupt(w)?;
-    check_space(w, ctx, put_cost(p))?;
+    check_capped(w, crate::quota::put_cost(p))?;
     check_lease(p.lease, |id| w.lease(id).is_some())?;
     let mut txn = w.txn();
     let resp = put_in(&mut txn, p)?;
@@ -749,9 +674,9 @@ fn check_ranges<V: ReadView + ?Sized>(view: &V, plan: &Plan) -> Result<(), EtcdE
     Ok(())
 }
 
-fn apply_txn(w: &mut BatchWriter, ctx: &mut Ctx, t: &TxnRequest) -> Result<TxnResponse, Fail> {
+fn apply_txn(w: &mut BatchWriter, t: &TxnRequest) -> Result<TxnResponse, Fail> {
     check_corrupt(w)?;
-    check_space(w, ctx, txn_cost(t))?;
+    check_capped(w, crate::quota::txn_cost(t))?;
     let mut txn = w.txn();
     let plan = plan(&txn, t)?;
     check_puts(&txn, &plan)?;

@@ -64,3 +64,52 @@ pub fn stale_reads() -> bool {
     static ARMED: OnceLock<bool> = OnceLock::new();
     *ARMED.get_or_init(|| std::env::var(STALE_READS_ENV).is_ok_and(|v| v == "1"))
 }
+
+/// The environment variable that corrupts this member's state store at
+/// start-up ([`corrupt_state`]).
+pub const CORRUPT_STATE_ENV: &str = "CAIRN_FAILPOINT_CORRUPT_STATE";
+
+/// `CAIRN_FAILPOINT_CORRUPT_STATE=1`: before the store is loaded, rewrite
+/// the value of the newest revision record in the state store behind raft's
+/// back (etcd's corruption tests edit bbolt's file the same way), so this
+/// member's HashKV differs from its peers' at the same revision. Returns the
+/// revision it corrupted. Compiled into debug builds only: a release member
+/// never has it.
+#[cfg(debug_assertions)]
+pub fn corrupt_state(
+    backend: &dyn crate::mvcc::Backend,
+) -> Result<Option<i64>, crate::error::StorageError> {
+    use crate::mvcc::revision::Revision;
+    use crate::mvcc::store::REV_PREFIX;
+    use prost::Message as _;
+    if std::env::var(CORRUPT_STATE_ENV).map_or(true, |v| v != "1") {
+        return Ok(None);
+    }
+    let mut newest = None;
+    for item in backend.scan_prefix(REV_PREFIX) {
+        let (k, v) = item?;
+        let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
+        if !tombstone {
+            newest = Some((k, v, rev));
+        }
+    }
+    let Some((key, value, rev)) = newest else {
+        return Ok(None);
+    };
+    let mut kv = crate::proto::mvccpb::KeyValue::decode(value.as_slice())
+        .map_err(|e| crate::error::StorageError::corrupt("revision record", e.to_string()))?;
+    kv.value = format!("corrupted by {CORRUPT_STATE_ENV}").into_bytes();
+    let mut batch = crate::mvcc::WriteBatch::new();
+    batch.put(key, kv.encode_to_vec());
+    backend.write_batch(batch)?;
+    backend.flush()?;
+    Ok(Some(rev.main))
+}
+
+/// Release builds have no corruption failpoint.
+#[cfg(not(debug_assertions))]
+pub fn corrupt_state(
+    _: &dyn crate::mvcc::Backend,
+) -> Result<Option<i64>, crate::error::StorageError> {
+    Ok(None)
+}

@@ -33,12 +33,15 @@
 //! over it (rustls; certificates re-read when their files change).
 //! [`config`] holds the etcd-compatible flags, [`cluster`] the member and
 //! cluster identities, [`error`] the one table of etcd's error codes and strings.
+//! [`corrupt`] compares members' HashKV at start-up and on the leader
+//! (etcd's corruption checks).
 
 pub mod apply;
 pub mod auth;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
+pub mod corrupt;
 pub mod error;
 pub mod failpoint;
 pub mod grpc;
@@ -49,6 +52,7 @@ pub mod msg;
 pub mod mvcc;
 pub mod peer;
 pub mod proto;
+pub mod quota;
 pub mod raft;
 pub mod recipes;
 pub mod server;

@@ -223,6 +223,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .store_identity(&cluster.identity(token))
             .context("storing the member identity")?,
     }
+    if let Some(rev) = crate::failpoint::corrupt_state(backend.as_ref()).context("failpoint")? {
+        tracing::warn!(
+            revision = rev,
+            "failpoint: the state store was corrupted on purpose"
+        );
+    }
     let store = Arc::new(Store::open(backend).context("loading the state store")?);
     let snaps =
         crate::snapshot::SnapDir::open(&member_dir).context("opening the snapshot directory")?;
@@ -258,6 +264,29 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .map(|m| (m.id, m.peer_urls))
             .collect()
     };
+    // etcd's request timeout: 5 s plus two election timeouts.
+    let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
+    let hash_peers = crate::corrupt::Peers {
+        cluster_id: cluster.cluster_id,
+        connector: peer_tls.connector.clone(),
+        timeout: request_timeout,
+    };
+    if cfg.initial_corrupt_check {
+        let others: Vec<(u64, Vec<String>)> = members
+            .iter()
+            .filter(|(id, _)| *id != cluster.local_id)
+            .cloned()
+            .collect();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::corrupt::check_at_start(
+                store.clone(),
+                cluster.local_id,
+                &others,
+                &hash_peers,
+            ))?;
+    }
     let mut peers = crate::peer::Peers::bind(&cfg.listen_peer_urls, cluster.clone(), &members)?;
     peers.secure(peer_tls);
     tracing::info!(
@@ -281,8 +310,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         &crate::logging::raft_logger(),
     )
     .context("starting raft")?;
-    // etcd's request timeout: 5 s plus two election timeouts.
-    let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
 
     let jwt = match &cfg.auth_token {
         crate::auth::TokenConfig::Simple => None,
@@ -345,7 +372,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 applied: watch.clone().recipient(),
                 leases: leases.clone().recipient(),
             };
-            let limits = (cfg.quota_backend_bytes, cluster.local_id, cfg.min_lease_ttl());
+            let limits = (cluster.local_id, cfg.min_lease_ttl());
             ApplyLane::new(Applier::new(store.clone(), proposals.clone(), applied_tx, listeners, limits))
         };
         {
@@ -407,6 +434,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             peers: directory,
             auth,
             bcrypt_cost: cfg.bcrypt_cost,
+            quota_bytes: cfg.quota_backend_bytes,
         };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on
@@ -415,6 +443,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let listen = cfg.listen_client_urls.clone();
         let max_request_bytes = cfg.max_request_bytes as usize;
         let auto_compaction = cfg.auto_compaction;
+        let corrupt_check_time = cfg.corrupt_check_time;
         let metrics_urls = cfg.listen_metrics_urls.clone();
         let data_dir = cfg.data_dir.clone();
         let quota_backend_bytes = cfg.quota_backend_bytes;
@@ -441,6 +470,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     // timeout: a member that cannot reach a quorum then still
                     // answers health (NOT_SERVING) and serializable reads.
                     let _ = tokio::time::timeout(request_timeout, publishing).await;
+                    if !corrupt_check_time.is_zero() {
+                        let (directory, local_id) = (api.peers.clone(), api.cluster.local_id);
+                        tokio::spawn(crate::corrupt::monitor(corrupt_check_time, store.clone(), client.clone(), directory, hash_peers, local_id));
+                    }
                     if let Some(mode) = auto_compaction {
                         tokio::spawn(crate::compactor::run(mode, store, client));
                     }

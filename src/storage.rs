@@ -78,8 +78,6 @@ pub struct Applier {
     listeners: Listeners,
     /// Lease grants below this TTL (seconds) are raised to it.
     min_lease_ttl: i64,
-    /// --quota-backend-bytes.
-    quota_bytes: u64,
     /// This member's id, recorded with alarms it raises.
     member_id: u64,
     /// Notices of applied events were dropped (the broadcaster's mailbox
@@ -184,7 +182,7 @@ impl Applier {
         proposals: Arc<Proposals>,
         applied_tx: watch::Sender<u64>,
         listeners: Listeners,
-        (quota_bytes, member_id, min_lease_ttl): (u64, u64, i64),
+        (member_id, min_lease_ttl): (u64, i64),
     ) -> Applier {
         Applier {
             store,
@@ -192,7 +190,6 @@ impl Applier {
             applied_tx,
             listeners,
             min_lease_ttl,
-            quota_bytes,
             member_id,
             watch_behind: false,
         }
@@ -300,13 +297,7 @@ impl Applier {
             batch.push((e.index, req.request));
         }
         tracing::trace!(last, count = batch.len(), "applying committed entries");
-        let out = apply_batch(
-            &self.store,
-            batch,
-            self.quota_bytes,
-            self.member_id,
-            self.min_lease_ttl,
-        )?;
+        let out = apply_batch(&self.store, batch, self.min_lease_ttl)?;
         if !out.lease_changes.is_empty() || leader_noop_term.is_some() {
             self.listeners.leases.do_send(AppliedLeases {
                 changes: out.lease_changes,

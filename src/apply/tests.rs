@@ -20,8 +20,6 @@ struct Harness {
     store: Store,
     /// The raft index the next applied entry gets.
     next_index: u64,
-    /// quota_bytes passed to apply_batch (0 = none).
-    quota: u64,
 }
 
 impl Harness {
@@ -31,11 +29,7 @@ impl Harness {
 
     fn on(store: Store) -> Self {
         let next_index = store.applied_index() + 1;
-        Harness {
-            store,
-            next_index,
-            quota: 0,
-        }
+        Harness { store, next_index }
     }
 
     /// Applies `reqs` as one batch with consecutive indexes.
@@ -48,7 +42,7 @@ impl Harness {
                 (i, Some(r))
             })
             .collect();
-        apply_batch(&self.store, entries, self.quota, MEMBER, MIN_TTL).expect("apply")
+        apply_batch(&self.store, entries, MIN_TTL).expect("apply")
     }
 
     fn one(&mut self, req: Request) -> Result<ApplyResponse, EtcdError> {
@@ -962,7 +956,7 @@ fn exactly_once() {
             })
             .collect()
     };
-    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER, MIN_TTL).expect("apply");
+    let out = apply_batch(&h.store, entries(1, 4), MIN_TTL).expect("apply");
     // Index 3 carries no request: None, but the applied index still passes it.
     let kinds: Vec<bool> = out.results.iter().map(Option::is_some).collect();
     assert_eq!(kinds, vec![true, true, false, true]);
@@ -970,14 +964,14 @@ fn exactly_once() {
     let hash = h.store.hash_kv(0).expect("hash");
 
     // The same batch again (e.g. replayed after a restart): all skipped.
-    let out = apply_batch(&h.store, entries(1, 4), 0, MEMBER, MIN_TTL).expect("apply");
+    let out = apply_batch(&h.store, entries(1, 4), MIN_TTL).expect("apply");
     assert!(out.results.iter().all(Option::is_none));
     assert!(out.events.is_empty());
     assert_eq!((h.store.applied_index(), h.rev()), (4, 4));
     assert_eq!(h.store.hash_kv(0).expect("hash"), hash);
 
     // A batch overlapping what was applied: only the new entries apply.
-    let out = apply_batch(&h.store, entries(3, 6), 0, MEMBER, MIN_TTL).expect("apply");
+    let out = apply_batch(&h.store, entries(3, 6), MIN_TTL).expect("apply");
     let kinds: Vec<bool> = out.results.iter().map(Option::is_some).collect();
     assert_eq!(kinds, vec![false, false, true, true]);
     assert_eq!(out.events.len(), 2);
@@ -995,13 +989,13 @@ fn restart_resumes_where_it_stopped() {
         .collect();
     {
         let s = open();
-        apply_batch(&s, batch.clone(), 0, MEMBER, MIN_TTL).expect("apply");
+        apply_batch(&s, batch.clone(), MIN_TTL).expect("apply");
         s.backend().flush().expect("flush");
     }
     let s = open();
     assert_eq!((s.applied_index(), s.current_revision()), (3, 4));
     // Raft replays the same entries after the restart: nothing happens twice.
-    let out = apply_batch(&s, batch, 0, MEMBER, MIN_TTL).expect("apply");
+    let out = apply_batch(&s, batch, MIN_TTL).expect("apply");
     assert!(out.results.iter().all(Option::is_none));
     let mut h = Harness::on(s);
     assert_eq!(h.put("k", "4"), 5);
@@ -1297,43 +1291,33 @@ fn corrupt_alarm_stops_kv_requests() {
     assert_eq!(h.value("a"), Some("1".into()));
 }
 
+/// The quota is the edge's business (crate::quota): apply never looks at
+/// this member's size, which differs from member to member, only at the
+/// replicated NOSPACE alarm, so every member applies or refuses alike.
 #[test]
-fn quota_raises_nospace() {
+fn apply_refuses_by_the_replicated_alarm_not_by_the_local_size() {
     let mut h = Harness::new();
-    // MemBackend reports the bytes it holds; each put costs 256 + key + value
-    // in the quota arithmetic, so the second put below does not fit.
-    h.quota = 600;
-    h.put("a", "1");
-    let used = h.store.backend().size_on_disk().expect("size");
-    assert!(used + 256 + 2 < 600, "first put leaves room: {used}");
-    let big = "x".repeat(600 - 256 - used as usize);
-    assert_eq!(
-        h.one(Request::Put(put_req("b", &big))),
-        Err(EtcdError::NoSpace)
-    );
-    assert_eq!(h.value("b"), None);
-    let alarms: Vec<_> = h
-        .store
-        .alarms()
-        .iter()
-        .map(|a| (a.member_id, a.alarm))
-        .collect();
-    assert_eq!(alarms, vec![(MEMBER, AlarmType::Nospace as i32)]);
-    // From now on even a small put is refused; deletes still go through.
+    let big = "x".repeat(1 << 20);
+    h.put("a", &big);
+    h.put("b", &big);
+    assert!(h.store.backend().size_on_disk().expect("size") > 2 << 20);
+    let _ = h.one(Request::Alarm(AlarmRequest {
+        action: AlarmAction::Activate as i32,
+        member_id: 9,
+        alarm: AlarmType::Nospace as i32,
+    }));
     assert_eq!(
         h.one(Request::Put(put_req("c", ""))),
         Err(EtcdError::NoSpace)
     );
     assert!(h.one(Request::DeleteRange(del_req("a", ""))).is_ok());
-    // Without a quota nothing is refused once the alarm is cleared.
-    h.quota = 0;
     let _ = h.one(Request::Alarm(AlarmRequest {
         action: AlarmAction::Deactivate as i32,
-        member_id: MEMBER,
+        member_id: 9,
         alarm: AlarmType::Nospace as i32,
     }));
-    h.put("b", &big);
-    assert_eq!(h.value("b"), Some(big));
+    h.put("c", "1");
+    assert_eq!(h.value("c"), Some("1".into()));
 }
 
 #[test]

@@ -144,6 +144,11 @@ pub struct Config {
     pub wal_dir: Option<PathBuf>,
     /// etcd's --force-new-cluster: restart as a one-member cluster.
     pub force_new_cluster: bool,
+    /// `--initial-corrupt-check`: compare HashKV with the peers' before
+    /// serving (src/corrupt.rs).
+    pub initial_corrupt_check: bool,
+    /// `--corrupt-check-time`: the leader's periodic check (zero: none).
+    pub corrupt_check_time: Duration,
     /// Client and peer TLS (`--cert-file` … `--tls-max-version`).
     pub security: crate::tls::Security,
     /// Extra URLs serving only the probes and `/metrics` (kubeadm's 2381).
@@ -186,6 +191,8 @@ impl Default for Config {
             log_level: "info".to_string(),
             wal_dir: None,
             force_new_cluster: false,
+            initial_corrupt_check: false,
+            corrupt_check_time: Duration::ZERO,
             security: crate::tls::Security::default(),
             listen_metrics_urls: Vec::new(),
             metrics: "basic".to_string(),
@@ -855,6 +862,12 @@ impl Layers {
                 .unwrap_or(defaults.bcrypt_cost),
             log_level,
             force_new_cluster: switch("force_new_cluster")?.unwrap_or(false),
+            initial_corrupt_check: switch("experimental_initial_corrupt_check")?.unwrap_or(false),
+            corrupt_check_time: self
+                .get("experimental_corrupt_check_time", |raw| {
+                    values::go_duration(raw.text()?)
+                })?
+                .unwrap_or(defaults.corrupt_check_time),
             wal_dir: self
                 .get("wal_dir", |raw| Ok(raw.text()?.trim().to_string()))?
                 .filter(|dir| !dir.is_empty())

@@ -663,22 +663,22 @@ pub(super) const OPTIONS: &[Opt] = &[
         "it only applies to the v2 proxy, which cairn does not implement",
         "v2 proxy: read timeout in ms [default: 0]",
     ),
-    ignored(
+    // Corruption checks (src/corrupt.rs).
+    opt(
         "experimental_initial_corrupt_check",
         "experimental-initial-corrupt-check",
-        &["false"],
-        "cairn has no start-up corruption check yet: this member is NOT compared with its \
-         peers before serving",
-        "Check data corruption before serving (not implemented yet) [default: false]",
+        "BOOL",
+        "Compare this member's HashKV with its peers' before serving and refuse to start on a \
+         mismatch [default: false]",
     )
     .switch()
     .aka(&["initial-corrupt-check"]),
-    ignored(
+    opt(
         "experimental_corrupt_check_time",
         "experimental-corrupt-check-time",
-        &["0s", "0"],
-        "cairn has no periodic corruption check yet: members are NOT compared while running",
-        "Interval between corruption checks (not implemented yet) [default: 0s]",
+        "DURATION",
+        "Interval between the leader's corruption checks, which raise the CORRUPT alarm when a \
+         member's HashKV differs; 0 disables them [default: 0s]",
     )
     .aka(&["corrupt-check-time"]),
     ignored(

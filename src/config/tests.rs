@@ -1561,15 +1561,13 @@ fn unimplemented_etcd_flags_are_accepted_with_a_reason_or_refused() {
             args: &["-enable-v2=true"],
             warns: "flag --enable-v2 accepted and ignored",
         },
+        // Implemented (src/corrupt.rs): no warning, under 3.4's and 3.6's names.
         Check {
-            args: &["--experimental-initial-corrupt-check=true"],
-            warns: "flag --experimental-initial-corrupt-check accepted and ignored: cairn has \
-                    no start-up corruption check yet",
-        },
-        // The 3.6 name of the same flag.
-        Check {
-            args: &["--initial-corrupt-check"],
-            warns: "flag --experimental-initial-corrupt-check accepted and ignored",
+            args: &[
+                "--experimental-initial-corrupt-check=true",
+                "--corrupt-check-time=5m",
+            ],
+            warns: "",
         },
         Check {
             args: &["--log-outputs", "/var/log/etcd.log"],
@@ -1604,6 +1602,21 @@ fn unimplemented_etcd_flags_are_accepted_with_a_reason_or_refused() {
     assert!(config.force_new_cluster);
     let (config, _) = load_etcd(&[], &[("ETCD_FORCE_NEW_CLUSTER", "1")], None).expect("loads");
     assert!(config.force_new_cluster);
+
+    // The corruption checks are implemented, under 3.4's and 3.6's names.
+    let (config, _) = load_etcd(&["--initial-corrupt-check"], &[], None).expect("loads");
+    assert!(config.initial_corrupt_check);
+    assert_eq!(config.corrupt_check_time, std::time::Duration::ZERO);
+    let (config, _) = load_etcd(
+        &[],
+        &[("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "90s")],
+        None,
+    )
+    .expect("loads");
+    assert_eq!(
+        config.corrupt_check_time,
+        std::time::Duration::from_secs(90)
+    );
 
     for (args, flag, text) in [
         (

@@ -78,6 +78,9 @@ pub struct Api {
     pub auth: crate::auth::Auth,
     /// `--bcrypt-cost`, for the Auth service's password hashes.
     pub bcrypt_cost: u32,
+    /// `--quota-backend-bytes`, checked before a write is proposed
+    /// (`crate::quota`).
+    pub quota_bytes: u64,
 }
 
 impl Api {
@@ -120,12 +123,48 @@ impl Api {
         Ok(())
     }
 
-    /// Proposes a write and returns its typed response.
+    /// Proposes a write and returns its typed response. A write that would
+    /// take this member's state store over the quota is not proposed: the
+    /// NOSPACE alarm is, as etcd does (`crate::quota`).
     pub async fn propose<R: Proposal>(&self, req: R) -> Result<R::Response, Status> {
         self.refuse_on_learner()?;
-        let applied = self.raft.propose(req.into_request()).await?;
+        let request = req.into_request();
+        if crate::quota::exceeded(self.quota_bytes, &self.store, crate::quota::cost(&request)) {
+            self.raise_nospace().await;
+            return Err(EtcdError::NoSpace.into());
+        }
+        let applied = self.raft.propose(request).await?;
         R::response(applied)
             .ok_or_else(|| Status::internal("apply returned a response of another kind"))
+    }
+}
+
+impl Api {
+    /// Proposes this member's NOSPACE alarm, unless it is already raised.
+    /// A failure is only logged: the write is refused either way.
+    async fn raise_nospace(&self) {
+        let (me, nospace) = (self.cluster.local_id, pb::AlarmType::Nospace as i32);
+        if self
+            .store
+            .alarms()
+            .iter()
+            .any(|a| a.member_id == me && a.alarm == nospace)
+        {
+            return;
+        }
+        let alarm = pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: me,
+            alarm: nospace,
+        };
+        match self.raft.propose(Request::Alarm(alarm)).await {
+            Ok(_) => tracing::warn!(
+                quota_bytes = self.quota_bytes,
+                size = self.store.backend().size_on_disk().unwrap_or(0),
+                "message exceeded backend quota; raised the NOSPACE alarm"
+            ),
+            Err(e) => tracing::warn!(cause = %e, "cannot raise the NOSPACE alarm"),
+        }
     }
 }
 

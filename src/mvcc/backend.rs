@@ -68,6 +68,13 @@ pub trait Backend: Send + Sync + 'static {
     fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_>;
     /// Applies all puts/deletes atomically (all or nothing, also across a crash).
     fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError>;
+    /// The same, for background work (the compactor's deletions): an engine
+    /// that buffers writes makes the caller pay for moving the batch into
+    /// the engine, so background work can never fill the buffer that
+    /// foreground writes then have to drain (see `BufferedBackend`).
+    fn write_batch_background(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.write_batch(batch)
+    }
     /// Makes everything written so far durable. Blocking (fsync): callers run it off actor threads.
     fn flush(&self) -> Result<(), StorageError>;
     fn size_on_disk(&self) -> Result<u64, StorageError>;

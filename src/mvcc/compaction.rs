@@ -390,7 +390,7 @@ impl Worker {
         if last_batch {
             batch.put(META_FINISHED_COMPACT_REV, target.to_be_bytes().to_vec());
         }
-        self.backend.write_batch(batch)?;
+        self.backend.write_batch_background(batch)?;
         if last_batch {
             tracing::debug!(revision = target, "compacted revisions removed");
             self.state.set_finished(target);

@@ -299,6 +299,30 @@ impl Peer for PeerService {
             granted_ttl: ttl.map_or(0, |t| t.granted),
         }))
     }
+
+    /// This member's HashKV for a peer's corruption check (`crate::corrupt`).
+    async fn hash_kv(
+        &self,
+        request: Request<crate::proto::cairnpb::PeerHashKvRequest>,
+    ) -> Result<Response<crate::proto::cairnpb::PeerHashKvResponse>, Status> {
+        let req = request.into_inner();
+        if req.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(CLUSTER_ID_MISMATCH));
+        }
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| Status::unavailable("no state store here"))?;
+        let h = tokio::task::spawn_blocking(move || store.hash_kv(req.revision))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(crate::proto::cairnpb::PeerHashKvResponse {
+            member_id: self.local_id,
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            revision: h.current_revision,
+        }))
+    }
 }
 
 impl PeerService {
