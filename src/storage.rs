@@ -216,7 +216,7 @@ impl StorageActor {
                 StorageError::corrupt("raft entry", format!("index {}: {err}", e.index))
             })?;
             ids.push(Some(req.id));
-            batch.push((e.index, req.request));
+            batch.push((e.index, crate::apply::Proposed::of(req)));
         }
         tracing::trace!(last, count = batch.len(), "applying committed entries");
         let out = apply_batch(

@@ -121,8 +121,13 @@ struct Member {
 
 impl Member {
     fn spawn(data_dir: &Path, log: PathBuf, args: &[String]) -> Member {
+        Member::spawn_bin(&cairn_path(), data_dir, log, args)
+    }
+
+    /// The same, running `bin` (cairn, or etcd to compare with).
+    fn spawn_bin(bin: &Path, data_dir: &Path, log: PathBuf, args: &[String]) -> Member {
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(cairn_path())
+        let child = Command::new(bin)
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
@@ -175,6 +180,11 @@ impl TlsServer {
     /// Starts a member with `tls_args` and waits until `ready` (a client's
     /// settings) can read through TLS.
     fn start(tls_args: &[String], ready: &TlsInfo) -> TlsServer {
+        TlsServer::start_bin(&cairn_path(), tls_args, ready)
+    }
+
+    /// The same, running `bin` (cairn, or etcd to compare with).
+    fn start_bin(bin: &Path, tls_args: &[String], ready: &TlsInfo) -> TlsServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let (port, peer) = (free_port(), free_port());
         let client = format!("https://127.0.0.1:{port}");
@@ -197,7 +207,8 @@ impl TlsServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(tls_args.iter().cloned());
-        let mut member = Member::spawn(&dir.path().join("data"), dir.path().join("log"), &args);
+        let mut member =
+            Member::spawn_bin(bin, &dir.path().join("data"), dir.path().join("log"), &args);
         let url = format!("https://127.0.0.1:{port}");
         let ready_ok = wait_until(READY_TIMEOUT, || {
             member.exited() || get(&url, ready, "health").is_ok()
@@ -889,4 +900,161 @@ fn a_member_without_the_allowed_common_name_is_refused() {
             || logged(&c.members[1], "peer-cert-allowed-cn"),
         "the refusal does not name the rule"
     );
+}
+
+/// One line per etcdctl command of [`common_name_session`]: its output, or
+/// its error line, as a transcript to compare between etcd and cairn.
+fn transcript_line(ok: bool, out: &str, err: &str) -> String {
+    if ok {
+        return format!("ok: {}", out.trim());
+    }
+    let error = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("Error:"))
+        .unwrap_or("(no error line)");
+    format!("failed: {error}")
+}
+
+/// With `--client-cert-auth`, a client's certificate Common Name is its
+/// user when it sends no token (etcd's AuthInfoFromTLS): the same etcdctl
+/// session against `bin`, every command with a certificate and no
+/// `--user` unless it says so. Returns the transcript.
+fn common_name_session(bin: &Path, dir: &Path) -> Vec<String> {
+    let ca = Ca::new(dir, "ca");
+    let server = ca.issue("server", "n1", 1);
+    let root = ca.issue("root", "root", 2);
+    let alice = ca.issue("alice", "alice", 3);
+    let bob = ca.issue("bob", "bob", 4);
+    let s = TlsServer::start_bin(
+        bin,
+        &server_flags(&ca.pem, &server, true),
+        &client(&ca.pem, Some(&root)),
+    );
+    let url = s.url();
+    let steps: Vec<(&Pair, Vec<&str>)> = vec![
+        // Set up as root (auth still off), then enable auth.
+        (
+            &root,
+            vec!["user", "add", "root", "--new-user-password=rootpw"],
+        ),
+        (&root, vec!["user", "grant-role", "root", "root"]),
+        (
+            &root,
+            vec!["user", "add", "alice", "--new-user-password=alicepw"],
+        ),
+        (&root, vec!["role", "add", "app"]),
+        (
+            &root,
+            vec![
+                "role",
+                "grant-permission",
+                "app",
+                "readwrite",
+                "/app/",
+                "--prefix",
+            ],
+        ),
+        (&root, vec!["user", "grant-role", "alice", "app"]),
+        (&root, vec!["auth", "enable"]),
+        // The certificate's CN is the user.
+        (&root, vec!["put", "/other", "by-root"]),
+        (&root, vec!["user", "list"]),
+        (&alice, vec!["put", "/app/a", "by-alice"]),
+        (&alice, vec!["get", "/app/a", "--print-value-only"]),
+        (&alice, vec!["put", "/other", "by-alice"]),
+        (&alice, vec!["get", "/other"]),
+        (&alice, vec!["del", "/other"]),
+        (&alice, vec!["user", "list"]),
+        // No such user: denied.
+        (&bob, vec!["get", "/app/a"]),
+        (&bob, vec!["put", "/app/b", "by-bob"]),
+        // A token takes precedence over the certificate.
+        (&root, vec!["--user=alice:alicepw", "put", "/other", "x"]),
+        (
+            &alice,
+            vec!["--user=root:rootpw", "put", "/other", "by-root-token"],
+        ),
+        (&root, vec!["get", "/other", "--print-value-only"]),
+        // Lock acts as its caller (here through the member's own client).
+        (&alice, vec!["lock", "/app/lock", "echo", "locked"]),
+        (&alice, vec!["lock", "/other-lock", "echo", "locked"]),
+    ];
+    let mut transcript = Vec::new();
+    for (pair, args) in steps {
+        let (ok, out, err) = etcdctl_tls(&url, &etcdctl_flags(&ca.pem, pair), &args);
+        transcript.push(format!(
+            "{} {}: {}",
+            pair.cert
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            args.join(" "),
+            transcript_line(ok, &out, &err)
+        ));
+    }
+    // A client cannot claim another Common Name through the metadata the
+    // member uses to forward its callers' (the secret is the process's).
+    let forged = {
+        let (url, tls) = (url.clone(), client(&ca.pem, Some(&bob)));
+        block_on(async move {
+            let mut kv = KvClient::new(channel(&url, &tls).await?);
+            let mut req = tonic::Request::new(PutRequest {
+                key: b"/other".to_vec(),
+                value: b"forged".to_vec(),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert("cairn-forwarded", "guess".parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("cairn-forwarded-cn", "root".parse().expect("ascii"));
+            kv.put(req)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.message().to_string())
+        })
+    };
+    transcript.push(format!("bob forged forwarding: {forged:?}"));
+    transcript
+}
+
+#[test]
+fn the_client_certificate_common_name_is_the_user_as_in_etcd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd_dir = dir.path().join("etcd");
+    let cairn_dir = dir.path().join("cairn");
+    std::fs::create_dir_all(&etcd_dir).expect("mkdir");
+    std::fs::create_dir_all(&cairn_dir).expect("mkdir");
+    let want = common_name_session(&common::etcd_path(), &etcd_dir);
+    let got = common_name_session(&cairn_path(), &cairn_dir);
+    // The points of the session, on cairn, whatever etcd said.
+    let line = |prefix: &str| {
+        got.iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        line("alice put /app/a"),
+        "alice put /app/a by-alice: ok: OK"
+    );
+    assert!(line("alice put /other").ends_with("permission denied"));
+    assert!(line("bob get /app/a").ends_with("permission denied"));
+    assert_eq!(
+        line("alice --user=root:rootpw put"),
+        "alice --user=root:rootpw put /other by-root-token: ok: OK"
+    );
+    assert!(line("root --user=alice:alicepw put").ends_with("permission denied"));
+    assert!(line("alice lock /app/lock").contains("ok: "));
+    assert!(line("alice lock /other-lock").ends_with("permission denied"));
+    assert!(line("bob forged").contains("permission denied"));
+    // And all of it as etcd 3.4 answers (etcd ignores the forged metadata).
+    let pairs: Vec<String> = want
+        .iter()
+        .zip(&got)
+        .filter(|(w, g)| w != g)
+        .map(|(w, g)| format!("etcd:  {w}\ncairn: {g}"))
+        .collect();
+    assert!(pairs.is_empty(), "differs from etcd:\n{}", pairs.join("\n"));
+    assert_eq!(want.len(), got.len());
 }

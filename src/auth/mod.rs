@@ -24,5 +24,5 @@ pub mod jwt;
 pub mod manager;
 pub mod state;
 
-pub use manager::{Auth, AuthManager, TokenConfig};
+pub use manager::{Auth, AuthManager, Caller, Credentials, TokenConfig};
 pub use state::{Access, AuthState};

@@ -127,6 +127,52 @@ impl Api {
         R::response(applied)
             .ok_or_else(|| Status::internal("apply returned a response of another kind"))
     }
+
+    /// Proposes a client's write as `creds` (etcd's `raftRequest`) and
+    /// returns its typed response: see [`Api::propose_request_as`].
+    pub async fn propose_as<R: Proposal>(
+        &self,
+        creds: &crate::auth::Credentials,
+        req: R,
+    ) -> Result<R::Response, Status> {
+        self.refuse_on_learner()?;
+        let applied = self.propose_request_as(creds, req.into_request()).await?;
+        R::response(applied)
+            .ok_or_else(|| Status::internal("apply returned a response of another kind"))
+    }
+
+    /// Judges `request` as `creds` now (`auth::check::request`), proposes
+    /// it stamped with who was judged at which auth revision, and lets the
+    /// applier judge it again against the auth store of the moment of
+    /// apply. If the auth store moved in between, the applier answers
+    /// `revision of auth store is old` and, as etcd does, the request is
+    /// judged anew and proposed again (so a permission revoked meanwhile
+    /// ends in `permission denied`, never in the write).
+    pub async fn propose_request_as(
+        &self,
+        creds: &crate::auth::Credentials,
+        mut request: Request,
+    ) -> Result<ApplyResponse, Status> {
+        /// etcd retries without a bound; a member whose auth store changes
+        /// this often answers the client instead.
+        const MAX_STALE_RETRIES: usize = 8;
+        let mut attempt = 0;
+        loop {
+            let caller = self.auth.caller(creds)?;
+            crate::auth::check::request(&caller, &request)?;
+            // Only a request judged with auth enabled can be refused as
+            // stale; no copy is kept otherwise.
+            let again = (caller.enabled() && attempt < MAX_STALE_RETRIES).then(|| request.clone());
+            let stamp = Some(caller.stamp());
+            match (self.raft.propose_stamped(request, stamp).await, again) {
+                (Err(EtcdError::AuthOldRevision), Some(copy)) => {
+                    attempt += 1;
+                    request = copy;
+                }
+                (applied, _) => return applied.map_err(Status::from),
+            }
+        }
+    }
 }
 
 /// Pairs a request that goes through the log with the response it gets.

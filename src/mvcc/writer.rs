@@ -115,6 +115,15 @@ impl<'s> BatchWriter<'s> {
         self.members.remove(&id);
     }
 
+    /// Runs `f` on the auth store as this batch has left it so far (the
+    /// applier's permission checks).
+    pub fn with_auth<R>(&self, f: impl FnOnce(&AuthState) -> R) -> R {
+        match &self.auth {
+            Some(auth) => f(auth),
+            None => f(&self.store.auth.read()),
+        }
+    }
+
     /// The auth store with this batch's changes so far, for an auth change.
     pub fn auth_mut(&mut self) -> &mut AuthState {
         let store = self.store;
