@@ -228,6 +228,106 @@ fn auth_store_survives_a_restart() {
     assert!(roles.contains("prefix /r/"), "{roles}");
 }
 
+/// The race the apply-time check exists for, end to end: alice's put is
+/// judged while she holds her role, held (a failpoint) before it is
+/// proposed, her role is revoked meanwhile, and then the put goes on. The
+/// applier refuses its stale stamp, the member judges it anew and the
+/// client gets `permission denied`; nothing is written. The client is a
+/// plain gRPC client, which (unlike etcdctl) does not retry by itself, so
+/// the member's own retry is what turns the refusal into that answer.
+#[test]
+fn a_put_judged_before_a_revoke_is_refused_when_applied() {
+    use cairn::proto::etcdserverpb::auth_client::AuthClient;
+    use cairn::proto::etcdserverpb::kv_client::KvClient;
+    use cairn::proto::etcdserverpb::{AuthenticateRequest, PutRequest};
+    use common::grpc::block_on;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let release = dir.path().join("release");
+    let release_env = release.display().to_string();
+    let server = Server::start_with_env(
+        Kind::Cairn,
+        &FAST_BCRYPT,
+        &[("CAIRN_FAILPOINT_AUTH_HOLD", &release_env)],
+    );
+    for args in [
+        &["user", "add", "root", "--new-user-password=rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice", "--new-user-password=alicepw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix",
+            "readwrite",
+            "/app/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        common::etcdctl_ok(&server, args);
+    }
+    let url = server.client_url();
+    let token = {
+        let url = url.clone();
+        block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            AuthClient::new(channel)
+                .authenticate(AuthenticateRequest {
+                    name: "alice".into(),
+                    password: "alicepw".into(),
+                })
+                .await
+                .expect("authenticate")
+                .into_inner()
+                .token
+        })
+    };
+    let raced = std::thread::spawn(move || {
+        block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .map_err(|e| e.to_string())?
+                .timeout(Duration::from_secs(20))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut kv = KvClient::new(channel);
+            let mut req = tonic::Request::new(PutRequest {
+                key: b"/app/raced".to_vec(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert("token", token.parse().expect("ASCII token"));
+            kv.put(req)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.message().to_string())
+        })
+    });
+    assert!(
+        common::wait_until(Duration::from_secs(10), || server
+            .logs()
+            .contains("failpoint: holding a judged put")),
+        "the put was not held"
+    );
+    common::etcdctl_ok(
+        &server,
+        &["--user=root:rootpw", "user", "revoke-role", "alice", "app"],
+    );
+    std::fs::write(&release, b"").expect("release the put");
+    let answer = raced.join().expect("put thread");
+    assert_eq!(answer, Err("etcdserver: permission denied".to_string()));
+    let left = common::etcdctl_ok(&server, &["--user=root:rootpw", "get", "/app/raced"]);
+    assert_eq!(left, "", "the raced put was written");
+}
+
 /// The permission matrix, over gRPC: every checked request kind × every kind
 /// of caller, run against etcd and cairn; the outcomes (allowed, or the
 /// gRPC code and message) must be identical, and no refused write may have

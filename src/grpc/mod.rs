@@ -164,6 +164,9 @@ impl Api {
             // stale; no copy is kept otherwise.
             let again = (caller.enabled() && attempt < MAX_STALE_RETRIES).then(|| request.clone());
             let stamp = Some(caller.stamp());
+            if caller.enabled() && matches!(request, Request::Put(_)) {
+                crate::failpoint::auth_hold().await;
+            }
             match (self.raft.propose_stamped(request, stamp).await, again) {
                 (Err(EtcdError::AuthOldRevision), Some(copy)) => {
                     attempt += 1;
