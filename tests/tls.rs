@@ -15,6 +15,8 @@ use std::time::Duration;
 use cairn::proto::etcdserverpb::kv_client::KvClient;
 use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use cairn::proto::v3lockpb::lock_client::LockClient;
+use cairn::proto::v3lockpb::{LockRequest, UnlockRequest};
 use cairn::tls::client::Connector;
 use cairn::tls::{TlsInfo, TlsPolicy};
 use common::{cairn_path, etcdctl_at, free_port, wait_until, READY_TIMEOUT};
@@ -976,7 +978,7 @@ fn common_name_session(bin: &Path, dir: &Path) -> Vec<String> {
             vec!["--user=root:rootpw", "put", "/other", "by-root-token"],
         ),
         (&root, vec!["get", "/other", "--print-value-only"]),
-        // Lock acts as its caller (here through the member's own client).
+        // etcdctl's lock (a client-side mutex: Txns, Ranges, Watches).
         (&alice, vec!["lock", "/app/lock", "echo", "locked"]),
         (&alice, vec!["lock", "/other-lock", "echo", "locked"]),
     ];
@@ -992,6 +994,27 @@ fn common_name_session(bin: &Path, dir: &Path) -> Vec<String> {
             args.join(" "),
             transcript_line(ok, &out, &err)
         ));
+    }
+    // The Lock service (etcdctl's `lock` locks client-side) acts as its
+    // caller: through the member's own client API, which presents the
+    // member's certificate, the caller's CN has to be forwarded.
+    for (pair, name) in [(&alice, "/app/rpc-lock"), (&alice, "/other-rpc-lock")] {
+        let (url, tls) = (url.clone(), client(&ca.pem, Some(pair)));
+        let key = name.as_bytes().to_vec();
+        let locked = block_on(async move {
+            let mut lock = LockClient::new(channel(&url, &tls).await?);
+            let req = LockRequest {
+                name: key,
+                lease: 0,
+            };
+            let resp = lock.lock(req).await.map_err(|s| s.message().to_string())?;
+            let key = resp.into_inner().key;
+            lock.unlock(UnlockRequest { key })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.message().to_string())
+        });
+        transcript.push(format!("alice Lock RPC {name}: {locked:?}"));
     }
     // A client cannot claim another Common Name through the metadata the
     // member uses to forward its callers' (the secret is the process's).
@@ -1048,6 +1071,11 @@ fn the_client_certificate_common_name_is_the_user_as_in_etcd() {
     assert!(line("alice lock /app/lock").contains("ok: "));
     assert!(line("alice lock /other-lock").ends_with("permission denied"));
     assert!(line("bob forged").contains("permission denied"));
+    assert_eq!(
+        line("alice Lock RPC /app/"),
+        "alice Lock RPC /app/rpc-lock: Ok(())"
+    );
+    assert!(line("alice Lock RPC /other").contains("permission denied"));
     // And all of it as etcd 3.4 answers (etcd ignores the forged metadata).
     let pairs: Vec<String> = want
         .iter()
