@@ -228,29 +228,11 @@ fn auth_store_survives_a_restart() {
     assert!(roles.contains("prefix /r/"), "{roles}");
 }
 
-/// The race the apply-time check exists for, end to end: alice's put is
-/// judged while she holds her role, held (a failpoint) before it is
-/// proposed, her role is revoked meanwhile, and then the put goes on. The
-/// applier refuses its stale stamp, the member judges it anew and the
-/// client gets `permission denied`; nothing is written. The client is a
-/// plain gRPC client, which (unlike etcdctl) does not retry by itself, so
-/// the member's own retry is what turns the refusal into that answer.
-#[test]
-fn a_put_judged_before_a_revoke_is_refused_when_applied() {
+/// Users `root` (password `rootpw`) and `alice` (`alicepw`, role `app`:
+/// readwrite on `/app/`), auth enabled; returns a token of alice's.
+fn root_and_alice(server: &Server) -> String {
     use cairn::proto::etcdserverpb::auth_client::AuthClient;
-    use cairn::proto::etcdserverpb::kv_client::KvClient;
-    use cairn::proto::etcdserverpb::{AuthenticateRequest, PutRequest};
-    use common::grpc::block_on;
-    use std::time::Duration;
-
-    let dir = tempfile::tempdir().expect("temp dir");
-    let release = dir.path().join("release");
-    let release_env = release.display().to_string();
-    let server = Server::start_with_env(
-        Kind::Cairn,
-        &FAST_BCRYPT,
-        &[("CAIRN_FAILPOINT_AUTH_HOLD", &release_env)],
-    );
+    use cairn::proto::etcdserverpb::AuthenticateRequest;
     for args in [
         &["user", "add", "root", "--new-user-password=rootpw"][..],
         &["user", "grant-role", "root", "root"],
@@ -267,28 +249,170 @@ fn a_put_judged_before_a_revoke_is_refused_when_applied() {
         &["user", "grant-role", "alice", "app"],
         &["auth", "enable"],
     ] {
-        common::etcdctl_ok(&server, args);
+        common::etcdctl_ok(server, args);
     }
     let url = server.client_url();
-    let token = {
-        let url = url.clone();
-        block_on(async move {
+    common::grpc::block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        AuthClient::new(channel)
+            .authenticate(AuthenticateRequest {
+                name: "alice".into(),
+                password: "alicepw".into(),
+            })
+            .await
+            .expect("authenticate")
+            .into_inner()
+            .token
+    })
+}
+
+/// What happens to a watch stream opened with a token that is then
+/// invalidated (`change`: a password change, a role revoked, the user
+/// deleted), on `kind`: whether the watcher created before still gets
+/// events, and what a create sent afterwards on the same stream gets.
+fn open_watch_after(kind: Kind, change: &[&str]) -> Vec<String> {
+    use cairn::proto::etcdserverpb::watch_client::WatchClient;
+    use cairn::proto::etcdserverpb::watch_request::RequestUnion;
+    use cairn::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+    use std::time::Duration;
+
+    /// The next reply, or None if none comes within 5 s.
+    async fn next_reply(replies: &mut tonic::Streaming<WatchResponse>) -> Option<WatchResponse> {
+        let wait = tokio::time::timeout(Duration::from_secs(5), replies.message());
+        wait.await.ok().and_then(|r| r.ok()).flatten()
+    }
+
+    let server = Server::start_with(kind, &FAST_BCRYPT);
+    let token = root_and_alice(&server);
+    let url = server.client_url();
+    let create = |id: i64| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"/app/".to_vec(),
+            range_end: b"/app0".to_vec(),
+            watch_id: id,
+            ..Default::default()
+        })),
+    };
+    let described = |r: Option<WatchResponse>| match r {
+        None => "nothing within 5 s".to_string(),
+        Some(r) if !r.events.is_empty() => format!(
+            "event on watch {}: {}",
+            r.watch_id,
+            String::from_utf8_lossy(
+                &r.events[0]
+                    .kv
+                    .as_ref()
+                    .map(|kv| kv.key.clone())
+                    .unwrap_or_default()
+            )
+        ),
+        Some(r) => format!(
+            "created {} canceled {} reason {:?}",
+            r.created, r.canceled, r.cancel_reason
+        ),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (changed_tx, changed_rx) = std::sync::mpsc::channel::<()>();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<String>();
+    let watcher = std::thread::spawn(move || {
+        common::grpc::block_on(async move {
             let channel = tonic::transport::Endpoint::from_shared(url)
                 .expect("url")
                 .connect()
                 .await
                 .expect("connect");
-            AuthClient::new(channel)
-                .authenticate(AuthenticateRequest {
-                    name: "alice".into(),
-                    password: "alicepw".into(),
-                })
+            tx.send(create(0)).await.expect("queue a create");
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            req.metadata_mut()
+                .insert("token", token.parse().expect("ASCII token"));
+            let mut replies = WatchClient::new(channel)
+                .watch(req)
                 .await
-                .expect("authenticate")
-                .into_inner()
-                .token
+                .expect("watch")
+                .into_inner();
+            let first = next_reply(&mut replies).await;
+            let _ = opened_tx.send(format!("first create: {}", described(first)));
+            // Meanwhile the test changes the auth store and puts /app/after.
+            let _ = tokio::task::spawn_blocking(move || changed_rx.recv()).await;
+            let mut log = vec![format!(
+                "the watcher made before: {}",
+                described(next_reply(&mut replies).await)
+            )];
+            tx.send(create(7)).await.expect("queue a second create");
+            log.push(format!(
+                "a create after: {}",
+                described(next_reply(&mut replies).await)
+            ));
+            log
         })
-    };
+    });
+    let mut transcript = vec![opened_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the watch opened")];
+    common::etcdctl_ok(&server, change);
+    common::etcdctl_ok(&server, &["--user=root:rootpw", "put", "/app/after", "x"]);
+    changed_tx.send(()).expect("watcher thread");
+    transcript.extend(watcher.join().expect("watcher thread"));
+    transcript
+}
+
+#[test]
+fn an_open_watch_stream_after_its_token_is_invalidated_behaves_as_in_etcd() {
+    let changes: [&[&str]; 3] = [
+        &[
+            "--user=root:rootpw",
+            "user",
+            "passwd",
+            "alice",
+            "--interactive=false",
+        ],
+        &["--user=root:rootpw", "user", "revoke-role", "alice", "app"],
+        &["--user=root:rootpw", "user", "delete", "alice"],
+    ];
+    for change in changes {
+        let want = open_watch_after(Kind::Etcd, change);
+        let got = open_watch_after(Kind::Cairn, change);
+        assert_eq!(
+            got, want,
+            "after {change:?}: cairn (left) differs from etcd (right)"
+        );
+        // As etcd 3.4: the watcher goes on, new creates are refused.
+        assert!(
+            got[1].starts_with("the watcher made before: event on watch 0"),
+            "{got:?}"
+        );
+        assert!(got[2].contains("canceled true"), "{got:?}");
+    }
+}
+
+/// The race the apply-time check exists for, end to end: alice's put is
+/// judged while she holds her role, held (a failpoint) before it is
+/// proposed, her role is revoked meanwhile, and then the put goes on. The
+/// applier refuses its stale stamp, the member judges it anew and the
+/// client gets `permission denied`; nothing is written. The client is a
+/// plain gRPC client, which (unlike etcdctl) does not retry by itself, so
+/// the member's own retry is what turns the refusal into that answer.
+#[test]
+fn a_put_judged_before_a_revoke_is_refused_when_applied() {
+    use cairn::proto::etcdserverpb::kv_client::KvClient;
+    use cairn::proto::etcdserverpb::PutRequest;
+    use common::grpc::block_on;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let release = dir.path().join("release");
+    let release_env = release.display().to_string();
+    let server = Server::start_with_env(
+        Kind::Cairn,
+        &FAST_BCRYPT,
+        &[("CAIRN_FAILPOINT_AUTH_HOLD", &release_env)],
+    );
+    let token = root_and_alice(&server);
+    let url = server.client_url();
     let raced = std::thread::spawn(move || {
         block_on(async move {
             let channel = tonic::transport::Endpoint::from_shared(url)
