@@ -1080,3 +1080,75 @@ mod jwt {
         matches_etcd("ES256");
     }
 }
+
+/// etcd 3.4's `checkMembershipOperationPermission`: with auth enabled,
+/// MemberAdd, MemberRemove, MemberUpdate and MemberPromote need root;
+/// MemberList needs nothing. The same etcdctl commands against etcd and
+/// cairn, with identical answers.
+#[test]
+fn membership_changes_need_root_as_in_etcd() {
+    fn answer(out: &std::process::Output) -> String {
+        if out.status.success() {
+            return "ok".to_string();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        err.lines()
+            .rev()
+            .find(|l| l.starts_with("Error:"))
+            .unwrap_or("(no error line)")
+            .to_string()
+    }
+    // One URL for both runs (it is in the transcript); nothing listens there.
+    let learner_url = format!("--peer-urls=http://127.0.0.1:{}", common::free_port());
+    let run = |kind: Kind| {
+        let server = Server::start_with(kind, &FAST_BCRYPT);
+        root_and_alice(&server);
+        let add = ["member", "add", "learner", &learner_url, "--learner"];
+        let alice = "--user=alice:alicepw";
+        let mut transcript = Vec::new();
+        let cases: Vec<Vec<&str>> = vec![
+            add.to_vec(),
+            [&[alice][..], &add].concat(),
+            vec![alice, "member", "remove", "1234"],
+            vec![
+                alice,
+                "member",
+                "update",
+                "1234",
+                "--peer-urls=http://127.0.0.1:9",
+            ],
+            vec![alice, "member", "promote", "1234"],
+            vec![alice, "member", "list"],
+            vec!["member", "list"],
+        ];
+        for args in &cases {
+            let out = etcdctl(&server, args, None);
+            transcript.push(format!("{args:?}: {}", answer(&out)));
+        }
+        // Root may: add a learner (no quorum change) and remove it again.
+        let added = etcdctl(&server, &[&["--user=root:rootpw"][..], &add].concat(), None);
+        transcript.push(format!("root add: {}", answer(&added)));
+        let text = String::from_utf8_lossy(&added.stdout).into_owned();
+        let id = text
+            .split_whitespace()
+            .nth(1)
+            .expect("etcdctl prints `Member <id> added …`")
+            .to_string();
+        let removed = etcdctl(
+            &server,
+            &["--user=root:rootpw", "member", "remove", &id],
+            None,
+        );
+        transcript.push(format!("root remove: {}", answer(&removed)));
+        transcript
+    };
+    let want = run(Kind::Etcd);
+    let got = run(Kind::Cairn);
+    assert_eq!(got, want, "cairn (left) differs from etcd (right)");
+    assert!(got[1].ends_with("etcdserver: permission denied"), "{got:?}");
+    assert!(
+        got[0].ends_with("etcdserver: user name is empty"),
+        "{got:?}"
+    );
+    assert_eq!(got[got.len() - 1], "root remove: ok");
+}

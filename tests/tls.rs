@@ -64,10 +64,14 @@ impl Ca {
     /// A certificate for 127.0.0.1 (server and client use) with Common Name
     /// `cn` and serial `serial`, written as `<file>.pem` / `<file>-key.pem`.
     fn issue(&self, file: &str, cn: &str, serial: u64) -> Pair {
+        self.issue_for(file, cn, serial, &["127.0.0.1", "localhost"])
+    }
+
+    /// [`Ca::issue`] with other subject alternative names.
+    fn issue_for(&self, file: &str, cn: &str, serial: u64, names: &[&str]) -> Pair {
         let key = KeyPair::generate().expect("key");
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .expect("params");
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut params = CertificateParams::new(names).expect("params");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.serial_number = Some(SerialNumber::from(serial));
         params.extended_key_usages = vec![
@@ -1085,4 +1089,39 @@ fn the_client_certificate_common_name_is_the_user_as_in_etcd() {
         .collect();
     assert!(pairs.is_empty(), "differs from etcd:\n{}", pairs.join("\n"));
     assert_eq!(want.len(), got.len());
+}
+
+/// `--client-cert-allowed-hostname` (etcd 3.4): a client certificate must
+/// also be valid for that host name; the same on etcd and cairn.
+#[test]
+fn client_certificates_not_valid_for_the_allowed_hostname_are_refused_as_by_etcd() {
+    for bin in [common::etcd_path(), cairn_path()] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = Ca::new(dir.path(), "ca");
+        let server = ca.issue("server", "n1", 1);
+        let inside = ca.issue_for("inside", "inside", 2, &["client.example.test"]);
+        let outside = ca.issue_for("outside", "outside", 3, &["elsewhere.example.test"]);
+        let mut flags = server_flags(&ca.pem, &server, true);
+        flags.push("--client-cert-allowed-hostname=client.example.test".to_string());
+        let good = client(&ca.pem, Some(&inside));
+        let s = TlsServer::start_bin(&bin, &flags, &good);
+        put(&s.url(), &good, "k", "v").expect("a certificate for the allowed host");
+        assert!(
+            get(&s.url(), &client(&ca.pem, Some(&outside)), "k").is_err(),
+            "{}: a certificate for another host was accepted",
+            bin.display()
+        );
+        let (ok, out, _) = etcdctl_tls(&s.url(), &etcdctl_flags(&ca.pem, &outside), &["get", "k"]);
+        assert!(
+            !ok,
+            "{}: etcdctl for another host was served: {out}",
+            bin.display()
+        );
+        let (ok, out, err) = etcdctl_tls(
+            &s.url(),
+            &etcdctl_flags(&ca.pem, &inside),
+            &["get", "k", "--print-value-only"],
+        );
+        assert!(ok && out.trim() == "v", "{}: {out} {err}", bin.display());
+    }
 }
