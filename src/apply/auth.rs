@@ -36,7 +36,7 @@ impl Judge for Stamped<'_, '_> {
     type Error = Fail;
 
     fn enabled(&self) -> bool {
-        self.with_auth(|a| a.enabled)
+        self.w.auth_enabled()
     }
 
     fn check_range(&self, key: &[u8], range_end: &[u8], access: Access) -> Result<(), EtcdError> {
