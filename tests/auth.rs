@@ -253,11 +253,7 @@ fn root_and_alice(server: &Server) -> String {
     }
     let url = server.client_url();
     common::grpc::block_on(async move {
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = common::grpc::patient_channel(&url).await;
         AuthClient::new(channel)
             .authenticate(AuthenticateRequest {
                 name: "alice".into(),
@@ -320,11 +316,7 @@ fn open_watch_after(kind: Kind, change: &[&str]) -> Vec<String> {
     let (opened_tx, opened_rx) = std::sync::mpsc::channel::<String>();
     let watcher = std::thread::spawn(move || {
         common::grpc::block_on(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .expect("url")
-                .connect()
-                .await
-                .expect("connect");
+            let channel = common::grpc::patient_channel(&url).await;
             tx.send(create(0)).await.expect("queue a create");
             let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
             req.metadata_mut()
@@ -415,13 +407,7 @@ fn a_put_judged_before_a_revoke_is_refused_when_applied() {
     let url = server.client_url();
     let raced = std::thread::spawn(move || {
         block_on(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .map_err(|e| e.to_string())?
-                .timeout(Duration::from_secs(20))
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut kv = KvClient::new(channel);
+            let mut kv = KvClient::new(common::grpc::patient_channel(&url).await);
             let mut req = tonic::Request::new(PutRequest {
                 key: b"/app/raced".to_vec(),
                 value: b"x".to_vec(),
@@ -1163,8 +1149,6 @@ mod bad_input {
     use cairn::proto::etcdserverpb::auth_client::AuthClient;
     use cairn::proto::etcdserverpb::kv_client::KvClient;
     use cairn::proto::etcdserverpb::*;
-    use std::time::Duration;
-    use tonic::transport::Channel;
 
     fn answer<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> String {
         match r {
@@ -1194,12 +1178,7 @@ mod bad_input {
     /// The session; `with_no_permission` adds the grant without a
     /// permission that etcd 3.4.23 crashes on.
     async fn session(url: String, with_no_permission: bool) -> Vec<String> {
-        let channel: Channel = tonic::transport::Endpoint::from_shared(url)
-            .expect("url")
-            .timeout(Duration::from_secs(20))
-            .connect()
-            .await
-            .expect("connect");
+        let channel = super::common::grpc::patient_channel(&url).await;
         let mut auth = AuthClient::new(channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
@@ -1286,11 +1265,18 @@ mod bad_input {
         let _ = auth
             .role_add(as_root(AuthRoleAddRequest { name: "odd".into() }, &root))
             .await;
-        for (what, perm) in [
+        let mut grants = vec![
             ("type 7", Some((7, "/odd/"))),
             ("type -1", Some((-1, "/neg/"))),
             ("an empty key", Some((0, ""))),
-        ] {
+        ];
+        if with_no_permission {
+            // etcd 3.4.23 dies on this one (a nil pointer at apply); cairn
+            // refuses it as etcd 3.5 does, and changes nothing (the role
+            // read next is etcd's, which never saw it).
+            grants.push(("no permission", None));
+        }
+        for (what, perm) in grants {
             let perm = perm.map(|(perm_type, key)| Permission {
                 perm_type,
                 key: key.as_bytes().to_vec(),
@@ -1312,48 +1298,17 @@ mod bad_input {
             .await
             .map(|r| r.into_inner().perm);
         log.push(format!("role odd now: {odd:?}"));
-        let odd = odd.ok();
+        let lengths = |names: Vec<String>| names.iter().map(String::len).collect::<Vec<_>>();
         let users = auth
             .user_list(as_root(AuthUserListRequest {}, &root))
             .await
-            .map(|r| {
-                r.into_inner()
-                    .users
-                    .iter()
-                    .map(|u| u.len())
-                    .collect::<Vec<_>>()
-            });
+            .map(|r| lengths(r.into_inner().users));
         log.push(format!("user name lengths: {users:?}"));
         let roles = auth
             .role_list(as_root(AuthRoleListRequest {}, &root))
             .await
-            .map(|r| {
-                r.into_inner()
-                    .roles
-                    .iter()
-                    .map(|u| u.len())
-                    .collect::<Vec<_>>()
-            });
+            .map(|r| lengths(r.into_inner().roles));
         log.push(format!("role name lengths: {roles:?}"));
-        if with_no_permission {
-            // etcd 3.4.23 dies on this one (a nil pointer at apply); cairn
-            // refuses it as etcd 3.5 does, and changes nothing.
-            let got = auth
-                .role_grant_permission(as_root(
-                    AuthRoleGrantPermissionRequest {
-                        name: "odd".into(),
-                        perm: None,
-                    },
-                    &root,
-                ))
-                .await;
-            log.push(format!("grant no permission: {}", answer(got)));
-            let after = auth
-                .role_get(as_root(AuthRoleGetRequest { role: "odd".into() }, &root))
-                .await
-                .map(|r| r.into_inner().perm);
-            log.push(format!("role odd unchanged: {}", after.ok() == odd));
-        }
         log
     }
 
@@ -1367,13 +1322,13 @@ mod bad_input {
     fn bad_auth_input_gets_etcds_answers_and_changes_nothing() {
         let want = run(Kind::Etcd);
         let mut got = run(Kind::Cairn);
-        // The cairn-only end (see `session`).
+        // The cairn-only grant (see `session`).
+        let only = got
+            .iter()
+            .position(|l| l.starts_with("grant no permission"));
         assert_eq!(
-            got.split_off(want.len()),
-            [
-                "grant no permission: InvalidArgument: etcdserver: permission not given",
-                "role odd unchanged: true"
-            ]
+            only.map(|i| got.remove(i)).as_deref(),
+            Some("grant no permission: InvalidArgument: etcdserver: permission not given")
         );
         let differs: Vec<String> = want
             .iter()
