@@ -46,7 +46,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::{Event, KeyValue};
 
 /// A committed request and, for a client's, who sent it: judged again
-/// before it applies ([`auth`]).
+/// before it applies (`apply::auth`).
 #[derive(Debug, Clone)]
 pub struct Proposed {
     pub request: Request,

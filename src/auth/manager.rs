@@ -8,9 +8,10 @@
 //! ticks every second; it sends nothing.
 //!
 //! The token table is shared read-mostly with the gRPC threads: [`Auth`]
-//! resolves the `token` metadata of every request there and checks its
-//! permissions against the auth store published by the last applied batch,
-//! with no message and no raft round trip. A token stops working at once
+//! resolves the [`Credentials`] of every request there (its `token`
+//! metadata or, without one, its verified client certificate's Common
+//! Name) and checks its permissions against the auth store published by
+//! the last applied batch, with no message and no raft round trip. A token stops working at once
 //! when its user is deleted, its password changes or auth is disabled
 //! (checked on every use against the current auth store).
 
