@@ -1153,17 +1153,6 @@ mod bad_input {
     fn answer<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> String {
         match r {
             Ok(_) => "ok".to_string(),
-            // A message over the server's limit is refused before any auth
-            // code sees it, by the gRPC library: grpc-go answers
-            // ResourceExhausted, tonic OutOfRange, each with its own text
-            // (docs/COMPATIBILITY.md). Only that it is refused is compared.
-            Err(s)
-                if s.message()
-                    .starts_with("grpc: received message larger than max")
-                    || s.message().contains("decoded message length too large") =>
-            {
-                "refused: larger than the server's message limit".to_string()
-            }
             Err(s) => format!("{:?}: {}", s.code(), s.message()),
         }
     }

@@ -27,6 +27,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod too_large;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -344,6 +345,8 @@ pub async fn serve(
 
     Server::builder()
         .layer(grpc_metrics)
+        // grpc-go's status for a request over the size limit (`too_large`).
+        .layer(too_large::TooLargeLayer)
         .add_service(health_service)
         .add_service(InterceptedService::new(
             KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),
