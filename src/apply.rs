@@ -34,6 +34,7 @@ use crate::mvcc::{BatchWriter, KeyRange, ReadError, Store, WriteTxn};
 use crate::proto::cairnpb::internal_request::Request;
 use crate::proto::cairnpb::Lease;
 use crate::proto::cairnpb::MemberRecord;
+use crate::proto::cairnpb::{AuthStamp, InternalRequest};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request as Op;
@@ -45,6 +46,32 @@ use crate::proto::etcdserverpb::{
     PutResponse, RangeRequest, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::{Event, KeyValue};
+
+/// A committed request and, for a client's, who sent it: judged again
+/// before it applies (`apply::auth`).
+#[derive(Debug, Clone)]
+pub struct Proposed {
+    pub request: Request,
+    pub auth: Option<AuthStamp>,
+}
+
+impl From<Request> for Proposed {
+    /// The member's own request (not judged).
+    fn from(request: Request) -> Proposed {
+        Proposed {
+            request,
+            auth: None,
+        }
+    }
+}
+
+impl Proposed {
+    /// What a decoded log entry carries.
+    pub fn of(entry: InternalRequest) -> Option<Proposed> {
+        let auth = entry.auth;
+        entry.request.map(|request| Proposed { request, auth })
+    }
+}
 
 /// The answer to one applied request, typed by request kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,9 +127,9 @@ pub struct ApplyOutput {
 ///
 /// An `Err` is a storage failure: nothing of the batch was published and the
 /// member must stop.
-pub fn apply_batch(
+pub fn apply_batch<E: Into<Proposed>>(
     store: &Store,
-    entries: Vec<(u64, Option<Request>)>,
+    entries: Vec<(u64, Option<E>)>,
     min_lease_ttl: i64,
 ) -> Result<ApplyOutput, StorageError> {
     let applied = store.applied_index();
@@ -123,7 +150,15 @@ pub fn apply_batch(
             results.push(None);
             continue;
         };
-        match apply_request(&mut w, &mut ctx, request) {
+        let Proposed {
+            request,
+            auth: stamp,
+        } = request.into();
+        let checked = match &stamp {
+            Some(stamp) => auth::check(&w, &request, stamp),
+            None => Ok(()),
+        };
+        match checked.and_then(|()| apply_request(&mut w, &mut ctx, request)) {
             Ok(resp) => results.push(Some(Ok(resp))),
             Err(Fail::Client(e)) => results.push(Some(Err(e))),
             Err(Fail::Storage(e)) => return Err(e),
@@ -710,5 +745,6 @@ fn execute(txn: &mut WriteTxn, plan: &Plan) -> Result<TxnResponse, Fail> {
     })
 }
 
+mod auth;
 #[cfg(test)]
 mod tests;

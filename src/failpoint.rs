@@ -14,6 +14,9 @@
 //! Ranges from its local state without the read barrier ([`stale_reads`]): a
 //! deliberate bug, so the robustness tests can show that their checker
 //! catches the stale reads a follower cut off from the leader then serves.
+//!
+//! `CAIRN_FAILPOINT_AUTH_HOLD=<file>` holds the first judged Put until
+//! `<file>` exists ([`auth_hold`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -112,4 +115,29 @@ pub fn corrupt_state(
     _: &dyn crate::mvcc::Backend,
 ) -> Result<Option<i64>, crate::error::StorageError> {
     Ok(None)
+}
+
+/// The environment variable that holds a judged write (see [`auth_hold`]).
+pub const AUTH_HOLD_ENV: &str = "CAIRN_FAILPOINT_AUTH_HOLD";
+
+/// Holds the first client Put judged with auth enabled, between the
+/// judgement at the edge and its proposal, until the file named by
+/// [`AUTH_HOLD_ENV`] exists, so that a test can change the auth store in
+/// between (the race the apply-time check exists for) without relying on
+/// timing. Logs `failpoint: holding a judged put` when it starts holding.
+/// Unarmed, a call is one load of an initialised `OnceLock`.
+pub async fn auth_hold() {
+    static ARMED: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    static USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(release) = ARMED.get_or_init(|| std::env::var_os(AUTH_HOLD_ENV).map(Into::into))
+    else {
+        return;
+    };
+    if USED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tracing::warn!("failpoint: holding a judged put");
+    while !release.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -294,7 +294,7 @@ impl Applier {
                 StorageError::corrupt("raft entry", format!("index {}: {err}", e.index))
             })?;
             ids.push(Some(req.id));
-            batch.push((e.index, req.request));
+            batch.push((e.index, crate::apply::Proposed::of(req)));
         }
         tracing::trace!(last, count = batch.len(), "applying committed entries");
         let out = apply_batch(&self.store, batch, self.min_lease_ttl)?;

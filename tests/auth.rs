@@ -228,6 +228,216 @@ fn auth_store_survives_a_restart() {
     assert!(roles.contains("prefix /r/"), "{roles}");
 }
 
+/// Users `root` (password `rootpw`) and `alice` (`alicepw`, role `app`:
+/// readwrite on `/app/`), auth enabled; returns a token of alice's.
+fn root_and_alice(server: &Server) -> String {
+    use cairn::proto::etcdserverpb::auth_client::AuthClient;
+    use cairn::proto::etcdserverpb::AuthenticateRequest;
+    for args in [
+        &["user", "add", "root", "--new-user-password=rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice", "--new-user-password=alicepw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix",
+            "readwrite",
+            "/app/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        common::etcdctl_ok(server, args);
+    }
+    let url = server.client_url();
+    common::grpc::block_on(async move {
+        let channel = common::grpc::patient_channel(&url).await;
+        AuthClient::new(channel)
+            .authenticate(AuthenticateRequest {
+                name: "alice".into(),
+                password: "alicepw".into(),
+            })
+            .await
+            .expect("authenticate")
+            .into_inner()
+            .token
+    })
+}
+
+/// What happens to a watch stream opened with a token that is then
+/// invalidated (`change`: a password change, a role revoked, the user
+/// deleted), on `kind`: whether the watcher created before still gets
+/// events, and what a create sent afterwards on the same stream gets.
+fn open_watch_after(kind: Kind, change: &[&str]) -> Vec<String> {
+    use cairn::proto::etcdserverpb::watch_client::WatchClient;
+    use cairn::proto::etcdserverpb::watch_request::RequestUnion;
+    use cairn::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+    use std::time::Duration;
+
+    /// The next reply, or None if none comes within 5 s.
+    async fn next_reply(replies: &mut tonic::Streaming<WatchResponse>) -> Option<WatchResponse> {
+        let wait = tokio::time::timeout(Duration::from_secs(5), replies.message());
+        wait.await.ok().and_then(|r| r.ok()).flatten()
+    }
+
+    let server = Server::start_with(kind, &FAST_BCRYPT);
+    let token = root_and_alice(&server);
+    let url = server.client_url();
+    let create = |id: i64| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"/app/".to_vec(),
+            range_end: b"/app0".to_vec(),
+            watch_id: id,
+            ..Default::default()
+        })),
+    };
+    let described = |r: Option<WatchResponse>| match r {
+        None => "nothing within 5 s".to_string(),
+        Some(r) if !r.events.is_empty() => format!(
+            "event on watch {}: {}",
+            r.watch_id,
+            String::from_utf8_lossy(
+                &r.events[0]
+                    .kv
+                    .as_ref()
+                    .map(|kv| kv.key.clone())
+                    .unwrap_or_default()
+            )
+        ),
+        Some(r) => format!(
+            "created {} canceled {} reason {:?}",
+            r.created, r.canceled, r.cancel_reason
+        ),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (changed_tx, changed_rx) = std::sync::mpsc::channel::<()>();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<String>();
+    let watcher = std::thread::spawn(move || {
+        common::grpc::block_on(async move {
+            let channel = common::grpc::patient_channel(&url).await;
+            tx.send(create(0)).await.expect("queue a create");
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            req.metadata_mut()
+                .insert("token", token.parse().expect("ASCII token"));
+            let mut replies = WatchClient::new(channel)
+                .watch(req)
+                .await
+                .expect("watch")
+                .into_inner();
+            let first = next_reply(&mut replies).await;
+            let _ = opened_tx.send(format!("first create: {}", described(first)));
+            // Meanwhile the test changes the auth store and puts /app/after.
+            let _ = tokio::task::spawn_blocking(move || changed_rx.recv()).await;
+            let mut log = vec![format!(
+                "the watcher made before: {}",
+                described(next_reply(&mut replies).await)
+            )];
+            tx.send(create(7)).await.expect("queue a second create");
+            log.push(format!(
+                "a create after: {}",
+                described(next_reply(&mut replies).await)
+            ));
+            log
+        })
+    });
+    let mut transcript = vec![opened_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the watch opened")];
+    common::etcdctl_ok(&server, change);
+    common::etcdctl_ok(&server, &["--user=root:rootpw", "put", "/app/after", "x"]);
+    changed_tx.send(()).expect("watcher thread");
+    transcript.extend(watcher.join().expect("watcher thread"));
+    transcript
+}
+
+#[test]
+fn an_open_watch_stream_after_its_token_is_invalidated_behaves_as_in_etcd() {
+    let changes: [&[&str]; 3] = [
+        &[
+            "--user=root:rootpw",
+            "user",
+            "passwd",
+            "alice",
+            "--interactive=false",
+        ],
+        &["--user=root:rootpw", "user", "revoke-role", "alice", "app"],
+        &["--user=root:rootpw", "user", "delete", "alice"],
+    ];
+    for change in changes {
+        let want = open_watch_after(Kind::Etcd, change);
+        let got = open_watch_after(Kind::Cairn, change);
+        assert_eq!(
+            got, want,
+            "after {change:?}: cairn (left) differs from etcd (right)"
+        );
+        // As etcd 3.4: the watcher goes on, new creates are refused.
+        assert!(
+            got[1].starts_with("the watcher made before: event on watch 0"),
+            "{got:?}"
+        );
+        assert!(got[2].contains("canceled true"), "{got:?}");
+    }
+}
+
+/// The race the apply-time check exists for, end to end: alice's put is
+/// judged while she holds her role, held (a failpoint) before it is
+/// proposed, her role is revoked meanwhile, and then the put goes on. The
+/// applier refuses its stale stamp, the member judges it anew and the
+/// client gets `permission denied`; nothing is written. The client is a
+/// plain gRPC client, which (unlike etcdctl) does not retry by itself, so
+/// the member's own retry is what turns the refusal into that answer.
+#[test]
+fn a_put_judged_before_a_revoke_is_refused_when_applied() {
+    use cairn::proto::etcdserverpb::kv_client::KvClient;
+    use cairn::proto::etcdserverpb::PutRequest;
+    use common::grpc::block_on;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let release = dir.path().join("release");
+    let release_env = release.display().to_string();
+    let server = Server::start_with_env(
+        Kind::Cairn,
+        &FAST_BCRYPT,
+        &[("CAIRN_FAILPOINT_AUTH_HOLD", &release_env)],
+    );
+    let token = root_and_alice(&server);
+    let url = server.client_url();
+    let raced = std::thread::spawn(move || {
+        block_on(async move {
+            let mut kv = KvClient::new(common::grpc::patient_channel(&url).await);
+            let mut req = tonic::Request::new(PutRequest {
+                key: b"/app/raced".to_vec(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert("token", token.parse().expect("ASCII token"));
+            kv.put(req)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.message().to_string())
+        })
+    });
+    assert!(
+        common::wait_until(Duration::from_secs(10), || server
+            .logs()
+            .contains("failpoint: holding a judged put")),
+        "the put was not held"
+    );
+    common::etcdctl_ok(
+        &server,
+        &["--user=root:rootpw", "user", "revoke-role", "alice", "app"],
+    );
+    std::fs::write(&release, b"").expect("release the put");
+    let answer = raced.join().expect("put thread");
+    assert_eq!(answer, Err("etcdserver: permission denied".to_string()));
+    let left = common::etcdctl_ok(&server, &["--user=root:rootpw", "get", "/app/raced"]);
+    assert_eq!(left, "", "the raced put was written");
+}
+
 /// The permission matrix, over gRPC: every checked request kind × every kind
 /// of caller, run against etcd and cairn; the outcomes (allowed, or the
 /// gRPC code and message) must be identical, and no refused write may have
@@ -854,5 +1064,272 @@ mod jwt {
     #[test]
     fn es256_tokens_match_etcd() {
         matches_etcd("ES256");
+    }
+}
+
+/// etcd 3.4's `checkMembershipOperationPermission`: with auth enabled,
+/// MemberAdd, MemberRemove, MemberUpdate and MemberPromote need root;
+/// MemberList needs nothing. The same etcdctl commands against etcd and
+/// cairn, with identical answers.
+#[test]
+fn membership_changes_need_root_as_in_etcd() {
+    fn answer(out: &std::process::Output) -> String {
+        if out.status.success() {
+            return "ok".to_string();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        err.lines()
+            .rev()
+            .find(|l| l.starts_with("Error:"))
+            .unwrap_or("(no error line)")
+            .to_string()
+    }
+    // One URL for both runs (it is in the transcript); nothing listens there.
+    let learner_url = format!("--peer-urls=http://127.0.0.1:{}", common::free_port());
+    let run = |kind: Kind| {
+        let server = Server::start_with(kind, &FAST_BCRYPT);
+        root_and_alice(&server);
+        let add = ["member", "add", "learner", &learner_url, "--learner"];
+        let alice = "--user=alice:alicepw";
+        let mut transcript = Vec::new();
+        let cases: Vec<Vec<&str>> = vec![
+            add.to_vec(),
+            [&[alice][..], &add].concat(),
+            vec![alice, "member", "remove", "1234"],
+            vec![
+                alice,
+                "member",
+                "update",
+                "1234",
+                "--peer-urls=http://127.0.0.1:9",
+            ],
+            vec![alice, "member", "promote", "1234"],
+            vec![alice, "member", "list"],
+            vec!["member", "list"],
+        ];
+        for args in &cases {
+            let out = etcdctl(&server, args, None);
+            transcript.push(format!("{args:?}: {}", answer(&out)));
+        }
+        // Root may: add a learner (no quorum change) and remove it again.
+        let added = etcdctl(&server, &[&["--user=root:rootpw"][..], &add].concat(), None);
+        transcript.push(format!("root add: {}", answer(&added)));
+        let text = String::from_utf8_lossy(&added.stdout).into_owned();
+        let id = text
+            .split_whitespace()
+            .nth(1)
+            .expect("etcdctl prints `Member <id> added …`")
+            .to_string();
+        let removed = etcdctl(
+            &server,
+            &["--user=root:rootpw", "member", "remove", &id],
+            None,
+        );
+        transcript.push(format!("root remove: {}", answer(&removed)));
+        transcript
+    };
+    let want = run(Kind::Etcd);
+    let got = run(Kind::Cairn);
+    assert_eq!(got, want, "cairn (left) differs from etcd (right)");
+    assert!(got[1].ends_with("etcdserver: permission denied"), "{got:?}");
+    assert!(
+        got[0].ends_with("etcdserver: user name is empty"),
+        "{got:?}"
+    );
+    assert_eq!(got[got.len() - 1], "root remove: ok");
+}
+
+/// Bad input to the auth API and to the token check, sent over gRPC to
+/// etcd 3.4.23 and to cairn: every answer (code and message) and the auth
+/// store left behind must be the same, and nothing refused may change it.
+mod bad_input {
+    use super::common::{grpc::block_on, Kind, Server};
+    use super::{root_and_alice, FAST_BCRYPT};
+    use cairn::proto::authpb::Permission;
+    use cairn::proto::etcdserverpb::auth_client::AuthClient;
+    use cairn::proto::etcdserverpb::kv_client::KvClient;
+    use cairn::proto::etcdserverpb::*;
+
+    fn answer<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> String {
+        match r {
+            Ok(_) => "ok".to_string(),
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        }
+    }
+
+    fn as_root<T>(msg: T, token: &str) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("token", token.parse().expect("ASCII token"));
+        req
+    }
+
+    /// The session; `with_no_permission` adds the grant without a
+    /// permission that etcd 3.4.23 crashes on.
+    async fn session(url: String, with_no_permission: bool) -> Vec<String> {
+        let channel = super::common::grpc::patient_channel(&url).await;
+        let mut auth = AuthClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let mut kv = KvClient::new(channel);
+        let mut log = Vec::new();
+        let root = auth
+            .authenticate(AuthenticateRequest {
+                name: "root".into(),
+                password: "rootpw".into(),
+            })
+            .await
+            .expect("root authenticates")
+            .into_inner()
+            .token;
+        // Tokens that are not tokens.
+        for token in [
+            "garbage".to_string(),
+            "a.b.c".to_string(),
+            ".".to_string(),
+            "x".repeat(8 * 1024),
+        ] {
+            let got = kv
+                .range(as_root(
+                    RangeRequest {
+                        key: b"/app/a".to_vec(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await;
+            log.push(format!(
+                "range with token of {} bytes: {}",
+                token.len(),
+                answer(got)
+            ));
+        }
+        // Names and passwords of every size.
+        let big = 1_600_000;
+        let huge = 3 << 20;
+        for (what, name, password) in [
+            ("user name 1 KiB", "u".repeat(1024), "pw".to_string()),
+            ("user name 1.6 MB", "u".repeat(big), "pw".to_string()),
+            ("user name 3 MiB", "u".repeat(huge), "pw".to_string()),
+            ("password 100 B", "longpw".to_string(), "p".repeat(100)),
+        ] {
+            let got = auth
+                .user_add(as_root(
+                    AuthUserAddRequest {
+                        name,
+                        password,
+                        ..Default::default()
+                    },
+                    &root,
+                ))
+                .await;
+            log.push(format!("user add, {what}: {}", answer(got)));
+        }
+        // bcrypt reads 72 bytes of a password.
+        for (what, password) in [
+            ("the 100-byte password", "p".repeat(100)),
+            ("its first 72 bytes and others", "p".repeat(72) + "other"),
+            ("71 bytes of it", "p".repeat(71)),
+        ] {
+            let got = auth
+                .authenticate(AuthenticateRequest {
+                    name: "longpw".into(),
+                    password,
+                })
+                .await;
+            log.push(format!("authenticate with {what}: {}", answer(got)));
+        }
+        for (what, name) in [
+            ("role name 1 KiB", "r".repeat(1024)),
+            ("role name 1.6 MB", "r".repeat(big)),
+            ("role name 3 MiB", "r".repeat(huge)),
+            ("empty role name", String::new()),
+        ] {
+            let got = auth
+                .role_add(as_root(AuthRoleAddRequest { name }, &root))
+                .await;
+            log.push(format!("role add, {what}: {}", answer(got)));
+        }
+        // Permissions of no known type, and none at all.
+        let _ = auth
+            .role_add(as_root(AuthRoleAddRequest { name: "odd".into() }, &root))
+            .await;
+        let mut grants = vec![
+            ("type 7", Some((7, "/odd/"))),
+            ("type -1", Some((-1, "/neg/"))),
+            ("an empty key", Some((0, ""))),
+        ];
+        if with_no_permission {
+            // etcd 3.4.23 dies on this one (a nil pointer at apply); cairn
+            // refuses it as etcd 3.5 does, and changes nothing (the role
+            // read next is etcd's, which never saw it).
+            grants.push(("no permission", None));
+        }
+        for (what, perm) in grants {
+            let perm = perm.map(|(perm_type, key)| Permission {
+                perm_type,
+                key: key.as_bytes().to_vec(),
+                range_end: Vec::new(),
+            });
+            let got = auth
+                .role_grant_permission(as_root(
+                    AuthRoleGrantPermissionRequest {
+                        name: "odd".into(),
+                        perm,
+                    },
+                    &root,
+                ))
+                .await;
+            log.push(format!("grant {what}: {}", answer(got)));
+        }
+        let odd = auth
+            .role_get(as_root(AuthRoleGetRequest { role: "odd".into() }, &root))
+            .await
+            .map(|r| r.into_inner().perm);
+        log.push(format!("role odd now: {odd:?}"));
+        let lengths = |names: Vec<String>| names.iter().map(String::len).collect::<Vec<_>>();
+        let users = auth
+            .user_list(as_root(AuthUserListRequest {}, &root))
+            .await
+            .map(|r| lengths(r.into_inner().users));
+        log.push(format!("user name lengths: {users:?}"));
+        let roles = auth
+            .role_list(as_root(AuthRoleListRequest {}, &root))
+            .await
+            .map(|r| lengths(r.into_inner().roles));
+        log.push(format!("role name lengths: {roles:?}"));
+        log
+    }
+
+    fn run(kind: Kind) -> Vec<String> {
+        let server = Server::start_with(kind, &FAST_BCRYPT);
+        root_and_alice(&server);
+        block_on(session(server.client_url(), kind == Kind::Cairn))
+    }
+
+    #[test]
+    fn bad_auth_input_gets_etcds_answers_and_changes_nothing() {
+        let want = run(Kind::Etcd);
+        let mut got = run(Kind::Cairn);
+        // The cairn-only grant (see `session`).
+        let only = got
+            .iter()
+            .position(|l| l.starts_with("grant no permission"));
+        assert_eq!(
+            only.map(|i| got.remove(i)).as_deref(),
+            Some("grant no permission: InvalidArgument: etcdserver: permission not given")
+        );
+        let differs: Vec<String> = want
+            .iter()
+            .zip(&got)
+            .filter(|(w, g)| w != g)
+            .map(|(w, g)| format!("etcd:  {w}\ncairn: {g}"))
+            .collect();
+        assert!(
+            differs.is_empty(),
+            "differs from etcd:\n{}",
+            differs.join("\n")
+        );
+        assert_eq!(want.len(), got.len());
     }
 }

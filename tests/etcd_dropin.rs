@@ -16,7 +16,6 @@ use common::{etcd_path, etcdctl_at, free_port, grpc, wait_until, READY_TIMEOUT};
 /// Flags whose features other work adds (TLS, auth tokens, metrics and
 /// pprof): they come with the options that implement them, not here.
 const ADDED_WITH_THEIR_FEATURE: &[&str] = &[
-    "client-cert-allowed-hostname",
     "experimental-peer-skip-client-san-verification",
     "enable-pprof",
 ];

@@ -8,9 +8,10 @@
 //! ticks every second; it sends nothing.
 //!
 //! The token table is shared read-mostly with the gRPC threads: [`Auth`]
-//! resolves the `token` metadata of every request there and checks its
-//! permissions against the auth store published by the last applied batch,
-//! with no message and no raft round trip. A token stops working at once
+//! resolves the [`Credentials`] of every request there (its `token`
+//! metadata or, without one, its verified client certificate's Common
+//! Name) and checks its permissions against the auth store published by
+//! the last applied batch, with no message and no raft round trip. A token stops working at once
 //! when its user is deleted, its password changes or auth is disabled
 //! (checked on every use against the current auth store).
 
@@ -20,12 +21,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataValue};
 
+use super::check::Judge;
 use super::jwt::Jwt;
 use super::state::{Access, AuthState};
 use crate::error::EtcdError;
 use crate::mvcc::Store;
+use crate::proto::cairnpb::AuthStamp;
 use crate::supervise::Lifeline;
 
 /// `--auth-token`: how tokens are made.
@@ -194,8 +197,87 @@ pub struct Auth {
 pub struct Caller {
     /// The auth store the checks read; None while auth is disabled.
     pub state: Option<Arc<AuthState>>,
-    /// The token's user and auth revision; None without a token.
+    /// The user (from the token, or the client certificate's Common Name)
+    /// and the auth revision they are judged at; None without either.
     user: Option<(String, u64)>,
+    /// Lease lookups (a put with a lease needs write on its keys).
+    store: Arc<Store>,
+}
+
+/// What a request presents to be judged by: its `token` metadata and, on a
+/// TLS connection whose client certificate was verified
+/// (`--client-cert-auth`), the certificate's Common Name, which is the user
+/// when there is no token (etcd's `AuthInfoFromTLS`).
+///
+/// Requests that Lock and Election make on a caller's behalf through the
+/// member's own client API ([`crate::grpc::LocalClient`]) arrive on the
+/// member's own TLS connection, whose certificate is the member's: they
+/// carry the caller's Common Name in [`FORWARDED_CN`] instead, trusted only
+/// with this process's [`FORWARDED`] secret beside it.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    token: Option<MetadataValue<Ascii>>,
+    common_name: Option<String>,
+}
+
+/// Metadata naming the secret of requests forwarded by this member.
+pub const FORWARDED: &str = "cairn-forwarded";
+/// Metadata carrying the original caller's certificate Common Name.
+pub const FORWARDED_CN: &str = "cairn-forwarded-cn";
+
+/// A random secret made once per process: only this member's own
+/// forwarding knows it, so a client cannot claim a Common Name.
+fn forwarding_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| random_letters(32))
+}
+
+impl Credentials {
+    /// The credentials `req` presents.
+    pub fn of<T>(req: &tonic::Request<T>) -> Credentials {
+        let md = req.metadata();
+        let token = md.get("token").cloned();
+        let forwarded = md
+            .get(FORWARDED)
+            .is_some_and(|v| v.as_bytes() == forwarding_secret().as_bytes());
+        let common_name = if forwarded {
+            md.get(FORWARDED_CN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        } else {
+            req.extensions()
+                .get::<crate::tls::server::ConnInfo>()
+                .and_then(|info| info.common_name.clone())
+        };
+        Credentials { token, common_name }
+    }
+
+    /// A token alone, as a client sends it.
+    pub fn token(token: Option<MetadataValue<Ascii>>) -> Credentials {
+        Credentials {
+            token,
+            common_name: None,
+        }
+    }
+
+    /// The metadata that makes a request this member sends on the caller's
+    /// behalf carry the caller's credentials.
+    pub fn forwarded(&self) -> Vec<(&'static str, MetadataValue<Ascii>)> {
+        let mut md = Vec::new();
+        if let Some(token) = &self.token {
+            md.push(("token", token.clone()));
+        }
+        if let Some(cn) = self.common_name.as_deref() {
+            if let (Ok(secret), Ok(cn)) = (
+                MetadataValue::try_from(forwarding_secret()),
+                MetadataValue::try_from(cn),
+            ) {
+                md.push((FORWARDED, secret));
+                md.push((FORWARDED_CN, cn));
+            }
+        }
+        md
+    }
 }
 
 impl Auth {
@@ -215,37 +297,38 @@ impl Auth {
         }
     }
 
-    /// Resolves a request's `token` metadata. With auth disabled the token
-    /// is ignored; with auth enabled a token that is unknown, expired, or
-    /// no longer valid (user deleted, password changed, auth disabled since)
-    /// is `invalid auth token`.
-    pub fn caller(&self, md: &MetadataMap) -> Result<Caller, EtcdError> {
-        let disabled = Caller {
-            state: None,
-            user: None,
+    /// Resolves a request's credentials. With auth disabled they are
+    /// ignored; with auth enabled a token that is unknown, expired, or no
+    /// longer valid (user deleted, password changed, auth disabled since) is
+    /// `invalid auth token`. Without a token, a verified client
+    /// certificate's Common Name is the user, at the current auth revision
+    /// (etcd's `AuthInfoFromTLS`).
+    pub fn caller(&self, creds: &Credentials) -> Result<Caller, EtcdError> {
+        let judged = |state: Option<Arc<AuthState>>, user: Option<(String, u64)>| Caller {
+            state,
+            user,
+            store: self.store.clone(),
         };
         if !self.store.auth_enabled() {
-            return Ok(disabled);
+            return Ok(judged(None, None));
         }
         let state = self.store.auth();
         if !state.enabled {
-            return Ok(disabled);
+            return Ok(judged(None, None));
         }
-        let Some(token) = md.get("token") else {
-            return Ok(Caller {
-                state: Some(state),
-                user: None,
-            });
+        let Some(token) = &creds.token else {
+            let user = creds
+                .common_name
+                .as_ref()
+                .map(|cn| (cn.clone(), state.revision));
+            return Ok(judged(Some(state), user));
         };
         let token = token.to_str().map_err(|_| EtcdError::InvalidAuthToken)?;
         if let Some(jwt) = &self.jwt {
             // A JWT carries its user and auth revision; a stale one is
             // refused by the checks (`revision of auth store is old`).
             let user = jwt.verify(token).ok_or(EtcdError::InvalidAuthToken)?;
-            return Ok(Caller {
-                state: Some(state),
-                user: Some(user),
-            });
+            return Ok(judged(Some(state), Some(user)));
         }
         let entry = self
             .tokens
@@ -270,10 +353,12 @@ impl Auth {
         // does not make them stale.
         let user = Some((entry.user.clone(), state.revision));
         drop(entry);
-        Ok(Caller {
-            state: Some(state),
-            user,
-        })
+        Ok(judged(Some(state), user))
+    }
+
+    /// [`Auth::caller`] for the credentials `req` presents.
+    pub fn caller_of<T>(&self, req: &tonic::Request<T>) -> Result<Caller, EtcdError> {
+        self.caller(&Credentials::of(req))
     }
 
     /// Asks AuthManager for a token (Authenticate).
@@ -283,14 +368,6 @@ impl Auth {
             .await
             .map_err(|_| EtcdError::Stopped)?
     }
-
-    /// Attached keys of `lease` (for etcd's lease-put checks).
-    pub fn lease_keys(&self, lease: i64) -> Vec<Vec<u8>> {
-        self.store
-            .lease(lease)
-            .map(|l| l.keys.into_iter().collect())
-            .unwrap_or_default()
-    }
 }
 
 impl Caller {
@@ -299,7 +376,7 @@ impl Caller {
         self.state.is_some()
     }
 
-    /// The token's user, if any.
+    /// The caller's user, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_ref().map(|(u, _)| u.as_str())
     }
@@ -308,6 +385,16 @@ impl Caller {
         match &self.user {
             Some((u, r)) => (u, *r),
             None => ("", 0),
+        }
+    }
+
+    /// What a proposal carries of its caller, for the applier to judge it
+    /// again (etcd's RequestHeader username and auth_revision).
+    pub fn stamp(&self) -> AuthStamp {
+        let (username, revision) = self.who();
+        AuthStamp {
+            username: username.to_string(),
+            revision,
         }
     }
 
@@ -332,5 +419,29 @@ impl Caller {
         };
         let (user, rev) = self.who();
         state.check_admin(user, rev)
+    }
+}
+
+impl Judge for Caller {
+    type Error = EtcdError;
+
+    fn enabled(&self) -> bool {
+        Caller::enabled(self)
+    }
+
+    fn check_range(&self, key: &[u8], range_end: &[u8], access: Access) -> Result<(), EtcdError> {
+        Caller::check_range(self, key, range_end, access)
+    }
+
+    fn check_admin(&self) -> Result<(), EtcdError> {
+        Caller::check_admin(self)
+    }
+
+    fn lease_keys(&self, lease: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        Ok(self
+            .store
+            .lease(lease)
+            .map(|l| l.keys.into_iter().collect())
+            .unwrap_or_default())
     }
 }

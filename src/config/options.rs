@@ -317,6 +317,12 @@ pub(super) const OPTIONS: &[Opt] = &[
          certificates are refused",
     ),
     opt(
+        "client_cert_allowed_hostname",
+        "client-cert-allowed-hostname",
+        "HOST",
+        "Refuse client certificates not valid for this host name (with --client-cert-auth)",
+    ),
+    opt(
         "auto_tls",
         "auto-tls",
         "BOOL",

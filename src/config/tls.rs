@@ -58,6 +58,7 @@ impl Layers {
                 client_cert_auth: on("client_cert_auth")?,
                 crl_file: file("client_crl_file")?,
                 auto_tls: on("auto_tls")?,
+                allowed_hostname: word("client_cert_allowed_hostname")?,
                 ..TlsInfo::default()
             },
             peer: TlsInfo {

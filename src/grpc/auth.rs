@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::apply::ApplyResponse;
-use crate::auth::AuthState;
+use crate::auth::{AuthState, Credentials};
 use crate::error::EtcdError;
 use crate::proto::cairnpb::internal_request::Request as Internal;
 use crate::proto::etcdserverpb::auth_server::Auth;
@@ -34,7 +34,7 @@ impl AuthService {
 
     /// Root role required while auth is enabled.
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        self.api.auth.caller(req.metadata())?.check_admin()?;
+        self.api.auth.caller_of(req)?.check_admin()?;
         Ok(())
     }
 
@@ -45,7 +45,8 @@ impl AuthService {
         wrap: fn(T) -> Internal,
     ) -> Result<Option<ResponseHeader>, Status> {
         self.admin(&req)?;
-        self.change(wrap(req.into_inner())).await
+        let creds = Credentials::of(&req);
+        self.change(&creds, wrap(req.into_inner())).await
     }
 
     /// The applied auth store for an admin-only read, after the read barrier.
@@ -55,9 +56,14 @@ impl AuthService {
         Ok(self.api.store.auth())
     }
 
-    /// Proposes an auth change; the answer is just a header.
-    async fn change(&self, req: Internal) -> Result<Option<ResponseHeader>, Status> {
-        match self.api.raft.propose(req).await? {
+    /// Proposes an auth change as `creds` (judged again at apply, as etcd's
+    /// `needAdminPermission`); the answer is just a header.
+    async fn change(
+        &self,
+        creds: &Credentials,
+        req: Internal,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        match self.api.propose_request_as(creds, req).await? {
             ApplyResponse::Auth => Ok(Some(self.api.header(0))),
             _ => Err(Status::internal(
                 "apply returned a response of another kind",
@@ -123,6 +129,7 @@ impl Auth for AuthService {
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
         self.admin(&req)?;
+        let creds = Credentials::of(&req);
         let mut req = req.into_inner();
         if req.name.is_empty() {
             return Err(EtcdError::UserEmpty.into());
@@ -133,7 +140,7 @@ impl Auth for AuthService {
         } else {
             self.hash(std::mem::take(&mut req.password)).await?
         };
-        let header = self.change(Internal::UserAdd(req)).await?;
+        let header = self.change(&creds, Internal::UserAdd(req)).await?;
         Ok(Response::new(AuthUserAddResponse { header }))
     }
 
@@ -141,7 +148,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let caller = self.api.auth.caller(req.metadata())?;
+        let caller = self.api.auth.caller_of(&req)?;
         let req = req.into_inner();
         if caller.user() != Some(req.name.as_str()) {
             caller.check_admin()?;
@@ -179,12 +186,15 @@ impl Auth for AuthService {
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         self.admin(&req)?;
+        let creds = Credentials::of(&req);
         let mut req = req.into_inner();
         if !self.api.store.auth().users.contains_key(&req.name) {
             return Err(EtcdError::UserNotFound.into());
         }
         req.password = self.hash(std::mem::take(&mut req.password)).await?;
-        let header = self.change(Internal::UserChangePassword(req)).await?;
+        let header = self
+            .change(&creds, Internal::UserChangePassword(req))
+            .await?;
         Ok(Response::new(AuthUserChangePasswordResponse { header }))
     }
 
@@ -216,7 +226,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        let caller = self.api.auth.caller(req.metadata())?;
+        let caller = self.api.auth.caller_of(&req)?;
         let req = req.into_inner();
         let own = match (&caller.state, caller.user()) {
             (Some(state), Some(user)) => state

@@ -46,8 +46,8 @@ impl ClusterService {
     }
 
     /// etcd's rule: with auth enabled, membership changes need root.
-    fn admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), EtcdError> {
-        self.api.auth.caller(md)?.check_admin()
+    fn admin<T>(&self, req: &tonic::Request<T>) -> Result<(), EtcdError> {
+        self.api.auth.caller_of(req)?.check_admin()
     }
 
     fn members(&self) -> Vec<Member> {
@@ -176,7 +176,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        self.admin(req.metadata())?;
+        self.admin(&req)?;
         let req = req.into_inner();
         let urls = peer_urls(&req.peer_ur_ls)?;
         let membership = self.api.store.membership();
@@ -214,7 +214,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.admin(req.metadata())?;
+        self.admin(&req)?;
         let id = req.into_inner().id;
         let membership = self.api.store.membership();
         let member = membership
@@ -233,7 +233,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        self.admin(req.metadata())?;
+        self.admin(&req)?;
         let req = req.into_inner();
         let urls = peer_urls(&req.peer_ur_ls)?;
         let membership = self.api.store.membership();
@@ -281,7 +281,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.admin(req.metadata())?;
+        self.admin(&req)?;
         let id = req.into_inner().id;
         let member = self
             .api

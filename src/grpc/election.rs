@@ -45,7 +45,10 @@ impl Election for ElectionService {
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         // As etcd's: the recipe acts with the caller's credentials.
-        let client = self.local.client.with_token(req.metadata().get("token"));
+        let client = self
+            .local
+            .client
+            .with_metadata(crate::auth::Credentials::of(&req).forwarded());
         let req = req.into_inner();
         let elected = self
             .local
@@ -65,7 +68,10 @@ impl Election for ElectionService {
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         // As etcd's: the recipe acts with the caller's credentials.
-        let client = self.local.client.with_token(req.metadata().get("token"));
+        let client = self
+            .local
+            .client
+            .with_metadata(crate::auth::Credentials::of(&req).forwarded());
         let req = req.into_inner();
         let leader = req.leader.ok_or(EtcdError::MissingLeaderKey)?;
         let header = self
@@ -85,7 +91,10 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
         // As etcd's: the recipe acts with the caller's credentials.
-        let client = self.local.client.with_token(req.metadata().get("token"));
+        let client = self
+            .local
+            .client
+            .with_metadata(crate::auth::Credentials::of(&req).forwarded());
         let req = req.into_inner();
         let client = &client;
         let resp = self
@@ -102,7 +111,10 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         // As etcd's: the recipe acts with the caller's credentials.
-        let client = self.local.client.with_token(req.metadata().get("token"));
+        let client = self
+            .local
+            .client
+            .with_metadata(crate::auth::Credentials::of(&req).forwarded());
         let req = req.into_inner();
         let leaders = election::observe(client, &req.name);
         // The stream ends when the observer fails (as etcd's does) or when
@@ -118,7 +130,10 @@ impl Election for ElectionService {
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
         // As etcd's: the recipe acts with the caller's credentials.
-        let client = self.local.client.with_token(req.metadata().get("token"));
+        let client = self
+            .local
+            .client
+            .with_metadata(crate::auth::Credentials::of(&req).forwarded());
         let req = req.into_inner();
         let leader = req.leader.ok_or(EtcdError::MissingLeaderKey)?;
         let header = self

@@ -4,12 +4,13 @@
 //! store on this gRPC thread, never through the actors' mailboxes; a
 //! linearizable one first waits on the read barrier. Write path: everything
 //! else is proposed through raft and answered when applied. With auth
-//! enabled each request's permissions are checked first (`auth::check`).
+//! enabled each request's permissions are checked first (`auth::check`), and
+//! a write's again when it is applied (`Api::propose_as`).
 
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use crate::auth::check;
+use crate::auth::{check, Credentials};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::*;
 use crate::validate;
@@ -27,7 +28,7 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let caller = self.api.auth.caller(req.metadata())?;
+        let caller = self.api.auth.caller_of(&req)?;
         let req = req.into_inner();
         validate::validate_range(&req)?;
         check::range(&caller, &req)?;
@@ -41,11 +42,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let caller = self.api.auth.caller(req.metadata())?;
+        let creds = Credentials::of(&req);
         let req = req.into_inner();
         validate::validate_put(&req)?;
-        check::put(&self.api.auth, &caller, &req)?;
-        let mut resp = self.api.propose(req).await?;
+        let mut resp = self.api.propose_as(&creds, req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -54,21 +54,19 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let caller = self.api.auth.caller(req.metadata())?;
+        let creds = Credentials::of(&req);
         let req = req.into_inner();
         validate::validate_delete_range(&req)?;
-        check::delete_range(&caller, &req)?;
-        let mut resp = self.api.propose(req).await?;
+        let mut resp = self.api.propose_as(&creds, req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let caller = self.api.auth.caller(req.metadata())?;
+        let creds = Credentials::of(&req);
         let req = req.into_inner();
         validate::validate_txn(&req, self.api.max_txn_ops)?;
-        check::txn(&self.api.auth, &caller, &req)?;
-        let mut resp = self.api.propose(req).await?;
+        let mut resp = self.api.propose_as(&creds, req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

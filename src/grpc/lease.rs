@@ -73,10 +73,9 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         // etcd: revoking deletes the attached keys, so it needs write on each.
-        let caller = self.api.auth.caller(req.metadata())?;
+        let creds = crate::auth::Credentials::of(&req);
         let req = req.into_inner();
-        crate::auth::check::lease_keys(&self.api.auth, &caller, req.id)?;
-        let mut resp = self.api.propose(req).await?;
+        let mut resp = self.api.propose_as(&creds, req).await?;
         self.api.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -30,7 +30,10 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         // As etcd's: the recipe acts with the caller's credentials.
-        let client = self.local.client.with_token(req.metadata().get("token"));
+        let client = self
+            .local
+            .client
+            .with_metadata(crate::auth::Credentials::of(&req).forwarded());
         let req = req.into_inner();
         let locked = self
             .local
@@ -50,7 +53,10 @@ impl Lock for LockService {
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
         // As etcd's: the recipe acts with the caller's credentials.
-        let client = self.local.client.with_token(req.metadata().get("token"));
+        let client = self
+            .local
+            .client
+            .with_metadata(crate::auth::Credentials::of(&req).forwarded());
         let req = req.into_inner();
         let client = &client;
         let header = self

@@ -91,7 +91,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
+        crate::auth::check::maintenance_admin(&self.api.auth, &crate::auth::Credentials::of(&req))?;
         // The state store rewrites itself into a fresh database and swaps
         // it in, serving meanwhile (mvcc::defrag, docs/storage.md).
         let backend = self.api.store.backend().clone();
@@ -104,7 +104,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
+        crate::auth::check::maintenance_admin(&self.api.auth, &crate::auth::Credentials::of(&req))?;
         let h = self.hash_at(0).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -116,7 +116,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
+        crate::auth::check::maintenance_admin(&self.api.auth, &crate::auth::Credentials::of(&req))?;
         let h = self.hash_at(req.into_inner().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.api.header(h.current_revision)),
@@ -135,7 +135,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        crate::auth::check::maintenance_admin(&self.api.auth, req.metadata())?;
+        crate::auth::check::maintenance_admin(&self.api.auth, &crate::auth::Credentials::of(&req))?;
         let head = self
             .api
             .storage

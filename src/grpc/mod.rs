@@ -27,6 +27,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod too_large;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -129,17 +130,74 @@ impl Api {
     pub async fn propose<R: Proposal>(&self, req: R) -> Result<R::Response, Status> {
         self.refuse_on_learner()?;
         let request = req.into_request();
-        if crate::quota::exceeded(self.quota_bytes, &self.store, crate::quota::cost(&request)) {
-            self.raise_nospace().await;
-            return Err(EtcdError::NoSpace.into());
-        }
+        self.within_quota(&request).await?;
         let applied = self.raft.propose(request).await?;
         R::response(applied)
             .ok_or_else(|| Status::internal("apply returned a response of another kind"))
     }
+
+    /// Proposes a client's write as `creds` (etcd's `raftRequest`) and
+    /// returns its typed response: see [`Api::propose_request_as`].
+    pub async fn propose_as<R: Proposal>(
+        &self,
+        creds: &crate::auth::Credentials,
+        req: R,
+    ) -> Result<R::Response, Status> {
+        self.refuse_on_learner()?;
+        let applied = self.propose_request_as(creds, req.into_request()).await?;
+        R::response(applied)
+            .ok_or_else(|| Status::internal("apply returned a response of another kind"))
+    }
+
+    /// Judges `request` as `creds` now (`auth::check::request`), proposes
+    /// it stamped with who was judged at which auth revision, and lets the
+    /// applier judge it again against the auth store of the moment of
+    /// apply. If the auth store moved in between, the applier answers
+    /// `revision of auth store is old` and, as etcd does, the request is
+    /// judged anew and proposed again (so a permission revoked meanwhile
+    /// ends in `permission denied`, never in the write).
+    pub async fn propose_request_as(
+        &self,
+        creds: &crate::auth::Credentials,
+        mut request: Request,
+    ) -> Result<ApplyResponse, Status> {
+        /// etcd retries without a bound; a member whose auth store changes
+        /// this often answers the client instead.
+        const MAX_STALE_RETRIES: usize = 8;
+        self.within_quota(&request).await?;
+        let mut attempt = 0;
+        loop {
+            let caller = self.auth.caller(creds)?;
+            crate::auth::check::request(&caller, &request)?;
+            // Only a request judged with auth enabled can be refused as
+            // stale; no copy is kept otherwise.
+            let again = (caller.enabled() && attempt < MAX_STALE_RETRIES).then(|| request.clone());
+            let stamp = Some(caller.stamp());
+            if caller.enabled() && matches!(request, Request::Put(_)) {
+                crate::failpoint::auth_hold().await;
+            }
+            match (self.raft.propose_stamped(request, stamp).await, again) {
+                (Err(EtcdError::AuthOldRevision), Some(copy)) => {
+                    attempt += 1;
+                    request = copy;
+                }
+                (applied, _) => return applied.map_err(Status::from),
+            }
+        }
+    }
 }
 
 impl Api {
+    /// A write that would take this member's state store over the quota is
+    /// refused, and the NOSPACE alarm proposed instead (`crate::quota`).
+    async fn within_quota(&self, request: &Request) -> Result<(), Status> {
+        if crate::quota::exceeded(self.quota_bytes, &self.store, crate::quota::cost(request)) {
+            self.raise_nospace().await;
+            return Err(EtcdError::NoSpace.into());
+        }
+        Ok(())
+    }
+
     /// Proposes this member's NOSPACE alarm, unless it is already raised.
     /// A failure is only logged: the write is refused either way.
     async fn raise_nospace(&self) {
@@ -334,6 +392,8 @@ pub async fn serve(
 
     Server::builder()
         .layer(grpc_metrics)
+        // grpc-go's status for a request over the size limit (`too_large`).
+        .layer(too_large::TooLargeLayer)
         .add_service(health_service)
         .add_service(InterceptedService::new(
             KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),

@@ -144,7 +144,7 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let denials = Denials {
             api: self.api.clone(),
-            metadata: req.metadata().clone(),
+            creds: crate::auth::Credentials::of(&req),
         };
         let inbound = req.into_inner();
         let (tx, rx) = outbound_channel();
@@ -299,10 +299,11 @@ async fn receive(
 }
 
 /// What a stream's creates are checked with (etcd's `isWatchPermitted`):
-/// the stream's token, read once when it opened.
+/// the stream's credentials (token, or certificate Common Name), read once
+/// when it opened and judged against the auth store of each create.
 struct Denials {
     api: Api,
-    metadata: tonic::metadata::MetadataMap,
+    creds: crate::auth::Credentials,
 }
 
 impl Denials {
@@ -312,7 +313,7 @@ impl Denials {
         &self,
         req: &crate::proto::etcdserverpb::WatchCreateRequest,
     ) -> Option<WatchResponse> {
-        let denied = self.api.auth.caller(&self.metadata).and_then(|c| {
+        let denied = self.api.auth.caller(&self.creds).and_then(|c| {
             let key: &[u8] = if req.key.is_empty() { &[0] } else { &req.key };
             c.check_range(key, &req.range_end, crate::auth::Access::Read)
         });

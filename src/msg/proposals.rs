@@ -159,10 +159,22 @@ impl RaftClient {
 
     /// Replicates `request` and returns its applied result.
     pub async fn propose(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
+        self.propose_stamped(request, None).await
+    }
+
+    /// Replicates `request` stamped with who sent it (judged again at
+    /// apply; None for the member's own requests) and returns its applied
+    /// result.
+    pub async fn propose_stamped(
+        &self,
+        request: Request,
+        auth: Option<crate::proto::cairnpb::AuthStamp>,
+    ) -> Result<ApplyResponse, EtcdError> {
         self.submit(false, |id| {
             InternalRequest {
                 id,
                 request: Some(request),
+                auth,
             }
             .encode_to_vec()
         })

@@ -115,6 +115,24 @@ impl<'s> BatchWriter<'s> {
         self.members.remove(&id);
     }
 
+    /// Whether auth is enabled as this batch has left it so far; one atomic
+    /// load while the batch has not changed the auth store.
+    pub fn auth_enabled(&self) -> bool {
+        match &self.auth {
+            Some(auth) => auth.enabled,
+            None => self.store.auth_enabled(),
+        }
+    }
+
+    /// Runs `f` on the auth store as this batch has left it so far (the
+    /// applier's permission checks).
+    pub fn with_auth<R>(&self, f: impl FnOnce(&AuthState) -> R) -> R {
+        match &self.auth {
+            Some(auth) => f(auth),
+            None => f(&self.store.auth.read()),
+        }
+    }
+
     /// The auth store with this batch's changes so far, for an auth change.
     pub fn auth_mut(&mut self) -> &mut AuthState {
         let store = self.store;

@@ -68,14 +68,15 @@ pub enum Error {
 /// Election services act with their caller's credentials).
 pub type Conn = InterceptedService<Channel, WithToken>;
 
-/// Adds the `token` metadata, if any, to every request.
+/// Adds the caller's credentials metadata (its `token`, if any) to every
+/// request.
 #[derive(Clone, Debug, Default)]
-pub struct WithToken(Option<MetadataValue<Ascii>>);
+pub struct WithToken(Vec<(&'static str, MetadataValue<Ascii>)>);
 
 impl Interceptor for WithToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            req.metadata_mut().insert("token", token.clone());
+        for (key, value) in &self.0 {
+            req.metadata_mut().insert(*key, value.clone());
         }
         Ok(req)
     }
@@ -88,7 +89,7 @@ pub struct Client {
     pub kv: KvClient<Conn>,
     pub lease: LeaseClient<Conn>,
     pub watch: WatchClient<Conn>,
-    /// The channel, for [`Client::with_token`].
+    /// The channel, for [`Client::with_metadata`].
     channel: Channel,
 }
 
@@ -106,10 +107,10 @@ impl Client {
         }
     }
 
-    /// The same connection, every request carrying `token` (a caller's
-    /// `token` metadata), or none.
-    pub fn with_token(&self, token: Option<&MetadataValue<Ascii>>) -> Client {
-        Client::with(self.channel.clone(), WithToken(token.cloned()))
+    /// The same connection, every request carrying `metadata` (a caller's
+    /// credentials, `auth::Credentials::forwarded`).
+    pub fn with_metadata(&self, metadata: Vec<(&'static str, MetadataValue<Ascii>)>) -> Client {
+        Client::with(self.channel.clone(), WithToken(metadata))
     }
 }
 

@@ -417,6 +417,8 @@ struct ClientCerts {
     verifier: Reloading<Arc<dyn ClientCertVerifier>>,
     allowed_cn: Option<String>,
     allowed_hostname: Option<String>,
+    /// Which listener, to name its flags in refusals.
+    side: Side,
 }
 
 impl ClientCerts {
@@ -460,6 +462,7 @@ impl ClientCerts {
             verifier,
             allowed_cn: info.allowed_cn.clone(),
             allowed_hostname: info.allowed_hostname.clone(),
+            side,
         })
     }
 }
@@ -505,7 +508,8 @@ impl ClientCertVerifier for ClientCerts {
             if !super::x509::valid_for(end_entity, host) {
                 return Err(refused(format!(
                     "certificate is not valid for the allowed host name {host:?} \
-                     (--peer-cert-allowed-hostname)"
+                     (--{}-cert-allowed-hostname)",
+                    self.side.name()
                 )));
             }
         }

@@ -428,6 +428,19 @@ pub mod grpc {
         .expect("gRPC helper thread panicked")
     }
 
+    /// A channel to `url` whose requests may each take up to 20 s (for
+    /// tests where a request waits on purpose); fails the test if it
+    /// cannot connect.
+    pub async fn patient_channel(url: &str) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(url.to_string())
+            .expect("a URL")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// Connects a KvClient to `url` with short connect and request timeouts.
     pub async fn kv_client(url: &str) -> Result<KvClient<tonic::transport::Channel>, String> {
         let channel = tonic::transport::Endpoint::from_shared(url.to_string())
