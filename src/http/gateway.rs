@@ -25,8 +25,10 @@ use super::conn::ClientGone;
 use super::json::{self, Named};
 use super::State;
 use crate::grpc::{
-    cluster, election, kv, lease, lock, maintenance, watch, Api, LocalClient, GRPC_OVERHEAD_BYTES,
+    auth, cluster, election, kv, lease, lock, maintenance, watch, Api, LocalClient,
+    GRPC_OVERHEAD_BYTES,
 };
+use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -43,6 +45,7 @@ pub struct Services {
     pub cluster: cluster::ClusterService,
     pub watch: watch::WatchService,
     pub lock: lock::LockService,
+    pub auth: auth::AuthService,
     pub election: election::ElectionService,
     /// The gRPC runtime: the services (and the tasks they spawn) run there,
     /// not on the HTTP server's thread.
@@ -75,6 +78,7 @@ impl Services {
                 stopping,
             ),
             lock: lock::LockService::new(local.clone()),
+            auth: auth::AuthService::new(api.clone(), api.bcrypt_cost),
             election: election::ElectionService::new(local),
             runtime,
             max_decode: max_request_bytes + GRPC_OVERHEAD_BYTES,
@@ -442,6 +446,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     unary!(cfg, "/election/leader", election.leader);
     unary!(cfg, "/election/resign", election.resign);
     server_stream!(cfg, "/election/observe", election.observe);
+    unary!(cfg, "/auth/enable", auth.auth_enable);
+    unary!(cfg, "/auth/disable", auth.auth_disable);
+    // etcd 3.5's path; 3.4.23 has no AuthStatus route.
+    unary!(cfg, "/auth/status", auth.auth_status);
+    unary!(cfg, "/auth/authenticate", auth.authenticate);
+    unary!(cfg, "/auth/user/add", auth.user_add);
+    unary!(cfg, "/auth/user/get", auth.user_get);
+    unary!(cfg, "/auth/user/list", auth.user_list);
+    unary!(cfg, "/auth/user/delete", auth.user_delete);
+    unary!(cfg, "/auth/user/changepw", auth.user_change_password);
+    unary!(cfg, "/auth/user/grant", auth.user_grant_role);
+    unary!(cfg, "/auth/user/revoke", auth.user_revoke_role);
+    unary!(cfg, "/auth/role/add", auth.role_add);
+    unary!(cfg, "/auth/role/get", auth.role_get);
+    unary!(cfg, "/auth/role/list", auth.role_list);
+    unary!(cfg, "/auth/role/delete", auth.role_delete);
+    unary!(cfg, "/auth/role/grant", auth.role_grant_permission);
+    unary!(cfg, "/auth/role/revoke", auth.role_revoke_permission);
     for prefix in ["/v3", "/v3beta"] {
         for (path, handler) in [
             ("/watch", Stream::Watch),
