@@ -150,6 +150,8 @@ pub struct Config {
     pub listen_metrics_urls: Vec<Url>,
     /// etcd's `--metrics`: `basic` or `extensive`.
     pub metrics: String,
+    /// `--enable-ui`: the dashboard at `/ui` (docs/dashboard.md).
+    pub enable_ui: bool,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -189,6 +191,7 @@ impl Default for Config {
             security: crate::tls::Security::default(),
             listen_metrics_urls: Vec::new(),
             metrics: "basic".to_string(),
+            enable_ui: false,
         }
     }
 }
@@ -875,6 +878,7 @@ impl Layers {
                     other => Err(format!("must be basic or extensive, not {other:?}")),
                 })?
                 .unwrap_or(defaults.metrics),
+            enable_ui: switch("enable_ui")?.unwrap_or(defaults.enable_ui),
             name,
         })
     }

@@ -751,6 +751,15 @@ pub(super) const OPTIONS: &[Opt] = &[
         "LEVEL",
         "basic or extensive (etcd's; cairn exports the same metrics for both) [default: basic]",
     ),
+    // The dashboard (src/http/ui.rs; beyond etcd, which has no such flag).
+    opt(
+        "enable_ui",
+        "enable-ui",
+        "BOOL",
+        "Serve the web dashboard at /ui on the client URLs (it can change keys: \
+         enable auth, or listen on loopback only) [default: false]",
+    )
+    .switch(),
 ];
 
 /// The option with this file key.

@@ -29,6 +29,7 @@ pub mod json;
 pub mod metrics;
 pub mod sniff;
 pub mod sse;
+pub mod ui;
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub struct AdminOptions {
     pub quota_backend_bytes: u64,
     /// What the Lock and Election services reach this member's API with.
     pub local: crate::grpc::LocalClient,
+    /// `--enable-ui`: serve the dashboard ([`ui`]) on the client URLs.
+    pub enable_ui: bool,
 }
 
 /// Where the client URLs' HTTP/1 connections are spliced to.
@@ -123,6 +126,7 @@ impl Admin {
         // A JSON body holds the request's bytes in base64 (4/3) and some
         // syntax: twice gRPC's own limit bounds it; beyond, 413.
         let body_limit = 2 * (opts.max_request_bytes + crate::grpc::GRPC_OVERHEAD_BYTES);
+        let enable_ui = opts.enable_ui;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("http".into())
@@ -138,6 +142,11 @@ impl Admin {
                             .configure(health::routes)
                             .configure(metrics::routes)
                             .configure(sse::routes)
+                            .configure(|cfg| {
+                                if enable_ui {
+                                    ui::routes(cfg)
+                                }
+                            })
                             .configure(gateway::routes)
                     })
                     .on_connect(conn::on_connect)
