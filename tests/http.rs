@@ -609,6 +609,7 @@ const METRICS: &[&str] = &[
     "etcd_mvcc_db_total_size_in_use_in_bytes",
     "etcd_debugging_mvcc_current_revision",
     "etcd_debugging_mvcc_compact_revision",
+    "etcd_debugging_mvcc_keys_total",
     "process_resident_memory_bytes",
     "process_open_fds",
     "process_start_time_seconds",
@@ -720,18 +721,25 @@ fn metrics_carry_etcd_names_and_move() {
         healthy + 1.0
     );
 
-    // gRPC calls are counted with grpc-go-prometheus's names and labels.
+    // gRPC calls are counted with grpc-go-prometheus's names and labels;
+    // the gateway's under the RPC it calls (etcd's gateway is a gRPC
+    // client of its own server): the Put above, and etcdctl's.
     assert_eq!(common::etcdctl_ok(&cairn, &["put", "k", "v"]).trim(), "OK");
     let failed = common::etcdctl(&cairn, &["get", "k", "--rev", "100"], None);
     assert!(!failed.status.success(), "a future revision fails");
     let text = request(cairn.client_port, "GET", "/metrics", "").body;
     for series in [
-        r#"grpc_server_started_total{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#,
-        r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#,
+        r#"grpc_server_started_total{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 2"#,
+        r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 2"#,
+        r#"grpc_server_handling_seconds_count{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 2"#,
         r#"grpc_server_handled_total{grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#,
     ] {
         assert!(text.contains(series), "no `{series}` in /metrics:\n{text}");
     }
+    assert_eq!(
+        metric(cairn.client_port, "etcd_debugging_mvcc_keys_total"),
+        2.0
+    );
     let etcd_text = request(etcd.client_port, "GET", "/metrics", "").body;
     for name in ["grpc_server_started_total", "grpc_server_handled_total"] {
         assert!(

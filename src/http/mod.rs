@@ -83,6 +83,8 @@ pub struct State {
     pub api: Api,
     pub services: Arc<gateway::Services>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The gRPC call metrics, which the gateway's calls count in too.
+    pub grpc: Arc<grpc_metrics::GrpcCounters>,
 }
 
 impl Admin {
@@ -105,6 +107,7 @@ impl Admin {
             api,
             services,
             metrics,
+            grpc: grpc_counters.clone(),
         };
 
         let socket = opts.data_dir.join("cairn-http.sock");
