@@ -415,6 +415,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let data_dir = cfg.data_dir.clone();
         let quota_backend_bytes = cfg.quota_backend_bytes;
         let enable_ui = cfg.enable_ui;
+        let cors = cfg.cors.clone();
         let published = MemberAttributes {
             id: api.cluster.local_id,
             name: cfg.name.clone(),
@@ -464,6 +465,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         quota_backend_bytes,
                         local: local.clone(),
                         enable_ui,
+                        cors,
                     }).context("cannot start the HTTP admin server")?);
                     let mut servers = tokio::task::JoinSet::new();
                     for (addr, tls) in addrs {

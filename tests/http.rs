@@ -53,6 +53,12 @@ fn send(stream: &mut TcpStream, method: &str, path: &str, body: &str) {
 /// [`send`] with the `Authorization` header etcd's gateway takes a token in.
 fn send_as(stream: &mut TcpStream, token: Option<&str>, method: &str, path: &str, body: &str) {
     let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+    send_with(stream, &auth, method, path, body)
+}
+
+/// [`send`] with extra header lines (each ending in CRLF).
+fn send_with(stream: &mut TcpStream, extra: &str, method: &str, path: &str, body: &str) {
+    let auth = extra;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n{auth}\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -104,8 +110,13 @@ fn request(port: u16, method: &str, path: &str, body: &str) -> Response {
 }
 
 fn request_as(port: u16, token: Option<&str>, method: &str, path: &str, body: &str) -> Response {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+    request_with(port, &auth, method, path, body)
+}
+
+fn request_with(port: u16, extra: &str, method: &str, path: &str, body: &str) -> Response {
     let mut stream = connect(port);
-    send_as(&mut stream, token, method, path, body);
+    send_with(&mut stream, extra, method, path, body);
     let mut reader = BufReader::new(stream);
     let (status, headers) = head(&mut reader);
     let chunked = headers
@@ -491,6 +502,62 @@ fn the_auth_gateway_answers_as_etcd_does() {
             .any(|a| a.contains(r#"200 {"header":"#) && a.contains(r#""token":"<n>""#)),
         "no token was issued: {got:#?}"
     );
+}
+
+/// What `--cors` makes of requests from browsers: (status, the CORS
+/// headers) for a listed origin, another, a preflight, and no origin.
+fn cors_session(port: u16) -> Vec<String> {
+    let cases = [
+        ("Origin: http://a.example:8080\r\n", "POST", "/v3/kv/range"),
+        ("Origin: http://b.example:8080\r\n", "POST", "/v3/kv/range"),
+        (
+            "Origin: http://a.example:8080\r\nAccess-Control-Request-Method: POST\r\n",
+            "OPTIONS",
+            "/v3/kv/put",
+        ),
+        ("", "GET", "/health"),
+    ];
+    cases
+        .iter()
+        .map(|(extra, method, path)| {
+            let resp = request_with(port, extra, method, path, r#"{"key":"YQ=="}"#);
+            let cors: Vec<String> = [
+                "Access-Control-Allow-Origin",
+                "Access-Control-Allow-Methods",
+                "Access-Control-Allow-Headers",
+            ]
+            .iter()
+            .map(|h| format!("{h}={:?}", resp.header(h)))
+            .collect();
+            format!(
+                "{method} {path} {extra:?}: {} {}",
+                resp.status,
+                cors.join(" ")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cors_allows_the_origins_etcd_allows() {
+    need_etcd();
+    for origins in ["http://a.example:8080", "*"] {
+        let args = ["--cors", origins];
+        let etcd = Server::start_with(Kind::Etcd, &args);
+        let cairn = Server::start_with(Kind::Cairn, &args);
+        let (want, got) = (
+            cors_session(etcd.client_port),
+            cors_session(cairn.client_port),
+        );
+        assert_eq!(
+            got, want,
+            "--cors {origins}: cairn's CORS answers differ from etcd's"
+        );
+        assert!(
+            got[0].contains(r#"Allow-Origin=Some("#),
+            "an allowed origin gets CORS headers: {got:?}"
+        );
+    }
 }
 
 /// Opens a gateway watch; returns the reader positioned at its first line.

@@ -607,12 +607,13 @@ pub(super) const OPTIONS: &[Opt] = &[
         "Serve the v3 JSON gateway on the client URLs [default: true]",
     )
     .switch(),
-    ignored(
+    // The HTTP admin's CORS (src/http/cors.rs).
+    opt(
         "cors",
         "cors",
-        &["", "*"],
-        "cairn serves no browser-facing v2 HTTP API",
-        "Comma-separated origins allowed for CORS [default: *]",
+        "ORIGINS",
+        "Comma-separated origins browsers may call the client URLs from (* or empty: any) \
+         [default: *]",
     ),
     ignored(
         "host_whitelist",

@@ -22,6 +22,7 @@
 //! `Status`, as grpc-gateway does) back.
 
 pub mod conn;
+pub mod cors;
 pub mod gateway;
 pub mod grpc_metrics;
 pub mod health;
@@ -58,6 +59,8 @@ pub struct AdminOptions {
     pub local: crate::grpc::LocalClient,
     /// `--enable-ui`: serve the dashboard ([`ui`]) on the client URLs.
     pub enable_ui: bool,
+    /// `--cors`: the origins browsers may call the client URLs from.
+    pub cors: Vec<String>,
 }
 
 /// Where the client URLs' HTTP/1 connections are spliced to.
@@ -130,6 +133,7 @@ impl Admin {
         // syntax: twice gRPC's own limit bounds it; beyond, 413.
         let body_limit = 2 * (opts.max_request_bytes + crate::grpc::GRPC_OVERHEAD_BYTES);
         let enable_ui = opts.enable_ui;
+        let cors = cors::Cors::new(&opts.cors);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("http".into())
@@ -138,8 +142,9 @@ impl Admin {
                 let served = system.block_on(async move {
                     let client_state = state.clone();
                     let client = HttpServer::new(move || {
+                        let cors = cors.clone();
                         App::new()
-                            .wrap(cors_headers())
+                            .wrap_fn(move |req, srv| cors::middleware(&cors, req, srv))
                             .app_data(web::Data::new(client_state.clone()))
                             .app_data(web::PayloadConfig::new(body_limit))
                             .configure(health::routes)
@@ -235,21 +240,6 @@ impl Admin {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// The CORS headers etcd's client URLs send on every answer (its `--cors`
-/// default, `*`).
-fn cors_headers() -> actix_web::middleware::DefaultHeaders {
-    actix_web::middleware::DefaultHeaders::new()
-        .add(("Access-Control-Allow-Origin", "*"))
-        .add((
-            "Access-Control-Allow-Methods",
-            "POST, GET, OPTIONS, PUT, DELETE",
-        ))
-        .add((
-            "Access-Control-Allow-Headers",
-            "accept, content-type, authorization",
-        ))
 }
 
 enum Listener {
