@@ -321,6 +321,29 @@ async fn views(client: &Client, server: &Server) {
     .await;
     screenshot(client, "metrics").await;
 
+    // Accessible markup: every form field has a label, every button a
+    // name, and the views are reachable from the keyboard (links).
+    let unlabelled = client
+        .execute(
+            r#"return [...document.querySelectorAll("input, textarea, select")]
+                 .filter((f) => !f.labels.length && !f.getAttribute("aria-label"))
+                 .map((f) => f.id || f.outerHTML)
+                 .concat([...document.querySelectorAll("button")]
+                   .filter((b) => !b.textContent.trim() && !b.getAttribute("aria-label"))
+                   .map((b) => b.outerHTML))
+                 .concat([...document.querySelectorAll("header nav a")]
+                   .filter((a) => a.tabIndex < 0 || !a.getAttribute("href"))
+                   .map((a) => a.outerHTML));"#,
+            vec![],
+        )
+        .await
+        .expect("inspect the markup");
+    assert_eq!(
+        unlabelled,
+        json!([]),
+        "fields, buttons or links without a name"
+    );
+
     let errors = console_errors(client).await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 }
