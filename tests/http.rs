@@ -666,6 +666,7 @@ const METRICS: &[&str] = &[
     "etcd_server_proposals_committed_total",
     "etcd_server_proposals_applied_total",
     "etcd_server_proposals_pending",
+    "etcd_server_proposals_failed_total",
     "etcd_server_quota_backend_bytes",
     "etcd_server_health_success",
     "etcd_server_health_failures",

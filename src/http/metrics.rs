@@ -24,6 +24,10 @@ pub struct Metrics {
     committed: IntGauge,
     applied: IntGauge,
     pending: IntGauge,
+    failed: IntCounter,
+    /// The proposals' failed count already added to `failed` (scrapes on
+    /// the client and metrics URLs may run at once).
+    failed_seen: std::sync::atomic::AtomicU64,
     db_size: IntGauge,
     db_size_in_use: IntGauge,
     current_revision: IntGauge,
@@ -98,6 +102,8 @@ impl Metrics {
             committed: gauge(&r, "etcd_server_proposals_committed_total", "The total number of consensus proposals committed."),
             applied: gauge(&r, "etcd_server_proposals_applied_total", "The total number of consensus proposals applied."),
             pending: gauge(&r, "etcd_server_proposals_pending", "The current number of pending proposals to commit."),
+            failed: counter(&r, "etcd_server_proposals_failed_total", "The total number of failed proposals seen."),
+            failed_seen: std::sync::atomic::AtomicU64::new(0),
             db_size: gauge(&r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
             db_size_in_use: gauge(&r, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes."),
             current_revision: gauge(&r, "etcd_debugging_mvcc_current_revision", "The current revision of store."),
@@ -125,6 +131,12 @@ impl Metrics {
         self.applied.set(to_i64(api.raft.applied_index()));
         self.pending
             .set(i64::try_from(api.raft.pending_proposals()).unwrap_or(i64::MAX));
+        // A counter: brought up to the proposals' own count, once.
+        let failed = api.raft.failed_proposals();
+        let before = self
+            .failed_seen
+            .fetch_max(failed, std::sync::atomic::Ordering::Relaxed);
+        self.failed.inc_by(failed.saturating_sub(before));
         // sled reports its size on disk only (as Status's dbSizeInUse).
         if let Ok(size) = api.store.backend().size_on_disk() {
             self.db_size.set(to_i64(size));
