@@ -39,6 +39,7 @@ pub mod auth;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
+pub mod disk_metrics;
 pub mod error;
 pub mod failpoint;
 pub mod grpc;

@@ -678,6 +678,8 @@ const METRICS: &[&str] = &[
     "etcd_debugging_mvcc_current_revision",
     "etcd_debugging_mvcc_compact_revision",
     "etcd_debugging_mvcc_keys_total",
+    "etcd_disk_wal_fsync_duration_seconds_count",
+    "etcd_disk_backend_commit_duration_seconds_count",
     "process_resident_memory_bytes",
     "process_open_fds",
     "process_start_time_seconds",
@@ -780,6 +782,19 @@ fn metrics_carry_etcd_names_and_move() {
     );
     assert_eq!(request(cairn.client_port, "GET", "/health", "").status, 200);
     assert!(metric(cairn.client_port, "etcd_server_proposals_applied_total") > applied);
+    assert!(
+        metric(
+            cairn.client_port,
+            "etcd_disk_wal_fsync_duration_seconds_count"
+        ) > 0.0
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            cairn.client_port,
+            "etcd_disk_backend_commit_duration_seconds_count"
+        ) > 0.0),
+        "no state store flush timed"
+    );
     assert_eq!(
         metric(cairn.client_port, "etcd_debugging_mvcc_current_revision"),
         revision + 1.0

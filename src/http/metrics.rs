@@ -88,6 +88,13 @@ impl Metrics {
         )
         .with_label_values(&[super::health::CLUSTER_VERSION])
         .set(1);
+        for disk in [
+            &*crate::disk_metrics::WAL_FSYNC,
+            &*crate::disk_metrics::BACKEND_COMMIT,
+        ] {
+            r.register(Box::new(disk.clone()))
+                .expect("each metric registered once");
+        }
         // process_resident_memory_bytes & co., which `etcdctl check
         // datascale` and dashboards read.
         if let Err(e) = r.register(Box::new(
