@@ -190,7 +190,7 @@ async function loadCluster() {
     const leader = s && s.leader === m.ID;
     return el("tr", {},
       cell(m.name || "(unstarted)"), cell(hex(m.ID)),
-      cell(m.isLearner ? "learner" : leader ? "leader" : s ? "follower" : "unreachable"),
+      cell(m.isLearner ? "learner" : leader ? "leader" : s ? "follower" : "no answer"),
       cell(s ? s.raftTerm : "—"), cell(s ? s.raftIndex : "—"),
       cell(s ? `${bytes(s.dbSize)} (${bytes(s.dbSizeInUse)} in use)` : "—"),
       cell((m.clientURLs || []).join(" ")), cell((m.peerURLs || []).join(" ")));
