@@ -217,7 +217,7 @@ async fn the_dashboard_and_an_event_source_work_in_headless_chromium() {
     );
 }
 
-/// Every view, as a user without auth sees it.
+/// Every view, as a user without auth sees it (the leases view revokes).
 async fn views(client: &Client, server: &Server) {
     for (k, v) in [
         ("/app/config/color", "blue"),
@@ -312,6 +312,13 @@ async fn views(client: &Client, server: &Server) {
         "{row}"
     );
     screenshot(client, "leases").await;
+    click(client, &format!("tr[data-lease='{id}'] button")).await;
+    click(client, "#confirm-ok").await;
+    expect_text(client, "#lease-table tbody", "the revoked lease", |t| {
+        t.contains("no leases")
+    })
+    .await;
+    assert_eq!(get(server, "/app/session"), "", "revoking deletes its keys");
 
     // Metrics: charts fill from /metrics.
     click(client, "#nav-metrics").await;

@@ -378,12 +378,21 @@ async function loadLeases() {
   const leases = (resp.leases || []).slice(0, 100);
   const rows = await Promise.all(leases.map(async (l) => {
     const t = await call("/v3/lease/timetolive", { ID: l.ID, keys: true });
-    return el("tr", {}, cell(leaseHex(l.ID)), cell(`${t.TTL} s`), cell(`${t.grantedTTL} s`),
-      el("td", { class: "value" }, (t.keys || []).map(dec).join("\n") || "none"));
+    const id = leaseHex(l.ID);
+    const revoke = el("button", { type: "button", class: "danger", "aria-label": `Revoke lease ${id}`,
+      onclick: async () => {
+        if (!(await confirmed(`Revoke lease ${id} and delete its keys?`))) return;
+        try {
+          await call("/v3/lease/revoke", { ID: l.ID });
+          await loadLeases();
+        } catch (e) { showError(e); }
+      } }, "Revoke…");
+    return el("tr", { "data-lease": id }, cell(id), cell(`${t.TTL} s`), cell(`${t.grantedTTL} s`),
+      el("td", { class: "value" }, (t.keys || []).map(dec).join("\n") || "none"), cell(revoke));
   }));
   const tbody = $("#lease-table tbody");
   tbody.replaceChildren(...rows);
-  if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: "4", class: "muted" }, "no leases")));
+  if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "no leases")));
 }
 $("#leases-refresh").addEventListener("click", () => loadLeases().catch(showError));
 
