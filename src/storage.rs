@@ -330,7 +330,7 @@ impl StorageActor {
         let backend = self.store.backend().clone();
         let job = async move {
             tokio::task::spawn_blocking(move || {
-                crate::disk_metrics::timed(&crate::disk_metrics::BACKEND_COMMIT, || backend.flush())
+                crate::io_metrics::timed(&crate::io_metrics::BACKEND_COMMIT, || backend.flush())
             })
             .await
         };

@@ -89,10 +89,17 @@ impl Metrics {
         .with_label_values(&[super::health::CLUSTER_VERSION])
         .set(1);
         for disk in [
-            &*crate::disk_metrics::WAL_FSYNC,
-            &*crate::disk_metrics::BACKEND_COMMIT,
+            &*crate::io_metrics::WAL_FSYNC,
+            &*crate::io_metrics::BACKEND_COMMIT,
         ] {
             r.register(Box::new(disk.clone()))
+                .expect("each metric registered once");
+        }
+        for net in [
+            &*crate::io_metrics::PEER_SENT,
+            &*crate::io_metrics::PEER_RECEIVED,
+        ] {
+            r.register(Box::new(net.clone()))
                 .expect("each metric registered once");
         }
         // process_resident_memory_bytes & co., which `etcdctl check

@@ -331,7 +331,7 @@ impl LogStore {
         if let Some(hs) = hard_state {
             batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs)?;
         }
-        crate::disk_metrics::timed(&crate::disk_metrics::WAL_FSYNC, || {
+        crate::io_metrics::timed(&crate::io_metrics::WAL_FSYNC, || {
             self.engine.write(&mut batch, true)
         })?;
         if let Some(hs) = hard_state {
