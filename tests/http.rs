@@ -942,6 +942,10 @@ fn grpc_and_http_share_the_client_port() {
         common::etcdctl_ok(&server, &["get", "shared", "--print-value-only"]).trim(),
         "port"
     );
+    if !server.is_etcd() {
+        // The dashboard is off without --enable-ui.
+        assert_eq!(request(server.client_port, "GET", "/ui/", "").status, 404);
+    }
 }
 
 /// Reads SSE events (id, event name, data) until `n` change events or a
