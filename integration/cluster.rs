@@ -462,6 +462,31 @@ fn three_members_elect_one_leader_and_serve_follower_writes_everywhere() {
         );
     }
     c.wait_converged(Duration::from_secs(5));
+
+    // The peer links count their bytes with etcd's metric names.
+    let (l, f) = (&c.members[leader], &c.members[follower]);
+    let sent = format!("etcd_network_peer_sent_bytes_total{{To=\"{:x}\"}}", f.id());
+    let received = format!(
+        "etcd_network_peer_received_bytes_total{{From=\"{:x}\"}}",
+        l.id()
+    );
+    for (m, series) in [(l, sent), (f, received)] {
+        let bytes = metric_sample(m.client_port, &series);
+        assert!(bytes.is_some_and(|b| b > 0.0), "{series} = {bytes:?}");
+    }
+}
+
+/// One sample of a member's /metrics (a plain HTTP/1.0 GET).
+fn metric_sample(port: u16, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[test]

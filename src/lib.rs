@@ -46,6 +46,7 @@ pub mod error;
 pub mod failpoint;
 pub mod grpc;
 pub mod http;
+pub mod io_metrics;
 pub mod lease;
 pub mod logging;
 pub mod msg;

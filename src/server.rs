@@ -447,6 +447,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let metrics_urls = cfg.listen_metrics_urls.clone();
         let data_dir = cfg.data_dir.clone();
         let quota_backend_bytes = cfg.quota_backend_bytes;
+        let enable_ui = cfg.enable_ui;
+        let cors = cfg.cors.clone();
         let published = MemberAttributes {
             id: api.cluster.local_id,
             name: cfg.name.clone(),
@@ -499,6 +501,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         stopping: stop_rx.clone(),
                         quota_backend_bytes,
                         local: local.clone(),
+                        enable_ui,
+                        cors,
                     }).context("cannot start the HTTP admin server")?);
                     let mut servers = tokio::task::JoinSet::new();
                     for (addr, tls) in addrs {

@@ -422,7 +422,12 @@ impl StorageActor {
         }
         self.flushing = true;
         let backend = self.store.backend().clone();
-        let job = async move { tokio::task::spawn_blocking(move || backend.flush()).await };
+        let job = async move {
+            tokio::task::spawn_blocking(move || {
+                crate::io_metrics::timed(&crate::io_metrics::BACKEND_COMMIT, || backend.flush())
+            })
+            .await
+        };
         ctx.spawn(job.into_actor(self).map(move |r, act, _| {
             act.flushing = false;
             let r = match r {

@@ -22,6 +22,20 @@ if [[ ! -x /usr/bin/etcd || ! -x /usr/bin/etcdctl ]]; then
     fi
 fi
 
+# The dashboard's browser test (tests/dashboard.rs) drives headless Chromium
+# through chromedriver: Debian's chromium and chromium-driver, installed the
+# same way (the test fails with a message saying so when they are missing).
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing chromium and chromium-driver"
+        if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }; then
+            echo "warning: could not install chromium/chromium-driver; the dashboard test will fail" >&2
+        fi
+    else
+        echo "warning: /usr/bin/chromium or /usr/bin/chromedriver is missing and cannot be installed here" >&2
+    fi
+fi
+
 echo "==> cargo fmt --all -- --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --workspace --all-targets -- -D warnings"

@@ -155,6 +155,10 @@ pub struct Config {
     pub listen_metrics_urls: Vec<Url>,
     /// etcd's `--metrics`: `basic` or `extensive`.
     pub metrics: String,
+    /// `--enable-ui`: the dashboard at `/ui` (docs/dashboard.md).
+    pub enable_ui: bool,
+    /// etcd's `--cors`: origins allowed to call from a browser (`*`: any).
+    pub cors: Vec<String>,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -196,6 +200,8 @@ impl Default for Config {
             security: crate::tls::Security::default(),
             listen_metrics_urls: Vec::new(),
             metrics: "basic".to_string(),
+            enable_ui: false,
+            cors: vec!["*".to_string()],
         }
     }
 }
@@ -888,6 +894,31 @@ impl Layers {
                     other => Err(format!("must be basic or extensive, not {other:?}")),
                 })?
                 .unwrap_or(defaults.metrics),
+            enable_ui: switch("enable_ui")?.unwrap_or(defaults.enable_ui),
+            cors: self
+                .get("cors", |raw| {
+                    // etcd: `*`, or URLs with a host and a port.
+                    raw.items()
+                        .iter()
+                        .flat_map(|item| item.split(','))
+                        .map(str::trim)
+                        .filter(|o| !o.is_empty())
+                        .map(|o| {
+                            match o == "*"
+                                || Url::parse(o).is_ok_and(|u| {
+                                    u.port_or_known_default().is_some()
+                                        && o.rsplit_once(':')
+                                            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                                }) {
+                                true => Ok(o.to_string()),
+                                false => Err(format!(
+                                    "URL address does not have the form \"host:port\": {o}"
+                                )),
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })?
+                .unwrap_or(defaults.cors),
             name,
         })
     }

@@ -613,12 +613,13 @@ pub(super) const OPTIONS: &[Opt] = &[
         "Serve the v3 JSON gateway on the client URLs [default: true]",
     )
     .switch(),
-    ignored(
+    // The HTTP admin's CORS (src/http/cors.rs).
+    opt(
         "cors",
         "cors",
-        &["", "*"],
-        "cairn serves no browser-facing v2 HTTP API",
-        "Comma-separated origins allowed for CORS [default: *]",
+        "ORIGINS",
+        "Comma-separated origins browsers may call the client URLs from (* or empty: any) \
+         [default: *]",
     ),
     ignored(
         "host_whitelist",
@@ -757,6 +758,15 @@ pub(super) const OPTIONS: &[Opt] = &[
         "LEVEL",
         "basic or extensive (etcd's; cairn exports the same metrics for both) [default: basic]",
     ),
+    // The dashboard (src/http/ui.rs; beyond etcd, which has no such flag).
+    opt(
+        "enable_ui",
+        "enable-ui",
+        "BOOL",
+        "Serve the web dashboard at /ui on the client URLs (it can change keys: \
+         enable auth, or listen on loopback only) [default: false]",
+    )
+    .switch(),
 ];
 
 /// The option with this file key.

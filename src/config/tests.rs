@@ -1766,3 +1766,39 @@ fn every_option_has_etcd_names_and_a_reason() {
         }
     }
 }
+
+#[test]
+fn cors_and_enable_ui_are_read_as_etcd_reads_cors() {
+    let (config, _) = load_etcd(&[], &[], None).expect("loads");
+    assert_eq!(
+        (config.cors, config.enable_ui),
+        (vec!["*".to_string()], false)
+    );
+    let (config, _) = load_etcd(
+        &[
+            "--cors",
+            "http://a.example:8080, https://b.example:443",
+            "--enable-ui",
+        ],
+        &[],
+        None,
+    )
+    .expect("loads");
+    assert_eq!(
+        config.cors,
+        ["http://a.example:8080", "https://b.example:443"]
+    );
+    assert!(config.enable_ui);
+    let (config, _) = load_etcd(&[], &[("ETCD_CORS", "")], None).expect("loads");
+    assert!(
+        config.cors.is_empty() || config.cors == ["*"],
+        "empty: any origin"
+    );
+    let refused = load_etcd(&["--cors", "http://a.example"], &[], None);
+    assert!(
+        refused.err().is_some_and(|e| e
+            .to_string()
+            .contains("does not have the form \"host:port\"")),
+        "etcd refuses an origin without a port"
+    );
+}

@@ -22,11 +22,14 @@ use serde::Serialize;
 use tonic::{Code, Status};
 
 use super::conn::ClientGone;
+use super::grpc_metrics::{gateway_names, Call};
 use super::json::{self, Named};
 use super::State;
 use crate::grpc::{
-    cluster, election, kv, lease, lock, maintenance, watch, Api, LocalClient, GRPC_OVERHEAD_BYTES,
+    auth, cluster, election, kv, lease, lock, maintenance, watch, Api, LocalClient,
+    GRPC_OVERHEAD_BYTES,
 };
+use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -43,6 +46,7 @@ pub struct Services {
     pub cluster: cluster::ClusterService,
     pub watch: watch::WatchService,
     pub lock: lock::LockService,
+    pub auth: auth::AuthService,
     pub election: election::ElectionService,
     /// The gRPC runtime: the services (and the tasks they spawn) run there,
     /// not on the HTTP server's thread.
@@ -75,6 +79,7 @@ impl Services {
                 stopping,
             ),
             lock: lock::LockService::new(local.clone()),
+            auth: auth::AuthService::new(api.clone(), api.bcrypt_cost),
             election: election::ElectionService::new(local),
             runtime,
             max_decode: max_request_bytes + GRPC_OVERHEAD_BYTES,
@@ -168,6 +173,7 @@ async fn unary<Req, Resp, F, Fut>(
     http: &HttpRequest,
     state: &State,
     body: &[u8],
+    (service, method): (&str, String),
     call: F,
 ) -> HttpResponse
 where
@@ -180,12 +186,17 @@ where
         Ok(reqs) => reqs.into_iter().next().unwrap_or_default(),
         Err(status) => return error_response(&status),
     };
+    let mut counted = state.grpc.call(service, &method);
     let services = state.services.clone();
     let runtime = services.runtime.clone();
-    match runtime.spawn(call(services, grpc_request(http, req))).await {
-        Ok(Ok(resp)) => json_response(&resp.into_inner()),
-        Ok(Err(status)) => error_response(&status),
-        Err(e) => error_response(&Status::internal(e.to_string())),
+    let result = match runtime.spawn(call(services, grpc_request(http, req))).await {
+        Ok(result) => result,
+        Err(e) => Err(Status::internal(e.to_string())),
+    };
+    counted.ended(result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok));
+    match result {
+        Ok(resp) => json_response(&resp.into_inner()),
+        Err(status) => error_response(&status),
     }
 }
 
@@ -238,10 +249,12 @@ impl Drop for Closed {
 }
 
 /// Streams a server stream's responses as newline-delimited JSON.
-/// The answer ends when the client goes away ([`super::conn`]).
-fn streamed<S, T, F>(req: &HttpRequest, responses: S, to_json: F) -> HttpResponse
+/// The answer ends when the client goes away ([`super::conn`]); `call`
+/// is counted handled at the stream's end (canceled if the client left).
+fn streamed<S, T, F>(req: &HttpRequest, mut call: Call, responses: S, to_json: F) -> HttpResponse
 where
     S: futures::Stream<Item = Result<T, Status>> + Send + 'static,
+    T: 'static,
     F: Fn(T) -> Result<String, Status> + 'static,
 {
     let gone = req.conn_data::<ClientGone>().cloned();
@@ -252,10 +265,29 @@ where
         }
     };
     let guard = Closed;
-    let lines = responses.take_until(Box::pin(gone)).map(move |r| {
-        let _ = &guard;
-        Ok::<_, std::convert::Infallible>(line(r.and_then(&to_json)))
-    });
+    let ended = futures::stream::once(std::future::ready(None));
+    let lines = responses
+        .map(Some)
+        .chain(ended)
+        .take_until(Box::pin(gone))
+        .filter_map(move |r| {
+            let _ = &guard;
+            let out = match r {
+                None => {
+                    call.ended(Code::Ok);
+                    None
+                }
+                Some(r) => {
+                    if let Err(status) = &r {
+                        call.ended(status.code());
+                    }
+                    Some(Ok::<_, std::convert::Infallible>(line(
+                        r.and_then(&to_json),
+                    )))
+                }
+            };
+            std::future::ready(out)
+        });
     HttpResponse::Ok()
         .content_type("application/json")
         .streaming(lines)
@@ -266,14 +298,19 @@ async fn watch(req: HttpRequest, state: web::Data<State>, body: Bytes) -> HttpRe
         Ok(reqs) => reqs,
         Err(status) => return error_response(&status),
     };
+    let mut call = state.grpc.call("etcdserverpb.Watch", "Watch");
     let services = state.services.clone();
     let request = grpc_request(&req, inbound(&reqs, services.max_decode));
     let opened = services
         .runtime
         .clone()
         .spawn(async move { services.watch.watch(request).await });
-    match opened.await {
-        Ok(Ok(replies)) => streamed(&req, replies.into_inner(), |reply| {
+    let opened = opened.await;
+    if let Ok(Err(status)) = &opened {
+        call.ended(status.code());
+    }
+    match opened {
+        Ok(Ok(replies)) => streamed(&req, call, replies.into_inner(), |reply| {
             let resp = reply
                 .to_response()
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -289,14 +326,19 @@ async fn keepalive(req: HttpRequest, state: web::Data<State>, body: Bytes) -> Ht
         Ok(reqs) => reqs,
         Err(status) => return error_response(&status),
     };
+    let mut call = state.grpc.call("etcdserverpb.Lease", "LeaseKeepAlive");
     let services = state.services.clone();
     let request = grpc_request(&req, inbound(&reqs, services.max_decode));
     let opened = services
         .runtime
         .clone()
         .spawn(async move { services.lease.lease_keep_alive(request).await });
-    match opened.await {
-        Ok(Ok(responses)) => streamed(&req, responses.into_inner(), |resp| {
+    let opened = opened.await;
+    if let Ok(Err(status)) = &opened {
+        call.ended(status.code());
+    }
+    match opened {
+        Ok(Ok(responses)) => streamed(&req, call, responses.into_inner(), |resp| {
             json::to_json(&resp).map_err(Status::internal)
         }),
         Ok(Err(status)) => error_response(&status),
@@ -310,6 +352,7 @@ async fn server_stream<Req, Resp, S, F, Fut>(
     req: &HttpRequest,
     state: &State,
     body: &[u8],
+    (service, method): (&str, String),
     call: F,
 ) -> HttpResponse
 where
@@ -323,13 +366,17 @@ where
         Ok(reqs) => reqs.into_iter().next().unwrap_or_default(),
         Err(status) => return error_response(&status),
     };
+    let mut counted = state.grpc.call(service, &method);
     let services = state.services.clone();
     let runtime = services.runtime.clone();
-    match runtime
+    let opened = runtime
         .spawn(call(services, grpc_request(req, first)))
-        .await
-    {
-        Ok(Ok(responses)) => streamed(req, responses.into_inner(), |resp: Resp| {
+        .await;
+    if let Ok(Err(status)) = &opened {
+        counted.ended(status.code());
+    }
+    match opened {
+        Ok(Ok(responses)) => streamed(req, counted, responses.into_inner(), |resp: Resp| {
             json::to_json(&resp).map_err(Status::internal)
         }),
         Ok(Err(status)) => error_response(&status),
@@ -345,9 +392,14 @@ macro_rules! server_stream {
                 web::resource(format!("{prefix}{}", $path))
                     .route(web::post().to(
                         |req: HttpRequest, state: web::Data<State>, body: Bytes| async move {
-                            server_stream(&req, &state, &body, |s: Arc<Services>, r| async move {
-                                s.$service.$method(r).await
-                            })
+                            let names = gateway_names(stringify!($service), stringify!($method));
+                            server_stream(
+                                &req,
+                                &state,
+                                &body,
+                                names,
+                                |s: Arc<Services>, r| async move { s.$service.$method(r).await },
+                            )
                             .await
                         },
                     ))
@@ -365,9 +417,14 @@ macro_rules! unary {
                 web::resource(format!("{prefix}{}", $path))
                     .route(web::post().to(
                         |req: HttpRequest, state: web::Data<State>, body: Bytes| async move {
-                            unary(&req, &state, &body, |s: Arc<Services>, r| async move {
-                                s.$service.$method(r).await
-                            })
+                            let names = gateway_names(stringify!($service), stringify!($method));
+                            unary(
+                                &req,
+                                &state,
+                                &body,
+                                names,
+                                |s: Arc<Services>, r| async move { s.$service.$method(r).await },
+                            )
                             .await
                         },
                     ))
@@ -442,6 +499,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     unary!(cfg, "/election/leader", election.leader);
     unary!(cfg, "/election/resign", election.resign);
     server_stream!(cfg, "/election/observe", election.observe);
+    unary!(cfg, "/auth/enable", auth.auth_enable);
+    unary!(cfg, "/auth/disable", auth.auth_disable);
+    // etcd 3.5's path; 3.4.23 has no AuthStatus route.
+    unary!(cfg, "/auth/status", auth.auth_status);
+    unary!(cfg, "/auth/authenticate", auth.authenticate);
+    unary!(cfg, "/auth/user/add", auth.user_add);
+    unary!(cfg, "/auth/user/get", auth.user_get);
+    unary!(cfg, "/auth/user/list", auth.user_list);
+    unary!(cfg, "/auth/user/delete", auth.user_delete);
+    unary!(cfg, "/auth/user/changepw", auth.user_change_password);
+    unary!(cfg, "/auth/user/grant", auth.user_grant_role);
+    unary!(cfg, "/auth/user/revoke", auth.user_revoke_role);
+    unary!(cfg, "/auth/role/add", auth.role_add);
+    unary!(cfg, "/auth/role/get", auth.role_get);
+    unary!(cfg, "/auth/role/list", auth.role_list);
+    unary!(cfg, "/auth/role/delete", auth.role_delete);
+    unary!(cfg, "/auth/role/grant", auth.role_grant_permission);
+    unary!(cfg, "/auth/role/revoke", auth.role_revoke_permission);
     for prefix in ["/v3", "/v3beta"] {
         for (path, handler) in [
             ("/watch", Stream::Watch),

@@ -1,9 +1,12 @@
-//! grpc-go-prometheus's server counters for the gRPC API, with its names
+//! grpc-go-prometheus's server metrics for the gRPC API, with its names
 //! and labels (`grpc_type`, `grpc_service`, `grpc_method`, `grpc_code`), as
 //! etcd exports them: `grpc_server_started_total` when a call arrives,
-//! `grpc_server_handled_total` when its status is known (the response
-//! headers of a failed call, else the trailers at the end of its body).
-//! A tower layer around tonic's router (wired in `grpc::serve`).
+//! `grpc_server_handled_total` and the `grpc_server_handling_seconds`
+//! histogram when its status is known (the response headers of a failed
+//! call, else the trailers at the end of its body). A tower layer around
+//! tonic's router (wired in `grpc::serve`); the JSON gateway counts its
+//! calls with the same [`Call`], under the RPC's own labels, as etcd's
+//! gateway (an in-process gRPC client of its own server) is counted.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,12 +15,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-/// The two counters, registered in the /metrics registry.
+/// The counters and the histogram, registered in the /metrics registry.
 pub struct GrpcCounters {
     started: IntCounterVec,
     handled: IntCounterVec,
+    /// From the call's arrival to its status (a stream's whole life).
+    handling: HistogramVec,
 }
 
 impl GrpcCounters {
@@ -40,8 +45,65 @@ impl GrpcCounters {
                 "Total number of RPCs completed on the server, regardless of success or failure.",
                 &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
             ),
+            handling: {
+                // grpc-go-prometheus's default buckets (Prometheus').
+                let opts = HistogramOpts::new(
+                    "grpc_server_handling_seconds",
+                    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+                );
+                let h = HistogramVec::new(opts, &["grpc_type", "grpc_service", "grpc_method"])
+                    .expect("a valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("each metric registered once");
+                h
+            },
         })
     }
+
+    /// A call of `service`/`method` (gRPC's names) starts now.
+    pub fn call(self: &Arc<Self>, service: &str, method: &str) -> Call {
+        let kind = grpc_type(method);
+        self.started
+            .with_label_values(&[kind, service, method])
+            .inc();
+        Call {
+            counters: self.clone(),
+            labels: [kind.to_string(), service.to_string(), method.to_string()],
+            started: std::time::Instant::now(),
+            counted: false,
+        }
+    }
+}
+
+/// The gRPC service and method a gateway route calls, from the names of
+/// the gateway's service field and its Rust method (`kv`, `delete_range`
+/// -> `etcdserverpb.KV`, `DeleteRange`).
+pub fn gateway_names(service: &str, method: &str) -> (&'static str, String) {
+    let service = match service {
+        "kv" => "etcdserverpb.KV",
+        "lease" => "etcdserverpb.Lease",
+        "cluster" => "etcdserverpb.Cluster",
+        "maintenance" => "etcdserverpb.Maintenance",
+        "auth" => "etcdserverpb.Auth",
+        "watch" => "etcdserverpb.Watch",
+        "lock" => "v3lockpb.Lock",
+        "election" => "v3electionpb.Election",
+        _ => "unknown",
+    };
+    let mut name: String = method
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    if name == "HashKv" {
+        name = "HashKV".into();
+    }
+    (service, name)
 }
 
 /// grpc-go's names of the status codes.
@@ -78,13 +140,15 @@ fn grpc_type(method: &str) -> &'static str {
 }
 
 /// One call's labels, and whether its end was counted.
-struct Call {
+pub struct Call {
     counters: Arc<GrpcCounters>,
     labels: [String; 3],
+    started: std::time::Instant,
     counted: bool,
 }
 
 impl Call {
+    /// The call ended with this `grpc-status` (its decimal text).
     fn handled(&mut self, code: &[u8]) {
         if !self.counted {
             self.counted = true;
@@ -93,7 +157,16 @@ impl Call {
                 .handled
                 .with_label_values(&[t.as_str(), s.as_str(), m.as_str(), code_name(code)])
                 .inc();
+            self.counters
+                .handling
+                .with_label_values(&[t.as_str(), s.as_str(), m.as_str()])
+                .observe(self.started.elapsed().as_secs_f64());
         }
+    }
+
+    /// The call ended with this status code.
+    pub fn ended(&mut self, code: tonic::Code) {
+        self.handled((code as i32).to_string().as_bytes());
     }
 }
 
@@ -139,18 +212,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
-        let service = parts.next().unwrap_or_default().to_string();
-        let method = parts.next().unwrap_or_default().to_string();
-        let kind = grpc_type(&method).to_string();
-        self.counters
-            .started
-            .with_label_values(&[kind.as_str(), service.as_str(), method.as_str()])
-            .inc();
-        let mut call = Call {
-            counters: self.counters.clone(),
-            labels: [kind, service, method],
-            counted: false,
-        };
+        let service = parts.next().unwrap_or_default();
+        let method = parts.next().unwrap_or_default();
+        let mut call = self.counters.call(service, method);
         let response = self.inner.call(req);
         Box::pin(async move {
             let resp = response.await?;
@@ -193,5 +257,61 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_routes_are_named_as_grpc_calls() {
+        let cases = [
+            ("kv", "delete_range", "etcdserverpb.KV", "DeleteRange"),
+            (
+                "lease",
+                "lease_time_to_live",
+                "etcdserverpb.Lease",
+                "LeaseTimeToLive",
+            ),
+            (
+                "maintenance",
+                "hash_kv",
+                "etcdserverpb.Maintenance",
+                "HashKV",
+            ),
+            (
+                "auth",
+                "user_change_password",
+                "etcdserverpb.Auth",
+                "UserChangePassword",
+            ),
+            ("election", "observe", "v3electionpb.Election", "Observe"),
+        ];
+        for (field, method, service, name) in cases {
+            assert_eq!(gateway_names(field, method), (service, name.to_string()));
+        }
+    }
+
+    #[test]
+    fn a_call_is_counted_and_timed_once() {
+        let registry = Registry::new();
+        let counters = GrpcCounters::register(&registry);
+        let mut call = counters.call("etcdserverpb.KV", "Range");
+        call.ended(tonic::Code::NotFound);
+        drop(call);
+        let handled = counters
+            .handled
+            .with_label_values(&["unary", "etcdserverpb.KV", "Range", "NotFound"])
+            .get();
+        let canceled = counters
+            .handled
+            .with_label_values(&["unary", "etcdserverpb.KV", "Range", "Canceled"])
+            .get();
+        let timed = counters
+            .handling
+            .with_label_values(&["unary", "etcdserverpb.KV", "Range"])
+            .get_sample_count();
+        assert_eq!((handled, canceled, timed), (1, 0, 1));
     }
 }

@@ -24,10 +24,15 @@ pub struct Metrics {
     committed: IntGauge,
     applied: IntGauge,
     pending: IntGauge,
+    failed: IntCounter,
+    /// The proposals' failed count already added to `failed` (scrapes on
+    /// the client and metrics URLs may run at once).
+    failed_seen: std::sync::atomic::AtomicU64,
     db_size: IntGauge,
     db_size_in_use: IntGauge,
     current_revision: IntGauge,
     compact_revision: IntGauge,
+    keys: IntGauge,
     /// `/health` answers, as etcd counts them.
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
@@ -83,6 +88,20 @@ impl Metrics {
         )
         .with_label_values(&[super::health::CLUSTER_VERSION])
         .set(1);
+        for disk in [
+            &*crate::io_metrics::WAL_FSYNC,
+            &*crate::io_metrics::BACKEND_COMMIT,
+        ] {
+            r.register(Box::new(disk.clone()))
+                .expect("each metric registered once");
+        }
+        for net in [
+            &*crate::io_metrics::PEER_SENT,
+            &*crate::io_metrics::PEER_RECEIVED,
+        ] {
+            r.register(Box::new(net.clone()))
+                .expect("each metric registered once");
+        }
         // process_resident_memory_bytes & co., which `etcdctl check
         // datascale` and dashboards read.
         if let Err(e) = r.register(Box::new(
@@ -97,10 +116,13 @@ impl Metrics {
             committed: gauge(&r, "etcd_server_proposals_committed_total", "The total number of consensus proposals committed."),
             applied: gauge(&r, "etcd_server_proposals_applied_total", "The total number of consensus proposals applied."),
             pending: gauge(&r, "etcd_server_proposals_pending", "The current number of pending proposals to commit."),
+            failed: counter(&r, "etcd_server_proposals_failed_total", "The total number of failed proposals seen."),
+            failed_seen: std::sync::atomic::AtomicU64::new(0),
             db_size: gauge(&r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
             db_size_in_use: gauge(&r, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes."),
             current_revision: gauge(&r, "etcd_debugging_mvcc_current_revision", "The current revision of store."),
             compact_revision: gauge(&r, "etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store."),
+            keys: gauge(&r, "etcd_debugging_mvcc_keys_total", "Total number of keys."),
             health_success: counter(&r, "etcd_server_health_success", "The total number of successful health checks"),
             health_failures: counter(&r, "etcd_server_health_failures", "The total number of failed health checks"),
             server_id: labelled(&r, "etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.", "server_id"),
@@ -123,6 +145,12 @@ impl Metrics {
         self.applied.set(to_i64(api.raft.applied_index()));
         self.pending
             .set(i64::try_from(api.raft.pending_proposals()).unwrap_or(i64::MAX));
+        // A counter: brought up to the proposals' own count, once.
+        let failed = api.raft.failed_proposals();
+        let before = self
+            .failed_seen
+            .fetch_max(failed, std::sync::atomic::Ordering::Relaxed);
+        self.failed.inc_by(failed.saturating_sub(before));
         // sled reports its size on disk only (as Status's dbSizeInUse).
         if let Ok(size) = api.store.backend().size_on_disk() {
             self.db_size.set(to_i64(size));
@@ -130,6 +158,17 @@ impl Metrics {
         }
         self.current_revision.set(api.store.current_revision());
         self.compact_revision.set(api.store.compact_revision());
+        // The live keys, counted at scrape time (a count-only read of every
+        // key: nothing on the write path, one index walk per scrape).
+        let every_key = crate::proto::etcdserverpb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        };
+        if let Ok(resp) = api.store.range(&every_key) {
+            self.keys.set(resp.count);
+        }
         self.server_id
             .with_label_values(&[&format!("{:x}", api.cluster.local_id)])
             .set(1);

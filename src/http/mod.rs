@@ -22,6 +22,7 @@
 //! `Status`, as grpc-gateway does) back.
 
 pub mod conn;
+pub mod cors;
 pub mod gateway;
 pub mod grpc_metrics;
 pub mod health;
@@ -29,6 +30,7 @@ pub mod json;
 pub mod metrics;
 pub mod sniff;
 pub mod sse;
+pub mod ui;
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,6 +57,10 @@ pub struct AdminOptions {
     pub quota_backend_bytes: u64,
     /// What the Lock and Election services reach this member's API with.
     pub local: crate::grpc::LocalClient,
+    /// `--enable-ui`: serve the dashboard ([`ui`]) on the client URLs.
+    pub enable_ui: bool,
+    /// `--cors`: the origins browsers may call the client URLs from.
+    pub cors: Vec<String>,
 }
 
 /// Where the client URLs' HTTP/1 connections are spliced to.
@@ -80,6 +86,8 @@ pub struct State {
     pub api: Api,
     pub services: Arc<gateway::Services>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The gRPC call metrics, which the gateway's calls count in too.
+    pub grpc: Arc<grpc_metrics::GrpcCounters>,
 }
 
 impl Admin {
@@ -102,6 +110,7 @@ impl Admin {
             api,
             services,
             metrics,
+            grpc: grpc_counters.clone(),
         };
 
         let socket = opts.data_dir.join("cairn-http.sock");
@@ -123,6 +132,8 @@ impl Admin {
         // A JSON body holds the request's bytes in base64 (4/3) and some
         // syntax: twice gRPC's own limit bounds it; beyond, 413.
         let body_limit = 2 * (opts.max_request_bytes + crate::grpc::GRPC_OVERHEAD_BYTES);
+        let enable_ui = opts.enable_ui;
+        let cors = cors::Cors::new(&opts.cors);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("http".into())
@@ -131,13 +142,19 @@ impl Admin {
                 let served = system.block_on(async move {
                     let client_state = state.clone();
                     let client = HttpServer::new(move || {
+                        let cors = cors.clone();
                         App::new()
-                            .wrap(cors_headers())
+                            .wrap_fn(move |req, srv| cors::middleware(&cors, req, srv))
                             .app_data(web::Data::new(client_state.clone()))
                             .app_data(web::PayloadConfig::new(body_limit))
                             .configure(health::routes)
                             .configure(metrics::routes)
                             .configure(sse::routes)
+                            .configure(|cfg| {
+                                if enable_ui {
+                                    ui::routes(cfg)
+                                }
+                            })
                             .configure(gateway::routes)
                     })
                     .on_connect(conn::on_connect)
@@ -223,21 +240,6 @@ impl Admin {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// The CORS headers etcd's client URLs send on every answer (its `--cors`
-/// default, `*`).
-fn cors_headers() -> actix_web::middleware::DefaultHeaders {
-    actix_web::middleware::DefaultHeaders::new()
-        .add(("Access-Control-Allow-Origin", "*"))
-        .add((
-            "Access-Control-Allow-Methods",
-            "POST, GET, OPTIONS, PUT, DELETE",
-        ))
-        .add((
-            "Access-Control-Allow-Headers",
-            "accept, content-type, authorization",
-        ))
 }
 
 enum Listener {

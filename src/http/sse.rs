@@ -12,7 +12,8 @@
 //! member too. A start revision already compacted gets one `compacted`
 //! event (`{"compact_revision":N}`: re-list, then watch from there) and the
 //! stream ends. A comment every [`KEEP_ALIVE`] keeps proxies from closing a
-//! quiet stream.
+//! quiet stream. With auth on, the token comes in the `Authorization`
+//! header or, from a browser's `EventSource`, the [`TOKEN_COOKIE`] cookie.
 //!
 //! It is a client of the same Watch service as gRPC and the gateway.
 
@@ -179,6 +180,30 @@ fn error_event(status: &Status) -> Bytes {
     Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
+/// The cookie a page's `EventSource` carries its auth token in (it cannot
+/// set headers); the dashboard sets it at login.
+pub const TOKEN_COOKIE: &str = "cairn-token";
+
+/// The token of the [`TOKEN_COOKIE`] cookie, when no `Authorization` header
+/// gave one.
+fn with_cookie_token<T>(http: &HttpRequest, mut req: tonic::Request<T>) -> tonic::Request<T> {
+    if req.metadata().get("token").is_some() {
+        return req;
+    }
+    let token = http
+        .headers()
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .and_then(|(_, value)| tonic::metadata::MetadataValue::try_from(value).ok());
+    if let Some(token) = token {
+        req.metadata_mut().insert("token", token);
+    }
+    req
+}
+
 async fn sse(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     let create = match create_request(&req) {
         Ok(create) => create,
@@ -191,10 +216,11 @@ async fn sse(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         }],
         services.max_decode(),
     );
+    let request = with_cookie_token(&req, super::gateway::grpc_request(&req, inbound));
     let opened = services
         .runtime
         .clone()
-        .spawn(async move { services.watch.watch(tonic::Request::new(inbound)).await });
+        .spawn(async move { services.watch.watch(request).await });
     let replies = match opened.await {
         Ok(Ok(replies)) => replies.into_inner(),
         Ok(Err(status)) => {
@@ -251,6 +277,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 mod tests {
     use super::*;
     use crate::proto::mvccpb::KeyValue;
+
+    #[test]
+    fn a_cookie_gives_the_token_when_no_header_does() {
+        let http = actix_web::test::TestRequest::default()
+            .insert_header(("Cookie", "a=b; cairn-token=tok.1"))
+            .to_http_request();
+        let req = with_cookie_token(&http, tonic::Request::new(()));
+        let token = req.metadata().get("token").and_then(|v| v.to_str().ok());
+        assert_eq!(token, Some("tok.1"));
+        let http = actix_web::test::TestRequest::default()
+            .insert_header(("Cookie", "cairn-token=tok.1"))
+            .insert_header(("Authorization", "tok.2"))
+            .to_http_request();
+        let req = with_cookie_token(&http, super::super::gateway::grpc_request(&http, ()));
+        let token = req.metadata().get("token").and_then(|v| v.to_str().ok());
+        assert_eq!(token, Some("tok.2"));
+    }
 
     #[test]
     fn prefix_end_is_etcds() {

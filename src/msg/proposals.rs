@@ -30,6 +30,10 @@ pub struct Proposals {
     /// Waiters by proposal id; a DashMap because gRPC tasks on many threads
     /// register while the Storage actor completes.
     waiters: DashMap<u64, Waiter>,
+    /// Proposals sent to raft whose caller stopped waiting before they
+    /// were applied (timed out, went away, member stopping): etcd's
+    /// etcd_server_proposals_failed_total.
+    failed: AtomicU64,
 }
 
 impl Proposals {
@@ -44,6 +48,7 @@ impl Proposals {
         Proposals {
             next: AtomicU64::new(base),
             waiters: DashMap::new(),
+            failed: AtomicU64::new(0),
         }
     }
 
@@ -60,8 +65,14 @@ impl Proposals {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn cancel(&self, id: u64) {
-        self.waiters.remove(&id);
+    /// Whether the waiter was still there (its proposal not applied).
+    fn cancel(&self, id: u64) -> bool {
+        self.waiters.remove(&id).is_some()
+    }
+
+    /// Proposals that failed (see the field).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Waiters registered and not yet completed or cancelled.
@@ -84,12 +95,16 @@ impl Proposals {
 struct WaiterGuard<'a> {
     proposals: &'a Proposals,
     id: u64,
+    /// Sent to raft: abandoning it now is a failed proposal.
+    sent: bool,
 }
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         // A no-op when Storage already completed it.
-        self.proposals.cancel(self.id);
+        if self.proposals.cancel(self.id) && self.sent {
+            self.proposals.failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -216,9 +231,10 @@ impl RaftClient {
             return Err(EtcdError::TooManyRequests);
         }
         let (id, rx) = self.proposals.register();
-        let _guard = WaiterGuard {
+        let mut guard = WaiterGuard {
             proposals: &self.proposals,
             id,
+            sent: false,
         };
         let data = encode(id);
         if data.len() > self.max_request_bytes {
@@ -231,6 +247,7 @@ impl RaftClient {
             data,
             conf_change,
         };
+        guard.sent = true;
         let sent = match self.propose.try_send(proposal) {
             Ok(()) => Ok(()),
             Err(SendError::Full(msg)) => self.propose.send(msg).await.map_err(|_| ()),
@@ -329,6 +346,11 @@ impl RaftClient {
     pub fn pending_proposals(&self) -> usize {
         self.proposals.pending()
     }
+
+    /// Proposals that failed (etcd_server_proposals_failed_total).
+    pub fn failed_proposals(&self) -> u64 {
+        self.proposals.failed()
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +429,7 @@ mod tests {
             let abandoned = tokio::time::timeout(Duration::from_millis(20), c.propose(put()));
             assert!(abandoned.await.is_err());
             assert_eq!(c.proposals.pending(), 0, "an abandoned waiter stays");
+            assert_eq!(c.failed_proposals(), 2, "both count as failed proposals");
         });
     }
 
@@ -425,6 +448,7 @@ mod tests {
                 Err(EtcdError::TooManyRequests)
             ));
             assert_eq!(c.proposals.pending(), 0);
+            assert_eq!(c.failed_proposals(), 0, "refused before raft: not failed");
             // Apply catches up: proposals are taken again (and time out here).
             tx.send_replace(101);
             assert!(matches!(c.propose(put()).await, Err(EtcdError::Timeout)));

@@ -256,10 +256,12 @@ async fn send_loop(
                 return Ok(());
             };
             super::failpoint::link_panic(target.to);
+            let bytes = batch.messages.iter().map(Vec::len).sum();
             if tx.send(batch).await.is_err() {
                 // The call ended: its outcome says why.
                 return std::future::pending().await;
             }
+            crate::io_metrics::peer_bytes(&crate::io_metrics::PEER_SENT, target.to, bytes);
             if connected
                 .compare_exchange(0, now_millis(), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()

@@ -105,6 +105,8 @@ impl PeerService {
     /// Decodes a checked batch and delivers its messages; returns how many
     /// were dropped.
     fn step_all(&self, batch: RaftBatch) -> usize {
+        let bytes = batch.messages.iter().map(Vec::len).sum();
+        crate::io_metrics::peer_bytes(&crate::io_metrics::PEER_RECEIVED, batch.from, bytes);
         let mut dropped = 0;
         for bytes in batch.messages {
             match raft::eraftpb::Message::parse_from_bytes(&bytes) {

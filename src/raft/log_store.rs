@@ -331,7 +331,9 @@ impl LogStore {
         if let Some(hs) = hard_state {
             batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs)?;
         }
-        self.engine.write(&mut batch, true)?;
+        crate::io_metrics::timed(&crate::io_metrics::WAL_FSYNC, || {
+            self.engine.write(&mut batch, true)
+        })?;
         if let Some(hs) = hard_state {
             self.meta.write().hard_state = hs.clone();
         }
