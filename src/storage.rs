@@ -373,6 +373,7 @@ impl Handler<ApplyCommitted> for StorageActor {
         if let Err(e) = self.apply(msg.entries) {
             fatal("applying committed entries", &e);
         }
+        crate::failpoint::hit("storage-applied");
     }
 }
 

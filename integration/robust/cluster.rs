@@ -52,6 +52,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// Environment for every member (e.g. a failpoint).
     env: Vec<(String, String)>,
+    /// Extra flags for every member.
+    args: Vec<String>,
     binary: PathBuf,
 }
 
@@ -63,6 +65,7 @@ impl Cluster {
         binary: PathBuf,
         n: usize,
         env: &[(&str, &str)],
+        args: &[&str],
         rt: &tokio::runtime::Handle,
     ) -> Cluster {
         let tmp = tempfile::Builder::new()
@@ -90,6 +93,7 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             binary,
         };
         for i in 0..n {
@@ -108,6 +112,12 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    /// Starts member `i` with `extra` environment on top of the cluster's
+    /// (e.g. a failpoint armed for this start only).
+    pub fn spawn_with(&mut self, i: usize, extra: &[(String, String)]) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
         let initial: Vec<String> = self
             .members
@@ -130,7 +140,8 @@ impl Cluster {
             .args(["--initial-cluster-token", TOKEN])
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.args)
+            .envs(self.env.iter().chain(extra).map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -156,6 +167,18 @@ impl Cluster {
             "member {} did not serve within {READY_TIMEOUT:?} (exit: {exited:?})",
             self.members[i].name
         );
+    }
+
+    /// Whether member `i` has exited by itself (reaped if so).
+    pub fn exited(&mut self, i: usize) -> bool {
+        let gone = self.members[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+        if gone {
+            self.members[i].child = None;
+        }
+        gone
     }
 
     /// SIGKILL (works on a paused process too) and reap.

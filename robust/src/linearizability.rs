@@ -215,9 +215,10 @@ pub fn search<M: Model>(model: &M, calls: &[Call], budget: u64) -> Search<M::Sta
 pub struct EtcdState {
     pub revision: i64,
     pub keys: BTreeMap<String, KeyValue>,
-    /// Every lease granted so far: true while it lives, false once revoked
-    /// or expired (an ID is never granted twice).
-    pub leases: BTreeMap<i64, bool>,
+    /// The leases alive (granted, not yet revoked or expired). The traffic
+    /// never grants an ID twice, so a lease that ended is simply gone: the
+    /// state stays as small as the set of live leases.
+    pub leases: BTreeSet<i64>,
     /// The lease each key is attached to (keys put without one are not
     /// here).
     pub attached: BTreeMap<String, i64>,
@@ -250,6 +251,11 @@ pub struct EtcdModel {
     /// The event watches saw at each revision (first one wins; the watch
     /// checker reports disagreements).
     seen: HashMap<i64, Event>,
+    /// Leases a keep-alive found gone: an indeterminate revoke or an
+    /// expiry of one may end it without deleting anything. Any other may
+    /// only happen as a change nobody could miss (deleting keys at a
+    /// revision a watch saw), or the search could try it at every step.
+    quiet: HashSet<i64>,
 }
 
 /// Applies a put to `state`; the new revision.
@@ -278,10 +284,9 @@ fn put(state: &mut EtcdState, key: &str, value: &str) -> i64 {
 /// Ends lease `id` if it lives: deletes its keys, at one new revision if it
 /// had any. The keys deleted, or None if the lease was not alive.
 fn end_lease(state: &mut EtcdState, id: i64) -> Option<Vec<String>> {
-    if state.leases.get(&id) != Some(&true) {
+    if !state.leases.remove(&id) {
         return None;
     }
-    state.leases.insert(id, false);
     let keys: Vec<String> = state
         .attached
         .iter()
@@ -331,12 +336,10 @@ impl EtcdModel {
             (
                 Request::LeaseGrant { id, .. },
                 Known::Response(Response::LeaseGrant { revision, .. }),
-            ) => (*revision == s.revision && s.leases.insert(*id, true).is_none()).then_some(s),
-            (Request::LeaseGrant { id, .. }, Known::Free) => {
-                s.leases.insert(*id, true).is_none().then_some(s)
-            }
+            ) => (*revision == s.revision && s.leases.insert(*id)).then_some(s),
+            (Request::LeaseGrant { id, .. }, Known::Free) => s.leases.insert(*id).then_some(s),
             (Request::LeaseKeepAlive { id }, Known::Response(Response::LeaseKeepAlive { ttl })) => {
-                ((s.leases.get(id) == Some(&true)) == (*ttl > 0)).then_some(s)
+                (s.leases.contains(id) == (*ttl > 0)).then_some(s)
             }
             (Request::LeaseRevoke { id }, Known::Response(Response::LeaseRevoke { revision })) => {
                 end_lease(&mut s, *id)?;
@@ -344,7 +347,12 @@ impl EtcdModel {
             }
             (Request::LeaseRevoke { id } | Request::LeaseExpire { id }, Known::Free) => {
                 let keys = end_lease(&mut s, *id)?;
-                (keys.is_empty() || self.free_deletes_fit(s.revision, &keys)).then_some(s)
+                let fits = if keys.is_empty() {
+                    self.quiet.contains(id)
+                } else {
+                    self.free_deletes_fit(s.revision, &keys)
+                };
+                fits.then_some(s)
             }
             _ => None,
         }
@@ -420,7 +428,7 @@ impl EtcdModel {
                 (*revision == s.revision && range.eq(kvs.iter().map(|(k, v)| (k, v)))).then_some(s)
             }
             (Request::LeasePut { key, value, lease }, known) => {
-                if s.leases.get(lease) != Some(&true) {
+                if !s.leases.contains(lease) {
                     return None;
                 }
                 let revision = put(&mut s, key, value);
@@ -615,6 +623,12 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
                 stats.dropped_reads += 1;
                 continue;
             }
+            // An expiry known to have happened by `completed` (see
+            // `with_lease_expiries`): required, at a revision unknown.
+            (Request::LeaseExpire { .. }, Outcome::Ok(_)) => {
+                stats.acknowledged += 1;
+                Known::Free
+            }
             (_, Outcome::Ok(resp)) => {
                 match resp {
                     Response::Put { revision }
@@ -647,7 +661,7 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
                 Known::Free
             }
         };
-        let required = !matches!(known, Known::Free);
+        let required = !matches!(known, Known::Free) || matches!(op.outcome, Outcome::Ok(_));
         calls.push(Call {
             invoked: op.invoked,
             completed: if matches!(op.outcome, Outcome::Ok(_)) {
@@ -726,7 +740,18 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
         .filter(|(k, _)| keep(k))
         .map(|(_, o)| o)
         .collect();
+    let quiet = history
+        .operations
+        .iter()
+        .filter_map(|op| match (&op.request, &op.outcome) {
+            (Request::LeaseKeepAlive { id }, Outcome::Ok(Response::LeaseKeepAlive { ttl })) => {
+                (*ttl <= 0).then_some(*id)
+            }
+            _ => None,
+        })
+        .collect();
     let model = EtcdModel {
+        quiet,
         horizon,
         open,
         initial: EtcdState {
@@ -741,61 +766,147 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
     (model, calls, origin, stats)
 }
 
-/// `history` with one [`Request::LeaseExpire`] per lease granted and not
-/// revoked by an acknowledged request, invoked at the earliest moment the
-/// lease may expire: the latest of (grant or acknowledged keep-alive
-/// invocation + the TTL it set). The server sets a lease's expiry when it
-/// handles the grant or keep-alive, after its invocation, and a new leader
-/// only extends it; so an expiry before that moment is etcd's "lease
-/// expired early" bug, and the model refuses it. None if no lease was
-/// granted.
+/// What the history shows of one lease.
+#[derive(Default)]
+struct LeaseFacts {
+    /// The earliest moment it may expire.
+    earliest: u64,
+    granted_ok: bool,
+    /// Some acknowledged request used it (so a failed grant did happen).
+    used: bool,
+    revoked_ok: bool,
+    revoke_failed: bool,
+    /// The first completion of a keep-alive that found it gone.
+    gone_by: Option<u64>,
+    keys: HashSet<String>,
+}
+
+/// `history` prepared for the lease model. Expiries are not client
+/// operations, so this adds one [`Request::LeaseExpire`] per lease that
+/// shows signs of ending without an acknowledged revoke, invoked at the
+/// earliest moment the lease may expire: the latest of (grant or
+/// acknowledged keep-alive invocation + the TTL it set). The server sets a
+/// lease's expiry when it handles the grant or keep-alive, after its
+/// invocation, and a new leader only extends it; so an expiry before that
+/// moment is etcd's "lease expired early" bug, and the model refuses it.
+///
+/// An expiry that could happen at any time and change nothing would let
+/// the search try it at every step (exponentially many orders); so:
+/// * a lease a keep-alive found gone must have ended by that keep-alive's
+///   completion: its expiry is required there (recorded as
+///   `Outcome::Ok`), unless a failed revoke may have ended it instead;
+/// * a lease one of whose keys some watch saw deleted at a revision no
+///   acknowledged delete made may have expired: its expiry is optional
+///   (`Outcome::Failed`), and only fits a revision where a watch saw its
+///   keys deleted;
+/// * a lease with no sign of ending gets none (it lived through the run,
+///   as far as anything shows);
+/// * a failed grant nothing acknowledged ever used is left out (it
+///   changed nothing anyone saw).
+///
+/// None if no lease was granted.
 pub fn with_lease_expiries(history: &History) -> Option<History> {
-    let mut earliest: BTreeMap<i64, u64> = BTreeMap::new();
-    let mut revoked = HashSet::new();
+    let mut leases: BTreeMap<i64, LeaseFacts> = BTreeMap::new();
+    let secs = |ttl: i64| u64::try_from(ttl.max(0)).unwrap_or(0) * 1_000_000_000;
+    let mut acked_deletes = HashSet::new();
     for op in &history.operations {
-        let secs = |ttl: i64| u64::try_from(ttl.max(0)).unwrap_or(0) * 1_000_000_000;
+        let ok = matches!(op.outcome, Outcome::Ok(_));
         match (&op.request, &op.outcome) {
             (Request::LeaseGrant { id, ttl }, outcome) => {
                 let ttl = match outcome {
                     Outcome::Ok(Response::LeaseGrant { ttl, .. }) => *ttl,
                     _ => *ttl,
                 };
-                let at = op.invoked + secs(ttl);
-                earliest
-                    .entry(*id)
-                    .and_modify(|e| *e = (*e).max(at))
-                    .or_insert(at);
+                let l = leases.entry(*id).or_default();
+                l.earliest = l.earliest.max(op.invoked + secs(ttl));
+                l.granted_ok |= ok;
             }
-            (Request::LeaseKeepAlive { id }, Outcome::Ok(Response::LeaseKeepAlive { ttl }))
-                if *ttl > 0 =>
-            {
-                let at = op.invoked + secs(*ttl);
-                earliest
-                    .entry(*id)
-                    .and_modify(|e| *e = (*e).max(at))
-                    .or_insert(at);
+            (Request::LeaseKeepAlive { id }, Outcome::Ok(Response::LeaseKeepAlive { ttl })) => {
+                let l = leases.entry(*id).or_default();
+                l.used = true;
+                if *ttl > 0 {
+                    l.earliest = l.earliest.max(op.invoked + secs(*ttl));
+                } else {
+                    l.gone_by = Some(l.gone_by.map_or(op.completed, |g| g.min(op.completed)));
+                }
             }
-            (Request::LeaseRevoke { id }, Outcome::Ok(_)) => {
-                revoked.insert(*id);
+            (Request::LeaseRevoke { id }, _) => {
+                let l = leases.entry(*id).or_default();
+                l.used |= ok;
+                l.revoked_ok |= ok;
+                l.revoke_failed |= !ok;
+            }
+            (Request::LeasePut { key, lease, .. }, _) => {
+                let l = leases.entry(*lease).or_default();
+                l.used |= ok;
+                l.keys.insert(key.clone());
+            }
+            (
+                Request::Delete { .. },
+                Outcome::Ok(Response::Delete {
+                    revision,
+                    deleted: 1..,
+                }),
+            ) => {
+                acked_deletes.insert(*revision);
             }
             _ => {}
         }
     }
-    if earliest.is_empty() {
+    if leases.is_empty() {
         return None;
     }
+    // Failed writes seen by a read or watch happened: their leases too.
+    let observed = observed_values(history);
+    for op in &history.operations {
+        if let (Request::LeasePut { lease, value, .. }, Outcome::Failed(_)) =
+            (&op.request, &op.outcome)
+        {
+            if observed.contains_key(value.as_str()) {
+                leases.entry(*lease).or_default().used = true;
+            }
+        }
+    }
+    let mut deleted: HashSet<&str> = HashSet::new();
+    for w in &history.watches {
+        for r in &w.responses {
+            for e in &r.events {
+                if e.value.is_none() && !acked_deletes.contains(&e.revision) {
+                    deleted.insert(e.key.as_str());
+                }
+            }
+        }
+    }
     let mut h = history.clone();
-    for (id, at) in earliest {
-        if revoked.contains(&id) {
+    h.operations.retain(|op| match (&op.request, &op.outcome) {
+        (Request::LeaseGrant { id, .. }, Outcome::Failed(_)) => leases[id].used,
+        _ => true,
+    });
+    for (id, l) in &leases {
+        if l.revoked_ok || !(l.granted_ok || l.used) {
             continue;
         }
-        h.operations.push(Operation {
-            client: usize::MAX,
-            invoked: at,
-            completed: at,
-            request: Request::LeaseExpire { id },
-            outcome: Outcome::Failed("may expire from here on".to_string()),
-        });
+        let outcome = match l.gone_by {
+            Some(by) if !l.revoke_failed => {
+                Some((by, Outcome::Ok(Response::LeaseKeepAlive { ttl: 0 })))
+            }
+            _ if l.gone_by.is_some() || l.keys.iter().any(|k| deleted.contains(k.as_str())) => {
+                Some((
+                    l.earliest,
+                    Outcome::Failed("may expire from here on".to_string()),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((completed, outcome)) = outcome {
+            h.operations.push(Operation {
+                client: usize::MAX,
+                invoked: l.earliest,
+                completed: completed.max(l.earliest),
+                request: Request::LeaseExpire { id: *id },
+                outcome,
+            });
+        }
     }
     Some(h)
 }
@@ -861,8 +972,22 @@ fn explain(
     if !state.leases.is_empty() {
         let _ = writeln!(
             out,
-            "leases (true: alive) {:?}, keys attached {:?}",
+            "leases alive {:?}, keys attached {:?}",
             state.leases, state.attached
+        );
+    }
+    let next: Vec<&Event> = history
+        .watches
+        .iter()
+        .flat_map(|w| &w.responses)
+        .flat_map(|r| &r.events)
+        .filter(|e| e.revision == state.revision + 1)
+        .collect();
+    if let Some(e) = next.first() {
+        let _ = writeln!(
+            out,
+            "what watches saw at the next revision, {}: {e:?} (made by no operation that could happen yet)",
+            e.revision
         );
     }
     let _ = writeln!(out, "last operations taken before it:");
@@ -1559,6 +1684,24 @@ mod tests {
     fn revoke_ok(revision: i64) -> Outcome {
         Outcome::Ok(Response::LeaseRevoke { revision })
     }
+    /// A watch that saw `key` deleted at `revision` (as the reference
+    /// watch of a run sees an expiry).
+    fn deleted_at(revision: i64, key: &str) -> crate::history::Watch {
+        crate::history::Watch {
+            key: key.into(),
+            start_revision: revision,
+            responses: vec![crate::history::WatchResponse {
+                header_revision: revision,
+                events: vec![Event {
+                    revision,
+                    key: key.into(),
+                    value: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
     fn full(h: &History) -> Report {
         check(h, DEFAULT_STEP_BUDGET)
     }
@@ -1613,6 +1756,8 @@ mod tests {
             op(0, (20, 30), lput("a", "1", 7), put_ok(2)),
             op(1, (SEC, SEC + 10), get("a"), get_ok(3, None)),
         ]);
+        let mut h = h;
+        h.watches.push(deleted_at(3, "a"));
         let r = full(&h);
         assert!(!r.is_linearizable(), "an early expiry passed");
         let v = r.violation.unwrap_or_default();
@@ -1633,6 +1778,8 @@ mod tests {
             op(0, (SEC, SEC + 10), keep(7), keep_ok(2)),
             op(1, (2 * SEC + 500, 2 * SEC + 510), get("a"), get_ok(3, None)),
         ]);
+        let mut h = h;
+        h.watches.push(deleted_at(3, "a"));
         assert!(
             !full(&h).is_linearizable(),
             "expiry 1.5 s after a 2 s keep-alive passed"

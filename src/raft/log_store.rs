@@ -331,7 +331,9 @@ impl LogStore {
         if let Some(hs) = hard_state {
             batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs)?;
         }
+        crate::failpoint::hit("raft-before-save");
         self.engine.write(&mut batch, true)?;
+        crate::failpoint::hit("raft-after-save");
         if let Some(hs) = hard_state {
             self.meta.write().hard_state = hs.clone();
         }
