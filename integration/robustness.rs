@@ -63,12 +63,17 @@ fn one_member_kill_and_pause() {
 }
 
 #[test]
-fn three_members_kill_random_leader_and_all() {
+fn three_members_kill_random_leader_all_and_replace() {
     assert_clean(
         &Scenario::new(
-            "three-members-kill",
+            "three-members-kill-replace",
             3,
-            &[Fault::KillLeader, Fault::KillRandom, Fault::KillAll],
+            &[
+                Fault::KillLeader,
+                Fault::Replace,
+                Fault::KillRandom,
+                Fault::KillAll,
+            ],
         )
         .lasting(15),
     );

@@ -11,6 +11,7 @@
 //! | `Delay` | a member's peer proxy holds every chunk 50–300 ms |
 //! | `Crash(name)` | restart a member with `CAIRN_FAILPOINT_CRASH=name@n`; once it has aborted there (or the hold is over), restart it clean |
 //! | `Crash("snapshot-send")` | kill a follower; restart the others one by one with the failpoint armed; let the log move on; restart the follower, so the leader must send it a snapshot and crashes doing so; restart everyone clean |
+//! | `Replace` | member replace: remove a follower, wipe it, add it back fresh (`--initial-cluster-state existing`), under load |
 //! | `SlowDisk` | restart a member with `CAIRN_FAILPOINT_SLEEP=raft-before-save:<ms>` (every raft log write 20–100 ms slower), then clean |
 
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ pub enum Fault {
     /// `raft-before-save`.
     Crash(&'static str),
     SlowDisk,
+    Replace,
 }
 
 /// What the nemesis did, with times (ms since the run started), for the
@@ -234,6 +236,15 @@ pub fn run(
                 c.spawn(random);
                 c.wait_ready(random);
                 stamp(&mut log, format!("m{} restarted clean", random + 1));
+            }
+            Fault::Replace => {
+                let Some(l) = leader else {
+                    stamp(&mut log, "Replace: no agreed leader, skipped".to_string());
+                    continue;
+                };
+                let f = (l + 1 + rng.below(n as u64 - 1) as usize) % n;
+                let r = c.replace(f, l);
+                stamp(&mut log, format!("Replace: {r:?}"));
             }
             Fault::MoveLeader => {
                 let Some(l) = leader else {
