@@ -162,7 +162,7 @@ impl RunReport {
     pub fn summary(&self, s: &Scenario) -> String {
         let mut out = format!(
             "robustness {} (seed {}, {} member(s), {:?}): {} operations ({} acknowledged, {} pinned, {} free, {} impossible, {} failed reads), \
-             {} watches with {} events, checked linearizable in {:?}; {} nemesis actions; run took {:?}",
+             {} watches with {} events, checked in {:?}; {} nemesis actions; run took {:?}",
             s.name,
             s.seed,
             s.members,
@@ -205,6 +205,11 @@ fn history_dir() -> PathBuf {
 
 /// Runs `s` and checks its history.
 pub fn run(s: &Scenario) -> RunReport {
+    // First, so that a run that dies half-way can still be replayed.
+    eprintln!(
+        "robustness {}: CAIRN_ROBUST_SEED={} ({:?}, {} member(s))",
+        s.name, s.seed, s.faults, s.members
+    );
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
