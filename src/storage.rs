@@ -239,7 +239,10 @@ impl Applier {
                 }
             }
         }
-        self.apply_normal(normal)
+        self.apply_normal(normal)?;
+        // Applied, and proposers answered (inline or in the actor alike).
+        crate::failpoint::hit("storage-applied");
+        Ok(())
     }
 
     /// A membership change: the store's members, the proposer's answer,

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use cairn::proto::etcdserverpb::cluster_client::ClusterClient;
 use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn::proto::etcdserverpb::{MoveLeaderRequest, StatusRequest};
+use cairn::proto::etcdserverpb::{
+    MemberAddRequest, MemberRemoveRequest, MoveLeaderRequest, StatusRequest,
+};
 
 use super::proxy::Proxy;
 use crate::common::{free_port, grpc, wait_until};
@@ -29,6 +32,9 @@ pub struct Member {
     child: Option<Child>,
     paused: bool,
     starts: u32,
+    /// The ID MemberAdd gave this member when it was replaced (None: the
+    /// one derived from its peer URL at bootstrap).
+    added_id: Option<u64>,
 }
 
 impl Member {
@@ -40,7 +46,8 @@ impl Member {
         format!("http://127.0.0.1:{}", self.proxy.port)
     }
     pub fn id(&self) -> u64 {
-        cairn::cluster::member_id(&[self.peer_url()], TOKEN)
+        self.added_id
+            .unwrap_or_else(|| cairn::cluster::member_id(&[self.peer_url()], TOKEN))
     }
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -52,6 +59,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// Environment for every member (e.g. a failpoint).
     env: Vec<(String, String)>,
+    /// Extra flags for every member.
+    args: Vec<String>,
     binary: PathBuf,
 }
 
@@ -63,6 +72,7 @@ impl Cluster {
         binary: PathBuf,
         n: usize,
         env: &[(&str, &str)],
+        args: &[&str],
         rt: &tokio::runtime::Handle,
     ) -> Cluster {
         let tmp = tempfile::Builder::new()
@@ -80,6 +90,7 @@ impl Cluster {
                     child: None,
                     paused: false,
                     starts: 0,
+                    added_id: None,
                 }
             })
             .collect();
@@ -90,6 +101,7 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             binary,
         };
         for i in 0..n {
@@ -108,6 +120,12 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    /// Starts member `i` with `extra` environment on top of the cluster's
+    /// (e.g. a failpoint armed for this start only).
+    pub fn spawn_with(&mut self, i: usize, extra: &[(String, String)]) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
         let initial: Vec<String> = self
             .members
@@ -130,7 +148,14 @@ impl Cluster {
             .args(["--initial-cluster-token", TOKEN])
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.args)
+            // A member added at runtime joins the cluster as it is.
+            .args(if m.added_id.is_some() {
+                &["--initial-cluster-state", "existing"][..]
+            } else {
+                &[]
+            })
+            .envs(self.env.iter().chain(extra).map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -156,6 +181,18 @@ impl Cluster {
             "member {} did not serve within {READY_TIMEOUT:?} (exit: {exited:?})",
             self.members[i].name
         );
+    }
+
+    /// Whether member `i` has exited by itself (reaped if so).
+    pub fn exited(&mut self, i: usize) -> bool {
+        let gone = self.members[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+        if gone {
+            self.members[i].child = None;
+        }
+        gone
     }
 
     /// SIGKILL (works on a paused process too) and reap.
@@ -229,6 +266,63 @@ impl Cluster {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })
+    }
+
+    /// Member replace, as an operator does it: MemberRemove member `i`
+    /// (through member `via`), stop it, wipe its data dir, MemberAdd it
+    /// again (same name and peer URL, a new ID), and start it afresh with
+    /// `--initial-cluster-state existing`; it must catch up from the others.
+    /// What happened, or why not.
+    pub fn replace(&mut self, i: usize, via: usize) -> Result<String, String> {
+        let old = self.members[i].id();
+        let url = self.members[via].client_url();
+        let peer = self.members[i].peer_url();
+        let removed = grpc::block_on({
+            let url = url.clone();
+            async move {
+                let channel = channel(&url).await.ok_or("cannot connect")?;
+                ClusterClient::new(channel)
+                    .member_remove(MemberRemoveRequest { id: old })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        });
+        removed.map_err(|e| format!("MemberRemove {old:x}: {e}"))?;
+        self.kill(i);
+        let dir = self.tmp.path().join(&self.members[i].name);
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("wiping {}: {e}", dir.display()))?;
+        // A few tries: the removal must be applied before the URL is free.
+        let mut added = Err(String::new());
+        for _ in 0..20 {
+            let (url, peer) = (url.clone(), peer.clone());
+            added = grpc::block_on(async move {
+                let channel = channel(&url).await.ok_or("cannot connect")?;
+                ClusterClient::new(channel)
+                    .member_add(MemberAddRequest {
+                        peer_ur_ls: vec![peer],
+                        is_learner: false,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .member
+                    .map(|m| m.id)
+                    .ok_or_else(|| "MemberAdd answered no member".to_string())
+            });
+            if added.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let new = added.map_err(|e| format!("MemberAdd: {e}"))?;
+        self.members[i].added_id = Some(new);
+        self.spawn(i);
+        self.wait_ready(i);
+        Ok(format!(
+            "m{} replaced: {old:x} removed, {new:x} added",
+            i + 1
+        ))
     }
 
     /// Waits until every member reports the same HashKV at the same

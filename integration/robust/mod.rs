@@ -44,6 +44,15 @@ pub struct Scenario {
     /// How long traffic and faults run.
     pub duration: Duration,
     pub kv_clients: usize,
+    /// Lease-style clients (grant, put with a lease, keep-alive, revoke,
+    /// expiry) on keys of their own.
+    pub lease_clients: usize,
+    /// Kubernetes-style clients (prefix lists, create and update txns on
+    /// mod_revision) on keys of their own, and as many informers (list,
+    /// then watch the prefix from the list's revision).
+    pub k8s_clients: usize,
+    /// Whether informers sometimes stop reading their watch for a while.
+    pub slow_watchers: bool,
     /// Per client.
     pub max_ops: usize,
     pub keys: usize,
@@ -51,6 +60,8 @@ pub struct Scenario {
     pub compaction_period: Duration,
     /// Environment for every member (e.g. a failpoint).
     pub env: Vec<(&'static str, &'static str)>,
+    /// Extra flags for every member (e.g. a small --snapshot-count).
+    pub args: Vec<&'static str>,
     pub seed: u64,
     /// Run real etcd (`/usr/bin/etcd`) instead of cairn: the same harness
     /// and checkers must find nothing there either.
@@ -72,15 +83,58 @@ impl Scenario {
             faults: faults.to_vec(),
             duration: Duration::from_secs(if long { 200 } else { 20 }),
             kv_clients: 6,
+            lease_clients: 0,
+            k8s_clients: 0,
+            slow_watchers: false,
             max_ops: if long { 50_000 } else { 5_000 },
             keys: 5,
             watchers: 2,
             compaction_period: Duration::from_millis(700),
             env: Vec::new(),
+            args: Vec::new(),
             seed,
             etcd: false,
             progress_requests: true,
         }
+    }
+}
+
+/// Whether `CAIRN_ROBUST_LONG=1` asks for the long runs.
+pub fn long() -> bool {
+    std::env::var("CAIRN_ROBUST_LONG").is_ok_and(|v| v == "1")
+}
+
+impl Scenario {
+    /// Runs for `secs` in CI (the long runs keep their 200 s).
+    pub fn lasting(mut self, secs: u64) -> Scenario {
+        if !long() {
+            self.duration = Duration::from_secs(secs);
+        }
+        self
+    }
+
+    /// Every traffic profile at once: 3 KV clients, 2 lease clients, a
+    /// Kubernetes-style client and its informer.
+    pub fn mixed(mut self) -> Scenario {
+        self.kv_clients = 3;
+        self.lease_clients = 2;
+        self.k8s_clients = 1;
+        self
+    }
+
+    /// Every key the run's clients write: read before traffic (absent) and
+    /// once more at the end.
+    fn keys_read(&self) -> Vec<String> {
+        let mut keys: Vec<String> = (0..self.keys)
+            .map(|k| format!("{}k{k}", traffic::PREFIX))
+            .collect();
+        if self.lease_clients > 0 {
+            keys.extend((0..self.keys).map(traffic::lease_key));
+        }
+        if self.k8s_clients > 0 {
+            keys.extend((0..self.keys).map(|k| format!("{}p{k}", traffic::K8S_PREFIX)));
+        }
+        keys
     }
 }
 
@@ -108,7 +162,7 @@ impl RunReport {
     pub fn summary(&self, s: &Scenario) -> String {
         let mut out = format!(
             "robustness {} (seed {}, {} member(s), {:?}): {} operations ({} acknowledged, {} pinned, {} free, {} impossible, {} failed reads), \
-             {} watches with {} events, checked linearizable in {:?}; {} nemesis actions; run took {:?}",
+             {} watches with {} events, checked in {:?}; {} nemesis actions; run took {:?}",
             s.name,
             s.seed,
             s.members,
@@ -151,6 +205,11 @@ fn history_dir() -> PathBuf {
 
 /// Runs `s` and checks its history.
 pub fn run(s: &Scenario) -> RunReport {
+    // First, so that a run that dies half-way can still be replayed.
+    eprintln!(
+        "robustness {}: CAIRN_ROBUST_SEED={} ({:?}, {} member(s))",
+        s.name, s.seed, s.faults, s.members
+    );
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,13 +221,14 @@ pub fn run(s: &Scenario) -> RunReport {
     } else {
         crate::common::cairn_path()
     };
-    let cluster = Cluster::start(binary, s.members, &s.env, rt.handle());
+    let cluster = Cluster::start(binary, s.members, &s.env, &s.args, rt.handle());
     let urls: Vec<String> = cluster.members.iter().map(|m| m.client_url()).collect();
     let cluster = Arc::new(Mutex::new(cluster));
 
     // The store before traffic: a fresh cluster, so no key of the prefix.
+    let keys = s.keys_read();
     let initial = rt
-        .block_on(read_all(&urls[0], s.keys))
+        .block_on(read_all(&urls[0], &keys))
         .expect("initial read");
     assert!(
         initial.1.iter().all(|kv| kv.is_none()),
@@ -187,6 +247,38 @@ pub fn run(s: &Scenario) -> RunReport {
             s.max_ops,
             deadline,
             s.seed.wrapping_add(c as u64),
+        )));
+    }
+    for c in 0..s.lease_clients {
+        let id = 300 + c;
+        tasks.push(rt.spawn(traffic::lease_client(
+            id,
+            urls[c % urls.len()].clone(),
+            rec.clone(),
+            s.keys,
+            s.max_ops,
+            deadline,
+            s.seed.wrapping_add(id as u64),
+        )));
+    }
+    for c in 0..s.k8s_clients {
+        let id = 400 + c;
+        tasks.push(rt.spawn(traffic::k8s_client(
+            id,
+            urls[(c + 1) % urls.len()].clone(),
+            rec.clone(),
+            s.keys,
+            s.max_ops,
+            deadline,
+            s.seed.wrapping_add(id as u64),
+        )));
+        tasks.push(rt.spawn(traffic::informer(
+            500 + c,
+            urls.clone(),
+            rec.clone(),
+            deadline,
+            s.slow_watchers,
+            s.seed.wrapping_add(500 + c as u64),
         )));
     }
     for w in 0..s.watchers {
@@ -226,7 +318,7 @@ pub fn run(s: &Scenario) -> RunReport {
     // Final reads of every key, then let the reference watcher catch up
     // with the final revision (bounded) so the watch checker sees it all.
     let final_client = 1000;
-    let final_revision = rt.block_on(final_reads(&urls[0], s.keys, &rec, final_client));
+    let final_revision = rt.block_on(final_reads(&urls[0], &keys, &rec, final_client));
     let caught_up = crate::common::wait_until(Duration::from_secs(20), || {
         rec.reference.load(Ordering::SeqCst) >= final_revision
     });
@@ -257,7 +349,9 @@ pub fn run(s: &Scenario) -> RunReport {
         history_file: None,
         elapsed: started.elapsed(),
     };
-    if !outcome.ok() {
+    // `CAIRN_ROBUST_WRITE_HISTORY=1` keeps every run's history, not only
+    // a failed one's.
+    if !outcome.ok() || std::env::var("CAIRN_ROBUST_WRITE_HISTORY").is_ok_and(|v| v == "1") {
         let path = history_dir().join(format!("{}-{}.history", s.name, s.seed));
         let mut text = outcome.summary(s);
         text.push_str("\n\nnemesis:\n");
@@ -278,14 +372,14 @@ pub fn run(s: &Scenario) -> RunReport {
 /// (revision, each key's value) through a linearizable range of the prefix.
 async fn read_all(
     url: &str,
-    keys: usize,
+    keys: &[String],
 ) -> Result<(i64, Vec<Option<cairn_robust::history::KeyValue>>), String> {
     let channel = traffic::lazy_channel(url).ok_or("bad url")?;
     let mut kv = KvClient::new(channel);
     let mut revision = 0;
     let mut values = Vec::new();
-    for k in 0..keys {
-        let key = format!("{}k{k}", traffic::PREFIX);
+    for key in keys {
+        let key = key.clone();
         match traffic::execute(&mut kv, &Request::Get { key }).await? {
             Response::Get { revision: r, kv } => {
                 revision = r;
@@ -299,16 +393,14 @@ async fn read_all(
 
 /// Reads every key once more after the faults are healed (recorded like any
 /// operation, retried until one succeeds); the highest revision seen.
-async fn final_reads(url: &str, keys: usize, rec: &Recorder, client: usize) -> i64 {
+async fn final_reads(url: &str, keys: &[String], rec: &Recorder, client: usize) -> i64 {
     let Some(channel) = traffic::lazy_channel(url) else {
         return 0;
     };
     let mut kv = KvClient::new(channel);
     let deadline = Instant::now() + Duration::from_secs(20);
-    for k in 0..keys {
-        let request = Request::Get {
-            key: format!("{}k{k}", traffic::PREFIX),
-        };
+    for key in keys {
+        let request = Request::Get { key: key.clone() };
         loop {
             let invoked = rec.now();
             let result = traffic::execute(&mut kv, &request).await;

@@ -8,6 +8,11 @@
 //! | `Pause` | SIGSTOP a member (its leases, heartbeats, clients all freeze), SIGCONT |
 //! | `IsolateLeader`, `IsolateFollower` | block the member's peer proxy: it hears no peer |
 //! | `MoveLeader` | Maintenance MoveLeader to another member, under load |
+//! | `Delay` | a member's peer proxy holds every chunk 50–300 ms |
+//! | `Crash(name)` | restart a member with `CAIRN_FAILPOINT_CRASH=name@n`; once it has aborted there (or the hold is over), restart it clean |
+//! | `Crash("snapshot-send")` | kill a follower; restart the others one by one with the failpoint armed; let the log move on; restart the follower, so the leader must send it a snapshot and crashes doing so; restart everyone clean |
+//! | `Replace` | member replace: remove a follower, wipe it, add it back fresh (`--initial-cluster-state existing`), under load |
+//! | `SlowDisk` | restart a member with `CAIRN_FAILPOINT_SLEEP=raft-before-save:<ms>` (every raft log write 20–100 ms slower), then clean |
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +29,12 @@ pub enum Fault {
     IsolateLeader,
     IsolateFollower,
     MoveLeader,
+    Delay,
+    /// A crash failpoint inside cairn (`src/failpoint.rs`), e.g.
+    /// `raft-before-save`.
+    Crash(&'static str),
+    SlowDisk,
+    Replace,
 }
 
 /// What the nemesis did, with times (ms since the run started), for the
@@ -108,6 +119,132 @@ pub fn run(
                     .proxy
                     .heal();
                 stamp(&mut log, format!("healed m{}", i + 1));
+            }
+            Fault::Delay => {
+                let ms = 50 + rng.below(251);
+                c.members[random].proxy.delay(ms);
+                stamp(
+                    &mut log,
+                    format!("Delay: m{} peers' traffic held {ms} ms", random + 1),
+                );
+                drop(c);
+                std::thread::sleep(hold);
+                cluster.lock().expect("cluster lock").members[random]
+                    .proxy
+                    .heal();
+                stamp(&mut log, format!("healed m{}", random + 1));
+            }
+            Fault::Crash("snapshot-send") if n > 1 => {
+                let arm = "snapshot-send@1".to_string();
+                let f = match leader {
+                    Some(l) => (l + 1 + rng.below(n as u64 - 1) as usize) % n,
+                    None => random,
+                };
+                c.kill(f);
+                for j in (0..n).filter(|&j| j != f) {
+                    c.kill(j);
+                    c.spawn_with(j, &[("CAIRN_FAILPOINT_CRASH".to_string(), arm.clone())]);
+                    c.wait_ready(j);
+                }
+                stamp(
+                    &mut log,
+                    format!("Crash: m{} killed, the others restarted with {arm}", f + 1),
+                );
+                drop(c);
+                std::thread::sleep(hold);
+                cluster.lock().expect("cluster lock").spawn(f);
+                stamp(
+                    &mut log,
+                    format!("m{} restarted: it needs a snapshot", f + 1),
+                );
+                let crashed = crate::common::wait_until(hold * 3, || {
+                    let mut c = cluster.lock().expect("cluster lock");
+                    (0..n).filter(|&j| j != f).any(|j| c.exited(j))
+                });
+                let mut c = cluster.lock().expect("cluster lock");
+                for j in (0..n).filter(|&j| j != f) {
+                    c.kill(j);
+                    c.spawn(j);
+                }
+                for j in 0..n {
+                    c.wait_ready(j);
+                }
+                stamp(
+                    &mut log,
+                    format!(
+                        "{}; everyone restarted clean",
+                        if crashed {
+                            "the leader crashed sending the snapshot"
+                        } else {
+                            "no snapshot was sent"
+                        }
+                    ),
+                );
+            }
+            Fault::Crash(name) => {
+                // The snapshot is sent by the leader; the rest anywhere.
+                let i = if name == "snapshot-send" {
+                    leader.unwrap_or(random)
+                } else {
+                    random
+                };
+                // Raft writes and applies come by the dozen a second;
+                // compaction passes every 700 ms.
+                let at = 1 + rng.below(if name.starts_with("compact") { 2 } else { 20 });
+                let arm = format!("{name}@{at}");
+                c.kill(i);
+                c.spawn_with(i, &[("CAIRN_FAILPOINT_CRASH".to_string(), arm.clone())]);
+                stamp(&mut log, format!("Crash: m{} restarted with {arm}", i + 1));
+                drop(c);
+                let crashed = crate::common::wait_until(hold * 3, || {
+                    cluster.lock().expect("cluster lock").exited(i)
+                });
+                let mut c = cluster.lock().expect("cluster lock");
+                c.kill(i);
+                c.spawn(i);
+                c.wait_ready(i);
+                stamp(
+                    &mut log,
+                    format!(
+                        "m{} {}; restarted clean",
+                        i + 1,
+                        if crashed {
+                            "crashed at the failpoint"
+                        } else {
+                            "did not reach it"
+                        }
+                    ),
+                );
+            }
+            Fault::SlowDisk => {
+                let ms = 20 + rng.below(81);
+                let arm = format!("raft-before-save:{ms}");
+                c.kill(random);
+                c.spawn_with(
+                    random,
+                    &[("CAIRN_FAILPOINT_SLEEP".to_string(), arm.clone())],
+                );
+                c.wait_ready(random);
+                stamp(
+                    &mut log,
+                    format!("SlowDisk: m{} restarted with {arm}", random + 1),
+                );
+                drop(c);
+                std::thread::sleep(hold);
+                let mut c = cluster.lock().expect("cluster lock");
+                c.kill(random);
+                c.spawn(random);
+                c.wait_ready(random);
+                stamp(&mut log, format!("m{} restarted clean", random + 1));
+            }
+            Fault::Replace => {
+                let Some(l) = leader else {
+                    stamp(&mut log, "Replace: no agreed leader, skipped".to_string());
+                    continue;
+                };
+                let f = (l + 1 + rng.below(n as u64 - 1) as usize) % n;
+                let r = c.replace(f, l);
+                stamp(&mut log, format!("Replace: {r:?}"));
             }
             Fault::MoveLeader => {
                 let Some(l) = leader else {

@@ -8,17 +8,54 @@
 //! through it and refuses new ones until [`Proxy::heal`]: the member then
 //! hears nobody (a deaf member: what it sends still arrives, so the leader,
 //! if it is the one cut off, steps down by check-quorum, and a follower
-//! falls behind).
+//! falls behind). [`Proxy::delay`] holds every chunk of bytes, both ways,
+//! for a while before passing it on (a slow network: latency, not loss).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Copies `from` to `to`, each chunk `delay` milliseconds (read when the
+/// chunk arrives) after it was read, in order.
+async fn delayed_copy<R, W>(mut from: R, mut to: W, delay: Arc<AtomicU64>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let due = tokio::time::Instant::now() + Duration::from_millis(delay.load(Ordering::SeqCst));
+        if tx.send((due, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
 
 pub struct Proxy {
     /// The port peers connect to (the member's advertised peer port).
     pub port: u16,
     blocked: Arc<AtomicBool>,
+    /// Milliseconds every chunk is held (0: none).
+    delay: Arc<AtomicU64>,
     /// Bumped on every block: each connection ends when it changes.
     cut: tokio::sync::watch::Sender<u64>,
     accept: tokio::task::JoinHandle<()>,
@@ -32,26 +69,38 @@ impl Proxy {
             .expect("bind a proxy port");
         let port = listener.local_addr().expect("proxy address").port();
         let blocked = Arc::new(AtomicBool::new(false));
+        let delay = Arc::new(AtomicU64::new(0));
         let (cut, _) = tokio::sync::watch::channel(0u64);
         let accept = tokio::spawn({
             let blocked = blocked.clone();
+            let delay = delay.clone();
             let cut = cut.clone();
             async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
                     if blocked.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
                     let mut cut_rx = cut.subscribe();
+                    let delay = delay.clone();
                     tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await
-                        else {
+                        let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                             return;
                         };
+                        let (in_r, in_w) = inbound.into_split();
+                        let (out_r, out_w) = outbound.into_split();
+                        let there = tokio::spawn(delayed_copy(in_r, out_w, delay.clone()));
+                        let back = tokio::spawn(delayed_copy(out_r, in_w, delay));
+                        let (a, b) = (there.abort_handle(), back.abort_handle());
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = there => {}
+                            _ = back => {}
                             _ = cut_rx.changed() => {}
                         }
+                        // Either way ends both (dropping the halves closes
+                        // the sockets).
+                        a.abort();
+                        b.abort();
                     });
                 }
             }
@@ -59,6 +108,7 @@ impl Proxy {
         Proxy {
             port,
             blocked,
+            delay,
             cut,
             accept,
         }
@@ -72,6 +122,12 @@ impl Proxy {
 
     pub fn heal(&self) {
         self.blocked.store(false, Ordering::SeqCst);
+        self.delay.store(0, Ordering::SeqCst);
+    }
+
+    /// Holds every chunk through the proxy for `ms` milliseconds (0: none).
+    pub fn delay(&self, ms: u64) {
+        self.delay.store(ms, Ordering::SeqCst);
     }
 }
 

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use cairn::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn::proto::etcdserverpb::kv_client::KvClient;
+use cairn::proto::etcdserverpb::lease_client::LeaseClient;
 use cairn::proto::etcdserverpb::watch_client::WatchClient;
 use cairn::proto::etcdserverpb::watch_request::RequestUnion;
 use cairn::proto::etcdserverpb::{
-    request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use cairn::proto::mvccpb;
 use cairn_robust::history::{
@@ -98,18 +100,15 @@ impl Recorder {
         self.max_revision.fetch_max(revision, Ordering::SeqCst);
     }
     pub fn record(&self, op: Operation) {
-        if let Outcome::Ok(
-            Response::Put { revision }
-            | Response::Get { revision, .. }
-            | Response::Delete { revision, .. }
-            | Response::Txn { revision, .. },
-        ) = &op.outcome
-        {
-            self.saw(*revision);
+        if let Some(revision) = match &op.outcome {
+            Outcome::Ok(r) => r.revision(),
+            Outcome::Failed(_) => None,
+        } {
+            self.saw(revision);
         }
         self.operations.lock().expect("recorder lock").push(op);
     }
-    fn record_watch(&self, w: Watch) {
+    pub fn record_watch(&self, w: Watch) {
         self.watches.lock().expect("recorder lock").push(w);
     }
     /// The history recorded so far.
@@ -244,6 +243,345 @@ pub async fn execute(kv: &mut KvClient<Channel>, request: &Request) -> Result<Re
                 kv,
             })
         }
+        Request::List { key, range_end } => {
+            let r = kv
+                .range(RangeRequest {
+                    key: key.clone().into_bytes(),
+                    range_end: range_end.clone().into_bytes(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            Ok(Response::List {
+                revision: header_revision(r.header)?,
+                kvs: r
+                    .kvs
+                    .iter()
+                    .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), key_value(kv)))
+                    .collect(),
+            })
+        }
+        Request::LeasePut { key, value, lease } => {
+            let r = kv
+                .put(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone().into_bytes(),
+                    lease: *lease,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            Ok(Response::Put {
+                revision: header_revision(r.header)?,
+            })
+        }
+        other => Err(format!("not a KV request: {other:?}")),
+    }
+}
+
+/// Sends one lease request (a keep-alive on a stream of its own); its
+/// response, or the error as text.
+pub async fn execute_lease(
+    lease: &mut LeaseClient<Channel>,
+    request: &Request,
+) -> Result<Response, String> {
+    let header_revision = |h: Option<cairn::proto::etcdserverpb::ResponseHeader>| {
+        h.map(|h| h.revision).ok_or("response without a header")
+    };
+    match request {
+        Request::LeaseGrant { id, ttl } => {
+            let r = lease
+                .lease_grant(LeaseGrantRequest { id: *id, ttl: *ttl })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            if !r.error.is_empty() {
+                return Err(r.error);
+            }
+            Ok(Response::LeaseGrant {
+                revision: header_revision(r.header)?,
+                ttl: r.ttl,
+            })
+        }
+        Request::LeaseRevoke { id } => {
+            let r = lease
+                .lease_revoke(LeaseRevokeRequest { id: *id })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            Ok(Response::LeaseRevoke {
+                revision: header_revision(r.header)?,
+            })
+        }
+        Request::LeaseKeepAlive { id } => {
+            // The request side stays open until the answer is in.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(LeaseKeepAliveRequest { id: *id })
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer = async {
+                let mut stream = lease
+                    .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                match stream.message().await.map_err(|e| e.to_string())? {
+                    Some(r) => Ok(Response::LeaseKeepAlive { ttl: r.ttl }),
+                    None => Err("keep-alive stream ended without an answer".to_string()),
+                }
+            };
+            let r = tokio::time::timeout(REQUEST_TIMEOUT, answer)
+                .await
+                .map_err(|_| "keep-alive timed out".to_string())?;
+            drop(tx);
+            r
+        }
+        other => Err(format!("not a lease request: {other:?}")),
+    }
+}
+
+/// Records one operation's outcome.
+fn record(
+    rec: &Recorder,
+    client: usize,
+    invoked: u64,
+    request: Request,
+    result: Result<Response, String>,
+) {
+    rec.record(Operation {
+        client,
+        invoked,
+        completed: rec.now(),
+        request,
+        outcome: match result {
+            Ok(r) => Outcome::Ok(r),
+            Err(e) => Outcome::Failed(e),
+        },
+    });
+}
+
+/// The keys the lease clients write, under [`PREFIX`].
+pub fn lease_key(k: usize) -> String {
+    format!("{PREFIX}l{k}")
+}
+
+/// A lease client (etcd's lease traffic): grants short leases (1–3 s,
+/// IDs it picks: `client << 32 | n`), attaches keys to them, keeps half of
+/// them alive, revokes some, lets the others expire, and reads the keys to
+/// see them vanish. `max_ops` operations at most, until `deadline`.
+pub async fn lease_client(
+    client: usize,
+    url: String,
+    rec: Arc<Recorder>,
+    keys: usize,
+    max_ops: usize,
+    deadline: Instant,
+    seed: u64,
+) {
+    struct Live {
+        id: i64,
+        /// Kept alive by this client; else left to expire, and no longer
+        /// used a little before it may.
+        kept: bool,
+        usable_until: Instant,
+    }
+    let Some(channel) = lazy_channel(&url) else {
+        return;
+    };
+    let mut kv = KvClient::new(channel.clone());
+    let mut lease = LeaseClient::new(channel);
+    let mut rng = Rng::new(seed);
+    let mut live: Vec<Live> = Vec::new();
+    for n in 0..max_ops {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        live.retain(|l| l.kept || now < l.usable_until);
+        let key = lease_key(rng.below(keys as u64) as usize);
+        let kept: Vec<i64> = live.iter().filter(|l| l.kept).map(|l| l.id).collect();
+        let any = |rng: &mut Rng| live[rng.below(live.len() as u64) as usize].id;
+        let request = match rng.below(20) {
+            _ if live.is_empty() => None,
+            0..=6 => Some(Request::Get { key }),
+            7..=13 => Some(Request::LeasePut {
+                key,
+                value: format!("c{client}-{n}"),
+                lease: any(&mut rng),
+            }),
+            14..=16 if !kept.is_empty() => Some(Request::LeaseKeepAlive {
+                id: kept[rng.below(kept.len() as u64) as usize],
+            }),
+            17 => Some(Request::LeaseRevoke { id: any(&mut rng) }),
+            18 if live.len() < 6 => None,
+            _ => Some(Request::Get { key: lease_key(0) }),
+        };
+        let ttl = 1 + rng.below(3) as i64;
+        let request = request.unwrap_or(Request::LeaseGrant {
+            id: ((client as i64 + 1) << 32) | n as i64,
+            ttl,
+        });
+        let invoked = rec.now();
+        let result = match &request {
+            Request::Get { .. } | Request::LeasePut { .. } => execute(&mut kv, &request).await,
+            _ => execute_lease(&mut lease, &request).await,
+        };
+        match (&request, &result) {
+            (Request::LeaseGrant { id, .. }, Ok(Response::LeaseGrant { ttl, .. })) => {
+                live.push(Live {
+                    id: *id,
+                    kept: rng.below(2) == 0,
+                    usable_until: now + Duration::from_millis(*ttl as u64 * 1_000)
+                        - Duration::from_millis(300),
+                })
+            }
+            (Request::LeaseRevoke { id }, Ok(_))
+            | (Request::LeaseKeepAlive { id }, Ok(Response::LeaseKeepAlive { ttl: ..=0 })) => {
+                live.retain(|l| l.id != *id)
+            }
+            _ => {}
+        }
+        let failed = result.is_err();
+        record(&rec, client, invoked, request, result);
+        if failed {
+            tokio::time::sleep(rng.millis(50, 150)).await;
+        }
+    }
+}
+
+/// The prefix the Kubernetes-style clients keep their objects under.
+pub const K8S_PREFIX: &str = "/robust/pods/";
+const K8S_PREFIX_END: &str = "/robust/pods0";
+
+/// A Kubernetes-style client (an apiserver's storage traffic): lists the
+/// prefix, creates objects with `mod_revision == 0` txns and updates them
+/// with txns on the mod_revision it last saw (optimistic concurrency), and
+/// reads single objects. `max_ops` operations at most, until `deadline`.
+pub async fn k8s_client(
+    client: usize,
+    url: String,
+    rec: Arc<Recorder>,
+    keys: usize,
+    max_ops: usize,
+    deadline: Instant,
+    seed: u64,
+) {
+    let Some(channel) = lazy_channel(&url) else {
+        return;
+    };
+    let mut kv = KvClient::new(channel);
+    let mut rng = Rng::new(seed);
+    let mut last_seen = vec![0i64; keys];
+    for n in 0..max_ops {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let k = rng.below(keys as u64) as usize;
+        let key = format!("{K8S_PREFIX}p{k}");
+        let value = format!("c{client}-{n}");
+        let request = match rng.below(10) {
+            0..=3 => Request::List {
+                key: K8S_PREFIX.to_string(),
+                range_end: K8S_PREFIX_END.to_string(),
+            },
+            4 => Request::Get { key },
+            5 => Request::Txn {
+                key,
+                compare: history::Compare::ModRevision(0),
+                value,
+            },
+            _ => Request::Txn {
+                key,
+                compare: history::Compare::ModRevision(last_seen[k]),
+                value,
+            },
+        };
+        let invoked = rec.now();
+        let result = execute(&mut kv, &request).await;
+        match &result {
+            Ok(Response::List { kvs, .. }) => {
+                last_seen.iter_mut().for_each(|m| *m = 0);
+                for (key, kv) in kvs {
+                    let i = key
+                        .strip_prefix(K8S_PREFIX)
+                        .and_then(|p| p.strip_prefix('p'))
+                        .and_then(|i| i.parse::<usize>().ok());
+                    if let Some(m) = i.and_then(|i| last_seen.get_mut(i)) {
+                        *m = kv.mod_revision;
+                    }
+                }
+            }
+            Ok(Response::Txn {
+                revision,
+                succeeded: true,
+                ..
+            }) => last_seen[k] = *revision,
+            Ok(Response::Get { kv, .. } | Response::Txn { kv, .. }) => {
+                last_seen[k] = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            }
+            _ => {}
+        }
+        let failed = result.is_err();
+        record(&rec, client, invoked, request, result);
+        if failed {
+            tokio::time::sleep(rng.millis(50, 150)).await;
+        }
+    }
+}
+
+/// A Kubernetes-style informer: lists the objects' prefix, then watches it
+/// from the list's revision + 1 for a while (a reflector's list-and-watch),
+/// again and again until `deadline`. With `slow`, half its watches stop
+/// reading their stream for 0.3–1.5 s after the first response (a slow
+/// consumer: the server must hold or cancel, never drop or reorder).
+pub async fn informer(
+    client: usize,
+    urls: Vec<String>,
+    rec: Arc<Recorder>,
+    deadline: Instant,
+    slow: bool,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    while Instant::now() < deadline {
+        let url = &urls[rng.below(urls.len() as u64) as usize];
+        let Some(channel) = lazy_channel(url) else {
+            return;
+        };
+        let mut kv = KvClient::new(channel);
+        let request = Request::List {
+            key: K8S_PREFIX.to_string(),
+            range_end: K8S_PREFIX_END.to_string(),
+        };
+        let invoked = rec.now();
+        let result = execute(&mut kv, &request).await;
+        let start = match &result {
+            Ok(Response::List { revision, .. }) => Some(*revision + 1),
+            _ => None,
+        };
+        record(&rec, client, invoked, request, result);
+        let Some(start) = start else {
+            tokio::time::sleep(rng.millis(50, 150)).await;
+            continue;
+        };
+        let until = Instant::now() + rng.millis(1_000, 3_000);
+        let stall = (slow && rng.below(2) == 0).then(|| rng.millis(300, 1_500));
+        let w = watch_range(
+            client,
+            url,
+            (K8S_PREFIX, K8S_PREFIX_END),
+            start,
+            &rec,
+            None,
+            stall,
+            |_| Instant::now() >= until.min(deadline),
+        )
+        .await;
+        if !w.responses.is_empty() {
+            rec.record_watch(w);
+        }
     }
 }
 
@@ -328,20 +666,46 @@ async fn watch_once(
     start: i64,
     rec: &Recorder,
     progress: Option<Duration>,
+    until: impl FnMut(&Watch) -> bool,
+) -> Watch {
+    watch_range(
+        client,
+        url,
+        (PREFIX, PREFIX_END),
+        start,
+        rec,
+        progress,
+        None,
+        until,
+    )
+    .await
+}
+
+/// [`watch_once`] of `[range.0, range.1)`; with `stall`, after the first
+/// response, stops reading the stream for that long (a slow watcher).
+#[allow(clippy::too_many_arguments)]
+async fn watch_range(
+    client: usize,
+    url: &str,
+    range: (&str, &str),
+    start: i64,
+    rec: &Recorder,
+    progress: Option<Duration>,
+    mut stall: Option<Duration>,
     mut until: impl FnMut(&Watch) -> bool,
 ) -> Watch {
     let mut w = Watch {
         client,
-        key: PREFIX.to_string(),
-        range_end: PREFIX_END.to_string(),
+        key: range.0.to_string(),
+        range_end: range.1.to_string(),
         start_revision: start,
         responses: Vec::new(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(8);
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: PREFIX.as_bytes().to_vec(),
-            range_end: PREFIX_END.as_bytes().to_vec(),
+            key: range.0.as_bytes().to_vec(),
+            range_end: range.1.as_bytes().to_vec(),
             start_revision: start,
             ..Default::default()
         })),
@@ -383,6 +747,9 @@ async fn watch_once(
                 });
                 if resp.canceled {
                     break;
+                }
+                if let Some(pause) = stall.take() {
+                    tokio::time::sleep(pause).await;
                 }
             }
             _ = tokio::time::sleep_until(wake) => {

@@ -55,15 +55,70 @@ pub enum Request {
         compare: Compare,
         value: String,
     },
+    /// A linearizable Range of `[key, range_end)` (a Kubernetes-style
+    /// list of a prefix).
+    List {
+        key: String,
+        range_end: String,
+    },
+    /// LeaseGrant with an ID the client chose (so an indeterminate grant
+    /// is still known by its ID) and a TTL in seconds.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// A Put attached to a lease.
+    LeasePut {
+        key: String,
+        value: String,
+        lease: i64,
+    },
+    /// One keep-alive of a lease.
+    LeaseKeepAlive {
+        id: i64,
+    },
+    /// LeaseRevoke: the lease ends and every key attached to it is deleted,
+    /// all at one revision (none if it had no key).
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Never sent by a client: the checker adds one per granted lease, an
+    /// optional step invoked at the earliest moment the lease may expire
+    /// (its TTL after the grant's or the last acknowledged keep-alive's
+    /// invocation): the lease ends there or later, like a revoke, or not
+    /// within the history.
+    LeaseExpire {
+        id: i64,
+    },
 }
 
 impl Request {
+    /// The key the request is about: its one key, a List's start, or
+    /// "" for a lease request.
     pub fn key(&self) -> &str {
+        self.single_key().unwrap_or(match self {
+            Request::List { key, .. } => key,
+            _ => "",
+        })
+    }
+    /// The one key a single-key request reads or writes.
+    pub fn single_key(&self) -> Option<&str> {
         match self {
             Request::Put { key, .. }
             | Request::Get { key }
             | Request::Delete { key }
-            | Request::Txn { key, .. } => key,
+            | Request::Txn { key, .. }
+            | Request::LeasePut { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+    /// The value a write puts, if any (values are unique in a history).
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Request::Put { value, .. }
+            | Request::Txn { value, .. }
+            | Request::LeasePut { value, .. } => Some(value),
+            _ => None,
         }
     }
 }
@@ -89,6 +144,40 @@ pub enum Response {
         succeeded: bool,
         kv: Option<KeyValue>,
     },
+    /// Every key of the range, in key order.
+    List {
+        revision: i64,
+        kvs: Vec<(String, KeyValue)>,
+    },
+    /// The TTL granted (it may be more than asked).
+    LeaseGrant {
+        revision: i64,
+        ttl: i64,
+    },
+    /// The TTL the lease was renewed to; 0 or less: the lease was not
+    /// found (it had expired or been revoked).
+    LeaseKeepAlive {
+        ttl: i64,
+    },
+    LeaseRevoke {
+        revision: i64,
+    },
+}
+
+impl Response {
+    /// The response header's revision (none for a keep-alive).
+    pub fn revision(&self) -> Option<i64> {
+        match self {
+            Response::Put { revision }
+            | Response::Get { revision, .. }
+            | Response::Delete { revision, .. }
+            | Response::Txn { revision, .. }
+            | Response::List { revision, .. }
+            | Response::LeaseGrant { revision, .. }
+            | Response::LeaseRevoke { revision } => Some(*revision),
+            Response::LeaseKeepAlive { .. } => None,
+        }
+    }
 }
 
 /// How an operation ended.

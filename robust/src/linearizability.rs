@@ -209,11 +209,19 @@ pub fn search<M: Model>(model: &M, calls: &[Call], budget: u64) -> Search<M::Sta
     }
 }
 
-/// The model's view of etcd's store: its revision and the keys it holds.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// The model's view of etcd's store: its revision, the keys it holds and
+/// its leases.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EtcdState {
     pub revision: i64,
     pub keys: BTreeMap<String, KeyValue>,
+    /// The leases alive (granted, not yet revoked or expired). The traffic
+    /// never grants an ID twice, so a lease that ended is simply gone: the
+    /// state stays as small as the set of live leases.
+    pub leases: BTreeSet<i64>,
+    /// The lease each key is attached to (keys put without one are not
+    /// here).
+    pub attached: BTreeMap<String, i64>,
 }
 
 /// What the search knows of a step's outcome.
@@ -243,6 +251,11 @@ pub struct EtcdModel {
     /// The event watches saw at each revision (first one wins; the watch
     /// checker reports disagreements).
     seen: HashMap<i64, Event>,
+    /// Leases a keep-alive found gone: an indeterminate revoke or an
+    /// expiry of one may end it without deleting anything. Any other may
+    /// only happen as a change nobody could miss (deleting keys at a
+    /// revision a watch saw), or the search could try it at every step.
+    quiet: HashSet<i64>,
 }
 
 /// Applies a put to `state`; the new revision.
@@ -263,8 +276,31 @@ fn put(state: &mut EtcdState, key: &str, value: &str) -> i64 {
         },
     };
     state.keys.insert(key.to_string(), kv);
+    state.attached.remove(key);
     state.revision = revision;
     revision
+}
+
+/// Ends lease `id` if it lives: deletes its keys, at one new revision if it
+/// had any. The keys deleted, or None if the lease was not alive.
+fn end_lease(state: &mut EtcdState, id: i64) -> Option<Vec<String>> {
+    if !state.leases.remove(&id) {
+        return None;
+    }
+    let keys: Vec<String> = state
+        .attached
+        .iter()
+        .filter(|(_, l)| **l == id)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &keys {
+        state.attached.remove(k);
+        state.keys.remove(k);
+    }
+    if !keys.is_empty() {
+        state.revision += 1;
+    }
+    Some(keys)
 }
 
 fn compare_holds(state: &EtcdState, key: &str, compare: &Compare) -> bool {
@@ -276,6 +312,52 @@ fn compare_holds(state: &EtcdState, key: &str, compare: &Compare) -> bool {
 }
 
 impl EtcdModel {
+    /// Whether an indeterminate revoke (or an expiry) that deleted `keys`
+    /// may have made `revision`: as a free write, with the event a watch
+    /// saw there, if any, one of those deletes.
+    fn free_deletes_fit(&self, revision: i64, keys: &[String]) -> bool {
+        if revision > self.horizon || self.claimed.contains(&revision) {
+            return false;
+        }
+        self.seen
+            .get(&revision)
+            .is_none_or(|e| e.value.is_none() && keys.contains(&e.key))
+    }
+
+    /// The lease requests, which may leave the revision alone.
+    fn apply_lease(
+        &self,
+        state: &EtcdState,
+        request: &Request,
+        known: &Known,
+    ) -> Option<EtcdState> {
+        let mut s = state.clone();
+        match (request, known) {
+            (
+                Request::LeaseGrant { id, .. },
+                Known::Response(Response::LeaseGrant { revision, .. }),
+            ) => (*revision == s.revision && s.leases.insert(*id)).then_some(s),
+            (Request::LeaseGrant { id, .. }, Known::Free) => s.leases.insert(*id).then_some(s),
+            (Request::LeaseKeepAlive { id }, Known::Response(Response::LeaseKeepAlive { ttl })) => {
+                (s.leases.contains(id) == (*ttl > 0)).then_some(s)
+            }
+            (Request::LeaseRevoke { id }, Known::Response(Response::LeaseRevoke { revision })) => {
+                end_lease(&mut s, *id)?;
+                (*revision == s.revision).then_some(s)
+            }
+            (Request::LeaseRevoke { id } | Request::LeaseExpire { id }, Known::Free) => {
+                let keys = end_lease(&mut s, *id)?;
+                let fits = if keys.is_empty() {
+                    self.quiet.contains(id)
+                } else {
+                    self.free_deletes_fit(s.revision, &keys)
+                };
+                fits.then_some(s)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a free write may make `event` at its revision.
     fn free_write_fits(&self, event: &Event) -> bool {
         if event.revision > self.horizon || self.claimed.contains(&event.revision) {
@@ -293,6 +375,7 @@ impl EtcdModel {
         match known {
             Known::Response(
                 Response::Get { revision, .. }
+                | Response::List { revision, .. }
                 | Response::Delete {
                     revision,
                     deleted: 0,
@@ -309,12 +392,23 @@ impl EtcdModel {
                 | Response::Txn { revision, .. },
             )
             | Known::Pinned(revision) => *revision == next,
+            // Lease requests are judged by `apply_lease`.
+            Known::Response(_) => false,
             Known::Free => next <= self.horizon && !self.claimed.contains(&next),
         }
     }
 
     /// The state after `request` with what is known of its outcome.
     fn apply(&self, state: &EtcdState, request: &Request, known: &Known) -> Option<EtcdState> {
+        if matches!(
+            request,
+            Request::LeaseGrant { .. }
+                | Request::LeaseKeepAlive { .. }
+                | Request::LeaseRevoke { .. }
+                | Request::LeaseExpire { .. }
+        ) {
+            return self.apply_lease(state, request, known);
+        }
         if !self.may_fit(state, known) {
             return None;
         }
@@ -322,6 +416,35 @@ impl EtcdModel {
         match (request, known) {
             (Request::Get { key }, Known::Response(Response::Get { revision, kv })) => {
                 (*revision == s.revision && s.keys.get(key) == kv.as_ref()).then_some(s)
+            }
+            (
+                Request::List { key, range_end },
+                Known::Response(Response::List { revision, kvs }),
+            ) => {
+                let range = s.keys.range::<str, _>((
+                    std::ops::Bound::Included(key.as_str()),
+                    std::ops::Bound::Excluded(range_end.as_str()),
+                ));
+                (*revision == s.revision && range.eq(kvs.iter().map(|(k, v)| (k, v)))).then_some(s)
+            }
+            (Request::LeasePut { key, value, lease }, known) => {
+                if !s.leases.contains(lease) {
+                    return None;
+                }
+                let revision = put(&mut s, key, value);
+                s.attached.insert(key.clone(), *lease);
+                let fits = match known {
+                    Known::Response(Response::Put { revision: r }) | Known::Pinned(r) => {
+                        *r == revision
+                    }
+                    Known::Free => self.free_write_fits(&Event {
+                        revision,
+                        key: key.clone(),
+                        value: Some(value.clone()),
+                    }),
+                    Known::Response(_) => false,
+                };
+                fits.then_some(s)
             }
             (Request::Put { key, value }, known) => {
                 let revision = put(&mut s, key, value);
@@ -340,6 +463,7 @@ impl EtcdModel {
             }
             (Request::Delete { key }, known) => {
                 let existed = s.keys.remove(key).is_some();
+                s.attached.remove(key);
                 if existed {
                     s.revision += 1;
                 }
@@ -457,6 +581,12 @@ fn observed_values(history: &History) -> HashMap<&str, i64> {
         let kv = match &op.outcome {
             Outcome::Ok(Response::Get { kv: Some(kv), .. })
             | Outcome::Ok(Response::Txn { kv: Some(kv), .. }) => kv,
+            Outcome::Ok(Response::List { kvs, .. }) => {
+                for (_, kv) in kvs {
+                    seen.insert(kv.value.as_str(), kv.mod_revision);
+                }
+                continue;
+            }
             _ => continue,
         };
         seen.insert(kv.value.as_str(), kv.mod_revision);
@@ -486,9 +616,18 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
     let mut claimed = HashSet::new();
     for (i, op) in history.operations.iter().enumerate() {
         let known = match (&op.request, &op.outcome) {
-            (Request::Get { .. }, Outcome::Failed(_)) => {
+            (
+                Request::Get { .. } | Request::List { .. } | Request::LeaseKeepAlive { .. },
+                Outcome::Failed(_),
+            ) => {
                 stats.dropped_reads += 1;
                 continue;
+            }
+            // An expiry known to have happened by `completed` (see
+            // `with_lease_expiries`): required, at a revision unknown.
+            (Request::LeaseExpire { .. }, Outcome::Ok(_)) => {
+                stats.acknowledged += 1;
+                Known::Free
             }
             (_, Outcome::Ok(resp)) => {
                 match resp {
@@ -509,10 +648,10 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
                 stats.acknowledged += 1;
                 Known::Response(resp.clone())
             }
-            (Request::Put { value, .. } | Request::Txn { value, .. }, Outcome::Failed(_))
-                if observed.contains_key(value.as_str()) =>
+            (request, Outcome::Failed(_))
+                if request.value().is_some_and(|v| observed.contains_key(v)) =>
             {
-                let r = observed[value.as_str()];
+                let r = request.value().map_or(0, |v| observed[v]);
                 claimed.insert(r);
                 stats.pinned += 1;
                 Known::Pinned(r)
@@ -522,7 +661,7 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
                 Known::Free
             }
         };
-        let required = !matches!(known, Known::Free);
+        let required = !matches!(known, Known::Free) || matches!(op.outcome, Outcome::Ok(_));
         calls.push(Call {
             invoked: op.invoked,
             completed: if matches!(op.outcome, Outcome::Ok(_)) {
@@ -544,12 +683,7 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
         }
     }
     let responses = history.operations.iter().filter_map(|o| match &o.outcome {
-        Outcome::Ok(
-            Response::Put { revision }
-            | Response::Get { revision, .. }
-            | Response::Delete { revision, .. }
-            | Response::Txn { revision, .. },
-        ) => Some(*revision),
+        Outcome::Ok(r) => r.revision(),
         Outcome::Failed(_) => None,
     });
     let horizon = responses
@@ -573,6 +707,13 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
         .iter()
         .map(|step| match step {
             (_, Known::Response(_) | Known::Pinned(_)) => true,
+            // They may leave the revision alone: always placeable.
+            (
+                Request::LeaseGrant { .. }
+                | Request::LeaseRevoke { .. }
+                | Request::LeaseExpire { .. },
+                Known::Free,
+            ) => true,
             (Request::Delete { key }, Known::Free) => unknown || deletable.contains(key.as_str()),
             (_, Known::Free) => unknown,
         })
@@ -599,12 +740,24 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
         .filter(|(k, _)| keep(k))
         .map(|(_, o)| o)
         .collect();
+    let quiet = history
+        .operations
+        .iter()
+        .filter_map(|op| match (&op.request, &op.outcome) {
+            (Request::LeaseKeepAlive { id }, Outcome::Ok(Response::LeaseKeepAlive { ttl })) => {
+                (*ttl <= 0).then_some(*id)
+            }
+            _ => None,
+        })
+        .collect();
     let model = EtcdModel {
+        quiet,
         horizon,
         open,
         initial: EtcdState {
             revision: history.initial_revision,
             keys: history.initial.clone(),
+            ..EtcdState::default()
         },
         steps,
         claimed,
@@ -613,9 +766,156 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
     (model, calls, origin, stats)
 }
 
+/// What the history shows of one lease.
+#[derive(Default)]
+struct LeaseFacts {
+    /// The earliest moment it may expire.
+    earliest: u64,
+    granted_ok: bool,
+    /// Some acknowledged request used it (so a failed grant did happen).
+    used: bool,
+    revoked_ok: bool,
+    revoke_failed: bool,
+    /// The first completion of a keep-alive that found it gone.
+    gone_by: Option<u64>,
+    keys: HashSet<String>,
+}
+
+/// `history` prepared for the lease model. Expiries are not client
+/// operations, so this adds one [`Request::LeaseExpire`] per lease that
+/// shows signs of ending without an acknowledged revoke, invoked at the
+/// earliest moment the lease may expire: the latest of (grant or
+/// acknowledged keep-alive invocation + the TTL it set). The server sets a
+/// lease's expiry when it handles the grant or keep-alive, after its
+/// invocation, and a new leader only extends it; so an expiry before that
+/// moment is etcd's "lease expired early" bug, and the model refuses it.
+///
+/// An expiry that could happen at any time and change nothing would let
+/// the search try it at every step (exponentially many orders); so:
+/// * a lease a keep-alive found gone must have ended by that keep-alive's
+///   completion: its expiry is required there (recorded as
+///   `Outcome::Ok`), unless a failed revoke may have ended it instead;
+/// * a lease one of whose keys some watch saw deleted at a revision no
+///   acknowledged delete made may have expired: its expiry is optional
+///   (`Outcome::Failed`), and only fits a revision where a watch saw its
+///   keys deleted;
+/// * a lease with no sign of ending gets none (it lived through the run,
+///   as far as anything shows);
+/// * a failed grant nothing acknowledged ever used is left out (it
+///   changed nothing anyone saw).
+///
+/// None if no lease was granted.
+pub fn with_lease_expiries(history: &History) -> Option<History> {
+    let mut leases: BTreeMap<i64, LeaseFacts> = BTreeMap::new();
+    let secs = |ttl: i64| u64::try_from(ttl.max(0)).unwrap_or(0) * 1_000_000_000;
+    let mut acked_deletes = HashSet::new();
+    for op in &history.operations {
+        let ok = matches!(op.outcome, Outcome::Ok(_));
+        match (&op.request, &op.outcome) {
+            (Request::LeaseGrant { id, ttl }, outcome) => {
+                let ttl = match outcome {
+                    Outcome::Ok(Response::LeaseGrant { ttl, .. }) => *ttl,
+                    _ => *ttl,
+                };
+                let l = leases.entry(*id).or_default();
+                l.earliest = l.earliest.max(op.invoked + secs(ttl));
+                l.granted_ok |= ok;
+            }
+            (Request::LeaseKeepAlive { id }, Outcome::Ok(Response::LeaseKeepAlive { ttl })) => {
+                let l = leases.entry(*id).or_default();
+                l.used = true;
+                if *ttl > 0 {
+                    l.earliest = l.earliest.max(op.invoked + secs(*ttl));
+                } else {
+                    l.gone_by = Some(l.gone_by.map_or(op.completed, |g| g.min(op.completed)));
+                }
+            }
+            (Request::LeaseRevoke { id }, _) => {
+                let l = leases.entry(*id).or_default();
+                l.used |= ok;
+                l.revoked_ok |= ok;
+                l.revoke_failed |= !ok;
+            }
+            (Request::LeasePut { key, lease, .. }, _) => {
+                let l = leases.entry(*lease).or_default();
+                l.used |= ok;
+                l.keys.insert(key.clone());
+            }
+            (
+                Request::Delete { .. },
+                Outcome::Ok(Response::Delete {
+                    revision,
+                    deleted: 1..,
+                }),
+            ) => {
+                acked_deletes.insert(*revision);
+            }
+            _ => {}
+        }
+    }
+    if leases.is_empty() {
+        return None;
+    }
+    // Failed writes seen by a read or watch happened: their leases too.
+    let observed = observed_values(history);
+    for op in &history.operations {
+        if let (Request::LeasePut { lease, value, .. }, Outcome::Failed(_)) =
+            (&op.request, &op.outcome)
+        {
+            if observed.contains_key(value.as_str()) {
+                leases.entry(*lease).or_default().used = true;
+            }
+        }
+    }
+    let mut deleted: HashSet<&str> = HashSet::new();
+    for w in &history.watches {
+        for r in &w.responses {
+            for e in &r.events {
+                if e.value.is_none() && !acked_deletes.contains(&e.revision) {
+                    deleted.insert(e.key.as_str());
+                }
+            }
+        }
+    }
+    let mut h = history.clone();
+    h.operations.retain(|op| match (&op.request, &op.outcome) {
+        (Request::LeaseGrant { id, .. }, Outcome::Failed(_)) => leases[id].used,
+        _ => true,
+    });
+    for (id, l) in &leases {
+        if l.revoked_ok || !(l.granted_ok || l.used) {
+            continue;
+        }
+        let outcome = match l.gone_by {
+            Some(by) if !l.revoke_failed => {
+                Some((by, Outcome::Ok(Response::LeaseKeepAlive { ttl: 0 })))
+            }
+            _ if l.gone_by.is_some() || l.keys.iter().any(|k| deleted.contains(k.as_str())) => {
+                Some((
+                    l.earliest,
+                    Outcome::Failed("may expire from here on".to_string()),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((completed, outcome)) = outcome {
+            h.operations.push(Operation {
+                client: usize::MAX,
+                invoked: l.earliest,
+                completed: completed.max(l.earliest),
+                request: Request::LeaseExpire { id: *id },
+                outcome,
+            });
+        }
+    }
+    Some(h)
+}
+
 /// Checks `history` against etcd's KV model; `budget` bounds the search.
 pub fn check(history: &History, budget: u64) -> Report {
     let started = Instant::now();
+    let with_expiries = with_lease_expiries(history);
+    let history = with_expiries.as_ref().unwrap_or(history);
     let (model, calls, origin, mut stats) = prepare(history);
     let verdict = search(&model, &calls, budget);
     stats.elapsed = started.elapsed();
@@ -669,6 +969,27 @@ fn explain(
         "model state there: revision {}, keys {:?}",
         state.revision, state.keys
     );
+    if !state.leases.is_empty() {
+        let _ = writeln!(
+            out,
+            "leases alive {:?}, keys attached {:?}",
+            state.leases, state.attached
+        );
+    }
+    let next: Vec<&Event> = history
+        .watches
+        .iter()
+        .flat_map(|w| &w.responses)
+        .flat_map(|r| &r.events)
+        .filter(|e| e.revision == state.revision + 1)
+        .collect();
+    if let Some(e) = next.first() {
+        let _ = writeln!(
+            out,
+            "what watches saw at the next revision, {}: {e:?} (made by no operation that could happen yet)",
+            e.revision
+        );
+    }
     let _ = writeln!(out, "last operations taken before it:");
     for &t in taken {
         let _ = writeln!(out, "  {}", describe(origin[t], &ops[origin[t]]));
@@ -706,7 +1027,12 @@ fn describe(i: usize, op: &Operation) -> String {
 /// anomalies, which [`check`] finds.
 pub fn check_per_key(history: &History, budget: u64) -> Report {
     let started = Instant::now();
-    let mut keys: Vec<&str> = history.operations.iter().map(|o| o.request.key()).collect();
+    // Lease requests and lists are left to the full model.
+    let mut keys: Vec<&str> = history
+        .operations
+        .iter()
+        .filter_map(|o| o.request.single_key())
+        .collect();
     keys.sort_unstable();
     keys.dedup();
     let (global, ..) = prepare(history);
@@ -751,7 +1077,7 @@ fn project(history: &History, key: &str) -> History {
         operations: history
             .operations
             .iter()
-            .filter(|o| o.request.key() == key)
+            .filter(|o| o.request.single_key() == Some(key))
             .cloned()
             .collect(),
         // Its events pin indeterminate writes of the key to revisions.
@@ -839,10 +1165,13 @@ impl Model for KeyModel<'_> {
             (Request::Get { .. }, Known::Response(Response::Get { revision, kv })) => {
                 read_fits(*revision, kv).then(|| state.clone())
             }
-            (Request::Put { value, .. }, Known::Response(Response::Put { revision })) => {
-                self.write(state, key, Some(value), Some(*revision))
+            (
+                Request::Put { value, .. } | Request::LeasePut { value, .. },
+                Known::Response(Response::Put { revision }),
+            ) => self.write(state, key, Some(value), Some(*revision)),
+            (Request::Put { value, .. } | Request::LeasePut { value, .. }, _) => {
+                self.write(state, key, Some(value), pinned)
             }
-            (Request::Put { value, .. }, _) => self.write(state, key, Some(value), pinned),
             (Request::Delete { .. }, Known::Response(Response::Delete { revision, deleted })) => {
                 match (&state.0, deleted) {
                     (Some(_), 1) => self.write(state, key, None, Some(*revision)),
@@ -1187,7 +1516,7 @@ mod tests {
         };
         let mut state = EtcdState {
             revision: 1,
-            keys: BTreeMap::new(),
+            ..EtcdState::default()
         };
         let mut ops = Vec::new();
         let mut clock = vec![0u64; clients];
@@ -1257,6 +1586,7 @@ mod tests {
                         }
                     }
                 }
+                other => unreachable!("the generator makes no {other:?}"),
             };
             if s.revision > state.revision {
                 let key = request.key().to_string();
@@ -1325,5 +1655,220 @@ mod tests {
             *kv = None;
         }
         assert!(!check(&h, DEFAULT_STEP_BUDGET).is_linearizable());
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn grant(id: i64, ttl: i64) -> Request {
+        Request::LeaseGrant { id, ttl }
+    }
+    fn grant_ok(revision: i64, ttl: i64) -> Outcome {
+        Outcome::Ok(Response::LeaseGrant { revision, ttl })
+    }
+    fn lput(k: &str, v: &str, lease: i64) -> Request {
+        Request::LeasePut {
+            key: k.into(),
+            value: v.into(),
+            lease,
+        }
+    }
+    fn keep(id: i64) -> Request {
+        Request::LeaseKeepAlive { id }
+    }
+    fn keep_ok(ttl: i64) -> Outcome {
+        Outcome::Ok(Response::LeaseKeepAlive { ttl })
+    }
+    fn revoke(id: i64) -> Request {
+        Request::LeaseRevoke { id }
+    }
+    fn revoke_ok(revision: i64) -> Outcome {
+        Outcome::Ok(Response::LeaseRevoke { revision })
+    }
+    /// A watch that saw `key` deleted at `revision` (as the reference
+    /// watch of a run sees an expiry).
+    fn deleted_at(revision: i64, key: &str) -> crate::history::Watch {
+        crate::history::Watch {
+            key: key.into(),
+            start_revision: revision,
+            responses: vec![crate::history::WatchResponse {
+                header_revision: revision,
+                events: vec![Event {
+                    revision,
+                    key: key.into(),
+                    value: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+    fn full(h: &History) -> Report {
+        check(h, DEFAULT_STEP_BUDGET)
+    }
+
+    /// A lease's life: grant, attach, keep-alive, expiry (its key vanishes
+    /// at a revision of its own, a TTL after the keep-alive), and a second
+    /// lease revoked by a client (its two keys vanish at one revision); a
+    /// revoke of a lease without keys makes no revision.
+    #[test]
+    fn lease_grant_attach_keepalive_expiry_and_revoke_are_linearizable() {
+        let h = history(vec![
+            op(0, (0, 10), grant(7, 1), grant_ok(1, 1)),
+            op(0, (20, 30), lput("a", "1", 7), put_ok(2)),
+            op(1, (40, 50), keep(7), keep_ok(1)),
+            op(1, (100, 110), get("a"), get_ok(2, kv("1", 2, 2, 1))),
+            // Expired: gone at revision 3, 2 s in (earliest 1 s + 40 ns).
+            op(1, (2 * SEC, 2 * SEC + 10), get("a"), get_ok(3, None)),
+            op(1, (2 * SEC + 20, 2 * SEC + 30), keep(7), keep_ok(0)),
+            op(0, (3 * SEC, 3 * SEC + 10), grant(8, 60), grant_ok(3, 60)),
+            op(
+                0,
+                (3 * SEC + 20, 3 * SEC + 30),
+                lput("b", "2", 8),
+                put_ok(4),
+            ),
+            op(
+                2,
+                (3 * SEC + 25, 3 * SEC + 35),
+                lput("c", "3", 8),
+                put_ok(5),
+            ),
+            op(0, (3 * SEC + 40, 3 * SEC + 50), revoke(8), revoke_ok(6)),
+            op(1, (3 * SEC + 60, 3 * SEC + 70), get("c"), get_ok(6, None)),
+            op(
+                0,
+                (3 * SEC + 80, 3 * SEC + 90),
+                grant(9, 60),
+                grant_ok(6, 60),
+            ),
+            op(0, (3 * SEC + 100, 3 * SEC + 110), revoke(9), revoke_ok(6)),
+            op(0, (3 * SEC + 120, 3 * SEC + 130), put("b", "4"), put_ok(7)),
+        ]);
+        let r = full(&h);
+        assert!(r.is_linearizable(), "{:?}", r.violation);
+    }
+
+    /// The key of a 5 s lease gone 1 s after the grant: expired early.
+    #[test]
+    fn a_lease_expiring_before_its_ttl_is_rejected() {
+        let h = history(vec![
+            op(0, (0, 10), grant(7, 5), grant_ok(1, 5)),
+            op(0, (20, 30), lput("a", "1", 7), put_ok(2)),
+            op(1, (SEC, SEC + 10), get("a"), get_ok(3, None)),
+        ]);
+        let mut h = h;
+        h.watches.push(deleted_at(3, "a"));
+        let r = full(&h);
+        assert!(!r.is_linearizable(), "an early expiry passed");
+        let v = r.violation.unwrap_or_default();
+        assert!(v.contains("leases"), "{v}");
+        // The same read after the TTL is fine.
+        let mut late = h.clone();
+        late.operations[2].invoked = 5 * SEC + 30;
+        late.operations[2].completed = 5 * SEC + 40;
+        assert!(full(&late).is_linearizable());
+    }
+
+    /// A keep-alive pushes the earliest expiry out by the TTL it grants.
+    #[test]
+    fn an_expiry_before_the_ttl_after_a_keepalive_is_rejected() {
+        let h = history(vec![
+            op(0, (0, 10), grant(7, 2), grant_ok(1, 2)),
+            op(0, (20, 30), lput("a", "1", 7), put_ok(2)),
+            op(0, (SEC, SEC + 10), keep(7), keep_ok(2)),
+            op(1, (2 * SEC + 500, 2 * SEC + 510), get("a"), get_ok(3, None)),
+        ]);
+        let mut h = h;
+        h.watches.push(deleted_at(3, "a"));
+        assert!(
+            !full(&h).is_linearizable(),
+            "expiry 1.5 s after a 2 s keep-alive passed"
+        );
+    }
+
+    #[test]
+    fn a_key_outliving_its_revoked_lease_is_rejected() {
+        let h = history(vec![
+            op(0, (0, 10), grant(7, 60), grant_ok(1, 60)),
+            op(0, (20, 30), lput("a", "1", 7), put_ok(2)),
+            op(0, (40, 50), revoke(7), revoke_ok(3)),
+            op(1, (60, 70), get("a"), get_ok(3, kv("1", 2, 2, 1))),
+        ]);
+        assert!(!full(&h).is_linearizable());
+    }
+
+    #[test]
+    fn a_revoked_lease_kept_alive_or_attached_is_rejected() {
+        let base = vec![
+            op(0, (0, 10), grant(7, 60), grant_ok(1, 60)),
+            op(0, (20, 30), revoke(7), revoke_ok(1)),
+        ];
+        let mut alive = base.clone();
+        alive.push(op(1, (40, 50), keep(7), keep_ok(60)));
+        assert!(!full(&history(alive)).is_linearizable());
+        let mut attached = base.clone();
+        attached.push(op(1, (40, 50), lput("a", "1", 7), put_ok(2)));
+        assert!(!full(&history(attached)).is_linearizable());
+        // Never granted at all.
+        let never = vec![op(1, (40, 50), lput("a", "1", 8), put_ok(2))];
+        assert!(!full(&history(never)).is_linearizable());
+    }
+
+    /// A revoke that failed may still have happened: its keys may vanish
+    /// (at a revision no known write claims), or stay.
+    #[test]
+    fn an_indeterminate_revoke_may_or_may_not_happen() {
+        let gone = history(vec![
+            op(0, (0, 10), grant(7, 60), grant_ok(1, 60)),
+            op(0, (20, 30), lput("a", "1", 7), put_ok(2)),
+            op(0, (40, 50), revoke(7), failed()),
+            op(1, (60, 70), get("a"), get_ok(3, None)),
+            op(1, (80, 90), keep(7), keep_ok(0)),
+        ]);
+        assert!(full(&gone).is_linearizable(), "{:?}", full(&gone).violation);
+        let stayed = history(vec![
+            op(0, (0, 10), grant(7, 60), grant_ok(1, 60)),
+            op(0, (20, 30), lput("a", "1", 7), put_ok(2)),
+            op(0, (40, 50), revoke(7), failed()),
+            op(1, (60, 70), get("a"), get_ok(2, kv("1", 2, 2, 1))),
+        ]);
+        assert!(full(&stayed).is_linearizable());
+    }
+
+    #[test]
+    fn a_list_must_show_every_key_of_its_range_at_its_revision() {
+        let list = |revision, kvs: Vec<(&str, Option<KeyValue>)>| {
+            Outcome::Ok(Response::List {
+                revision,
+                kvs: kvs
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                    .collect(),
+            })
+        };
+        let prefix = || Request::List {
+            key: "p/".into(),
+            range_end: "p0".into(),
+        };
+        let ops = |answer| {
+            history(vec![
+                op(0, (0, 10), put("p/a", "1"), put_ok(2)),
+                op(0, (20, 30), put("p/b", "2"), put_ok(3)),
+                op(0, (40, 50), put("q", "3"), put_ok(4)),
+                op(1, (60, 70), prefix(), answer),
+            ])
+        };
+        let good = ops(list(
+            4,
+            vec![("p/a", kv("1", 2, 2, 1)), ("p/b", kv("2", 3, 3, 1))],
+        ));
+        assert!(full(&good).is_linearizable(), "{:?}", full(&good).violation);
+        let missing = ops(list(4, vec![("p/a", kv("1", 2, 2, 1))]));
+        assert!(!full(&missing).is_linearizable());
+        let stale = ops(list(
+            3,
+            vec![("p/a", kv("1", 2, 2, 1)), ("p/b", kv("2", 3, 3, 1))],
+        ));
+        assert!(!full(&stale).is_linearizable());
     }
 }

@@ -86,7 +86,10 @@ pub fn check(history: &History) -> Report {
     let mut reference = Reference::new();
     for (i, op) in history.operations.iter().enumerate() {
         let (revision, value) = match (&op.request, &op.outcome) {
-            (Request::Put { value, .. }, Outcome::Ok(Response::Put { revision }))
+            (
+                Request::Put { value, .. } | Request::LeasePut { value, .. },
+                Outcome::Ok(Response::Put { revision }),
+            )
             | (
                 Request::Txn { value, .. },
                 Outcome::Ok(Response::Txn {

@@ -180,7 +180,7 @@ impl Lessor {
         }
         let t = self.leases.get_mut(&id).ok_or(NotAnswered::NotFound)?;
         if t.expiry.is_some_and(|e| e <= now) {
-            return Err(NotAnswered::NotFound);
+            return Err(NotAnswered::Expiring);
         }
         t.remaining_ttl = 0;
         let ttl = t.ttl;
@@ -245,7 +245,7 @@ impl Lessor {
 }
 
 fn secs(s: i64) -> Duration {
-    Duration::from_secs(s.max(0) as u64)
+    Duration::from_secs(s.max(0) as u64) / crate::failpoint::lease_ttl_divisor()
 }
 
 #[cfg(test)]
@@ -303,8 +303,13 @@ mod tests {
             }
         );
         assert_eq!(l.expired(at(t0, 18_000), 10), vec![1]);
-        // Expired: no longer renewable, even before the revoke lands.
-        assert_eq!(l.renew(1, at(t0, 18_001)), Err(NotAnswered::NotFound));
+        // Expired: no longer renewable, but not gone before the revoke
+        // lands (its keys still exist): the keep-alive must wait, as
+        // etcd's does. Found by the robustness checker: a keep-alive
+        // answered "not found" while the lease's key was still readable.
+        assert_eq!(l.renew(1, at(t0, 18_001)), Err(NotAnswered::Expiring));
+        l.apply(LeaseChange::Revoked { id: 1 }, at(t0, 18_002));
+        assert_eq!(l.renew(1, at(t0, 18_003)), Err(NotAnswered::NotFound));
         assert_eq!(l.renew(99, at(t0, 18_001)), Err(NotAnswered::NotFound));
     }
 

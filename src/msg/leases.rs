@@ -20,8 +20,12 @@ const PRIMARY_POLL: Duration = Duration::from_millis(50);
 pub enum NotAnswered {
     /// This member is not (yet) the primary lessor; ask again or ask the leader.
     NotPrimary,
-    /// No such lease, or it has expired and is being revoked.
+    /// No such lease.
     NotFound,
+    /// Expired, its revoke not applied yet: its keys still exist, so it
+    /// may not be called gone yet (etcd's Renew waits for the revoke);
+    /// ask again.
+    Expiring,
 }
 
 /// One lease's TTLs as the lessor knows them.
@@ -177,6 +181,15 @@ impl Leases {
             match ask().await {
                 Ok(Ok(v)) => return Ok(Some(v)),
                 Ok(Err(NotAnswered::NotFound)) => return Ok(None),
+                Ok(Err(NotAnswered::Expiring)) => {
+                    // Asked again until the revoke lands (then NotFound)
+                    // or this member stops being primary.
+                    if Instant::now() >= deadline {
+                        return Err(EtcdError::Timeout);
+                    }
+                    tokio::time::sleep(PRIMARY_POLL).await;
+                    continue;
+                }
                 Ok(Err(NotAnswered::NotPrimary)) => {}
                 Err(_) => return Err(EtcdError::Stopped),
             }

@@ -340,6 +340,7 @@ impl Worker {
     /// Deletes the old records among the next [`BATCH_LIMIT`] at or below
     /// `target`; the last batch of a pass also records it as finished.
     fn delete_step(&mut self, target: i64) -> Result<(), StorageError> {
+        crate::failpoint::hit("compact-delete");
         if self.pass.0 != target {
             self.pass = (target, REV_PREFIX.to_vec());
             self.removed = 0;

@@ -92,6 +92,7 @@ async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Re
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    crate::failpoint::hit("snapshot-send");
     let message = msg.write_to_bytes().map_err(|e| e.to_string())?;
     let mut client = None;
     let mut last_err = String::from("no peer URL");

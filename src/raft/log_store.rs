@@ -331,9 +331,11 @@ impl LogStore {
         if let Some(hs) = hard_state {
             batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs)?;
         }
+        crate::failpoint::hit("raft-before-save");
         crate::io_metrics::timed(&crate::io_metrics::WAL_FSYNC, || {
             self.engine.write(&mut batch, true)
         })?;
+        crate::failpoint::hit("raft-after-save");
         if let Some(hs) = hard_state {
             self.meta.write().hard_state = hs.clone();
         }
