@@ -918,6 +918,88 @@ fn a_member_behind_the_truncated_log_catches_up_from_a_snapshot() {
     );
 }
 
+/// `member add` through `ep`, then starts the new member as etcdctl says
+/// (`--initial-cluster-state existing`, every member's name and peer URL in
+/// `--initial-cluster`); returns its index in `c.members`.
+fn add_member(c: &mut Cluster, ep: &str, name: &str, learner: bool) -> usize {
+    let port = free_port();
+    let peer = format!("http://127.0.0.1:{port}");
+    let mut args = vec!["member", "add", name, "--peer-urls", &peer];
+    if learner {
+        args.push("--learner");
+    }
+    let out = member_change(ep, &args);
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| panic!("member add said {out:?}"));
+    assert!(out.contains(&format!("ETCD_NAME=\"{name}\"")), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    c.members.push(Member {
+        name: name.to_string(),
+        client_port: free_port(),
+        peer_port: port,
+        child: None,
+        starts: 0,
+        added_id: Some(id),
+    });
+    let i = c.members.len() - 1;
+    c.extra_args = vec!["--initial-cluster-state".into(), "existing".into()];
+    c.spawn_member(i);
+    c.extra_args.clear();
+    i
+}
+
+/// A member added at runtime has a random id, which `--initial-cluster`
+/// (names and URLs) cannot give. A member that joins later must still take
+/// that member's raft stream before its first snapshot: here the runtime
+/// member leads, so the joiner's snapshot can only come from it. (Found by
+/// the robustness harness's member-replace runs: the joiner refused the
+/// leader's stream as "not in this cluster" and never served.)
+#[test]
+fn a_member_joining_takes_the_stream_of_a_leader_added_at_runtime() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let ep = c.members[leader]
+        .client_url()
+        .trim_start_matches("http://")
+        .to_string();
+    put(&c.members[leader].client_url(), "k/0", "before").expect("put");
+    let fourth = add_member(&mut c, &ep, "m4", false);
+    c.wait_ready();
+    let fourth_hex = format!("{:x}", c.members[fourth].id());
+    assert!(
+        wait_until(START_TIMEOUT, || common::etcdctl_at(
+            &ep,
+            &["move-leader", &fourth_hex],
+            None
+        )
+        .status
+        .success()),
+        "leadership never moved to the runtime member"
+    );
+    assert_eq!(c.wait_leader(START_TIMEOUT), fourth);
+    let ep4 = c.members[fourth]
+        .client_url()
+        .trim_start_matches("http://")
+        .to_string();
+    let fifth = add_member(&mut c, &ep4, "m5", false);
+    c.wait_ready();
+    assert!(
+        !c.logs(fifth).contains("not in this cluster refused"),
+        "the joiner refused a member's stream:\n{}",
+        c.logs(fifth)
+    );
+    assert_eq!(
+        get_prefix(&c.members[fifth].client_url(), "k/").expect("read on the joiner"),
+        vec![("k/0".to_string(), "before".to_string())]
+    );
+}
+
 /// The runtime reconfiguration runbook with etcdctl: `member add` a fourth
 /// member and start it with `--initial-cluster-state existing` (it learns
 /// its id from the cluster and its state from the leader's snapshot), add
@@ -934,39 +1016,7 @@ fn members_are_added_promoted_and_removed_at_runtime() {
         .to_string();
     put(&c.members[leader].client_url(), "k/0", "before").expect("put");
 
-    // member add, then start the new member as etcdctl says.
-    let add = |c: &mut Cluster, name: &str, learner: bool| -> usize {
-        let port = free_port();
-        let peer = format!("http://127.0.0.1:{port}");
-        let mut args = vec!["member", "add", name, "--peer-urls", &peer];
-        if learner {
-            args.push("--learner");
-        }
-        let out = member_change(&ep, &args);
-        let id = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-            .unwrap_or_else(|| panic!("member add said {out:?}"));
-        assert!(out.contains(&format!("ETCD_NAME=\"{name}\"")), "{out}");
-        assert!(
-            out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
-            "{out}"
-        );
-        c.members.push(Member {
-            name: name.to_string(),
-            client_port: free_port(),
-            peer_port: port,
-            child: None,
-            starts: 0,
-            added_id: Some(id),
-        });
-        let i = c.members.len() - 1;
-        c.extra_args = vec!["--initial-cluster-state".into(), "existing".into()];
-        c.spawn_member(i);
-        c.extra_args.clear();
-        i
-    };
+    let add = |c: &mut Cluster, name: &str, learner: bool| add_member(c, &ep, name, learner);
     let fourth = add(&mut c, "m4", false);
     c.wait_ready();
     let url4 = c.members[fourth].client_url();

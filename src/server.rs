@@ -129,6 +129,25 @@ fn force_new_cluster(log: &LogStore, store: &Store, cluster: &ClusterInfo) -> an
     Ok(())
 }
 
+/// Asks the other members of `--initial-cluster` for the cluster's id,
+/// this member's id and every member (`Peer/Members`).
+fn ask_to_join(
+    cluster: &ClusterInfo,
+    own_peer_urls: &[String],
+    connector: &crate::tls::client::Connector,
+) -> anyhow::Result<crate::peer::Joined> {
+    let others: Vec<crate::cluster::Member> = cluster.remote_members().cloned().collect();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::peer::join(
+            &others,
+            own_peer_urls,
+            Duration::from_secs(5),
+            connector.clone(),
+        ))
+}
+
 /// Runs the member; returns when it has shut down.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     // TLS files (and auto-TLS certificates) are read first: a bad one fails
@@ -181,16 +200,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .iter()
             .map(crate::cluster::url_string)
             .collect();
-        let others: Vec<crate::cluster::Member> = cluster.remote_members().cloned().collect();
-        let (cluster_id, member_id) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::peer::join(
-                &others,
-                &own,
-                Duration::from_secs(5),
-                peer_tls.connector.clone(),
-            ))?;
+        let joined = ask_to_join(&cluster, &own, &peer_tls.connector)?;
+        let (cluster_id, member_id) = (joined.cluster_id, joined.member_id);
         tracing::info!(
             member_id = %format!("{member_id:x}"),
             cluster_id = %format!("{cluster_id:x}"),
@@ -250,13 +261,27 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let cluster = Arc::new(cluster);
     // Peer ports are bound before anything starts: one in use fails here.
     let members: Vec<(u64, Vec<String>)> = if store.membership().is_empty() {
-        // A member joining a running cluster, before its first snapshot:
-        // --initial-cluster names the others.
-        cluster
-            .members
+        // A member that joined a running cluster, before its first
+        // snapshot: the members as the cluster reports them (a member added
+        // at runtime has a random id that --initial-cluster cannot give,
+        // and a stream from an id not listed here is refused), or, with no
+        // member answering, --initial-cluster's.
+        let own: Vec<String> = cfg
+            .initial_advertise_peer_urls
             .iter()
-            .map(|m| (m.id, m.peer_urls.clone()))
-            .collect()
+            .map(crate::cluster::url_string)
+            .collect();
+        match ask_to_join(&cluster, &own, &peer_tls.connector) {
+            Ok(joined) => joined.members,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot ask the cluster for its members; using --initial-cluster");
+                cluster
+                    .members
+                    .iter()
+                    .map(|m| (m.id, m.peer_urls.clone()))
+                    .collect()
+            }
+        }
     } else {
         store
             .membership()

@@ -267,12 +267,23 @@ impl Peers {
 /// cluster: asks the other members `--initial-cluster` names, in turn, for
 /// the cluster id and the members, and finds itself among them by its peer
 /// URLs (put there by `member add`). Returns (cluster id, own id).
+/// What a running cluster tells a member that joins it.
+pub struct Joined {
+    pub cluster_id: u64,
+    /// The id the cluster gave this member when it was added.
+    pub member_id: u64,
+    /// Every member's id and peer URLs, as the cluster knows them: the ids
+    /// of members added at runtime are random, so `--initial-cluster`
+    /// (names and URLs) cannot give them.
+    pub members: Vec<(u64, Vec<String>)>,
+}
+
 pub async fn join(
     others: &[crate::cluster::Member],
     own_peer_urls: &[String],
     timeout: std::time::Duration,
     connector: crate::tls::client::Connector,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<Joined> {
     use crate::proto::cairnpb::peer_client::PeerClient;
     let mut own = own_peer_urls.to_vec();
     own.sort();
@@ -299,7 +310,15 @@ pub async fn join(
                         urls == own
                     });
                     return match me {
-                        Some(me) => Ok((answer.cluster_id, me.id)),
+                        Some(me) => Ok(Joined {
+                            cluster_id: answer.cluster_id,
+                            member_id: me.id,
+                            members: answer
+                                .members
+                                .iter()
+                                .map(|m| (m.id, m.peer_urls.clone()))
+                                .collect(),
+                        }),
                         None => Err(anyhow::anyhow!(
                             "this member ({}) is not a member of the cluster at {url}; add it first (etcdctl member add NAME --peer-urls={})",
                             own.join(","),
