@@ -138,6 +138,23 @@ impl Cluster {
     }
 
     /// Whether member `i`'s process has exited on its own.
+    /// Waits (≤ `timeout`) for member `i` to exit by itself; its exit code
+    /// (None: still running, or killed by a signal).
+    fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.members[i]
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            status.is_some()
+        });
+        if status.is_some() {
+            self.members[i].child = None;
+        }
+        status.and_then(|s| s.code())
+    }
+
     fn exited(&mut self, i: usize) -> bool {
         let m = &mut self.members[i];
         match m.child.as_mut().map(|c| c.try_wait()) {
@@ -788,20 +805,12 @@ fn a_member_with_a_wiped_data_dir_stops_loudly_and_harms_nothing() {
     c.kill(victim);
     std::fs::remove_dir_all(c.tmp.path().join(&c.members[victim].name)).expect("wipe");
     c.spawn_member(victim);
-    let mut status = None;
-    assert!(
-        wait_until(START_TIMEOUT, || {
-            status = c.members[victim]
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten());
-            status.is_some()
-        }),
+    assert_eq!(
+        c.wait_exit(victim, START_TIMEOUT),
+        Some(70),
         "the wiped member kept running; logs:\n{}",
         c.logs(victim)
     );
-    assert_eq!(status.and_then(|s| s.code()), Some(70));
-    c.members[victim].child = None;
     let logs = c.logs(victim);
     let fatal: Vec<&str> = logs.lines().filter(|l| l.contains("fatal:")).collect();
     assert_eq!(fatal.len(), 1, "{logs}");
@@ -871,19 +880,11 @@ fn a_member_behind_the_truncated_log_catches_up_from_a_snapshot() {
     )];
     c.spawn_member(lagging);
     c.extra_env.clear();
-    let mut status = None;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            status = c.members[lagging]
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten());
-            status.is_some()
-        }),
+    assert_eq!(
+        c.wait_exit(lagging, Duration::from_secs(30)),
+        Some(70),
         "the member did not crash while installing the snapshot"
     );
-    assert_eq!(status.and_then(|s| s.code()), Some(70));
-    c.members[lagging].child = None;
     c.spawn_member(lagging);
     assert!(
         wait_until(Duration::from_secs(30), || c
@@ -1070,19 +1071,11 @@ fn members_are_added_promoted_and_removed_at_runtime() {
         .expect("a follower");
     let victim_id = format!("{:x}", c.members[victim].id());
     etcdctl_on(&ep, &["member", "remove", &victim_id]);
-    let mut status = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            status = c.members[victim]
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten());
-            status.is_some()
-        }),
+    assert_eq!(
+        c.wait_exit(victim, Duration::from_secs(20)),
+        Some(0),
         "the removed member kept running"
     );
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
-    c.members[victim].child = None;
     assert!(c
         .logs(victim)
         .contains("permanently removed from the cluster"));

@@ -191,17 +191,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .identity()
             .context("reading the member identity")?
             .is_none();
+    let own_peer_urls: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(crate::cluster::url_string)
+        .collect();
+    // What the cluster answered a fresh joiner (its members are used below).
+    let mut joined = None;
     if fresh && cfg.initial_cluster_state == crate::config::ClusterState::Existing {
         // Joining a running cluster that added this member: its id and the
         // cluster's come from the others; the log and the state come with
         // the leader's first snapshot.
-        let own: Vec<String> = cfg
-            .initial_advertise_peer_urls
-            .iter()
-            .map(crate::cluster::url_string)
-            .collect();
-        let joined = ask_to_join(&cluster, &own, &peer_tls.connector)?;
-        let (cluster_id, member_id) = (joined.cluster_id, joined.member_id);
+        let answer = ask_to_join(&cluster, &own_peer_urls, &peer_tls.connector)?;
+        let (cluster_id, member_id) = (answer.cluster_id, answer.member_id);
+        joined = Some(answer);
         tracing::info!(
             member_id = %format!("{member_id:x}"),
             cluster_id = %format!("{cluster_id:x}"),
@@ -265,13 +268,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // snapshot: the members as the cluster reports them (a member added
         // at runtime has a random id that --initial-cluster cannot give,
         // and a stream from an id not listed here is refused), or, with no
-        // member answering, --initial-cluster's.
-        let own: Vec<String> = cfg
-            .initial_advertise_peer_urls
-            .iter()
-            .map(crate::cluster::url_string)
-            .collect();
-        match ask_to_join(&cluster, &own, &peer_tls.connector) {
+        // member answering, --initial-cluster's. Asked again on a restart
+        // before the first snapshot.
+        let answer = match joined {
+            Some(answer) => Ok(answer),
+            None => ask_to_join(&cluster, &own_peer_urls, &peer_tls.connector),
+        };
+        match answer {
             Ok(joined) => joined.members,
             Err(e) => {
                 tracing::warn!(cause = %e, "cannot ask the cluster for its members; using --initial-cluster");

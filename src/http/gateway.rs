@@ -384,41 +384,17 @@ where
     }
 }
 
-/// Registers a server-streaming RPC at its path under `/v3` and `/v3beta`.
-macro_rules! server_stream {
-    ($cfg:ident, $path:literal, $service:ident . $method:ident) => {
+/// Registers an RPC at its path under `/v3` and `/v3beta`, answered by
+/// `$answer` (`unary` or `server_stream`).
+macro_rules! rpc {
+    ($cfg:ident, $answer:ident, $path:literal, $service:ident . $method:ident) => {
         for prefix in ["/v3", "/v3beta"] {
             $cfg.service(
                 web::resource(format!("{prefix}{}", $path))
                     .route(web::post().to(
                         |req: HttpRequest, state: web::Data<State>, body: Bytes| async move {
                             let names = gateway_names(stringify!($service), stringify!($method));
-                            server_stream(
-                                &req,
-                                &state,
-                                &body,
-                                names,
-                                |s: Arc<Services>, r| async move { s.$service.$method(r).await },
-                            )
-                            .await
-                        },
-                    ))
-                    .default_service(web::to(method_not_allowed)),
-            );
-        }
-    };
-}
-
-/// Registers a unary RPC at its path under `/v3` and `/v3beta`.
-macro_rules! unary {
-    ($cfg:ident, $path:literal, $service:ident . $method:ident) => {
-        for prefix in ["/v3", "/v3beta"] {
-            $cfg.service(
-                web::resource(format!("{prefix}{}", $path))
-                    .route(web::post().to(
-                        |req: HttpRequest, state: web::Data<State>, body: Bytes| async move {
-                            let names = gateway_names(stringify!($service), stringify!($method));
-                            unary(
+                            $answer(
                                 &req,
                                 &state,
                                 &body,
@@ -462,61 +438,77 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 
 /// The gateway's paths, `/version`, and etcd's answers to anything else.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    unary!(cfg, "/kv/range", kv.range);
-    unary!(cfg, "/kv/put", kv.put);
-    unary!(cfg, "/kv/deleterange", kv.delete_range);
-    unary!(cfg, "/kv/txn", kv.txn);
-    unary!(cfg, "/kv/compaction", kv.compact);
-    unary!(cfg, "/lease/grant", lease.lease_grant);
-    unary!(cfg, "/lease/revoke", lease.lease_revoke);
-    unary!(cfg, "/kv/lease/revoke", lease.lease_revoke);
-    unary!(cfg, "/lease/timetolive", lease.lease_time_to_live);
-    unary!(cfg, "/kv/lease/timetolive", lease.lease_time_to_live);
-    unary!(cfg, "/lease/leases", lease.lease_leases);
-    unary!(cfg, "/kv/lease/leases", lease.lease_leases);
-    unary!(cfg, "/cluster/member/list", cluster.member_list);
-    unary!(cfg, "/maintenance/status", maintenance.status);
-    unary!(cfg, "/maintenance/alarm", maintenance.alarm);
+    rpc!(cfg, unary, "/kv/range", kv.range);
+    rpc!(cfg, unary, "/kv/put", kv.put);
+    rpc!(cfg, unary, "/kv/deleterange", kv.delete_range);
+    rpc!(cfg, unary, "/kv/txn", kv.txn);
+    rpc!(cfg, unary, "/kv/compaction", kv.compact);
+    rpc!(cfg, unary, "/lease/grant", lease.lease_grant);
+    rpc!(cfg, unary, "/lease/revoke", lease.lease_revoke);
+    rpc!(cfg, unary, "/kv/lease/revoke", lease.lease_revoke);
+    rpc!(cfg, unary, "/lease/timetolive", lease.lease_time_to_live);
+    rpc!(cfg, unary, "/kv/lease/timetolive", lease.lease_time_to_live);
+    rpc!(cfg, unary, "/lease/leases", lease.lease_leases);
+    rpc!(cfg, unary, "/kv/lease/leases", lease.lease_leases);
+    rpc!(cfg, unary, "/cluster/member/list", cluster.member_list);
+    rpc!(cfg, unary, "/maintenance/status", maintenance.status);
+    rpc!(cfg, unary, "/maintenance/alarm", maintenance.alarm);
     // etcd 3.4 routes both Hash and HashKV to /hash (Hash answers);
     // /hashkv is 3.5's path for HashKV.
-    unary!(cfg, "/maintenance/hash", maintenance.hash);
-    unary!(cfg, "/maintenance/hashkv", maintenance.hash_kv);
-    unary!(cfg, "/maintenance/defragment", maintenance.defragment);
-    unary!(
+    rpc!(cfg, unary, "/maintenance/hash", maintenance.hash);
+    rpc!(cfg, unary, "/maintenance/hashkv", maintenance.hash_kv);
+    rpc!(
         cfg,
+        unary,
+        "/maintenance/defragment",
+        maintenance.defragment
+    );
+    rpc!(
+        cfg,
+        unary,
         "/maintenance/transfer-leadership",
         maintenance.move_leader
     );
-    server_stream!(cfg, "/maintenance/snapshot", maintenance.snapshot);
-    unary!(cfg, "/cluster/member/add", cluster.member_add);
-    unary!(cfg, "/cluster/member/remove", cluster.member_remove);
-    unary!(cfg, "/cluster/member/update", cluster.member_update);
-    unary!(cfg, "/cluster/member/promote", cluster.member_promote);
-    unary!(cfg, "/lock/lock", lock.lock);
-    unary!(cfg, "/lock/unlock", lock.unlock);
-    unary!(cfg, "/election/campaign", election.campaign);
-    unary!(cfg, "/election/proclaim", election.proclaim);
-    unary!(cfg, "/election/leader", election.leader);
-    unary!(cfg, "/election/resign", election.resign);
-    server_stream!(cfg, "/election/observe", election.observe);
-    unary!(cfg, "/auth/enable", auth.auth_enable);
-    unary!(cfg, "/auth/disable", auth.auth_disable);
+    rpc!(
+        cfg,
+        server_stream,
+        "/maintenance/snapshot",
+        maintenance.snapshot
+    );
+    rpc!(cfg, unary, "/cluster/member/add", cluster.member_add);
+    rpc!(cfg, unary, "/cluster/member/remove", cluster.member_remove);
+    rpc!(cfg, unary, "/cluster/member/update", cluster.member_update);
+    rpc!(
+        cfg,
+        unary,
+        "/cluster/member/promote",
+        cluster.member_promote
+    );
+    rpc!(cfg, unary, "/lock/lock", lock.lock);
+    rpc!(cfg, unary, "/lock/unlock", lock.unlock);
+    rpc!(cfg, unary, "/election/campaign", election.campaign);
+    rpc!(cfg, unary, "/election/proclaim", election.proclaim);
+    rpc!(cfg, unary, "/election/leader", election.leader);
+    rpc!(cfg, unary, "/election/resign", election.resign);
+    rpc!(cfg, server_stream, "/election/observe", election.observe);
+    rpc!(cfg, unary, "/auth/enable", auth.auth_enable);
+    rpc!(cfg, unary, "/auth/disable", auth.auth_disable);
     // etcd 3.5's path; 3.4.23 has no AuthStatus route.
-    unary!(cfg, "/auth/status", auth.auth_status);
-    unary!(cfg, "/auth/authenticate", auth.authenticate);
-    unary!(cfg, "/auth/user/add", auth.user_add);
-    unary!(cfg, "/auth/user/get", auth.user_get);
-    unary!(cfg, "/auth/user/list", auth.user_list);
-    unary!(cfg, "/auth/user/delete", auth.user_delete);
-    unary!(cfg, "/auth/user/changepw", auth.user_change_password);
-    unary!(cfg, "/auth/user/grant", auth.user_grant_role);
-    unary!(cfg, "/auth/user/revoke", auth.user_revoke_role);
-    unary!(cfg, "/auth/role/add", auth.role_add);
-    unary!(cfg, "/auth/role/get", auth.role_get);
-    unary!(cfg, "/auth/role/list", auth.role_list);
-    unary!(cfg, "/auth/role/delete", auth.role_delete);
-    unary!(cfg, "/auth/role/grant", auth.role_grant_permission);
-    unary!(cfg, "/auth/role/revoke", auth.role_revoke_permission);
+    rpc!(cfg, unary, "/auth/status", auth.auth_status);
+    rpc!(cfg, unary, "/auth/authenticate", auth.authenticate);
+    rpc!(cfg, unary, "/auth/user/add", auth.user_add);
+    rpc!(cfg, unary, "/auth/user/get", auth.user_get);
+    rpc!(cfg, unary, "/auth/user/list", auth.user_list);
+    rpc!(cfg, unary, "/auth/user/delete", auth.user_delete);
+    rpc!(cfg, unary, "/auth/user/changepw", auth.user_change_password);
+    rpc!(cfg, unary, "/auth/user/grant", auth.user_grant_role);
+    rpc!(cfg, unary, "/auth/user/revoke", auth.user_revoke_role);
+    rpc!(cfg, unary, "/auth/role/add", auth.role_add);
+    rpc!(cfg, unary, "/auth/role/get", auth.role_get);
+    rpc!(cfg, unary, "/auth/role/list", auth.role_list);
+    rpc!(cfg, unary, "/auth/role/delete", auth.role_delete);
+    rpc!(cfg, unary, "/auth/role/grant", auth.role_grant_permission);
+    rpc!(cfg, unary, "/auth/role/revoke", auth.role_revoke_permission);
     for prefix in ["/v3", "/v3beta"] {
         for (path, handler) in [
             ("/watch", Stream::Watch),
