@@ -793,6 +793,11 @@ impl Cluster {
 
 /// The leader a member reports in Status (0: none), if it answers.
 fn leader_of(url: &str) -> Option<u64> {
+    status_of(url).map(|(_, leader)| leader)
+}
+
+/// A member's own id and the leader it reports in Status, if it answers.
+fn status_of(url: &str) -> Option<(u64, u64)> {
     let url = url.to_string();
     block_on(async move {
         let channel = tonic::transport::Endpoint::from_shared(url)
@@ -806,7 +811,8 @@ fn leader_of(url: &str) -> Option<u64> {
             .status(StatusRequest {})
             .await
             .ok()?;
-        Some(status.into_inner().leader)
+        let status = status.into_inner();
+        Some((status.header?.member_id, status.leader))
     })
 }
 
@@ -1166,4 +1172,98 @@ fn client_certificates_not_valid_for_the_allowed_hostname_are_refused_as_by_etcd
         );
         assert!(ok && out.trim() == "v", "{}: {out} {err}", bin.display());
     }
+}
+
+#[test]
+fn a_member_added_at_runtime_joins_over_peer_tls_and_takes_a_snapshot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "peer-ca");
+    // A short log, so that the joiner is sent a snapshot over the https
+    // peer URL rather than the log from its start.
+    let log_flags = [
+        "--snapshot-count=20".to_string(),
+        "--experimental-snapshot-catchup-entries=5".to_string(),
+    ];
+    let tls: Vec<Vec<String>> = (0..4)
+        .map(|i| {
+            let mut flags = peer_flags(&ca.issue(&format!("m{i}"), "member", i + 1), &ca.pem);
+            flags.extend(log_flags.iter().cloned());
+            if i == 1 || i == 2 {
+                // m0 campaigns first and leads; the followers m1 and m2
+                // then have no raft message to exchange.
+                flags.push("--election-timeout=3000".to_string());
+            }
+            flags
+        })
+        .collect();
+    let mut c = Cluster::start(dir, &tls[..3]);
+    c.check_replication();
+    for i in 0..100 {
+        assert!(
+            plain_put(&c.client_urls[0], &format!("k{i}"), &format!("v{i}")),
+            "put k{i}"
+        );
+    }
+
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("https://127.0.0.1:{peer_port}");
+    // Asked of a follower: it must count its idle link to the other
+    // follower as up (etcd refuses with "unhealthy cluster" until every
+    // voter has been reachable for a while).
+    let follower = c
+        .client_urls
+        .iter()
+        .find(|u| status_of(u).is_some_and(|(id, leader)| id != leader))
+        .expect("a follower")
+        .clone();
+    let mut said = String::new();
+    let mut why = String::new();
+    assert!(
+        wait_until(READY_TIMEOUT, || {
+            let added = etcdctl_at(
+                &follower,
+                &["member", "add", "m3", &format!("--peer-urls={peer}")],
+                None,
+            );
+            said = String::from_utf8_lossy(&added.stdout).into_owned();
+            why = String::from_utf8_lossy(&added.stderr).into_owned();
+            added.status.success()
+        }),
+        "member add failed: {said} {why}"
+    );
+    let initial = said
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("member add prints ETCD_INITIAL_CLUSTER")
+        .to_string();
+    let mut args = vec![
+        "--name=m3".to_string(),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster={initial}"),
+        "--initial-cluster-state=existing".to_string(),
+        "--heartbeat-interval=50".to_string(),
+        "--election-timeout=500".to_string(),
+    ];
+    args.extend(tls[3].iter().cloned());
+    let dir = c._dir.path().to_path_buf();
+    c.members
+        .push(Member::spawn(&dir.join("data3"), dir.join("log3"), &args));
+    // A linearizable read on the joiner: it has the leader's data and a
+    // working peer link to the leader.
+    assert!(
+        wait_until(READY_TIMEOUT, || plain_get(&client, "k99").as_deref()
+            == Some("v99")),
+        "the joiner never served the cluster's data"
+    );
+    assert_eq!(plain_get(&client, "k0").as_deref(), Some("v0"));
+    assert!(
+        logged(&c.members[3], "installed the raft snapshot from the leader"),
+        "the joiner caught up without a snapshot"
+    );
+    assert!(c.members.iter_mut().all(|m| !m.exited()));
 }

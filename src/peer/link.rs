@@ -251,9 +251,24 @@ async fn send_loop(
     let (tx, rx) = mpsc::channel::<RaftBatch>(4);
     let call = client.raft(ReceiverStream::new(rx));
     let pump = async {
+        // The stream opens with an empty batch: the remote member checks the
+        // cluster and member ids at once, and the link counts as up (etcd's
+        // peer streams are up whether or not messages flow: two followers
+        // exchange none, yet a member add checks that every voter is
+        // reachable, see grpc::cluster's check_reconfig).
+        let mut hello = Some(RaftBatch {
+            cluster_id: target.cluster_id,
+            from: target.from,
+            to: target.to,
+            messages: Vec::new(),
+        });
         loop {
-            let Some(batch) = next_batch(&target, &mut queue).await else {
-                return Ok(());
+            let batch = match hello.take() {
+                Some(hello) => hello,
+                None => match next_batch(&target, &mut queue).await {
+                    Some(batch) => batch,
+                    None => return Ok(()),
+                },
             };
             super::failpoint::link_panic(target.to);
             let bytes = batch.messages.iter().map(Vec::len).sum();
