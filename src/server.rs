@@ -86,7 +86,7 @@ fn finish_install(
         applied,
         "finishing the install of a raft snapshot"
     );
-    crate::snapshot::install_kept(store, snaps, truncated)
+    crate::snapshot::install_kept(store, snaps, truncated, true)
         .context("installing the raft snapshot")?;
     Ok(())
 }

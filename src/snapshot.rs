@@ -247,6 +247,46 @@ pub fn verify(path: &Path) -> Result<[u8; HASH_LEN], SnapshotError> {
     Ok(want)
 }
 
+/// [`verify`] over bytes as they arrive (a raft snapshot streamed from the
+/// leader), so the received file need not be read back: everything but the
+/// last 32 bytes is hashed, and those must be the hash.
+#[derive(Default)]
+pub struct StreamVerifier {
+    hasher: Sha256,
+    /// The last bytes seen (at most [`HASH_LEN`]): the hash, if they are the end.
+    tail: Vec<u8>,
+    total: u64,
+}
+
+impl StreamVerifier {
+    pub fn update(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        if data.len() >= HASH_LEN {
+            self.hasher.update(&self.tail);
+            let (body, tail) = data.split_at(data.len() - HASH_LEN);
+            self.hasher.update(body);
+            self.tail.clear();
+            self.tail.extend_from_slice(tail);
+        } else {
+            self.tail.extend_from_slice(data);
+            let spill = self.tail.len().saturating_sub(HASH_LEN);
+            self.hasher.update(&self.tail[..spill]);
+            self.tail.drain(..spill);
+        }
+    }
+
+    /// Whether what arrived is a whole image with a matching hash.
+    pub fn finish(self) -> Result<(), SnapshotError> {
+        if self.total < (MAGIC.len() + 4 + HASH_LEN) as u64 {
+            return Err(SnapshotError::Format("the image is too short".into()));
+        }
+        if self.hasher.finalize().as_slice() != self.tail.as_slice() {
+            return Err(SnapshotError::HashMismatch);
+        }
+        Ok(())
+    }
+}
+
 /// One frame read back.
 enum Frame {
     Head(SnapshotHead),
@@ -471,13 +511,15 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<i64, SnapshotError>
 }
 
 /// Replaces `store`'s whole state with the image in `path`: how a member
-/// installs the raft snapshot its leader sent (the image was verified when
-/// it arrived; it is verified again, as it may have sat on disk across a
-/// restart). The consistent index is written last, after everything else,
-/// so a crash half-way leaves a state start-up recognises as unfinished.
-/// Returns the image's head.
-pub fn install(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError> {
-    verify(path)?;
+/// installs the raft snapshot its leader sent. The image was verified when
+/// it arrived; `verify` checks it again, for an image that sat on disk
+/// across a restart. The consistent index is written last, after
+/// everything else, so a crash half-way leaves a state start-up recognises
+/// as unfinished. Returns the image's head.
+pub fn install(store: &Store, path: &Path, verify: bool) -> Result<SnapshotHead, SnapshotError> {
+    if verify {
+        self::verify(path)?;
+    }
     let mut head = None;
     store.replace_all(|write| -> Result<(), SnapshotError> {
         let (mut batch, mut tail) = (WriteBatch::new(), None);
@@ -509,7 +551,10 @@ pub fn install(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError
             );
         }
         write(batch)?;
-        // A crash here leaves the whole image but no consistent index.
+        // The image is durable before the consistent index that marks it
+        // whole is written (bulk writes are not atomic). A crash here
+        // leaves the whole image but no consistent index.
+        store.backend().flush()?;
         crate::failpoint::hit("snapshot-install");
         let mut last = WriteBatch::new();
         last.put(
@@ -534,14 +579,16 @@ pub fn install(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError
 
 /// Installs the kept image at `index` of `dir` (see [`install`]), makes the
 /// state durable (the log no longer has the entries it covers) and only
-/// then removes the image and older ones. Both the Storage actor and a
-/// start-up that finds an unfinished install come through here.
+/// then removes the image and older ones. Both the Storage actor (right
+/// after the image arrived and was verified: `verify` false) and a start-up
+/// that finds an unfinished install (`verify` true) come through here.
 pub fn install_kept(
     store: &Store,
     dir: &SnapDir,
     index: u64,
+    verify: bool,
 ) -> Result<SnapshotHead, SnapshotError> {
-    let head = install(store, &dir.image(index))?;
+    let head = install(store, &dir.image(index), verify)?;
     store.backend().flush()?;
     dir.prune(|i| i > index);
     Ok(head)
@@ -940,7 +987,7 @@ mod tests {
         let head = capture_head(&leader).expect("head");
         save_image(&leader, head, 1, 2, &path).expect("save");
 
-        let installed = install(&follower, &path).expect("install");
+        let installed = install(&follower, &path, true).expect("install");
         assert_eq!(installed.revision, leader.current_revision());
         assert_eq!(follower.current_revision(), leader.current_revision());
         assert_eq!(follower.applied_index(), leader.applied_index());
@@ -960,6 +1007,12 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(records(&follower), records(&leader));
+        // The index the install replayed as the records went in is the one
+        // a restart rebuilds by scanning them.
+        let reopened = Store::open(follower.backend().clone()).expect("reopen");
+        for rev in compacted..=leader.current_revision() {
+            assert_eq!(all_at(&reopened, rev), all_at(&follower, rev), "at {rev}");
+        }
 
         // Both go on alike.
         for s in [&leader, &follower] {
@@ -987,9 +1040,45 @@ mod tests {
         bytes[mid] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
         assert!(matches!(
-            install(&follower, &path),
+            install(&follower, &path, true),
             Err(SnapshotError::HashMismatch)
         ));
         assert_eq!(all_at(&follower, 0)[0].0, b"z".to_vec());
+    }
+
+    #[test]
+    fn an_image_is_verified_as_it_streams_in_chunks_of_any_size() {
+        let leader = store();
+        for i in 0..200 {
+            write(&leader, &[(&format!("k{i}"), Some("some value"))]);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("image.snap");
+        save_image(&leader, capture_head(&leader).expect("head"), 1, 2, &path).expect("save");
+        let bytes = std::fs::read(&path).expect("read");
+        let streamed = |bytes: &[u8], sizes: &[usize]| {
+            let mut v = StreamVerifier::default();
+            let (mut at, mut i) = (0, 0);
+            while at < bytes.len() {
+                let n = sizes[i % sizes.len()].min(bytes.len() - at);
+                v.update(&bytes[at..at + n]);
+                at += n;
+                i += 1;
+            }
+            v.finish()
+        };
+        for sizes in [&[1usize][..], &[7, 31, 32, 33], &[4096], &[bytes.len()]] {
+            streamed(&bytes, sizes).expect("a whole image verifies");
+        }
+        for at in [0, bytes.len() / 2, bytes.len() - 33, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x01;
+            assert!(
+                matches!(streamed(&bad, &[7, 4096]), Err(SnapshotError::HashMismatch)),
+                "a flipped byte at {at} went unnoticed"
+            );
+        }
+        assert!(streamed(&bytes[..bytes.len() - 1], &[4096]).is_err());
+        assert!(streamed(&bytes[..20], &[4096]).is_err());
     }
 }

@@ -377,7 +377,7 @@ impl StorageActor {
         let mut applier = lane.lock();
         let before: Vec<i64> = self.store.leases().iter().map(|l| l.id).collect();
         let started = std::time::Instant::now();
-        let head = crate::snapshot::install_kept(&self.store, &self.images.dir, index)?;
+        let head = crate::snapshot::install_kept(&self.store, &self.images.dir, index, false)?;
         self.flushed = head.applied_index;
         tracing::info!(
             index,

@@ -49,6 +49,11 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
+    /// The operations in the order they were added (`None` = delete), borrowed.
+    pub fn ops(&self) -> &[(Vec<u8>, Option<Vec<u8>>)] {
+        &self.ops
+    }
+
     /// The operations in the order they were added (`None` = delete).
     pub fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         self.ops
@@ -85,7 +90,9 @@ pub trait Backend: Send + Sync + 'static {
         self.flush()
     }
     /// Writes a large batch of a bulk load (a snapshot install, nothing
-    /// reading): an engine with a write buffer may skip it.
+    /// reading): an engine with a write buffer may skip it, and the batch
+    /// need not be atomic (a crash may keep part of it): the caller marks
+    /// the load finished with a write of its own after a flush.
     fn write_bulk(&self, batch: WriteBatch) -> Result<(), StorageError> {
         self.write_batch(batch)
     }
@@ -179,6 +186,19 @@ impl Backend for SledBackend {
             }
         }
         self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn write_bulk(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        // One insert at a time: sled's `apply_batch` takes about twice as
+        // long per record (measured: 1M records of 300 bytes, 36 s against
+        // 18 s on a busy 2-core machine), and a bulk load needs no atomicity.
+        for (k, v) in batch.into_ops() {
+            match v {
+                Some(v) => self.tree.insert(k, v)?,
+                None => self.tree.remove(k)?,
+            };
+        }
         Ok(())
     }
 

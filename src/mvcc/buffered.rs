@@ -330,7 +330,7 @@ impl Backend for BufferedBackend {
         self.commit()?;
         self.shared
             .inner
-            .write_batch(batch)
+            .write_bulk(batch)
             .inspect_err(|e| self.shared.poison(e))
     }
     fn has_room(&self, ops: usize) -> bool {

@@ -91,6 +91,24 @@ impl DefraggableSled {
         self.current.read().0.clone()
     }
 
+    /// Writes `batch` into the current database with `write`, and into the
+    /// journal a running defragmentation replays.
+    fn write_journalled(
+        &self,
+        batch: WriteBatch,
+        write: fn(&SledBackend, WriteBatch) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut journal = self.journal.lock();
+        match journal.as_mut() {
+            Some(journal) => {
+                write(&self.current.read().0, batch.clone())?;
+                journal.push(batch);
+            }
+            None => write(&self.current.read().0, batch)?,
+        }
+        Ok(())
+    }
+
     /// Copies `old` into `new`, then replays the journal and swaps, holding
     /// writers off from the replay to the swap.
     fn copy_and_swap(
@@ -194,15 +212,11 @@ impl Backend for DefraggableSled {
     }
 
     fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let mut journal = self.journal.lock();
-        match journal.as_mut() {
-            Some(journal) => {
-                self.current.read().0.write_batch(batch.clone())?;
-                journal.push(batch);
-            }
-            None => self.current.read().0.write_batch(batch)?,
-        }
-        Ok(())
+        self.write_journalled(batch, SledBackend::write_batch)
+    }
+
+    fn write_bulk(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.write_journalled(batch, SledBackend::write_bulk)
     }
 
     fn flush(&self) -> Result<(), StorageError> {

@@ -290,9 +290,21 @@ impl Store {
         let t = std::time::Instant::now();
         clear(self.backend.as_ref())?;
         let cleared = t.elapsed();
-        fill(&|batch| self.backend.write_bulk(batch))?;
+        // The key index is rebuilt from the revision records as they go
+        // in, rather than by scanning them back out afterwards.
+        let replay = std::cell::RefCell::new(Some(Replay::new()));
+        fill(&|batch| {
+            let mut r = replay.borrow_mut();
+            if let Some(replay) = r.as_mut() {
+                if let Err(e) = replay.feed_batch(&batch) {
+                    tracing::warn!(cause = %e, "rebuilding the index by a scan instead");
+                    *r = None;
+                }
+            }
+            self.backend.write_bulk(batch)
+        })?;
         let filled = t.elapsed();
-        let loaded = load(self.backend.as_ref())?;
+        let loaded = load_from(self.backend.as_ref(), replay.into_inner())?;
         tracing::info!(
             clear_ms = cleared.as_millis() as u64,
             fill_ms = (filled - cleared).as_millis() as u64,
@@ -559,6 +571,82 @@ struct Loaded {
 /// Rebuilds the in-memory state (key index, revisions, alarms, members,
 /// leases) from the records in `backend`.
 fn load(backend: &dyn Backend) -> Result<Loaded, StorageError> {
+    load_from(backend, None)
+}
+
+/// The key index and each live key's lease, replayed from revision records
+/// in revision order. Compaction leaves, for each key, a first record
+/// carrying its create revision and version; tombstones of keys with no
+/// earlier record left are ignored. A compaction cut short by a restart
+/// leaves a suffix of each key's history, which replays the same way; the
+/// compactor then finishes the job.
+struct Replay {
+    index: IndexTree,
+    last_main: i64,
+    /// The lease named by each live key's latest record.
+    key_leases: std::collections::HashMap<Vec<u8>, i64>,
+}
+
+impl Replay {
+    fn new() -> Replay {
+        Replay {
+            index: IndexTree::new(),
+            last_main: 1,
+            key_leases: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Replays one revision record (`k` includes [`REV_PREFIX`]).
+    fn record(&mut self, k: &[u8], v: &[u8]) -> Result<(), StorageError> {
+        let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
+        let kv = RecordHead::decode(v).map_err(|e| StorageError::corrupt("revision record", e))?;
+        if rev.main < self.last_main {
+            return Err(StorageError::corrupt(
+                "revision record",
+                "revisions out of order",
+            ));
+        }
+        self.last_main = rev.main;
+        if tombstone || kv.lease == 0 {
+            self.key_leases.remove(&kv.key);
+        } else {
+            self.key_leases.insert(kv.key.clone(), kv.lease);
+        }
+        match self.index.get_mut(&kv.key) {
+            Some(ki) if tombstone => {
+                ki.tombstone(rev);
+            }
+            Some(ki) => ki.put(rev),
+            None if tombstone => {}
+            None => self.index.insert(
+                kv.key,
+                KeyIndex::restored(kv.create_revision, rev, kv.version),
+            ),
+        }
+        Ok(())
+    }
+
+    /// Replays the revision records a bulk batch puts. It must put them in
+    /// revision order and delete none (a snapshot image does).
+    fn feed_batch(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        for (k, v) in batch.ops() {
+            if !k.starts_with(REV_PREFIX) {
+                continue;
+            }
+            let Some(v) = v else {
+                return Err(StorageError::corrupt(
+                    "revision record",
+                    "deleted in a bulk load",
+                ));
+            };
+            self.record(k, v)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`load`], with the revision records already replayed (`replay`) or not.
+fn load_from(backend: &dyn Backend, replay: Option<Replay>) -> Result<Loaded, StorageError> {
     let applied = match backend.get(META_CONSISTENT_INDEX)? {
         Some(v) => decode_i64("consistent index", &v)? as u64,
         None => 0,
@@ -574,38 +662,22 @@ fn load(backend: &dyn Backend) -> Result<Loaded, StorageError> {
         None => NEVER_COMPACTED,
     };
 
-    // Replay history in revision order. Compaction leaves, for each key,
-    // a first record carrying its create revision and version; tombstones
-    // of keys with no earlier record left are ignored. A compaction cut
-    // short by a restart leaves a suffix of each key's history, which
-    // replays the same way; the compactor then finishes the job.
-    let mut index = IndexTree::new();
-    let mut last_main = 1;
-    // The lease named by each live key's latest record.
-    let mut key_leases: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
-    for item in backend.scan_prefix(REV_PREFIX) {
-        let (k, v) = item?;
-        let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
-        let kv = RecordHead::decode(v.as_slice())
-            .map_err(|e| StorageError::corrupt("revision record", e))?;
-        last_main = rev.main;
-        if tombstone || kv.lease == 0 {
-            key_leases.remove(&kv.key);
-        } else {
-            key_leases.insert(kv.key.clone(), kv.lease);
-        }
-        match index.get_mut(&kv.key) {
-            Some(ki) if tombstone => {
-                ki.tombstone(rev);
+    let replay = match replay {
+        Some(replay) => replay,
+        None => {
+            let mut replay = Replay::new();
+            for item in backend.scan_prefix(REV_PREFIX) {
+                let (k, v) = item?;
+                replay.record(&k, &v)?;
             }
-            Some(ki) => ki.put(rev),
-            None if tombstone => {}
-            None => index.insert(
-                kv.key,
-                KeyIndex::restored(kv.create_revision, rev, kv.version),
-            ),
+            replay
         }
-    }
+    };
+    let Replay {
+        index,
+        last_main,
+        key_leases,
+    } = replay;
     // The newest records may all have been compacted away (a delete at the
     // compaction revision): the revision is then the compaction revision.
     let current_rev = last_main.max(compact_rev).max(1);

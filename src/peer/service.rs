@@ -198,7 +198,10 @@ impl Peer for PeerService {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
         let mut chunk = first;
         let mut bytes = 0u64;
+        // Verified as it arrives: the file is not read back.
+        let mut verifier = crate::snapshot::StreamVerifier::default();
         loop {
+            verifier.update(&chunk.data);
             file.write_all(&chunk.data).await.map_err(io)?;
             bytes += chunk.data.len() as u64;
             if chunk.last {
@@ -219,15 +222,14 @@ impl Peer for PeerService {
         file.sync_all().await.map_err(io)?;
         drop(file);
         let image = snaps.image(index);
-        let checked = tokio::task::spawn_blocking(move || {
-            crate::snapshot::verify(&tmp)
-                .map_err(|e| (tmp.clone(), e.to_string()))
-                .and_then(|_| std::fs::rename(&tmp, &image).map_err(|e| (tmp, e.to_string())))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        if let Err((tmp, e)) = checked {
-            let _ = std::fs::remove_file(&tmp);
+        let checked = match verifier.finish() {
+            Ok(()) => tokio::fs::rename(&tmp, &image)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = checked {
+            let _ = tokio::fs::remove_file(&tmp).await;
             tracing::warn!(remote_peer_id = %from, index, cause = %e, "received raft snapshot refused");
             return Err(Status::data_loss(format!("snapshot image refused: {e}")));
         }
