@@ -12,7 +12,8 @@
 //! transfer counters and durations (`etcd_network_snapshot_send_*`,
 //! `etcd_network_snapshot_receive_*`); and the client gRPC byte counters
 //! `etcd_network_client_grpc_sent_bytes_total` / `_received_bytes_total`
-//! (`http::grpc_metrics`).
+//! (`http::grpc_metrics`); `etcd_mvcc_range_total`, `_put_total` and
+//! `_delete_total` (`mvcc::range`, `mvcc::writer`).
 //!
 //! Observed where the work happens, registered in `/metrics` by
 //! `http::metrics`; they depend on nothing else in cairn, so the raft,
@@ -160,20 +161,46 @@ pub static SNAPSHOT_RECEIVE: LazyLock<SnapshotMetrics> =
 /// gRPC message bytes from and to the clients (the request and response
 /// bodies on the client URLs' HTTP/2 connections, length prefixes included).
 pub static CLIENT_GRPC_RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
-    IntCounter::new(
+    counter(
         "etcd_network_client_grpc_received_bytes_total",
         "The total number of bytes received from grpc clients.",
     )
-    .expect("a valid metric")
 });
 
 pub static CLIENT_GRPC_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
-    IntCounter::new(
+    counter(
         "etcd_network_client_grpc_sent_bytes_total",
         "The total number of bytes sent to grpc clients.",
     )
-    .expect("a valid metric")
 });
+
+/// The state store's requests, as etcd's mvcc counts them: each range read
+/// (a Range, or a range inside a Txn), each put and each delete-range
+/// applied (on every member, as etcd counts at apply).
+pub static MVCC_RANGE: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_mvcc_range_total",
+        "Total number of ranges seen by this member.",
+    )
+});
+
+pub static MVCC_PUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_mvcc_put_total",
+        "Total number of puts seen by this member.",
+    )
+});
+
+pub static MVCC_DELETE: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_mvcc_delete_total",
+        "Total number of deletes seen by this member.",
+    )
+});
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("a valid metric")
+}
 
 fn counters(name: &str, help: &str, label: &str) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric")
@@ -191,6 +218,9 @@ pub fn register(registry: &Registry) {
         Box::new(PEER_RTT.clone()),
         Box::new(CLIENT_GRPC_RECEIVED.clone()),
         Box::new(CLIENT_GRPC_SENT.clone()),
+        Box::new(MVCC_RANGE.clone()),
+        Box::new(MVCC_PUT.clone()),
+        Box::new(MVCC_DELETE.clone()),
     ];
     for s in [&*SNAPSHOT_SEND, &*SNAPSHOT_RECEIVE] {
         all.push(Box::new(s.success.clone()));

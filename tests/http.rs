@@ -694,6 +694,9 @@ const METRICS: &[&str] = &[
     "etcd_debugging_mvcc_current_revision",
     "etcd_debugging_mvcc_compact_revision",
     "etcd_debugging_mvcc_keys_total",
+    "etcd_mvcc_range_total",
+    "etcd_mvcc_put_total",
+    "etcd_mvcc_delete_total",
     "etcd_disk_wal_fsync_duration_seconds_count",
     "etcd_disk_backend_commit_duration_seconds_count",
     "process_resident_memory_bytes",
@@ -787,6 +790,8 @@ fn metrics_carry_etcd_names_and_move() {
     let applied = metric(cairn.client_port, "etcd_server_proposals_applied_total");
     let revision = metric(cairn.client_port, "etcd_debugging_mvcc_current_revision");
     let healthy = metric(cairn.client_port, "etcd_server_health_success");
+    let puts = metric(cairn.client_port, "etcd_mvcc_put_total");
+    let ranges = metric(cairn.client_port, "etcd_mvcc_range_total");
     assert_eq!(
         post(
             cairn.client_port,
@@ -818,6 +823,13 @@ fn metrics_carry_etcd_names_and_move() {
     assert_eq!(
         metric(cairn.client_port, "etcd_server_health_success"),
         healthy + 1.0
+    );
+    // The put above, and the /health check's read; the scrapes themselves
+    // read no range.
+    assert_eq!(metric(cairn.client_port, "etcd_mvcc_put_total"), puts + 1.0);
+    assert_eq!(
+        metric(cairn.client_port, "etcd_mvcc_range_total"),
+        ranges + 1.0
     );
 
     // gRPC calls are counted with grpc-go-prometheus's names and labels;

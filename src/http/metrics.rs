@@ -150,16 +150,17 @@ impl Metrics {
         }
         self.current_revision.set(api.store.current_revision());
         self.compact_revision.set(api.store.compact_revision());
-        // The live keys, counted at scrape time (a count-only read of every
-        // key: nothing on the write path, one index walk per scrape).
-        let every_key = crate::proto::etcdserverpb::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            count_only: true,
-            ..Default::default()
-        };
-        if let Ok(resp) = api.store.range(&every_key) {
-            self.keys.set(resp.count);
+        // The live keys, counted at scrape time (one index walk per scrape,
+        // nothing on the write path; not through `range`, which would count
+        // in etcd_mvcc_range_total).
+        use crate::mvcc::range::ReadView as _;
+        let every_key = crate::mvcc::key_index::KeyRange::new(&[0], &[0]);
+        if let Ok(revs) = api
+            .store
+            .snapshot(0)
+            .and_then(|view| view.live_revisions(&every_key, view.rev()))
+        {
+            self.keys.set(i64::try_from(revs.len()).unwrap_or(i64::MAX));
         }
         self.server_id
             .with_label_values(&[&format!("{:x}", api.cluster.local_id)])
