@@ -93,6 +93,23 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`] with a log the leader truncates soon (a snapshot
+    /// every 100 entries, keeping 20 for followers): a member that was
+    /// down for a few hundred writes catches up from a raft snapshot.
+    fn start_with_short_log(n: usize) -> Cluster {
+        let mut cluster = Cluster::new(n);
+        cluster.extra_args = [
+            "--snapshot-count",
+            "100",
+            "--experimental-snapshot-catchup-entries",
+            "20",
+        ]
+        .map(String::from)
+        .to_vec();
+        cluster.spawn_all_and_wait();
+        cluster
+    }
+
     /// The same with real etcd (`/usr/bin/etcd`), for differential tests.
     fn start_etcd(n: usize) -> Cluster {
         let mut cluster = Cluster::new(n);
@@ -493,8 +510,8 @@ fn three_members_elect_one_leader_and_serve_follower_writes_everywhere() {
     }
 }
 
-/// One sample of a member's /metrics (a plain HTTP/1.0 GET).
-fn metric_sample(port: u16, series: &str) -> Option<f64> {
+/// A member's /metrics (a plain HTTP/1.0 GET).
+fn metrics_text(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -502,8 +519,205 @@ fn metric_sample(port: u16, series: &str) -> Option<f64> {
         .ok()?;
     let mut text = String::new();
     tcp.read_to_string(&mut text).ok()?;
-    text.lines()
+    Some(text)
+}
+
+/// One sample of a member's /metrics.
+fn metric_sample(port: u16, series: &str) -> Option<f64> {
+    metrics_text(port)?
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Every metric name that etcd's published Grafana dashboards and alert
+/// rules read, from etcd's repository:
+/// Documentation/op-guide/grafana.json (the sample dashboard),
+/// contrib/mixin/dashboards/targets.libsonnet (the mixin's dashboard) and
+/// contrib/mixin/alerts/alerts.libsonnet (the alerts). `up` is left out:
+/// Prometheus makes it, not the target.
+const DASHBOARD_AND_ALERT_METRICS: &[&str] = &[
+    "etcd_server_has_leader",
+    "etcd_server_leader_changes_seen_total",
+    "etcd_server_proposals_failed_total",
+    "etcd_server_proposals_pending",
+    "etcd_server_proposals_committed_total",
+    "etcd_server_proposals_applied_total",
+    "etcd_server_quota_backend_bytes",
+    "etcd_mvcc_db_total_size_in_bytes",
+    "etcd_mvcc_db_total_size_in_use_in_bytes",
+    "etcd_debugging_mvcc_db_total_size_in_bytes",
+    "etcd_disk_wal_fsync_duration_seconds_bucket",
+    "etcd_disk_backend_commit_duration_seconds_bucket",
+    "etcd_network_client_grpc_received_bytes_total",
+    "etcd_network_client_grpc_sent_bytes_total",
+    "etcd_network_peer_received_bytes_total",
+    "etcd_network_peer_sent_bytes_total",
+    "etcd_network_peer_sent_failures_total",
+    "etcd_network_peer_round_trip_time_seconds_bucket",
+    "grpc_server_started_total",
+    "grpc_server_handled_total",
+    "grpc_server_handling_seconds_bucket",
+    "process_resident_memory_bytes",
+];
+
+/// etcd's dashboards and alerts find every metric they read on a cairn
+/// member: the peer round trips are measured to each other member (the
+/// prober), and a member that goes down shows in the others' send failures
+/// (what `etcdMembersDown` reads).
+#[test]
+fn etcds_dashboards_and_alerts_find_their_metrics() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    put(&c.members[(leader + 1) % 3].client_url(), "k", "v").expect("put");
+    for (i, m) in c.members.iter().enumerate() {
+        for (j, peer) in c.members.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let rtt = format!(
+                "etcd_network_peer_round_trip_time_seconds_count{{To=\"{:x}\"}}",
+                peer.id()
+            );
+            assert!(
+                wait_until(Duration::from_secs(15), || metric_sample(
+                    m.client_port,
+                    &rtt
+                )
+                .is_some_and(|n| n > 0.0)),
+                "member {} never timed a round trip to {}: {rtt}",
+                m.name,
+                peer.name
+            );
+            let sum = rtt.replace("_count{", "_sum{");
+            let total = metric_sample(m.client_port, &sum).expect("the histogram's sum");
+            assert!(
+                total > 0.0 && total < 5.0,
+                "{sum} = {total}: a loopback round trip"
+            );
+        }
+    }
+
+    let down = (leader + 2) % 3;
+    let watcher = 3 - leader - down;
+    c.kill(down);
+    let failures = format!(
+        "etcd_network_peer_sent_failures_total{{To=\"{:x}\"}}",
+        c.members[down].id()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || metric_sample(
+            c.members[watcher].client_port,
+            &failures
+        )
+        .is_some_and(|n| n > 0.0)),
+        "no {failures} on a live member once it is down"
+    );
+    let text = metrics_text(c.members[watcher].client_port).expect("/metrics");
+    let names: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split([' ', '{']).next())
+        .collect();
+    let missing: Vec<&&str> = DASHBOARD_AND_ALERT_METRICS
+        .iter()
+        .filter(|name| !names.contains(name))
+        .collect();
+    assert!(missing.is_empty(), "missing from /metrics: {missing:?}");
+}
+
+/// Snapshot images count as peer traffic, and etcd's snapshot transfer
+/// metrics count them: a member that comes back behind the leader's
+/// truncated log receives an image; the leader counts it sent, the member
+/// received, both with durations, and the received bytes cover the image.
+#[test]
+fn snapshot_transfers_show_in_the_peer_metrics() {
+    let mut c = Cluster::start_with_short_log(3);
+    let leader = c.wait_leader(START_TIMEOUT);
+    let lagging = (leader + 1) % 3;
+    let writer = c.members[leader].client_url();
+    c.kill(lagging);
+    // Values big enough that the image outweighs the raft traffic the
+    // member gets after it.
+    let value = "v".repeat(2048);
+    for i in 0..300 {
+        put(&writer, &format!("s/{:03}", i % 150), &value).expect("put");
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || c
+            .logs(leader)
+            .contains("raft log truncated")),
+        "the leader never truncated its log"
+    );
+    c.spawn_member(lagging);
+    assert!(
+        wait_until(Duration::from_secs(30), || c
+            .logs(lagging)
+            .contains("raft snapshot received")),
+        "the member never received a snapshot"
+    );
+    c.wait_converged(Duration::from_secs(20));
+    let logs = c.logs(lagging);
+    let image: f64 = logs
+        .lines()
+        .filter(|l| l.contains("raft snapshot received"))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("bytes=")?.parse().ok())
+        })
+        .expect("the image's size in the log");
+    let (l, m) = (&c.members[leader], &c.members[lagging]);
+    let to = format!("{{To=\"{:x}\"}}", m.id());
+    let from = format!("{{From=\"{:x}\"}}", l.id());
+    let sample = |port: u16, series: String| {
+        let value = metric_sample(port, &series);
+        assert!(value.is_some(), "no {series}");
+        (series, value.unwrap_or_default())
+    };
+    for (series, value) in [
+        sample(
+            l.client_port,
+            format!("etcd_network_snapshot_send_success{to}"),
+        ),
+        sample(
+            l.client_port,
+            format!("etcd_network_snapshot_send_total_duration_seconds_count{to}"),
+        ),
+        sample(
+            m.client_port,
+            format!("etcd_network_snapshot_receive_success{from}"),
+        ),
+        sample(
+            m.client_port,
+            format!("etcd_network_snapshot_receive_total_duration_seconds_count{from}"),
+        ),
+    ] {
+        assert!(value >= 1.0, "{series} = {value}");
+    }
+    for (series, value) in [
+        sample(
+            l.client_port,
+            format!("etcd_network_snapshot_send_inflights_total{to}"),
+        ),
+        sample(
+            m.client_port,
+            format!("etcd_network_snapshot_receive_inflights_total{from}"),
+        ),
+    ] {
+        assert_eq!(value, 0.0, "{series}");
+    }
+    let (series, received) = sample(
+        m.client_port,
+        format!("etcd_network_peer_received_bytes_total{from}"),
+    );
+    assert!(
+        received >= image,
+        "{series} = {received}, image {image} bytes"
+    );
+    let (series, sent) = sample(
+        l.client_port,
+        format!("etcd_network_peer_sent_bytes_total{to}"),
+    );
+    assert!(sent >= image, "{series} = {sent}, image {image} bytes");
 }
 
 #[test]
@@ -833,16 +1047,7 @@ fn a_member_with_a_wiped_data_dir_stops_loudly_and_harms_nothing() {
 /// replicating.
 #[test]
 fn a_member_behind_the_truncated_log_catches_up_from_a_snapshot() {
-    let mut c = Cluster::new(3);
-    c.extra_args = [
-        "--snapshot-count",
-        "100",
-        "--experimental-snapshot-catchup-entries",
-        "20",
-    ]
-    .map(String::from)
-    .to_vec();
-    c.spawn_all_and_wait();
+    let mut c = Cluster::start_with_short_log(3);
     let leader = c.wait_leader(START_TIMEOUT);
     let lagging = (leader + 1) % 3;
     let writer = c.members[leader].client_url();

@@ -5,7 +5,15 @@
 //! Storage's `maybe_flush`), with etcd's buckets (1 ms doubling to ~8 s);
 //! the counters `etcd_network_peer_sent_bytes_total{To}` and
 //! `etcd_network_peer_received_bytes_total{From}` (raft messages' bytes on
-//! the peer links, `peer::link` and `peer::service`).
+//! the peer links, `peer::link` and `peer::service`, and snapshot images,
+//! `peer::snapshot`); `etcd_network_peer_sent_failures_total{To}` and
+//! `_received_failures_total{From}`; `etcd_network_peer_round_trip_time_seconds{To}`
+//! (the peer prober's timed round trips, `peer::probe`); etcd's snapshot
+//! transfer counters and durations (`etcd_network_snapshot_send_*`,
+//! `etcd_network_snapshot_receive_*`); and the client gRPC byte counters
+//! `etcd_network_client_grpc_sent_bytes_total` / `_received_bytes_total`
+//! (`http::grpc_metrics`); `etcd_mvcc_range_total`, `_put_total` and
+//! `_delete_total` (`mvcc::range`, `mvcc::writer`).
 //!
 //! Observed where the work happens, registered in `/metrics` by
 //! `http::metrics`; they depend on nothing else in cairn, so the raft,
@@ -15,7 +23,10 @@
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use prometheus::{exponential_buckets, Histogram, HistogramOpts, IntCounterVec, Opts};
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry,
+};
 
 fn histogram(name: &str, help: &str) -> Histogram {
     let buckets = exponential_buckets(0.001, 2.0, 14).expect("valid buckets");
@@ -61,6 +72,173 @@ pub static PEER_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("a valid metric")
 });
+
+/// Failed sends to each peer (label `To`): a message dropped because the
+/// member's queue was full, or a batch lost with its stream.
+pub static PEER_SENT_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counters(
+        "etcd_network_peer_sent_failures_total",
+        "The total number of send failures from peers.",
+        "To",
+    )
+});
+
+/// Failed receives from each peer (label `From`): a stream or snapshot
+/// from a known member that broke or was refused.
+pub static PEER_RECEIVED_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counters(
+        "etcd_network_peer_received_failures_total",
+        "The total number of receive failures from peers.",
+        "From",
+    )
+});
+
+/// Round trips of the peer prober's `Probe` call to each member (label
+/// `To`), with etcd's buckets (0.1 ms doubling to ~3.3 s).
+pub static PEER_RTT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let buckets = exponential_buckets(0.0001, 2.0, 16).expect("valid buckets");
+    HistogramVec::new(
+        HistogramOpts::new(
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round-Trip-Time histogram between peers",
+        )
+        .buckets(buckets),
+        &["To"],
+    )
+    .expect("a valid metric")
+});
+
+/// Snapshot images sent (label `To`) and received (label `From`): outcome
+/// counters, whole-transfer durations (etcd's buckets, 0.1 s doubling to
+/// ~51 s) and transfers in flight.
+pub struct SnapshotMetrics {
+    pub success: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub duration: HistogramVec,
+    pub inflights: IntGaugeVec,
+}
+
+fn snapshot_metrics(dir: &str, label: &str, help: &str) -> SnapshotMetrics {
+    let name = |what: &str| format!("etcd_network_snapshot_{dir}_{what}");
+    let buckets = exponential_buckets(0.1, 2.0, 10).expect("valid buckets");
+    SnapshotMetrics {
+        success: counters(
+            &name("success"),
+            &format!("Total number of successful snapshot {help}"),
+            label,
+        ),
+        failures: counters(
+            &name("failures"),
+            &format!("Total number of snapshot {help} failures"),
+            label,
+        ),
+        duration: HistogramVec::new(
+            HistogramOpts::new(
+                name("total_duration_seconds"),
+                format!("Total latency distributions of v3 snapshot {help}"),
+            )
+            .buckets(buckets),
+            &[label],
+        )
+        .expect("a valid metric"),
+        inflights: IntGaugeVec::new(
+            Opts::new(
+                name("inflights_total"),
+                format!("Total number of inflight snapshot {help}"),
+            ),
+            &[label],
+        )
+        .expect("a valid metric"),
+    }
+}
+
+pub static SNAPSHOT_SEND: LazyLock<SnapshotMetrics> =
+    LazyLock::new(|| snapshot_metrics("send", "To", "sends"));
+
+pub static SNAPSHOT_RECEIVE: LazyLock<SnapshotMetrics> =
+    LazyLock::new(|| snapshot_metrics("receive", "From", "receives"));
+
+/// gRPC message bytes from and to the clients (the request and response
+/// bodies on the client URLs' HTTP/2 connections, length prefixes included).
+pub static CLIENT_GRPC_RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_network_client_grpc_received_bytes_total",
+        "The total number of bytes received from grpc clients.",
+    )
+});
+
+pub static CLIENT_GRPC_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_network_client_grpc_sent_bytes_total",
+        "The total number of bytes sent to grpc clients.",
+    )
+});
+
+/// The state store's requests, as etcd's mvcc counts them: each range read
+/// (a Range, or a range inside a Txn), each put and each delete-range
+/// applied (on every member, as etcd counts at apply).
+pub static MVCC_RANGE: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_mvcc_range_total",
+        "Total number of ranges seen by this member.",
+    )
+});
+
+pub static MVCC_PUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_mvcc_put_total",
+        "Total number of puts seen by this member.",
+    )
+});
+
+pub static MVCC_DELETE: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "etcd_mvcc_delete_total",
+        "Total number of deletes seen by this member.",
+    )
+});
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("a valid metric")
+}
+
+fn counters(name: &str, help: &str, label: &str) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric")
+}
+
+/// Registers every metric of this module in `registry` (`/metrics`).
+pub fn register(registry: &Registry) {
+    let mut all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        Box::new(WAL_FSYNC.clone()),
+        Box::new(BACKEND_COMMIT.clone()),
+        Box::new(PEER_SENT.clone()),
+        Box::new(PEER_RECEIVED.clone()),
+        Box::new(PEER_SENT_FAILURES.clone()),
+        Box::new(PEER_RECEIVED_FAILURES.clone()),
+        Box::new(PEER_RTT.clone()),
+        Box::new(CLIENT_GRPC_RECEIVED.clone()),
+        Box::new(CLIENT_GRPC_SENT.clone()),
+        Box::new(MVCC_RANGE.clone()),
+        Box::new(MVCC_PUT.clone()),
+        Box::new(MVCC_DELETE.clone()),
+    ];
+    for s in [&*SNAPSHOT_SEND, &*SNAPSHOT_RECEIVE] {
+        all.push(Box::new(s.success.clone()));
+        all.push(Box::new(s.failures.clone()));
+        all.push(Box::new(s.duration.clone()));
+        all.push(Box::new(s.inflights.clone()));
+    }
+    for metric in all {
+        registry
+            .register(metric)
+            .expect("each metric registered once");
+    }
+}
+
+/// Counts one failure with member `peer` (sent or received).
+pub fn peer_failure(counter: &IntCounterVec, peer: u64) {
+    counter.with_label_values(&[&format!("{peer:x}")]).inc();
+}
 
 /// Counts `bytes` sent to (or received from) member `peer`.
 pub fn peer_bytes(counter: &IntCounterVec, peer: u64, bytes: usize) {

@@ -476,6 +476,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let data_dir = cfg.data_dir.clone();
         let quota_backend_bytes = cfg.quota_backend_bytes;
         let enable_ui = cfg.enable_ui;
+        let enable_pprof = cfg.enable_pprof;
+        if enable_pprof && !cfg!(target_os = "linux") {
+            tracing::warn!("--enable-pprof: CPU profiles are served on Linux only; no /debug/pprof here");
+        }
         let cors = cfg.cors.clone();
         let published = MemberAttributes {
             id: api.cluster.local_id,
@@ -531,6 +535,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         local: local.clone(),
                         enable_ui,
                         cors,
+                        enable_pprof,
                     }).context("cannot start the HTTP admin server")?);
                     let mut servers = tokio::task::JoinSet::new();
                     for (addr, tls) in addrs {

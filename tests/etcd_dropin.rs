@@ -15,10 +15,7 @@ use common::{etcd_path, etcdctl_at, free_port, grpc, wait_until, READY_TIMEOUT};
 
 /// Flags whose features other work adds (TLS, auth tokens, metrics and
 /// pprof): they come with the options that implement them, not here.
-const ADDED_WITH_THEIR_FEATURE: &[&str] = &[
-    "experimental-peer-skip-client-san-verification",
-    "enable-pprof",
-];
+const ADDED_WITH_THEIR_FEATURE: &[&str] = &["experimental-peer-skip-client-san-verification"];
 
 /// Every `--flag default` pair of `etcd --help`.
 fn etcd_help_flags() -> Vec<(String, String)> {

@@ -115,7 +115,27 @@ fn request_as(port: u16, token: Option<&str>, method: &str, path: &str, body: &s
 }
 
 fn request_with(port: u16, extra: &str, method: &str, path: &str, body: &str) -> Response {
+    let (status, headers, body) = request_bytes(port, extra, method, path, body, HTTP_TIMEOUT);
+    Response {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+/// [`request_with`] for a body that need not be text.
+fn request_bytes(
+    port: u16,
+    extra: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut stream = connect(port);
+    stream
+        .set_read_timeout(Some(timeout))
+        .expect("read timeout");
     send_with(&mut stream, extra, method, path, body);
     let mut reader = BufReader::new(stream);
     let (status, headers) = head(&mut reader);
@@ -130,11 +150,7 @@ fn request_with(port: u16, extra: &str, method: &str, path: &str, body: &str) ->
     } else {
         reader.read_to_end(&mut body).expect("body");
     }
-    Response {
-        status,
-        headers,
-        body: String::from_utf8(body).expect("UTF-8 body"),
-    }
+    (status, headers, body)
 }
 
 fn post(port: u16, path: &str, body: &str) -> Response {
@@ -678,6 +694,9 @@ const METRICS: &[&str] = &[
     "etcd_debugging_mvcc_current_revision",
     "etcd_debugging_mvcc_compact_revision",
     "etcd_debugging_mvcc_keys_total",
+    "etcd_mvcc_range_total",
+    "etcd_mvcc_put_total",
+    "etcd_mvcc_delete_total",
     "etcd_disk_wal_fsync_duration_seconds_count",
     "etcd_disk_backend_commit_duration_seconds_count",
     "process_resident_memory_bytes",
@@ -771,6 +790,8 @@ fn metrics_carry_etcd_names_and_move() {
     let applied = metric(cairn.client_port, "etcd_server_proposals_applied_total");
     let revision = metric(cairn.client_port, "etcd_debugging_mvcc_current_revision");
     let healthy = metric(cairn.client_port, "etcd_server_health_success");
+    let puts = metric(cairn.client_port, "etcd_mvcc_put_total");
+    let ranges = metric(cairn.client_port, "etcd_mvcc_range_total");
     assert_eq!(
         post(
             cairn.client_port,
@@ -802,6 +823,13 @@ fn metrics_carry_etcd_names_and_move() {
     assert_eq!(
         metric(cairn.client_port, "etcd_server_health_success"),
         healthy + 1.0
+    );
+    // The put above, and the /health check's read; the scrapes themselves
+    // read no range.
+    assert_eq!(metric(cairn.client_port, "etcd_mvcc_put_total"), puts + 1.0);
+    assert_eq!(
+        metric(cairn.client_port, "etcd_mvcc_range_total"),
+        ranges + 1.0
     );
 
     // gRPC calls are counted with grpc-go-prometheus's names and labels;
@@ -1130,4 +1158,122 @@ fn health_is_false_without_a_leader() {
         ready.body
     );
     assert_eq!(metric(client, "etcd_server_has_leader"), 0.0);
+}
+
+/// A browser's SSE watch counts in grpc-go-prometheus's metrics as the Watch
+/// call it is (etcd's dashboard subtracts handled from started Watch
+/// streams to show the open ones): started when it opens, handled
+/// `Canceled` when the browser goes away.
+#[test]
+fn sse_watches_count_as_grpc_watch_calls() {
+    let server = Server::start(Kind::Cairn);
+    if server.is_etcd() {
+        return;
+    }
+    let port = server.client_port;
+    let started = r#"grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 1"#;
+    let canceled = r#"grpc_server_handled_total{grpc_code="Canceled",grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 1"#;
+    let mut reader = open_sse(port, "key=%2Fflags%2F&prefix=true", None);
+    put(port, "/flags/a", "on");
+    assert_eq!(sse_events(&mut reader, 1).len(), 1);
+    let text = request(port, "GET", "/metrics", "").body;
+    assert!(text.contains(started), "no `{started}` in:\n{text}");
+    assert!(
+        !text.contains("grpc_server_handled_total{grpc_code=\"Canceled\",grpc_method=\"Watch\""),
+        "the open watch is not handled yet:\n{text}"
+    );
+    drop(reader);
+    assert!(
+        wait_until(Duration::from_secs(10), || request(
+            port, "GET", "/metrics", ""
+        )
+        .body
+        .contains(canceled)),
+        "the closed SSE watch was never counted handled (Canceled)"
+    );
+}
+
+/// `--enable-pprof` serves a CPU profile in pprof's protobuf format at Go's
+/// path on the client and metrics URLs; without the flag, 404.
+#[test]
+#[cfg(target_os = "linux")]
+fn pprof_serves_cpu_profiles_only_when_enabled() {
+    use pprof::protos::Message as _;
+    let metrics_port = free_port();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let server = Server::start_with(
+        Kind::Cairn,
+        &["--enable-pprof", "--listen-metrics-urls", &metrics_url],
+    );
+    if server.is_etcd() {
+        return;
+    }
+    let port = server.client_port;
+    // Work for the sampler to see while the profile runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                put(port, &format!("load/{}", i % 50), "x");
+                i += 1;
+            }
+        })
+    };
+    // Symbolizing a debug build's samples takes a while.
+    let (status, headers, body) = request_bytes(
+        port,
+        "",
+        "GET",
+        "/debug/pprof/profile?seconds=2",
+        "",
+        Duration::from_secs(120),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("load thread");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v == "application/octet-stream"),
+        "{headers:?}"
+    );
+    let profile = pprof::protos::Profile::decode(body.as_slice()).expect("a pprof protobuf");
+    let types: Vec<&str> = profile
+        .sample_type
+        .iter()
+        .filter_map(|t| profile.string_table.get(t.ty as usize))
+        .map(String::as_str)
+        .collect();
+    assert!(types.contains(&"cpu"), "sample types {types:?}");
+    assert!(!profile.sample.is_empty(), "no samples in 2 s of puts");
+    assert!(
+        profile.string_table.iter().any(|f| f.contains("cairn")),
+        "no cairn function in the profile"
+    );
+
+    let cmdline = request_bytes(
+        metrics_port,
+        "",
+        "GET",
+        "/debug/pprof/cmdline",
+        "",
+        HTTP_TIMEOUT,
+    );
+    assert_eq!(cmdline.0, 200);
+    let args = String::from_utf8(cmdline.2).expect("UTF-8");
+    assert!(args.split('\0').any(|a| a == "--enable-pprof"), "{args:?}");
+    // Go's other profiles have no equivalent: 404.
+    assert_eq!(request(port, "GET", "/debug/pprof/heap", "").status, 404);
+    drop(server);
+
+    let plain = Server::start(Kind::Cairn);
+    for path in ["/debug/pprof/profile?seconds=1", "/debug/pprof/"] {
+        assert_eq!(
+            request(plain.client_port, "GET", path, "").status,
+            404,
+            "{path}"
+        );
+    }
 }

@@ -157,6 +157,8 @@ pub struct Config {
     pub metrics: String,
     /// `--enable-ui`: the dashboard at `/ui` (docs/dashboard.md).
     pub enable_ui: bool,
+    /// `--enable-pprof`: CPU profiles at `/debug/pprof/` (src/http/pprof.rs).
+    pub enable_pprof: bool,
     /// etcd's `--cors`: origins allowed to call from a browser (`*`: any).
     pub cors: Vec<String>,
 }
@@ -201,6 +203,7 @@ impl Default for Config {
             listen_metrics_urls: Vec::new(),
             metrics: "basic".to_string(),
             enable_ui: false,
+            enable_pprof: false,
             cors: vec!["*".to_string()],
         }
     }
@@ -895,6 +898,7 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.metrics),
             enable_ui: switch("enable_ui")?.unwrap_or(defaults.enable_ui),
+            enable_pprof: switch("enable_pprof")?.unwrap_or(defaults.enable_pprof),
             cors: self
                 .get("cors", |raw| {
                     // etcd: `*`, or URLs with a host and a port.

@@ -758,6 +758,14 @@ pub(super) const OPTIONS: &[Opt] = &[
         "LEVEL",
         "basic or extensive (etcd's; cairn exports the same metrics for both) [default: basic]",
     ),
+    opt(
+        "enable_pprof",
+        "enable-pprof",
+        "BOOL",
+        "Serve CPU profiles at /debug/pprof/profile?seconds=N on the client and metrics URLs \
+         (pprof protobuf, for go tool pprof) [default: false]",
+    )
+    .switch(),
     // The dashboard (src/http/ui.rs; beyond etcd, which has no such flag).
     opt(
         "enable_ui",

@@ -6,7 +6,9 @@
 //! call, else the trailers at the end of its body). A tower layer around
 //! tonic's router (wired in `grpc::serve`); the JSON gateway counts its
 //! calls with the same [`Call`], under the RPC's own labels, as etcd's
-//! gateway (an in-process gRPC client of its own server) is counted.
+//! gateway (an in-process gRPC client of its own server) is counted. The
+//! same layer counts the gRPC bodies' bytes both ways
+//! (`etcd_network_client_grpc_received_bytes_total` / `_sent_bytes_total`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -198,11 +200,12 @@ pub struct GrpcMetrics<S> {
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S: tower_service::Service<http::Request<Tapped<B>>, Response = http::Response<RB>>,
+    B: Body<Data = Bytes> + Unpin,
     S::Future: Send + 'static,
     RB: Body<Data = Bytes> + Send + Unpin + 'static,
 {
-    type Response = http::Response<Counted<RB>>;
+    type Response = http::Response<Tapped<RB>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
@@ -215,25 +218,53 @@ where
         let service = parts.next().unwrap_or_default();
         let method = parts.next().unwrap_or_default();
         let mut call = self.counters.call(service, method);
-        let response = self.inner.call(req);
+        let response = self.inner.call(req.map(Tapped::request));
         Box::pin(async move {
             let resp = response.await?;
             // A failed call may carry its status in the headers alone.
             if let Some(code) = resp.headers().get("grpc-status") {
                 call.handled(code.as_bytes());
             }
-            Ok(resp.map(|inner| Counted { inner, call }))
+            Ok(resp.map(|inner| Tapped::response(inner, call)))
         })
     }
 }
 
-/// A response body that counts its call handled at its trailers.
-pub struct Counted<B> {
+/// A body that shows each of its frames to `on_frame` as it passes: the
+/// request's counts its bytes, the response's its bytes and its call's end.
+pub struct Tapped<B> {
     inner: B,
-    call: Call,
+    on_frame: OnFrame,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+type OnFrame = Box<dyn FnMut(&Frame<Bytes>) + Send + Sync>;
+
+impl<B> Tapped<B> {
+    /// The request body: its bytes, in `etcd_network_client_grpc_received_bytes_total`.
+    fn request(inner: B) -> Tapped<B> {
+        let on_frame = Box::new(|frame: &Frame<Bytes>| {
+            if let Some(data) = frame.data_ref() {
+                crate::io_metrics::CLIENT_GRPC_RECEIVED.inc_by(data.len() as u64);
+            }
+        });
+        Tapped { inner, on_frame }
+    }
+
+    /// The response body: its bytes, and `call` handled at its trailers.
+    fn response(inner: B, mut call: Call) -> Tapped<B> {
+        let on_frame = Box::new(move |frame: &Frame<Bytes>| {
+            if let Some(data) = frame.data_ref() {
+                crate::io_metrics::CLIENT_GRPC_SENT.inc_by(data.len() as u64);
+            }
+            if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                call.handled(code.as_bytes());
+            }
+        });
+        Tapped { inner, on_frame }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tapped<B> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -243,10 +274,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                let code = code.as_bytes().to_vec();
-                self.call.handled(&code);
-            }
+            (self.on_frame)(frame);
         }
         polled
     }

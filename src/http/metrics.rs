@@ -30,6 +30,9 @@ pub struct Metrics {
     failed_seen: std::sync::atomic::AtomicU64,
     db_size: IntGauge,
     db_size_in_use: IntGauge,
+    /// etcd 3.4's older name of `db_size`, which etcd's sample Grafana
+    /// dashboard (Documentation/op-guide/grafana.json) reads.
+    db_size_debugging: IntGauge,
     current_revision: IntGauge,
     compact_revision: IntGauge,
     keys: IntGauge,
@@ -88,20 +91,7 @@ impl Metrics {
         )
         .with_label_values(&[super::health::CLUSTER_VERSION])
         .set(1);
-        for disk in [
-            &*crate::io_metrics::WAL_FSYNC,
-            &*crate::io_metrics::BACKEND_COMMIT,
-        ] {
-            r.register(Box::new(disk.clone()))
-                .expect("each metric registered once");
-        }
-        for net in [
-            &*crate::io_metrics::PEER_SENT,
-            &*crate::io_metrics::PEER_RECEIVED,
-        ] {
-            r.register(Box::new(net.clone()))
-                .expect("each metric registered once");
-        }
+        crate::io_metrics::register(&r);
         // process_resident_memory_bytes & co., which `etcdctl check
         // datascale` and dashboards read.
         if let Err(e) = r.register(Box::new(
@@ -119,6 +109,7 @@ impl Metrics {
             failed: counter(&r, "etcd_server_proposals_failed_total", "The total number of failed proposals seen."),
             failed_seen: std::sync::atomic::AtomicU64::new(0),
             db_size: gauge(&r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
+            db_size_debugging: gauge(&r, "etcd_debugging_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
             db_size_in_use: gauge(&r, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes."),
             current_revision: gauge(&r, "etcd_debugging_mvcc_current_revision", "The current revision of store."),
             compact_revision: gauge(&r, "etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store."),
@@ -154,20 +145,22 @@ impl Metrics {
         // sled reports its size on disk only (as Status's dbSizeInUse).
         if let Ok(size) = api.store.backend().size_on_disk() {
             self.db_size.set(to_i64(size));
+            self.db_size_debugging.set(to_i64(size));
             self.db_size_in_use.set(to_i64(size));
         }
         self.current_revision.set(api.store.current_revision());
         self.compact_revision.set(api.store.compact_revision());
-        // The live keys, counted at scrape time (a count-only read of every
-        // key: nothing on the write path, one index walk per scrape).
-        let every_key = crate::proto::etcdserverpb::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            count_only: true,
-            ..Default::default()
-        };
-        if let Ok(resp) = api.store.range(&every_key) {
-            self.keys.set(resp.count);
+        // The live keys, counted at scrape time (one index walk per scrape,
+        // nothing on the write path; not through `range`, which would count
+        // in etcd_mvcc_range_total).
+        use crate::mvcc::range::ReadView as _;
+        let every_key = crate::mvcc::key_index::KeyRange::new(&[0], &[0]);
+        if let Ok(revs) = api
+            .store
+            .snapshot(0)
+            .and_then(|view| view.live_revisions(&every_key, view.rev()))
+        {
+            self.keys.set(i64::try_from(revs.len()).unwrap_or(i64::MAX));
         }
         self.server_id
             .with_label_values(&[&format!("{:x}", api.cluster.local_id)])

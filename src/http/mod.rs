@@ -9,7 +9,8 @@
 //! own (`<data-dir>/cairn-http.sock`, mode 0600; a loopback port if that
 //! path is too long for a socket). `--listen-metrics-urls` are served by a
 //! second actix-web server with `/health`, `/livez`, `/readyz` and
-//! `/metrics` only.
+//! `/metrics` only (and, with `--enable-pprof`, both serve [`pprof`]'s
+//! `/debug/pprof/…`).
 //!
 //! ```text
 //! TCP accept ─▶ (TLS) ─▶ sniff ─┬─ HTTP/2 ──▶ FixAuthority ─▶ tonic ─▶ KvService, …
@@ -28,6 +29,8 @@ pub mod grpc_metrics;
 pub mod health;
 pub mod json;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub mod pprof;
 pub mod sniff;
 pub mod sse;
 pub mod ui;
@@ -61,6 +64,18 @@ pub struct AdminOptions {
     pub enable_ui: bool,
     /// `--cors`: the origins browsers may call the client URLs from.
     pub cors: Vec<String>,
+    /// `--enable-pprof`: CPU profiles at `/debug/pprof/` ([`pprof`]).
+    pub enable_pprof: bool,
+}
+
+/// The `/debug/pprof/` routes when `--enable-pprof` asks for them.
+fn pprof_routes(cfg: &mut web::ServiceConfig, enabled: bool) {
+    #[cfg(target_os = "linux")]
+    if enabled {
+        pprof::routes(cfg);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (cfg, enabled);
 }
 
 /// Where the client URLs' HTTP/1 connections are spliced to.
@@ -133,6 +148,7 @@ impl Admin {
         // syntax: twice gRPC's own limit bounds it; beyond, 413.
         let body_limit = 2 * (opts.max_request_bytes + crate::grpc::GRPC_OVERHEAD_BYTES);
         let enable_ui = opts.enable_ui;
+        let enable_pprof = opts.enable_pprof;
         let cors = cors::Cors::new(&opts.cors);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -155,6 +171,7 @@ impl Admin {
                                     ui::routes(cfg)
                                 }
                             })
+                            .configure(|cfg| pprof_routes(cfg, enable_pprof))
                             .configure(gateway::routes)
                     })
                     .on_connect(conn::on_connect)
@@ -174,6 +191,7 @@ impl Admin {
                                 .app_data(web::Data::new(state.clone()))
                                 .configure(health::routes)
                                 .configure(metrics::routes)
+                                .configure(|cfg| pprof_routes(cfg, enable_pprof))
                         })
                         .workers(1)
                         .disable_signals()

@@ -217,6 +217,9 @@ async fn sse(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         services.max_decode(),
     );
     let request = with_cookie_token(&req, super::gateway::grpc_request(&req, inbound));
+    // Counted as a Watch call, as the gateway's /v3/watch is: handled with
+    // the stream's status at its end, Canceled when the client leaves.
+    let mut call = state.grpc.call("etcdserverpb.Watch", "Watch");
     let opened = services
         .runtime
         .clone()
@@ -224,7 +227,8 @@ async fn sse(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     let replies = match opened.await {
         Ok(Ok(replies)) => replies.into_inner(),
         Ok(Err(status)) => {
-            return HttpResponse::ServiceUnavailable().body(status.message().to_string())
+            call.ended(status.code());
+            return HttpResponse::ServiceUnavailable().body(status.message().to_string());
         }
         Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
     };
@@ -235,31 +239,44 @@ async fn sse(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (Box::pin(replies), tick, gone, false);
+    let state = (Box::pin(replies), tick, gone, false, call);
     let events = futures::stream::unfold(
         state,
-        |(mut replies, mut tick, mut gone, done)| async move {
+        |(mut replies, mut tick, mut gone, done, mut call)| async move {
             if done {
                 return None;
             }
             let (bytes, done) = tokio::select! {
+                // The client left: the call is dropped, counted Canceled.
                 _ = &mut gone => return None,
                 item = replies.next() => match item {
-                    None => return None,
+                    None => {
+                        call.ended(tonic::Code::Ok);
+                        return None;
+                    }
                     Some(Ok(reply)) => match reply.to_response() {
                         Ok(resp) => {
                             let (text, end) = render(&resp);
+                            if end {
+                                call.ended(tonic::Code::Ok);
+                            }
                             (Bytes::from(text), end)
                         }
-                        Err(e) => (error_event(&Status::internal(e.to_string())), true),
+                        Err(e) => {
+                            call.ended(tonic::Code::Internal);
+                            (error_event(&Status::internal(e.to_string())), true)
+                        }
                     },
-                    Some(Err(status)) => (error_event(&status), true),
+                    Some(Err(status)) => {
+                        call.ended(status.code());
+                        (error_event(&status), true)
+                    }
                 },
                 _ = tick.tick() => (Bytes::from_static(b": keep-alive\n\n"), false),
             };
             Some((
                 Ok::<_, std::convert::Infallible>(bytes),
-                (replies, tick, gone, done),
+                (replies, tick, gone, done, call),
             ))
         },
     );

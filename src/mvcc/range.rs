@@ -82,6 +82,7 @@ pub fn range<V: ReadView + ?Sized>(
     view: &V,
     req: &RangeRequest,
 ) -> Result<RangeResponse, ReadError> {
+    crate::io_metrics::MVCC_RANGE.inc();
     let cur = view.rev();
     let at = read_revision(req.revision, cur, view.compact_rev())?;
     let revs = view.live_revisions(&KeyRange::new(&req.key, &req.range_end), at)?;

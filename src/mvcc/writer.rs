@@ -534,6 +534,7 @@ impl WriteTxn<'_, '_> {
 
     /// Puts `key` = `value` with `lease`; returns the new revision.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, StorageError> {
+        crate::io_metrics::MVCC_PUT.inc();
         let rev = self.begin_rev + 1;
         let prev = self.w.key_at(key, rev);
         let prev_kv = match prev {
@@ -564,6 +565,7 @@ impl WriteTxn<'_, '_> {
     /// as etcd reports it: the new revision if this transaction changed
     /// anything so far, else the revision it started at).
     pub fn delete_range(&mut self, range: &KeyRange) -> Result<(i64, i64), StorageError> {
+        crate::io_metrics::MVCC_DELETE.inc();
         let rev = self.begin_rev + 1;
         let mut victims = Vec::new();
         self.w

@@ -194,6 +194,9 @@ impl PeerLink {
                     tracing::error!(remote_peer_id = %to, panic = %what, "peer link sender panicked; restarting it");
                 }
             }
+            // etcd counts each failed write to a peer; here each failed
+            // stream (or connect), which is what its members-down alert reads.
+            crate::io_metrics::peer_failure(&crate::io_metrics::PEER_SENT_FAILURES, act.target.to);
             // A stream that carried batches for a while was healthy: retry
             // fast. One refused at once (another cluster) keeps backing off.
             if act.connected.load(Ordering::Relaxed) != 0 && launched.elapsed() > MAX_BACKOFF {

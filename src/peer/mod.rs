@@ -16,7 +16,8 @@
 //! one [`link::PeerLink`] per remote member (given RaftNode's inboxes: links
 //! report unreachable members, the service steps messages in, and answers
 //! lease requests followers forward to this member when it leads, see
-//! [`forward`]).
+//! [`forward`]), plus one [`probe::prober`] per remote member timing
+//! round trips for `etcd_network_peer_round_trip_time_seconds`.
 //!
 //! Failure semantics: a link that errors or panics restarts by itself with
 //! a jittered backoff, without disturbing raft or other links; messages lost
@@ -26,6 +27,7 @@
 pub mod failpoint;
 pub mod forward;
 pub mod link;
+pub mod probe;
 pub mod service;
 pub mod snapshot;
 pub mod transport;
@@ -247,6 +249,7 @@ impl Peers {
                     urls: link.urls,
                     connector: connector.clone(),
                 };
+                actix::spawn(probe::prober(target.clone(), directory.clone()));
                 actix::spawn(snapshot::sender(
                     target.clone(),
                     snaps.clone(),

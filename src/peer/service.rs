@@ -52,6 +52,45 @@ pub struct PeerService {
     pub learner_ready: Option<actix::Recipient<crate::msg::LearnerReady>>,
 }
 
+/// One snapshot being received from a member: in flight until dropped,
+/// then counted a success (with its duration) or a failure.
+struct SnapshotReceive {
+    from: String,
+    started: std::time::Instant,
+    ok: bool,
+}
+
+impl SnapshotReceive {
+    fn start(from: u64) -> SnapshotReceive {
+        let from = format!("{from:x}");
+        crate::io_metrics::SNAPSHOT_RECEIVE
+            .inflights
+            .with_label_values(&[&from])
+            .inc();
+        SnapshotReceive {
+            from,
+            started: std::time::Instant::now(),
+            ok: false,
+        }
+    }
+}
+
+impl Drop for SnapshotReceive {
+    fn drop(&mut self) {
+        let m = &*crate::io_metrics::SNAPSHOT_RECEIVE;
+        let from = [self.from.as_str()];
+        m.inflights.with_label_values(&from).dec();
+        if self.ok {
+            m.success.with_label_values(&from).inc();
+            m.duration
+                .with_label_values(&from)
+                .observe(self.started.elapsed().as_secs_f64());
+        } else {
+            m.failures.with_label_values(&from).inc();
+        }
+    }
+}
+
 impl PeerService {
     /// The rafthttp checks, on every batch.
     fn check(&self, batch: &RaftBatch) -> Result<(), Status> {
@@ -141,8 +180,14 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftStreamEnd>, Status> {
         let mut stream = request.into_inner();
         let mut from = None;
-        while let Some(batch) = stream.message().await? {
-            self.check(&batch)?;
+        let failed = |from: Option<u64>, status: Status| {
+            if let Some(from) = from {
+                crate::io_metrics::peer_failure(&crate::io_metrics::PEER_RECEIVED_FAILURES, from);
+            }
+            status
+        };
+        while let Some(batch) = stream.message().await.map_err(|s| failed(from, s))? {
+            self.check(&batch).map_err(|s| failed(from, s))?;
             if from.is_none() {
                 from = Some(batch.from);
                 tracing::info!(remote_peer_id = %format!("{:x}", batch.from), "peer stream opened");
@@ -193,6 +238,7 @@ impl Peer for PeerService {
         let index = msg.get_snapshot().get_metadata().index;
         let from = format!("{:x}", first.from);
         tracing::info!(remote_peer_id = %from, index, "receiving a raft snapshot");
+        let mut outcome = SnapshotReceive::start(first.from);
         let tmp = snaps.receiving(index, first.from);
         let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
@@ -204,6 +250,11 @@ impl Peer for PeerService {
             verifier.update(&chunk.data);
             file.write_all(&chunk.data).await.map_err(io)?;
             bytes += chunk.data.len() as u64;
+            crate::io_metrics::peer_bytes(
+                &crate::io_metrics::PEER_RECEIVED,
+                chunk.from,
+                chunk.message.len() + chunk.data.len(),
+            );
             if chunk.last {
                 break;
             }
@@ -239,6 +290,7 @@ impl Peer for PeerService {
         if !(self.deliver)(msg) {
             return Err(Status::unavailable("raft is busy; send the snapshot again"));
         }
+        outcome.ok = true;
         Ok(Response::new(SnapshotDone {}))
     }
 
@@ -302,6 +354,17 @@ impl Peer for PeerService {
             ttl: ttl.map_or(0, |t| t.remaining),
             granted_ttl: ttl.map_or(0, |t| t.granted),
         }))
+    }
+
+    /// The prober's round trip (`super::probe`): nothing to do but answer.
+    async fn probe(
+        &self,
+        request: Request<crate::proto::cairnpb::ProbeRequest>,
+    ) -> Result<Response<crate::proto::cairnpb::ProbeResponse>, Status> {
+        if request.into_inner().cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(CLUSTER_ID_MISMATCH));
+        }
+        Ok(Response::new(crate::proto::cairnpb::ProbeResponse {}))
     }
 
     /// This member's HashKV for a peer's corruption check (`crate::corrupt`).

@@ -51,6 +51,10 @@ pub async fn sender(
         let index = msg.get_snapshot().get_metadata().index;
         tracing::info!(remote_peer_id = %to, index, "sending a raft snapshot");
         let started = std::time::Instant::now();
+        crate::io_metrics::SNAPSHOT_SEND
+            .inflights
+            .with_label_values(&[&to])
+            .inc();
         // A panic while sending fails this snapshot, not the member.
         let sent = crate::supervise::restartable(send(&target, &dir, msg)).await;
         let ok = match sent {
@@ -73,6 +77,16 @@ pub async fn sender(
                 false
             }
         };
+        let m = &*crate::io_metrics::SNAPSHOT_SEND;
+        if ok {
+            m.success.with_label_values(&[&to]).inc();
+            m.duration
+                .with_label_values(&[&to])
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            m.failures.with_label_values(&[&to]).inc();
+        }
+        m.inflights.with_label_values(&[&to]).dec();
         // Must reach raft-rs, or it waits for this snapshot forever: wait
         // for room in RaftNode's mailbox rather than drop the report.
         if report
@@ -141,10 +155,13 @@ async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Re
             total += filled as u64;
             let last = filled < CHUNK_BYTES;
             let c = chunk(first.take().unwrap_or_default(), buf, last);
+            let bytes = c.message.len() + c.data.len();
             if tx.send(c).await.is_err() {
                 // The call ended early: its outcome says why.
                 return Ok(None);
             }
+            // Snapshot bytes count as peer traffic, as etcd counts them.
+            crate::io_metrics::peer_bytes(&crate::io_metrics::PEER_SENT, to, bytes);
             if last {
                 // Dropping `tx` ends the request stream.
                 return Ok::<Option<u64>, String>(Some(total));

@@ -91,6 +91,7 @@ impl Transport for PeerTransport {
             };
             let Some(queue) = queues.get(&m.to) else {
                 tracing::warn!(to = %format!("{:x}", m.to), msg_type = ?m.get_msg_type(), "no link to member; message dropped");
+                crate::io_metrics::peer_failure(&crate::io_metrics::PEER_SENT_FAILURES, m.to);
                 undelivered.dropped(&m);
                 continue;
             };
@@ -99,6 +100,7 @@ impl Transport for PeerTransport {
                     mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
                 };
                 tracing::debug!(to = %format!("{:x}", m.to), "peer queue full; message dropped");
+                crate::io_metrics::peer_failure(&crate::io_metrics::PEER_SENT_FAILURES, m.to);
                 undelivered.dropped(&m);
             }
         }
