@@ -159,6 +159,9 @@ pub struct Config {
     pub enable_ui: bool,
     /// etcd's `--cors`: origins allowed to call from a browser (`*`: any).
     pub cors: Vec<String>,
+    /// `--max-range-bytes-in-flight` (beyond etcd): the member-wide budget
+    /// of Range response bytes (`grpc::budget`); 0: unlimited.
+    pub max_range_bytes_in_flight: u64,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -202,6 +205,7 @@ impl Default for Config {
             metrics: "basic".to_string(),
             enable_ui: false,
             cors: vec!["*".to_string()],
+            max_range_bytes_in_flight: crate::grpc::budget::DEFAULT_BYTES,
         }
     }
 }
@@ -895,6 +899,11 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.metrics),
             enable_ui: switch("enable_ui")?.unwrap_or(defaults.enable_ui),
+            max_range_bytes_in_flight: self
+                .get("max_range_bytes_in_flight", |raw| {
+                    values::unsigned(raw.text()?)
+                })?
+                .unwrap_or(defaults.max_range_bytes_in_flight),
             cors: self
                 .get("cors", |raw| {
                     // etcd: `*`, or URLs with a host and a port.
