@@ -47,6 +47,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build(),
         )
         .build();
-    Builder::new().build_client(false).compile(&[watch]);
+    // The KV service's server side once more, so that Range answers with
+    // `grpc::range::RangeReply` (a RangeResponse whose records are dropped
+    // one by one as they are encoded). Same package, service and methods.
+    let kv_method = |name: &str, route: &str, input: &str, output: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("crate::proto::etcdserverpb::{input}"))
+            .output_type(output)
+            .codec_path("tonic_prost::ProstCodec")
+            .build()
+    };
+    let pb = |t: &str| format!("crate::proto::etcdserverpb::{t}");
+    let kv = Service::builder()
+        .name("KV")
+        .package("etcdserverpb")
+        .method(kv_method(
+            "range",
+            "Range",
+            "RangeRequest",
+            "crate::grpc::range::RangeReply",
+        ))
+        .method(kv_method("put", "Put", "PutRequest", &pb("PutResponse")))
+        .method(kv_method(
+            "delete_range",
+            "DeleteRange",
+            "DeleteRangeRequest",
+            &pb("DeleteRangeResponse"),
+        ))
+        .method(kv_method("txn", "Txn", "TxnRequest", &pb("TxnResponse")))
+        .method(kv_method(
+            "compact",
+            "Compact",
+            "CompactionRequest",
+            &pb("CompactionResponse"),
+        ))
+        .build();
+    Builder::new().build_client(false).compile(&[watch, kv]);
     Ok(())
 }

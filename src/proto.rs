@@ -31,3 +31,11 @@ pub mod cairnpb {
 pub mod watch_wire {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
 }
+
+/// The server side of etcd's KV service, declared in `build.rs` so that
+/// Range answers with [`crate::grpc::range::RangeReply`] (records dropped
+/// as they are encoded, under the member's range budget). Clients, the
+/// HTTP gateway and the health check use `etcdserverpb::kv_*`.
+pub mod kv_wire {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.KV.rs"));
+}

@@ -463,6 +463,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             auth,
             bcrypt_cost: cfg.bcrypt_cost,
             quota_bytes: cfg.quota_backend_bytes,
+            range_budget: crate::grpc::budget::RangeBudget::new(cfg.max_range_bytes_in_flight),
         };
 
         // gRPC gets a multi-threaded runtime of its own: reads are served on

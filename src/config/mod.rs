@@ -161,6 +161,9 @@ pub struct Config {
     pub enable_pprof: bool,
     /// etcd's `--cors`: origins allowed to call from a browser (`*`: any).
     pub cors: Vec<String>,
+    /// `--max-range-bytes-in-flight` (beyond etcd): the member-wide budget
+    /// of Range response bytes (`grpc::budget`); 0: unlimited.
+    pub max_range_bytes_in_flight: u64,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -205,6 +208,7 @@ impl Default for Config {
             enable_ui: false,
             enable_pprof: false,
             cors: vec!["*".to_string()],
+            max_range_bytes_in_flight: crate::grpc::budget::DEFAULT_BYTES,
         }
     }
 }
@@ -899,6 +903,11 @@ impl Layers {
                 .unwrap_or(defaults.metrics),
             enable_ui: switch("enable_ui")?.unwrap_or(defaults.enable_ui),
             enable_pprof: switch("enable_pprof")?.unwrap_or(defaults.enable_pprof),
+            max_range_bytes_in_flight: self
+                .get("max_range_bytes_in_flight", |raw| {
+                    values::unsigned(raw.text()?)
+                })?
+                .unwrap_or(defaults.max_range_bytes_in_flight),
             cors: self
                 .get("cors", |raw| {
                     // etcd: `*`, or URLs with a host and a port.

@@ -775,6 +775,15 @@ pub(super) const OPTIONS: &[Opt] = &[
          enable auth, or listen on loopback only) [default: false]",
     )
     .switch(),
+    // Range admission control (src/grpc/budget.rs; beyond etcd).
+    opt(
+        "max_range_bytes_in_flight",
+        "max-range-bytes-in-flight",
+        "BYTES",
+        "Memory budget of the Range responses a member builds and sends at once; a range \
+         that finds no room within 2 s gets 'etcdserver: too many requests'; 0 means \
+         unlimited [default: 1073741824 (1 GiB)]",
+    ),
 ];
 
 /// The option with this file key.

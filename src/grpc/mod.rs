@@ -21,12 +21,14 @@
 
 pub mod auth;
 pub mod authority;
+pub mod budget;
 pub mod cluster;
 pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod range;
 pub mod too_large;
 pub mod watch;
 
@@ -82,6 +84,8 @@ pub struct Api {
     /// `--quota-backend-bytes`, checked before a write is proposed
     /// (`crate::quota`).
     pub quota_bytes: u64,
+    /// `--max-range-bytes-in-flight`: Range responses' memory (`budget`).
+    pub range_budget: Arc<budget::RangeBudget>,
 }
 
 impl Api {
@@ -353,9 +357,9 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     use crate::proto::etcdserverpb::auth_server::AuthServer;
     use crate::proto::etcdserverpb::cluster_server::ClusterServer;
-    use crate::proto::etcdserverpb::kv_server::KvServer;
     use crate::proto::etcdserverpb::lease_server::LeaseServer;
     use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+    use crate::proto::kv_wire::k_v_server::KVServer;
     use crate::proto::v3electionpb::election_server::ElectionServer;
     use crate::proto::v3lockpb::lock_server::LockServer;
     use crate::proto::watch_wire::watch_server::WatchServer;
@@ -394,9 +398,11 @@ pub async fn serve(
         .layer(grpc_metrics)
         // grpc-go's status for a request over the size limit (`too_large`).
         .layer(too_large::TooLargeLayer)
+        // Range responses keep their share of the budget until sent.
+        .layer(budget::HoldBudgetLayer)
         .add_service(health_service)
         .add_service(InterceptedService::new(
-            KvServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),
+            KVServer::new(kv::KvService::new(api.clone())).max_decoding_message_size(max_decode),
             leader.clone(),
         ))
         .add_service(InterceptedService::new(

@@ -128,6 +128,9 @@ impl KeyIndex {
         let g = self.open_generation();
         if g.revs.is_empty() {
             g.created = rev;
+            // Most keys keep one revision: room for exactly one (16 B), not
+            // the four a first push would allocate.
+            g.revs.reserve_exact(1);
         }
         g.revs.push(rev);
         g.ver += 1;

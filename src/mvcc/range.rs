@@ -82,6 +82,18 @@ pub fn range<V: ReadView + ?Sized>(
     view: &V,
     req: &RangeRequest,
 ) -> Result<RangeResponse, ReadError> {
+    range_metered(view, req, &mut |_| Ok(()))
+}
+
+/// [`range`], telling `meter` the approximate encoded size of each record
+/// as it is read (before the next one is), so that a caller can refuse a
+/// response that grows past a memory budget (`grpc::budget`): the first
+/// error `meter` returns ends the read and is returned.
+pub fn range_metered<V: ReadView + ?Sized>(
+    view: &V,
+    req: &RangeRequest,
+    meter: &mut dyn FnMut(usize) -> Result<(), EtcdError>,
+) -> Result<RangeResponse, ReadError> {
     crate::io_metrics::MVCC_RANGE.inc();
     let cur = view.rev();
     let at = read_revision(req.revision, cur, view.compact_rev())?;
@@ -112,10 +124,12 @@ pub fn range<V: ReadView + ?Sized>(
             .saturating_add(1)
             .min(revs.len())
     };
-    let mut kvs = revs[..fetch]
-        .iter()
-        .map(|r| view.record(*r))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut kvs = Vec::with_capacity(fetch);
+    for r in &revs[..fetch] {
+        let kv = view.record(*r)?;
+        meter(record_size(&kv))?;
+        kvs.push(kv);
+    }
 
     if filtered {
         kvs.retain(|kv| {
@@ -145,6 +159,15 @@ pub fn range<V: ReadView + ?Sized>(
         count,
     })
 }
+
+/// About the bytes a record takes in a RangeResponse (and in memory while
+/// it is built): key, value and the fixed fields with their tags.
+pub fn record_size(kv: &KeyValue) -> usize {
+    kv.key.len() + kv.value.len() + RECORD_OVERHEAD
+}
+
+/// Tags, lengths and the five integer fields of an encoded KeyValue, at most.
+const RECORD_OVERHEAD: usize = 64;
 
 /// Sorts as etcd does: a non-KEY target with order NONE sorts ascending; KEY
 /// with NONE keeps the index's key order. Unknown enum values leave the order

@@ -390,6 +390,16 @@ impl Store {
         range::range(&self.snapshot(req.revision)?, req)
     }
 
+    /// [`Store::range`], with each record's size told to `meter` as it is
+    /// read (see [`range::range_metered`]).
+    pub fn range_metered(
+        &self,
+        req: &RangeRequest,
+        meter: &mut dyn FnMut(usize) -> Result<(), EtcdError>,
+    ) -> Result<RangeResponse, ReadError> {
+        range::range_metered(&self.snapshot(req.revision)?, req, meter)
+    }
+
     /// Pins the current and compact revisions for a read at `requested`
     /// (<= 0 = current) and registers the read, so that the records it
     /// resolves stay in the backend until it is done.

@@ -1,0 +1,122 @@
+#!/bin/bash
+# Large keyspaces (issue 12 §2; figures in docs/performance.md).
+#
+#   benches/large_keyspace.sh mem   KIND VALSIZE REVS [KEYS]
+#       KEYS (default 1M) keys of VALSIZE bytes, then REVS-1 more puts per key;
+#       RSS after each phase, `etcdctl snapshot save` time, restart time (spawn
+#       to the first linearizable get), count after restart.
+#   benches/large_keyspace.sh flood KIND [N] [extra server flags...]
+#       100k keys of 1 KiB under r/, then N (default 50) concurrent Ranges of
+#       the whole prefix (100 MB each) through curl; peak RSS, statuses.
+#
+# KIND is etcd (/usr/bin/etcd) or cairn (target/release/cairn). Needs
+# target/release/cairn-bench, etcdctl, curl with HTTP/2. Data goes to
+# $OUT (default /tmp/cairn-large) and is deleted at the end. Both servers
+# run with --quota-backend-bytes 8 GiB.
+set -u
+W=$(cd "$(dirname "$0")/.." && pwd)
+CAIRN=${CAIRN:-$W/target/release/cairn}
+BENCH=${BENCH:-$W/target/release/cairn-bench}
+OUT=${OUT:-/tmp/cairn-large}
+QUOTA=8589934592
+mkdir -p "$OUT"
+export ETCDCTL_API=3
+
+start() { # KIND DIR CLIENT_PORT PEER_PORT [flags...]; sets PID
+  local kind=$1 dir=$2 cp=$3 pp=$4 bin=$CAIRN
+  shift 4
+  [ "$kind" = etcd ] && bin=/usr/bin/etcd
+  "$bin" --name m --data-dir "$dir" \
+    --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
+    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+    --initial-cluster "m=http://127.0.0.1:$pp" --quota-backend-bytes $QUOTA "$@" > "$dir.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 6000); do
+    etcdctl --endpoints "127.0.0.1:$cp" --command-timeout=1s get x > /dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "server did not come up"
+  return 1
+}
+rss() { grep -E "VmRSS|VmHWM|RssAnon|RssFile" "/proc/$1/status" | tr -s ' \t' ' ' | tr '\n' ' '; echo; }
+stop() { kill -TERM "$1"; wait "$1" 2> /dev/null; }
+secs() { echo "$2 - $1" | bc; }
+
+mem() {
+  local kind=$1 val=$2 revs=$3 keys=${4:-1000000}
+  local dir=$OUT/mem-$kind cp=$((20000 + RANDOM % 20000))
+  local pp=$((cp + 1)) t0 t1
+  rm -rf "$dir"
+  start "$kind" "$dir" $cp $pp || return 1
+  sleep 2
+  echo "$kind empty: $(rss $PID)"
+  put() {
+    "$BENCH" put --endpoints 127.0.0.1:$cp --prefix k/ --key-size 16 --val-size "$val" \
+      --key-space "$keys" --total "$1" --sequential-keys --clients 64 --conns 8 \
+      --no-progress --duration 3000 | grep -E '^put '
+  }
+  t0=$(date +%s.%N); put "$keys"; t1=$(date +%s.%N)
+  echo "$kind load of $keys x $val B: $(secs $t0 $t1) s"
+  sleep 5
+  echo "$kind after 1 rev/key: $(rss $PID) du $(du -sm "$dir" | cut -f1) MB"
+  if [ "$revs" -gt 1 ]; then
+    t0=$(date +%s.%N); put $((keys * (revs - 1))); t1=$(date +%s.%N)
+    echo "$kind $((revs - 1)) more revs/key: $(secs $t0 $t1) s"
+    sleep 5
+    echo "$kind after $revs revs/key: $(rss $PID) du $(du -sm "$dir" | cut -f1) MB"
+  fi
+  t0=$(date +%s.%N)
+  etcdctl --endpoints 127.0.0.1:$cp --command-timeout=600s snapshot save "$dir.snap" > /dev/null
+  t1=$(date +%s.%N)
+  echo "$kind snapshot save: $(secs $t0 $t1) s, $(du -sm "$dir.snap" | cut -f1) MB"
+  rm -f "$dir.snap"
+  stop $PID
+  t0=$(date +%s.%N); start "$kind" "$dir" $cp $pp || return 1; t1=$(date +%s.%N)
+  echo "$kind restart to first linearizable get: $(secs $t0 $t1) s; idle RSS: $(rss $PID)"
+  # etcdctl 3.4 has no --count-only; a Range's count is the whole range's.
+  echo "$kind count after restart: $(etcdctl --endpoints 127.0.0.1:$cp --command-timeout=300s \
+    get k/ k0 --limit 1 -w fields | grep '"Count"')"
+  stop $PID
+  rm -rf "$dir"
+}
+
+flood() {
+  local kind=$1 n=${2:-50}
+  shift 2 2> /dev/null || shift $#
+  local dir=$OUT/flood-$kind cp=$((20000 + RANDOM % 20000))
+  local pp=$((cp + 1)) t0 t1 peak=0 r pids=()
+  rm -rf "$dir"
+  start "$kind" "$dir" $cp $pp "$@" || return 1
+  "$BENCH" put --endpoints 127.0.0.1:$cp --prefix r/ --key-size 16 --val-size 1024 \
+    --key-space 100000 --total 100000 --sequential-keys --clients 32 --conns 4 \
+    --no-progress --duration 600 | grep -E '^put '
+  echo "$kind before: $(rss $PID)"
+  # A Range of r/ .. r0, gRPC-framed (5-byte prefix, then the message).
+  printf '\x00\x00\x00\x00\x08\x0a\x02r/\x12\x02r0' > "$dir.req"
+  t0=$(date +%s.%N)
+  for i in $(seq 1 "$n"); do
+    curl -s --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' \
+      --data-binary @"$dir.req" -D "$dir.h$i" -o /dev/null -w '%{size_download}\n' \
+      "http://127.0.0.1:$cp/etcdserverpb.KV/Range" > "$dir.s$i" 2>&1 &
+    pids+=($!)
+  done
+  running() { local p; for p in "${pids[@]}"; do kill -0 "$p" 2> /dev/null && return 0; done; return 1; }
+  while running; do
+    r=$(awk '/VmRSS/{print $2}' "/proc/$PID/status")
+    [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  echo "$kind flood of $n: $(secs $t0 $t1) s; peak sampled VmRSS $peak KiB; after: $(rss $PID)"
+  echo "bytes received: $(cat "$dir".s* | sort | uniq -c | tr '\n' ' ')"
+  echo "statuses: $(cat "$dir".h* | grep -ai '^grpc-status' | tr -d '\r' | sort | uniq -c | tr '\n' ' ')"
+  echo "messages: $(cat "$dir".h* | grep -ai '^grpc-message' | tr -d '\r' | sort | uniq -c | tr '\n' ' ')"
+  stop $PID
+  rm -rf "$dir" "$dir".h* "$dir".s* "$dir.req"
+}
+
+case "${1:-}" in
+  mem) shift; mem "$@" ;;
+  flood) shift; flood "$@" ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
+esac
