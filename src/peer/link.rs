@@ -256,6 +256,7 @@ async fn send_loop(
                 return Ok(());
             };
             super::failpoint::link_panic(target.to);
+            crate::failpoint::hit("peer-link-send");
             let bytes = batch.messages.iter().map(Vec::len).sum();
             if tx.send(batch).await.is_err() {
                 // The call ended: its outcome says why.
