@@ -17,7 +17,8 @@
 //! cut off from its peers then serves stale reads; the run must report a
 //! linearizability violation. `checker_catches_leases_expiring_early` does the
 //! same for the lease model (`CAIRN_FAILPOINT_EARLY_LEASE_EXPIRY=1`: leases
-//! expire at half their TTL).
+//! expire at half their TTL), and `checker_catches_leases_outliving_their_ttl`
+//! for the final lease check (`CAIRN_FAILPOINT_LATE_LEASE_EXPIRY=1`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -135,6 +136,22 @@ fn three_members_crash_failpoints_and_slow_disk() {
     assert_clean(&s);
 }
 
+/// The network faults that close nothing: a member's peer traffic
+/// silently swallowed (blackhole), and a panic inside a peer link's sender,
+/// which must restart by itself while the member keeps serving.
+#[test]
+fn three_members_blackhole_and_link_panic() {
+    let mut s = Scenario::new(
+        "three-members-blackhole-link-panic",
+        3,
+        &[Fault::Blackhole, Fault::LinkPanic],
+    )
+    .lasting(12)
+    .mixed();
+    s.slow_watchers = true;
+    assert_clean(&s);
+}
+
 #[test]
 fn etcd_passes_the_same_checks() {
     // Evidence that the model is etcd's: real etcd 3.4 under the same
@@ -147,6 +164,7 @@ fn etcd_passes_the_same_checks() {
             Fault::KillLeader,
             Fault::IsolateFollower,
             Fault::Delay,
+            Fault::Blackhole,
             Fault::Pause,
         ],
     )
@@ -206,6 +224,128 @@ fn checker_catches_leases_expiring_early() {
     s.lease_clients = 3;
     s.env = vec![("CAIRN_FAILPOINT_EARLY_LEASE_EXPIRY", "1")];
     assert_caught(&s, "leases expiring at half their TTL");
+}
+
+/// `CAIRN_FAILPOINT_LATE_LEASE_EXPIRY=1`: the lessor expires leases at four
+/// times their TTL. The final lease check must find leases alive past the
+/// latest moment they may expire.
+#[test]
+fn checker_catches_leases_outliving_their_ttl() {
+    let _alone = serial();
+    let mut s = Scenario::new("late-lease-expiry", 1, &[]).lasting(6);
+    s.kv_clients = 1;
+    s.lease_clients = 2;
+    s.env = vec![("CAIRN_FAILPOINT_LATE_LEASE_EXPIRY", "1")];
+    let outcome = robust::run(&s);
+    let summary = outcome.summary(&s);
+    eprintln!("{summary}");
+    assert!(
+        outcome.leases.iter().any(|v| v.contains("still alive")),
+        "leases living four times their TTL, yet the final lease check found nothing: {summary}"
+    );
+}
+
+/// A panic inside a peer link's sender (the restartable part of PeerLink,
+/// src/supervise.rs), triggered on a running leader: the link restarts by
+/// itself, the process does not exit, the member keeps serving reads and
+/// writes, and its raft log keeps every entry (its raft index only grows,
+/// every acknowledged write is on every member, HashKV agrees).
+#[test]
+fn a_peer_link_panic_restarts_the_link_and_the_member_serves_on() {
+    use cairn::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn::proto::etcdserverpb::StatusRequest;
+    let _alone = serial();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build tokio runtime");
+    let mut c = robust::cluster::Cluster::start(common::cairn_path(), 3, &[], &[], rt.handle());
+    let leader = c.leader().expect("a leader");
+    let url = c.members[leader].client_url();
+    let status = |url: &str| {
+        let url = url.to_string();
+        rt.block_on(async move {
+            let channel = robust::traffic::lazy_channel(&url).expect("channel");
+            MaintenanceClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner()
+        })
+    };
+    let puts = |from: usize, to: usize| {
+        rt.block_on(async {
+            let channel = robust::traffic::lazy_channel(&url).expect("channel");
+            let mut kv = cairn::proto::etcdserverpb::kv_client::KvClient::new(channel);
+            for n in from..to {
+                let put = cairn_robust::history::Request::Put {
+                    key: format!("/robust/link/{n:04}"),
+                    value: format!("v{n}"),
+                };
+                robust::traffic::execute(&mut kv, &put)
+                    .await
+                    .expect("a put through the member whose link panicked");
+            }
+        })
+    };
+    puts(0, 50);
+    let before = status(&url);
+    let panics =
+        |c: &robust::cluster::Cluster| c.logs(leader).matches("peer link sender panicked").count();
+    assert_eq!(panics(&c), 0, "no link panicked yet");
+    let trigger = c.trigger(leader, "peer-link-send");
+    // Writes make the leader's links send.
+    let mut n = 50;
+    let fired = common::wait_until(std::time::Duration::from_secs(10), || {
+        puts(n, n + 5);
+        n += 5;
+        !trigger.exists()
+    });
+    assert!(fired, "the trigger was never consumed: no peer link sent");
+    puts(n, n + 50);
+    n += 50;
+    assert!(
+        !c.exited(leader),
+        "the member exited after a peer link panic"
+    );
+    assert_eq!(panics(&c), 1, "one link panicked and was restarted");
+    let logs = c.logs(leader);
+    assert!(
+        !logs.contains("fatal"),
+        "the member logged a fatal error:\n{}",
+        common::tail(&logs, 4_000)
+    );
+    let after = status(&url);
+    assert!(
+        after.raft_index >= before.raft_index + 55,
+        "the raft log went from index {} to {}",
+        before.raft_index,
+        after.raft_index
+    );
+    // Every member has every write, and agrees on the rest.
+    let converged = c.converged(std::time::Duration::from_secs(20));
+    assert!(converged.is_ok(), "{converged:?}");
+    for m in 0..3 {
+        let url = c.members[m].client_url();
+        rt.block_on(async {
+            let channel = robust::traffic::lazy_channel(&url).expect("channel");
+            let mut kv = cairn::proto::etcdserverpb::kv_client::KvClient::new(channel);
+            let r = kv
+                .range(cairn::proto::etcdserverpb::RangeRequest {
+                    key: b"/robust/link/".to_vec(),
+                    range_end: b"/robust/link0".to_vec(),
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("range")
+                .into_inner();
+            assert_eq!(r.count, n as i64, "m{} lacks writes", m + 1);
+        });
+    }
+    drop(c);
+    drop(rt);
 }
 
 /// A member replaced by a fresh one (MemberAdd, empty data dir,

@@ -191,11 +191,7 @@ pub async fn execute(kv: &mut KvClient<Channel>, request: &Request) -> Result<Re
                 deleted: r.deleted,
             })
         }
-        Request::Txn {
-            key,
-            compare,
-            value,
-        } => {
+        Request::Txn { key, compare, .. } | Request::TxnPair { key, compare, .. } => {
             let (target, union) = match compare {
                 history::Compare::ModRevision(n) => {
                     (CompareTarget::Mod, TargetUnion::ModRevision(*n))
@@ -214,13 +210,17 @@ pub async fn execute(kv: &mut KvClient<Channel>, request: &Request) -> Result<Re
                         range_end: Vec::new(),
                         target_union: Some(union),
                     }],
-                    success: vec![RequestOp {
-                        request: Some(request_op::Request::RequestPut(PutRequest {
-                            key: key.clone().into_bytes(),
-                            value: value.clone().into_bytes(),
-                            ..Default::default()
-                        })),
-                    }],
+                    success: request
+                        .puts()
+                        .into_iter()
+                        .map(|(key, value)| RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: key.as_bytes().to_vec(),
+                                value: value.as_bytes().to_vec(),
+                                ..Default::default()
+                            })),
+                        })
+                        .collect(),
                     failure: vec![RequestOp {
                         request: Some(request_op::Request::RequestRange(RangeRequest {
                             key: key.clone().into_bytes(),
@@ -453,12 +453,19 @@ pub async fn lease_client(
 
 /// The prefix the Kubernetes-style clients keep their objects under.
 pub const K8S_PREFIX: &str = "/robust/pods/";
+
+/// The key a Kubernetes-style client writes along with object `k` in a
+/// txn pair (under the same prefix, so lists and informers see both).
+pub fn companion_key(k: usize) -> String {
+    format!("{K8S_PREFIX}s{k}")
+}
 const K8S_PREFIX_END: &str = "/robust/pods0";
 
 /// A Kubernetes-style client (an apiserver's storage traffic): lists the
 /// prefix, creates objects with `mod_revision == 0` txns and updates them
-/// with txns on the mod_revision it last saw (optimistic concurrency), and
-/// reads single objects. `max_ops` operations at most, until `deadline`.
+/// with txns on the mod_revision it last saw (optimistic concurrency), some
+/// of which also write the object's companion key (two keys, one revision),
+/// and reads single objects. `max_ops` operations at most, until `deadline`.
 pub async fn k8s_client(
     client: usize,
     url: String,
@@ -491,6 +498,16 @@ pub async fn k8s_client(
                 key,
                 compare: history::Compare::ModRevision(0),
                 value,
+            },
+            // An update that writes the object's companion key (an index,
+            // a status object) in the same txn, on the object's
+            // mod_revision alone.
+            6 | 7 => Request::TxnPair {
+                key,
+                compare: history::Compare::ModRevision(last_seen[k]),
+                value,
+                also: companion_key(k),
+                also_value: format!("c{client}-{n}s"),
             },
             _ => Request::Txn {
                 key,
