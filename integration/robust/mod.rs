@@ -68,6 +68,9 @@ pub struct Scenario {
     pub etcd: bool,
     /// Whether watchers ask for progress notifications (RequestProgress).
     pub progress_requests: bool,
+    /// Stop as soon as this many operations are acknowledged (the
+    /// duration then only bounds the run).
+    pub target_operations: Option<usize>,
 }
 
 impl Scenario {
@@ -95,6 +98,7 @@ impl Scenario {
             seed,
             etcd: false,
             progress_requests: true,
+            target_operations: None,
         }
     }
 }
@@ -257,6 +261,9 @@ pub fn run(s: &Scenario) -> RunReport {
         "a fresh cluster holds robustness keys: {initial:?}"
     );
     let rec = Arc::new(Recorder::new(initial.0));
+    if let Some(n) = s.target_operations {
+        rec.target.store(n, Ordering::SeqCst);
+    }
     let deadline = Instant::now() + s.duration;
 
     let mut tasks = Vec::new();
@@ -330,7 +337,10 @@ pub fn run(s: &Scenario) -> RunReport {
         let cluster = cluster.clone();
         let faults = s.faults.clone();
         let seed = s.seed;
-        std::thread::spawn(move || nemesis::run(cluster, &faults, deadline, started, seed))
+        let rec = rec.clone();
+        std::thread::spawn(move || {
+            nemesis::run(cluster, &faults, deadline, started, seed, || rec.enough())
+        })
     };
     for t in tasks {
         rt.block_on(t).expect("traffic task");

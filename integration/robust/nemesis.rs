@@ -56,14 +56,16 @@ pub const NOT_SURVIVED: &str = "FAULT NOT SURVIVED";
 /// What a member logs when a peer link's sender panicked (src/peer/link.rs).
 const LINK_PANICKED: &str = "peer link sender panicked";
 
-/// Injects faults from `faults` (round-robin) until `deadline`; every fault
-/// is healed before the next, and everything is healed on return.
+/// Injects faults from `faults` (round-robin) until `deadline`, or until
+/// `enough` says the traffic has done enough; every fault is healed before
+/// the next, and everything is healed on return.
 pub fn run(
     cluster: Arc<Mutex<Cluster>>,
     faults: &[Fault],
     deadline: Instant,
     started: Instant,
     seed: u64,
+    enough: impl Fn() -> bool,
 ) -> Log {
     let mut rng = Rng::new(seed);
     let mut log = Log::new();
@@ -74,7 +76,10 @@ pub fn run(
     loop {
         // Let traffic run undisturbed for a while between faults.
         let quiet = rng.millis(300, 1_000);
-        if Instant::now() + quiet + Duration::from_secs(2) >= deadline || faults.is_empty() {
+        if Instant::now() + quiet + Duration::from_secs(2) >= deadline
+            || faults.is_empty()
+            || enough()
+        {
             break;
         }
         std::thread::sleep(quiet);

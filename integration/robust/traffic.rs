@@ -14,7 +14,7 @@
 //!
 //! Every loop ends at its deadline or its operation count, whichever first.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,11 @@ pub struct Recorder {
     pub stop_reference: AtomicBool,
     /// Revisions compactions were requested at.
     compactions: Mutex<Vec<i64>>,
+    /// Operations acknowledged so far.
+    acknowledged: AtomicUsize,
+    /// Traffic (and the nemesis) stop once this many operations are
+    /// acknowledged, even before their deadline (usize::MAX: never).
+    pub target: AtomicUsize,
 }
 
 impl Recorder {
@@ -90,7 +95,17 @@ impl Recorder {
             reference: AtomicI64::new(initial_revision),
             stop_reference: AtomicBool::new(false),
             compactions: Mutex::new(Vec::new()),
+            acknowledged: AtomicUsize::new(0),
+            target: AtomicUsize::new(usize::MAX),
         }
+    }
+    /// Whether enough operations were acknowledged (see `target`).
+    pub fn enough(&self) -> bool {
+        self.acknowledged.load(Ordering::SeqCst) >= self.target.load(Ordering::SeqCst)
+    }
+    /// Whether a loop bounded by `deadline` should stop.
+    pub fn over(&self, deadline: Instant) -> bool {
+        Instant::now() >= deadline || self.enough()
     }
     /// Nanoseconds since the run started.
     pub fn now(&self) -> u64 {
@@ -100,6 +115,9 @@ impl Recorder {
         self.max_revision.fetch_max(revision, Ordering::SeqCst);
     }
     pub fn record(&self, op: Operation) {
+        if matches!(op.outcome, Outcome::Ok(_)) {
+            self.acknowledged.fetch_add(1, Ordering::SeqCst);
+        }
         if let Some(revision) = match &op.outcome {
             Outcome::Ok(r) => r.revision(),
             Outcome::Failed(_) => None,
@@ -396,7 +414,7 @@ pub async fn lease_client(
     let mut live: Vec<Live> = Vec::new();
     for n in 0..max_ops {
         let now = Instant::now();
-        if now >= deadline {
+        if rec.over(deadline) {
             break;
         }
         live.retain(|l| l.kept || now < l.usable_until);
@@ -482,7 +500,7 @@ pub async fn k8s_client(
     let mut rng = Rng::new(seed);
     let mut last_seen = vec![0i64; keys];
     for n in 0..max_ops {
-        if Instant::now() >= deadline {
+        if rec.over(deadline) {
             break;
         }
         let k = rng.below(keys as u64) as usize;
@@ -562,7 +580,7 @@ pub async fn informer(
     seed: u64,
 ) {
     let mut rng = Rng::new(seed);
-    while Instant::now() < deadline {
+    while !rec.over(deadline) {
         let url = &urls[rng.below(urls.len() as u64) as usize];
         let Some(channel) = lazy_channel(url) else {
             return;
@@ -620,7 +638,7 @@ pub async fn kv_client(
     // The mod_revision this client last saw per key (0: absent/unknown).
     let mut last_seen = vec![0i64; keys];
     for n in 0..max_ops {
-        if Instant::now() >= deadline {
+        if rec.over(deadline) {
             break;
         }
         let k = rng.below(keys as u64) as usize;
@@ -811,7 +829,7 @@ pub async fn watcher(
     seed: u64,
 ) {
     let mut rng = Rng::new(seed);
-    while Instant::now() < deadline {
+    while !rec.over(deadline) {
         let url = &urls[rng.below(urls.len() as u64) as usize];
         // Mostly from a revision still in history; one in five from
         // anywhere, so some watches meet the compaction and are canceled.
@@ -876,7 +894,7 @@ pub async fn reference_watcher(
 /// reference watcher has seen.
 pub async fn compactor(urls: Vec<String>, rec: Arc<Recorder>, period: Duration, deadline: Instant) {
     let mut turn = 0;
-    while Instant::now() + period < deadline {
+    while Instant::now() + period < deadline && !rec.enough() {
         tokio::time::sleep(period).await;
         let target = rec.reference.load(Ordering::SeqCst) - 5;
         if target
