@@ -16,7 +16,8 @@
 //! `snapshot-send` (a leader about to stream a raft snapshot to a follower),
 //! `snapshot-install` (Storage installing a raft snapshot's image, before
 //! its last write), `compact-delete` (physical compaction, before each
-//! batch of deletions), `auth-sweep`.
+//! batch of deletions), `auth-sweep`, `peer-link-send` (a peer link about
+//! to send a batch of raft messages: a restartable part).
 //!
 //! Only debug builds (what `cargo test` builds) read these variables: in a
 //! release build every failpoint is compiled to nothing armed, and a hit is
@@ -32,6 +33,16 @@
 //! deliberate bug, so the robustness tests can show that their checker
 //! catches the stale reads a follower cut off from the leader then serves.
 //!
+//! `CAIRN_FAILPOINT_TRIGGER_DIR=<dir>` arms failpoints on a running member:
+//! a hit of `<name>` panics if it can remove the file `<dir>/<name>` (so
+//! once per file the test creates). At `peer-link-send` (a peer link about
+//! to send a batch, inside its restartable sender) the link restarts and
+//! the member lives on; at a failpoint of a core actor the member stops.
+//!
+//! `CAIRN_FAILPOINT_LATE_LEASE_EXPIRY=1` makes leases expire at four times
+//! their TTL ([`lease_ttl_multiplier`]): a deliberate bug for the
+//! robustness tests' final lease check.
+//!
 //! `CAIRN_FAILPOINT_AUTH_HOLD=<file>` holds the first judged Put until
 //! `<file>` exists ([`auth_hold`]).
 
@@ -44,6 +55,8 @@ pub const PANIC_ENV: &str = "CAIRN_FAILPOINT_PANIC";
 pub const CRASH_ENV: &str = "CAIRN_FAILPOINT_CRASH";
 /// The environment variable that makes a failpoint sleep at every hit.
 pub const SLEEP_ENV: &str = "CAIRN_FAILPOINT_SLEEP";
+/// The environment variable naming the directory of trigger files.
+pub const TRIGGER_ENV: &str = "CAIRN_FAILPOINT_TRIGGER_DIR";
 
 /// A failpoint variable's value; never in a release build.
 fn var(name: &str) -> Option<String> {
@@ -84,6 +97,8 @@ struct Armings {
     crash: Option<Armed>,
     /// (name, how long each hit sleeps).
     sleep: Option<(String, std::time::Duration)>,
+    /// Where trigger files appear.
+    triggers: Option<std::path::PathBuf>,
 }
 
 fn armed() -> Option<&'static Armings> {
@@ -100,8 +115,10 @@ fn armed() -> Option<&'static Armings> {
                         std::time::Duration::from_millis(ms.parse().ok()?),
                     ))
                 }),
+                triggers: var(TRIGGER_ENV).map(Into::into),
             };
-            (a.panic.is_some() || a.crash.is_some() || a.sleep.is_some()).then_some(a)
+            (a.panic.is_some() || a.crash.is_some() || a.sleep.is_some() || a.triggers.is_some())
+                .then_some(a)
         })
         .as_ref()
 }
@@ -122,6 +139,31 @@ pub fn hit(name: &str) {
     if let Some(p) = a.panic.as_ref().filter(|p| p.fires(name)) {
         panic!("failpoint {PANIC_ENV}={name}@{}", p.at);
     }
+    // Removing the file is what fires it: one hit per file, whatever the
+    // threads.
+    if let Some(dir) = &a.triggers {
+        if std::fs::remove_file(dir.join(name)).is_ok() {
+            panic!("failpoint {TRIGGER_ENV}: {name} triggered");
+        }
+    }
+}
+
+/// The environment variable that makes leases outlive their TTL.
+pub const LATE_EXPIRY_ENV: &str = "CAIRN_FAILPOINT_LATE_LEASE_EXPIRY";
+
+/// What the lessor multiplies every TTL by when it sets an expiry: 1, or 4
+/// when [`LATE_EXPIRY_ENV`]` = 1` (a deliberate bug, so the robustness
+/// tests can show that their final lease check catches leases that outlive
+/// their TTL).
+pub fn lease_ttl_multiplier() -> u32 {
+    static ARMED: OnceLock<u32> = OnceLock::new();
+    *ARMED.get_or_init(|| {
+        if var(LATE_EXPIRY_ENV).is_some_and(|v| v == "1") {
+            4
+        } else {
+            1
+        }
+    })
 }
 
 /// The environment variable that makes leases expire at half their TTL.

@@ -19,7 +19,8 @@ use crate::common::{free_port, grpc, wait_until};
 
 const TOKEN: &str = "cairn-robustness";
 const HEARTBEAT_MS: u64 = 50;
-const ELECTION_MS: u64 = 500;
+/// The members' election timeout (`--election-timeout`).
+pub const ELECTION_MS: u64 = 500;
 /// How long a (re)started member gets to serve a linearizable Range.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -136,6 +137,9 @@ impl Cluster {
         let log = File::create(self.log_path(i, self.members[i].starts)).expect("create log");
         let m = &self.members[i];
         let listen_peer = format!("http://127.0.0.1:{}", m.listen_peer_port);
+        // Where the nemesis drops trigger files (src/failpoint.rs).
+        let triggers = self.trigger_dir(i);
+        let _ = std::fs::create_dir_all(&triggers);
         let child = Command::new(&self.binary)
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -155,6 +159,7 @@ impl Cluster {
             } else {
                 &[]
             })
+            .env("CAIRN_FAILPOINT_TRIGGER_DIR", &triggers)
             .envs(self.env.iter().chain(extra).map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
@@ -254,6 +259,25 @@ impl Cluster {
         self.members.iter().position(|m| m.id() == leader)
     }
 
+    /// The highest raft term the running members report (None if none
+    /// answers): a change means leadership may have changed.
+    pub fn max_term(&self) -> Option<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running() && !m.paused)
+            .filter_map(|m| {
+                let url = m.client_url();
+                grpc::block_on(async move {
+                    let mut m = MaintenanceClient::new(channel(&url).await?);
+                    m.status(StatusRequest {})
+                        .await
+                        .ok()
+                        .map(|r| r.into_inner().raft_term)
+                })
+            })
+            .max()
+    }
+
     /// Asks the leader to hand leadership to member `to`.
     pub fn move_leader(&self, from: usize, to: usize) -> Result<(), String> {
         let url = self.members[from].client_url();
@@ -342,7 +366,23 @@ impl Cluster {
         }
     }
 
-    fn logs(&self, i: usize) -> String {
+    fn trigger_dir(&self, i: usize) -> PathBuf {
+        self.tmp
+            .path()
+            .join(format!("{}-triggers", self.members[i].name))
+    }
+
+    /// Arms failpoint `name` in the running member `i`: its next hit
+    /// panics (`CAIRN_FAILPOINT_TRIGGER_DIR`, src/failpoint.rs). The file
+    /// to watch: it is gone once the failpoint fired.
+    pub fn trigger(&self, i: usize, name: &str) -> PathBuf {
+        let file = self.trigger_dir(i).join(name);
+        std::fs::write(&file, b"").expect("write a trigger file");
+        file
+    }
+
+    /// Every incarnation's log of member `i`, oldest first.
+    pub fn logs(&self, i: usize) -> String {
         (1..=self.members[i].starts)
             .map(|s| std::fs::read_to_string(self.log_path(i, s)).unwrap_or_default())
             .collect::<Vec<_>>()

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use cairn::proto::etcdserverpb::kv_client::KvClient;
 use cairn_robust::history::{Operation, Outcome, Request, Response};
-use cairn_robust::{linearizability, watch};
+use cairn_robust::{lease_end, linearizability, watch};
 
 use cluster::Cluster;
 pub use nemesis::Fault;
@@ -68,6 +68,9 @@ pub struct Scenario {
     pub etcd: bool,
     /// Whether watchers ask for progress notifications (RequestProgress).
     pub progress_requests: bool,
+    /// Stop as soon as this many operations are acknowledged (the
+    /// duration then only bounds the run).
+    pub target_operations: Option<usize>,
 }
 
 impl Scenario {
@@ -95,6 +98,7 @@ impl Scenario {
             seed,
             etcd: false,
             progress_requests: true,
+            target_operations: None,
         }
     }
 }
@@ -133,6 +137,7 @@ impl Scenario {
         }
         if self.k8s_clients > 0 {
             keys.extend((0..self.keys).map(|k| format!("{}p{k}", traffic::K8S_PREFIX)));
+            keys.extend((0..self.keys).map(traffic::companion_key));
         }
         keys
     }
@@ -149,6 +154,12 @@ pub struct RunReport {
     pub nemesis: nemesis::Log,
     /// Every member's HashKV at one revision after the run, or why not.
     pub converged: Result<(i64, u32), String>,
+    /// Leases the final lease check asked about, how long it took, and
+    /// how long after the heal it last saw the raft term change.
+    pub leases_checked: (usize, Duration, Duration),
+    /// What the final lease check found: leases alive past their TTL,
+    /// keys outliving their lease.
+    pub leases: Vec<String>,
     /// Where the history was written (only when a check failed).
     pub history_file: Option<PathBuf>,
     pub elapsed: Duration,
@@ -156,7 +167,14 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn ok(&self) -> bool {
-        self.linearizability.is_linearizable() && self.watch.ok() && self.converged.is_ok()
+        self.linearizability.is_linearizable()
+            && self.watch.ok()
+            && self.converged.is_ok()
+            && self.leases.is_empty()
+            && !self
+                .nemesis
+                .iter()
+                .any(|l| l.contains(nemesis::NOT_SURVIVED))
     }
     /// A readable summary, and the violations if any.
     pub fn summary(&self, s: &Scenario) -> String {
@@ -179,8 +197,17 @@ impl RunReport {
             self.nemesis.len(),
             self.elapsed,
         );
+        if self.leases_checked.0 > 0 {
+            out.push_str(&format!(
+                "; final lease check: {} leases in {:?} (term last changed {:?} after the heal)",
+                self.leases_checked.0, self.leases_checked.1, self.leases_checked.2
+            ));
+        }
         if let Some(v) = &self.linearizability.violation {
             out.push_str(&format!("\nLINEARIZABILITY VIOLATION:\n{v}"));
+        }
+        for v in &self.leases {
+            out.push_str(&format!("\nLEASE VIOLATION: {v}"));
         }
         for v in &self.watch.violations {
             out.push_str(&format!("\nWATCH VIOLATION: {v}"));
@@ -235,6 +262,9 @@ pub fn run(s: &Scenario) -> RunReport {
         "a fresh cluster holds robustness keys: {initial:?}"
     );
     let rec = Arc::new(Recorder::new(initial.0));
+    if let Some(n) = s.target_operations {
+        rec.target.store(n, Ordering::SeqCst);
+    }
     let deadline = Instant::now() + s.duration;
 
     let mut tasks = Vec::new();
@@ -308,12 +338,16 @@ pub fn run(s: &Scenario) -> RunReport {
         let cluster = cluster.clone();
         let faults = s.faults.clone();
         let seed = s.seed;
-        std::thread::spawn(move || nemesis::run(cluster, &faults, deadline, started, seed))
+        let rec = rec.clone();
+        std::thread::spawn(move || {
+            nemesis::run(cluster, &faults, deadline, started, seed, || rec.enough())
+        })
     };
     for t in tasks {
         rt.block_on(t).expect("traffic task");
     }
     let nemesis_log = nemesis_log.join().expect("nemesis thread");
+    let healed = rec.now();
 
     // Final reads of every key, then let the reference watcher catch up
     // with the final revision (bounded) so the watch checker sees it all.
@@ -336,6 +370,14 @@ pub fn run(s: &Scenario) -> RunReport {
         .expect("cluster lock")
         .converged(Duration::from_secs(20));
     let history = rec.history();
+    let lease_started = Instant::now();
+    let final_leases = final_leases(&rt, &urls[0], &cluster, &history, &rec, healed);
+    let leases_checked = (
+        lease_end::lives(&history).len(),
+        lease_started.elapsed(),
+        Duration::from_nanos(final_leases.stable_since.saturating_sub(healed)),
+    );
+    let leases = lease_end::check(&history, &final_leases);
     let lin = linearizability::check(&history, linearizability::DEFAULT_STEP_BUDGET);
     let watch = watch::check(&history);
     let mut outcome = RunReport {
@@ -346,6 +388,8 @@ pub fn run(s: &Scenario) -> RunReport {
         watch,
         nemesis: nemesis_log,
         converged,
+        leases_checked,
+        leases,
         history_file: None,
         elapsed: started.elapsed(),
     };
@@ -423,4 +467,100 @@ async fn final_reads(url: &str, keys: &[String], rec: &Recorder, client: usize) 
         }
     }
     rec.max_revision.load(Ordering::SeqCst)
+}
+
+/// The final lease check's observations (`cairn_robust::lease_end`): asks
+/// about every lease the traffic granted (LeaseTimeToLive) until each is
+/// gone or past the latest moment it may expire, watching the raft term
+/// meanwhile (a new leader renews every lease), then reads which keys of
+/// the prefix are still attached to a lease. Bounded to a minute.
+fn final_leases(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    cluster: &Mutex<Cluster>,
+    history: &cairn_robust::history::History,
+    rec: &Recorder,
+    healed: u64,
+) -> lease_end::Final {
+    use cairn::proto::etcdserverpb::lease_client::LeaseClient;
+    use cairn::proto::etcdserverpb::{LeaseTimeToLiveRequest, RangeRequest};
+    use futures::StreamExt as _;
+    let lives = lease_end::lives(history);
+    let mut f = lease_end::Final {
+        stable_since: healed,
+        extend: cluster::ELECTION_MS * 1_000_000,
+        slack: 2_000_000_000,
+        ..lease_end::Final::default()
+    };
+    if lives.is_empty() {
+        return f;
+    }
+    let _in_runtime = rt.enter();
+    let Some(channel) = traffic::lazy_channel(url) else {
+        return f;
+    };
+    let lease = LeaseClient::new(channel.clone());
+    let mut pending: Vec<i64> = lives.keys().copied().collect();
+    let mut term = cluster.lock().expect("cluster lock").max_term();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() && Instant::now() < give_up {
+        let t = cluster.lock().expect("cluster lock").max_term();
+        if t.is_some() && t != term {
+            term = t;
+            f.stable_since = rec.now();
+        }
+        // Up to 32 questions at a time: hundreds of leases, one by one,
+        // took 10-15 s on a loaded machine.
+        let asked = rt.block_on(
+            futures::stream::iter(pending.iter().map(|&id| {
+                let mut lease = lease.clone();
+                async move {
+                    let invoked = rec.now();
+                    let answer = lease
+                        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+                        .await;
+                    (id, invoked, rec.now(), answer)
+                }
+            }))
+            .buffer_unordered(32)
+            .collect::<Vec<_>>(),
+        );
+        for (id, invoked, completed, answer) in asked {
+            if let Ok(r) = answer {
+                let ttl = r.into_inner().ttl;
+                // Alive at least when asked; gone at the latest when answered.
+                let at = if ttl < 0 { completed } else { invoked };
+                f.observations.push(lease_end::Observation { id, at, ttl });
+            }
+        }
+        // Done with a lease once it is gone, or seen alive past its
+        // deadline (a violation already).
+        pending.retain(|id| {
+            let due = lease_end::deadline(&lives[id], &f);
+            !f.observations
+                .iter()
+                .any(|o| o.id == *id && (o.ttl < 0 || o.at > due))
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let at = rec.now();
+    let range = rt.block_on(KvClient::new(channel).range(RangeRequest {
+        key: traffic::PREFIX.as_bytes().to_vec(),
+        range_end: traffic::PREFIX_END.as_bytes().to_vec(),
+        ..Default::default()
+    }));
+    if let Ok(r) = range {
+        f.keys = r
+            .into_inner()
+            .kvs
+            .iter()
+            .filter(|kv| kv.lease != 0)
+            .map(|kv| lease_end::KeyLease {
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                lease: kv.lease,
+                at,
+            })
+            .collect();
+    }
+    f
 }

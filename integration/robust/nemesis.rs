@@ -9,6 +9,8 @@
 //! | `IsolateLeader`, `IsolateFollower` | block the member's peer proxy: it hears no peer |
 //! | `MoveLeader` | Maintenance MoveLeader to another member, under load |
 //! | `Delay` | a member's peer proxy holds every chunk 50–300 ms |
+//! | `Blackhole` | a member's peer proxy swallows every byte, both ways, closing nothing (a silent loss) |
+//! | `LinkPanic` | the leader's next peer link send panics (`CAIRN_FAILPOINT_TRIGGER_DIR`); the link must restart by itself, the member must not exit |
 //! | `Crash(name)` | restart a member with `CAIRN_FAILPOINT_CRASH=name@n`; once it has aborted there (or the hold is over), restart it clean |
 //! | `Crash("snapshot-send")` | kill a follower; restart the others one by one with the failpoint armed; let the log move on; restart the follower, so the leader must send it a snapshot and crashes doing so; restart everyone clean |
 //! | `Replace` | member replace: remove a follower, wipe it, add it back fresh (`--initial-cluster-state existing`), under load |
@@ -30,6 +32,12 @@ pub enum Fault {
     IsolateFollower,
     MoveLeader,
     Delay,
+    /// Bytes to and from a member's peer listener are accepted and
+    /// dropped; no connection is closed.
+    Blackhole,
+    /// A panic inside a peer link's sender (a restartable part): the
+    /// member must live on and the link reconnect.
+    LinkPanic,
     /// A crash failpoint inside cairn (`src/failpoint.rs`), e.g.
     /// `raft-before-save`.
     Crash(&'static str),
@@ -41,14 +49,23 @@ pub enum Fault {
 /// report and for a failed run's history file.
 pub type Log = Vec<String>;
 
-/// Injects faults from `faults` (round-robin) until `deadline`; every fault
-/// is healed before the next, and everything is healed on return.
+/// Marks a log line saying a member did not survive a fault it must
+/// survive (the run then fails).
+pub const NOT_SURVIVED: &str = "FAULT NOT SURVIVED";
+
+/// What a member logs when a peer link's sender panicked (src/peer/link.rs).
+const LINK_PANICKED: &str = "peer link sender panicked";
+
+/// Injects faults from `faults` (round-robin) until `deadline`, or until
+/// `enough` says the traffic has done enough; every fault is healed before
+/// the next, and everything is healed on return.
 pub fn run(
     cluster: Arc<Mutex<Cluster>>,
     faults: &[Fault],
     deadline: Instant,
     started: Instant,
     seed: u64,
+    enough: impl Fn() -> bool,
 ) -> Log {
     let mut rng = Rng::new(seed);
     let mut log = Log::new();
@@ -59,7 +76,10 @@ pub fn run(
     loop {
         // Let traffic run undisturbed for a while between faults.
         let quiet = rng.millis(300, 1_000);
-        if Instant::now() + quiet + Duration::from_secs(2) >= deadline || faults.is_empty() {
+        if Instant::now() + quiet + Duration::from_secs(2) >= deadline
+            || faults.is_empty()
+            || enough()
+        {
             break;
         }
         std::thread::sleep(quiet);
@@ -134,6 +154,71 @@ pub fn run(
                     .heal();
                 stamp(&mut log, format!("healed m{}", random + 1));
             }
+            Fault::Blackhole => {
+                let swallowed = c.members[random].proxy.dropped();
+                c.members[random].proxy.blackhole();
+                stamp(
+                    &mut log,
+                    format!("Blackhole: m{}'s peer traffic silently dropped", random + 1),
+                );
+                drop(c);
+                std::thread::sleep(hold);
+                let c = cluster.lock().expect("cluster lock");
+                c.members[random].proxy.heal();
+                let swallowed = c.members[random].proxy.dropped() - swallowed;
+                stamp(
+                    &mut log,
+                    format!("healed m{} ({swallowed} bytes swallowed)", random + 1),
+                );
+            }
+            Fault::LinkPanic if n > 1 => {
+                // The leader's links carry the appends: the busiest sends.
+                let i = leader.unwrap_or(random);
+                let before = c.logs(i).matches(LINK_PANICKED).count();
+                let file = c.trigger(i, "peer-link-send");
+                stamp(
+                    &mut log,
+                    format!("LinkPanic: m{}'s next peer link send panics", i + 1),
+                );
+                drop(c);
+                let fired = crate::common::wait_until(hold * 3, || !file.exists());
+                let _ = std::fs::remove_file(&file);
+                // The link restarts after a backoff of at most a second.
+                let reconnected = fired
+                    && crate::common::wait_until(Duration::from_secs(10), || {
+                        let logs = cluster.lock().expect("cluster lock").logs(i);
+                        let mut panics = logs.match_indices(LINK_PANICKED).skip(before);
+                        panics.next().is_some_and(|(at, _)| {
+                            // The same link (remote_peer_id=…) connected again.
+                            let mut lines = logs[at..].lines();
+                            let peer = lines.next().and_then(|l| {
+                                l.split_whitespace()
+                                    .find(|w| w.starts_with("remote_peer_id="))
+                            });
+                            peer.is_some_and(|p| {
+                                lines.any(|l| l.contains("peer link connected") && l.contains(p))
+                            })
+                        })
+                    });
+                let mut c = cluster.lock().expect("cluster lock");
+                let exited = c.exited(i);
+                let outcome = match (fired, exited, reconnected) {
+                    (false, false, _) => "the failpoint was not reached".to_string(),
+                    (true, false, true) => {
+                        "its link panicked and reconnected; the member lives on".to_string()
+                    }
+                    (_, true, _) => format!("{NOT_SURVIVED}: the member exited"),
+                    (true, false, false) => {
+                        format!("{NOT_SURVIVED}: its link panicked and did not reconnect")
+                    }
+                };
+                stamp(&mut log, format!("m{}: {outcome}", i + 1));
+                if exited {
+                    c.spawn(i);
+                    c.wait_ready(i);
+                }
+            }
+            Fault::LinkPanic => stamp(&mut log, "LinkPanic: one member, no link".to_string()),
             Fault::Crash("snapshot-send") if n > 1 => {
                 let arm = "snapshot-send@1".to_string();
                 let f = match leader {

@@ -10,6 +10,11 @@
 //! if it is the one cut off, steps down by check-quorum, and a follower
 //! falls behind). [`Proxy::delay`] holds every chunk of bytes, both ways,
 //! for a while before passing it on (a slow network: latency, not loss).
+//! [`Proxy::blackhole`] keeps every connection open and accepts new ones,
+//! but reads and discards every byte, both ways, until [`Proxy::heal`]: a
+//! silent network loss (nothing is closed or refused, so the members learn
+//! of it only from their own timeouts; bytes lost mid-stream leave the
+//! streams corrupt, to be noticed and re-opened after the heal).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,9 +24,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Copies `from` to `to`, each chunk `delay` milliseconds (read when the
-/// chunk arrives) after it was read, in order.
-async fn delayed_copy<R, W>(mut from: R, mut to: W, delay: Arc<AtomicU64>)
-where
+/// chunk arrives) after it was read, in order; while `blackhole` is set,
+/// chunks are read and dropped.
+async fn delayed_copy<R, W>(
+    mut from: R,
+    mut to: W,
+    delay: Arc<AtomicU64>,
+    blackhole: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+) where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -41,6 +52,10 @@ where
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if blackhole.load(Ordering::SeqCst) {
+            dropped.fetch_add(n as u64, Ordering::SeqCst);
+            continue;
+        }
         let due = tokio::time::Instant::now() + Duration::from_millis(delay.load(Ordering::SeqCst));
         if tx.send((due, buf[..n].to_vec())).is_err() {
             break;
@@ -56,6 +71,10 @@ pub struct Proxy {
     blocked: Arc<AtomicBool>,
     /// Milliseconds every chunk is held (0: none).
     delay: Arc<AtomicU64>,
+    /// Every byte through the proxy is dropped, silently.
+    blackhole: Arc<AtomicBool>,
+    /// Bytes the blackhole swallowed so far.
+    dropped: Arc<AtomicU64>,
     /// Bumped on every block: each connection ends when it changes.
     cut: tokio::sync::watch::Sender<u64>,
     accept: tokio::task::JoinHandle<()>,
@@ -70,10 +89,14 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy address").port();
         let blocked = Arc::new(AtomicBool::new(false));
         let delay = Arc::new(AtomicU64::new(0));
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
         let (cut, _) = tokio::sync::watch::channel(0u64);
         let accept = tokio::spawn({
             let blocked = blocked.clone();
             let delay = delay.clone();
+            let blackhole = blackhole.clone();
+            let dropped = dropped.clone();
             let cut = cut.clone();
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
@@ -83,14 +106,23 @@ impl Proxy {
                     }
                     let mut cut_rx = cut.subscribe();
                     let delay = delay.clone();
+                    let blackhole = blackhole.clone();
+                    let dropped = dropped.clone();
                     tokio::spawn(async move {
                         let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                             return;
                         };
                         let (in_r, in_w) = inbound.into_split();
                         let (out_r, out_w) = outbound.into_split();
-                        let there = tokio::spawn(delayed_copy(in_r, out_w, delay.clone()));
-                        let back = tokio::spawn(delayed_copy(out_r, in_w, delay));
+                        let there = tokio::spawn(delayed_copy(
+                            in_r,
+                            out_w,
+                            delay.clone(),
+                            blackhole.clone(),
+                            dropped.clone(),
+                        ));
+                        let back =
+                            tokio::spawn(delayed_copy(out_r, in_w, delay, blackhole, dropped));
                         let (a, b) = (there.abort_handle(), back.abort_handle());
                         tokio::select! {
                             _ = there => {}
@@ -109,6 +141,8 @@ impl Proxy {
             port,
             blocked,
             delay,
+            blackhole,
+            dropped,
             cut,
             accept,
         }
@@ -123,6 +157,18 @@ impl Proxy {
     pub fn heal(&self) {
         self.blocked.store(false, Ordering::SeqCst);
         self.delay.store(0, Ordering::SeqCst);
+        self.blackhole.store(false, Ordering::SeqCst);
+    }
+
+    /// Drops every byte through the proxy, both ways, without closing or
+    /// refusing anything, until [`Proxy::heal`].
+    pub fn blackhole(&self) {
+        self.blackhole.store(true, Ordering::SeqCst);
+    }
+
+    /// Bytes the blackhole has swallowed since the proxy started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::SeqCst)
     }
 
     /// Holds every chunk through the proxy for `ms` milliseconds (0: none).

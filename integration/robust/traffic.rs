@@ -14,7 +14,7 @@
 //!
 //! Every loop ends at its deadline or its operation count, whichever first.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,11 @@ pub struct Recorder {
     pub stop_reference: AtomicBool,
     /// Revisions compactions were requested at.
     compactions: Mutex<Vec<i64>>,
+    /// Operations acknowledged so far.
+    acknowledged: AtomicUsize,
+    /// Traffic (and the nemesis) stop once this many operations are
+    /// acknowledged, even before their deadline (usize::MAX: never).
+    pub target: AtomicUsize,
 }
 
 impl Recorder {
@@ -90,7 +95,17 @@ impl Recorder {
             reference: AtomicI64::new(initial_revision),
             stop_reference: AtomicBool::new(false),
             compactions: Mutex::new(Vec::new()),
+            acknowledged: AtomicUsize::new(0),
+            target: AtomicUsize::new(usize::MAX),
         }
+    }
+    /// Whether enough operations were acknowledged (see `target`).
+    pub fn enough(&self) -> bool {
+        self.acknowledged.load(Ordering::SeqCst) >= self.target.load(Ordering::SeqCst)
+    }
+    /// Whether a loop bounded by `deadline` should stop.
+    pub fn over(&self, deadline: Instant) -> bool {
+        Instant::now() >= deadline || self.enough()
     }
     /// Nanoseconds since the run started.
     pub fn now(&self) -> u64 {
@@ -100,6 +115,9 @@ impl Recorder {
         self.max_revision.fetch_max(revision, Ordering::SeqCst);
     }
     pub fn record(&self, op: Operation) {
+        if matches!(op.outcome, Outcome::Ok(_)) {
+            self.acknowledged.fetch_add(1, Ordering::SeqCst);
+        }
         if let Some(revision) = match &op.outcome {
             Outcome::Ok(r) => r.revision(),
             Outcome::Failed(_) => None,
@@ -191,11 +209,7 @@ pub async fn execute(kv: &mut KvClient<Channel>, request: &Request) -> Result<Re
                 deleted: r.deleted,
             })
         }
-        Request::Txn {
-            key,
-            compare,
-            value,
-        } => {
+        Request::Txn { key, compare, .. } | Request::TxnPair { key, compare, .. } => {
             let (target, union) = match compare {
                 history::Compare::ModRevision(n) => {
                     (CompareTarget::Mod, TargetUnion::ModRevision(*n))
@@ -214,13 +228,17 @@ pub async fn execute(kv: &mut KvClient<Channel>, request: &Request) -> Result<Re
                         range_end: Vec::new(),
                         target_union: Some(union),
                     }],
-                    success: vec![RequestOp {
-                        request: Some(request_op::Request::RequestPut(PutRequest {
-                            key: key.clone().into_bytes(),
-                            value: value.clone().into_bytes(),
-                            ..Default::default()
-                        })),
-                    }],
+                    success: request
+                        .puts()
+                        .into_iter()
+                        .map(|(key, value)| RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: key.as_bytes().to_vec(),
+                                value: value.as_bytes().to_vec(),
+                                ..Default::default()
+                            })),
+                        })
+                        .collect(),
                     failure: vec![RequestOp {
                         request: Some(request_op::Request::RequestRange(RangeRequest {
                             key: key.clone().into_bytes(),
@@ -396,7 +414,7 @@ pub async fn lease_client(
     let mut live: Vec<Live> = Vec::new();
     for n in 0..max_ops {
         let now = Instant::now();
-        if now >= deadline {
+        if rec.over(deadline) {
             break;
         }
         live.retain(|l| l.kept || now < l.usable_until);
@@ -453,12 +471,19 @@ pub async fn lease_client(
 
 /// The prefix the Kubernetes-style clients keep their objects under.
 pub const K8S_PREFIX: &str = "/robust/pods/";
+
+/// The key a Kubernetes-style client writes along with object `k` in a
+/// txn pair (under the same prefix, so lists and informers see both).
+pub fn companion_key(k: usize) -> String {
+    format!("{K8S_PREFIX}s{k}")
+}
 const K8S_PREFIX_END: &str = "/robust/pods0";
 
 /// A Kubernetes-style client (an apiserver's storage traffic): lists the
 /// prefix, creates objects with `mod_revision == 0` txns and updates them
-/// with txns on the mod_revision it last saw (optimistic concurrency), and
-/// reads single objects. `max_ops` operations at most, until `deadline`.
+/// with txns on the mod_revision it last saw (optimistic concurrency), some
+/// of which also write the object's companion key (two keys, one revision),
+/// and reads single objects. `max_ops` operations at most, until `deadline`.
 pub async fn k8s_client(
     client: usize,
     url: String,
@@ -475,7 +500,7 @@ pub async fn k8s_client(
     let mut rng = Rng::new(seed);
     let mut last_seen = vec![0i64; keys];
     for n in 0..max_ops {
-        if Instant::now() >= deadline {
+        if rec.over(deadline) {
             break;
         }
         let k = rng.below(keys as u64) as usize;
@@ -491,6 +516,16 @@ pub async fn k8s_client(
                 key,
                 compare: history::Compare::ModRevision(0),
                 value,
+            },
+            // An update that writes the object's companion key (an index,
+            // a status object) in the same txn, on the object's
+            // mod_revision alone.
+            6 | 7 => Request::TxnPair {
+                key,
+                compare: history::Compare::ModRevision(last_seen[k]),
+                value,
+                also: companion_key(k),
+                also_value: format!("c{client}-{n}s"),
             },
             _ => Request::Txn {
                 key,
@@ -545,7 +580,7 @@ pub async fn informer(
     seed: u64,
 ) {
     let mut rng = Rng::new(seed);
-    while Instant::now() < deadline {
+    while !rec.over(deadline) {
         let url = &urls[rng.below(urls.len() as u64) as usize];
         let Some(channel) = lazy_channel(url) else {
             return;
@@ -603,7 +638,7 @@ pub async fn kv_client(
     // The mod_revision this client last saw per key (0: absent/unknown).
     let mut last_seen = vec![0i64; keys];
     for n in 0..max_ops {
-        if Instant::now() >= deadline {
+        if rec.over(deadline) {
             break;
         }
         let k = rng.below(keys as u64) as usize;
@@ -794,7 +829,7 @@ pub async fn watcher(
     seed: u64,
 ) {
     let mut rng = Rng::new(seed);
-    while Instant::now() < deadline {
+    while !rec.over(deadline) {
         let url = &urls[rng.below(urls.len() as u64) as usize];
         // Mostly from a revision still in history; one in five from
         // anywhere, so some watches meet the compaction and are canceled.
@@ -859,7 +894,7 @@ pub async fn reference_watcher(
 /// reference watcher has seen.
 pub async fn compactor(urls: Vec<String>, rec: Arc<Recorder>, period: Duration, deadline: Instant) {
     let mut turn = 0;
-    while Instant::now() + period < deadline {
+    while Instant::now() + period < deadline && !rec.enough() {
         tokio::time::sleep(period).await;
         let target = rec.reference.load(Ordering::SeqCst) - 5;
         if target

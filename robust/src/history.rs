@@ -55,6 +55,17 @@ pub enum Request {
         compare: Compare,
         value: String,
     },
+    /// `if compare(key) then put(key, value), put(also, also_value) else
+    /// get(key)`: a Kubernetes-style update conditioned on one key's
+    /// mod_revision that writes a second key too, both at the txn's one
+    /// revision.
+    TxnPair {
+        key: String,
+        compare: Compare,
+        value: String,
+        also: String,
+        also_value: String,
+    },
     /// A linearizable Range of `[key, range_end)` (a Kubernetes-style
     /// list of a prefix).
     List {
@@ -93,11 +104,11 @@ pub enum Request {
 }
 
 impl Request {
-    /// The key the request is about: its one key, a List's start, or
-    /// "" for a lease request.
+    /// The key the request is about: its one key, a List's start, a
+    /// txn pair's compared key, or "" for a lease request.
     pub fn key(&self) -> &str {
         self.single_key().unwrap_or(match self {
-            Request::List { key, .. } => key,
+            Request::List { key, .. } | Request::TxnPair { key, .. } => key,
             _ => "",
         })
     }
@@ -112,13 +123,32 @@ impl Request {
             _ => None,
         }
     }
-    /// The value a write puts, if any (values are unique in a history).
+    /// The value a write puts, if any (values are unique in a history); a
+    /// txn pair's first.
     pub fn value(&self) -> Option<&str> {
         match self {
             Request::Put { value, .. }
             | Request::Txn { value, .. }
+            | Request::TxnPair { value, .. }
             | Request::LeasePut { value, .. } => Some(value),
             _ => None,
+        }
+    }
+    /// Every (key, value) a write puts if it takes effect (a txn's success
+    /// branch), all at one revision.
+    pub fn puts(&self) -> Vec<(&str, &str)> {
+        match self {
+            Request::Put { key, value }
+            | Request::Txn { key, value, .. }
+            | Request::LeasePut { key, value, .. } => vec![(key, value)],
+            Request::TxnPair {
+                key,
+                value,
+                also,
+                also_value,
+                ..
+            } => vec![(key, value), (also, also_value)],
+            _ => Vec::new(),
         }
     }
 }

@@ -15,10 +15,13 @@
 //! * [`watch::check`]: etcd's watch guarantees (ordered, unique, atomic,
 //!   reliable, resumable, progress notifications that tell the truth),
 //!   judged against the writes the whole history proves happened.
+//! * [`lease_end::check`]: after the run, every lease ended within its TTL
+//!   (and etcd's allowances), and took its keys with it.
 //!
 //! Nothing here talks to a server: the checkers are plain functions over
 //! recorded data, unit-tested with hand-made good and bad histories.
 
 pub mod history;
+pub mod lease_end;
 pub mod linearizability;
 pub mod watch;

@@ -260,7 +260,12 @@ pub struct EtcdModel {
 
 /// Applies a put to `state`; the new revision.
 fn put(state: &mut EtcdState, key: &str, value: &str) -> i64 {
-    let revision = state.revision + 1;
+    put_at(state, key, value, state.revision + 1)
+}
+
+/// Applies a put to `state` at `revision` (the store's next, or its
+/// current one for the second put of a txn); `revision`.
+fn put_at(state: &mut EtcdState, key: &str, value: &str, revision: i64) -> i64 {
     let kv = match state.keys.get(key) {
         Some(old) => KeyValue {
             value: value.to_string(),
@@ -360,12 +365,21 @@ impl EtcdModel {
 
     /// Whether a free write may make `event` at its revision.
     fn free_write_fits(&self, event: &Event) -> bool {
-        if event.revision > self.horizon || self.claimed.contains(&event.revision) {
+        self.free_writes_fit(std::slice::from_ref(event))
+    }
+
+    /// Whether a free write may make `events` (all at one revision): the
+    /// event a watch saw there, if any, is one of them.
+    fn free_writes_fit(&self, events: &[Event]) -> bool {
+        let Some(revision) = events.first().map(|e| e.revision) else {
+            return false;
+        };
+        if revision > self.horizon || self.claimed.contains(&revision) {
             return false;
         }
         self.seen
-            .get(&event.revision)
-            .is_none_or(|seen| seen == event)
+            .get(&revision)
+            .is_none_or(|seen| events.contains(seen))
     }
 
     /// A cheap test, before any state is copied: can the step's revision
@@ -526,6 +540,54 @@ impl EtcdModel {
                     Known::Response(_) => None,
                 }
             }
+            (
+                Request::TxnPair {
+                    key,
+                    compare,
+                    value,
+                    also,
+                    also_value,
+                },
+                known,
+            ) => {
+                let holds = compare_holds(&s, key, compare);
+                // Both puts at one new revision.
+                let both = |s: &mut EtcdState| {
+                    let revision = put(s, key, value);
+                    put_at(s, also, also_value, revision)
+                };
+                match known {
+                    Known::Response(Response::Txn {
+                        revision,
+                        succeeded,
+                        kv,
+                    }) => {
+                        if *succeeded != holds {
+                            return None;
+                        }
+                        if holds {
+                            (both(&mut s) == *revision).then_some(s)
+                        } else {
+                            (*revision == s.revision && s.keys.get(key) == kv.as_ref()).then_some(s)
+                        }
+                    }
+                    Known::Pinned(r) => (holds && both(&mut s) == *r).then_some(s),
+                    Known::Free => {
+                        if !holds {
+                            return None;
+                        }
+                        let revision = both(&mut s);
+                        let event = |k: &String, v: &String| Event {
+                            revision,
+                            key: k.clone(),
+                            value: Some(v.clone()),
+                        };
+                        self.free_writes_fit(&[event(key, value), event(also, also_value)])
+                            .then_some(s)
+                    }
+                    Known::Response(_) => None,
+                }
+            }
             _ => None,
         }
     }
@@ -649,9 +711,13 @@ fn prepare(history: &History) -> (EtcdModel, Vec<Call>, Vec<usize>, Stats) {
                 Known::Response(resp.clone())
             }
             (request, Outcome::Failed(_))
-                if request.value().is_some_and(|v| observed.contains_key(v)) =>
+                if request.puts().iter().any(|(_, v)| observed.contains_key(v)) =>
             {
-                let r = request.value().map_or(0, |v| observed[v]);
+                let r = request
+                    .puts()
+                    .iter()
+                    .find_map(|(_, v)| observed.get(v).copied())
+                    .unwrap_or(0);
                 claimed.insert(r);
                 stats.pinned += 1;
                 Known::Pinned(r)
@@ -1031,7 +1097,10 @@ pub fn check_per_key(history: &History, budget: u64) -> Report {
     let mut keys: Vec<&str> = history
         .operations
         .iter()
-        .filter_map(|o| o.request.single_key())
+        .flat_map(|o| match &o.request {
+            Request::TxnPair { key, also, .. } => vec![key.as_str(), also.as_str()],
+            r => r.single_key().into_iter().collect(),
+        })
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -1077,8 +1146,7 @@ fn project(history: &History, key: &str) -> History {
         operations: history
             .operations
             .iter()
-            .filter(|o| o.request.single_key() == Some(key))
-            .cloned()
+            .filter_map(|o| project_operation(o, key))
             .collect(),
         // Its events pin indeterminate writes of the key to revisions.
         watches: history
@@ -1097,6 +1165,58 @@ fn project(history: &History, key: &str) -> History {
             })
             .collect(),
     }
+}
+
+/// `op` as seen by `key` alone: a single-key operation on it as it is; a
+/// txn pair as a compare-and-swap of its compared key, and as a put of its
+/// second key (when it succeeded or may have: the condition is on another
+/// key, which this projection cannot see).
+fn project_operation(op: &Operation, key: &str) -> Option<Operation> {
+    if op.request.single_key() == Some(key) {
+        return Some(op.clone());
+    }
+    let Request::TxnPair {
+        key: compared,
+        compare,
+        value,
+        also,
+        also_value,
+    } = &op.request
+    else {
+        return None;
+    };
+    let (request, outcome) = if compared == key {
+        let request = Request::Txn {
+            key: key.to_string(),
+            compare: compare.clone(),
+            value: value.clone(),
+        };
+        (request, op.outcome.clone())
+    } else if also == key {
+        let request = Request::Put {
+            key: key.to_string(),
+            value: also_value.clone(),
+        };
+        let outcome = match &op.outcome {
+            Outcome::Ok(Response::Txn {
+                revision,
+                succeeded: true,
+                ..
+            }) => Outcome::Ok(Response::Put {
+                revision: *revision,
+            }),
+            Outcome::Ok(_) => return None,
+            failed => failed.clone(),
+        };
+        (request, outcome)
+    } else {
+        return None;
+    };
+    Some(Operation {
+        request,
+        outcome,
+        ..op.clone()
+    })
 }
 
 /// One key as a register: its value and the revision that wrote it (None
@@ -1870,5 +1990,98 @@ mod tests {
             vec![("p/a", kv("1", 2, 2, 1)), ("p/b", kv("2", 3, 3, 1))],
         ));
         assert!(!full(&stale).is_linearizable());
+    }
+
+    fn pair(k: &str, modr: i64, v: &str, also: &str, also_v: &str) -> Request {
+        Request::TxnPair {
+            key: k.into(),
+            compare: Compare::ModRevision(modr),
+            value: v.into(),
+            also: also.into(),
+            also_value: also_v.into(),
+        }
+    }
+    fn txn_ok(revision: i64, succeeded: bool, kv: Option<KeyValue>) -> Outcome {
+        Outcome::Ok(Response::Txn {
+            revision,
+            succeeded,
+            kv,
+        })
+    }
+
+    /// A Kubernetes-style txn writing two keys on one key's mod_revision:
+    /// both at one revision, or neither.
+    #[test]
+    fn a_txn_pair_writes_both_keys_at_one_revision() {
+        let ops = |get_s: Outcome| {
+            history(vec![
+                op(0, (0, 10), put("p", "1"), put_ok(2)),
+                op(
+                    0,
+                    (20, 30),
+                    pair("p", 2, "2", "s", "3"),
+                    txn_ok(3, true, None),
+                ),
+                // A stale compare fails and writes nothing.
+                op(
+                    1,
+                    (40, 50),
+                    pair("p", 2, "4", "s", "5"),
+                    txn_ok(3, false, kv("2", 2, 3, 2)),
+                ),
+                op(1, (60, 70), get("s"), get_s),
+            ])
+        };
+        assert_both(&ops(get_ok(3, kv("3", 3, 3, 1))), true);
+        // The second key missing after the pair: not atomic.
+        assert_both(&ops(get_ok(3, None)), false);
+        // The second key written by the failed pair.
+        assert_both(&ops(get_ok(3, kv("5", 3, 3, 1))), false);
+    }
+
+    /// A list must show both keys of a pair or neither.
+    #[test]
+    fn a_list_showing_half_a_txn_pair_is_rejected() {
+        let list = |kvs: Vec<(&str, Option<KeyValue>)>| {
+            Outcome::Ok(Response::List {
+                revision: 2,
+                kvs: kvs
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                    .collect(),
+            })
+        };
+        let prefix = || Request::List {
+            key: "p".into(),
+            range_end: "q".into(),
+        };
+        let ops = |answer| {
+            history(vec![
+                op(0, (0, 10), pair("p/a", 0, "1", "p/s", "2"), failed()),
+                op(1, (20, 30), prefix(), answer),
+            ])
+        };
+        let both = ops(list(vec![
+            ("p/a", kv("1", 2, 2, 1)),
+            ("p/s", kv("2", 2, 2, 1)),
+        ]));
+        assert!(full(&both).is_linearizable(), "{:?}", full(&both).violation);
+        let half = ops(list(vec![("p/a", kv("1", 2, 2, 1))]));
+        assert!(!full(&half).is_linearizable());
+    }
+
+    /// An indeterminate pair seen through its second key happened, both
+    /// keys at once.
+    #[test]
+    fn an_indeterminate_txn_pair_seen_through_its_second_key_happened_whole() {
+        let ops = |get_p: Outcome| {
+            history(vec![
+                op(0, (0, 10), pair("p", 0, "1", "s", "2"), failed()),
+                op(1, (20, 30), get("s"), get_ok(2, kv("2", 2, 2, 1))),
+                op(1, (40, 50), get("p"), get_p),
+            ])
+        };
+        assert!(full(&ops(get_ok(2, kv("1", 2, 2, 1)))).is_linearizable());
+        assert!(!full(&ops(get_ok(2, None))).is_linearizable());
     }
 }

@@ -85,39 +85,49 @@ pub fn check(history: &History) -> Report {
     };
     let mut reference = Reference::new();
     for (i, op) in history.operations.iter().enumerate() {
-        let (revision, value) = match (&op.request, &op.outcome) {
+        let events: Vec<Event> = match (&op.request, &op.outcome) {
             (
-                Request::Put { value, .. } | Request::LeasePut { value, .. },
+                Request::Put { .. } | Request::LeasePut { .. },
                 Outcome::Ok(Response::Put { revision }),
             )
             | (
-                Request::Txn { value, .. },
+                Request::Txn { .. } | Request::TxnPair { .. },
                 Outcome::Ok(Response::Txn {
                     revision,
                     succeeded: true,
                     ..
                 }),
-            ) => (*revision, Some(value.clone())),
+            ) => op
+                .request
+                .puts()
+                .into_iter()
+                .map(|(key, value)| Event {
+                    revision: *revision,
+                    key: key.to_string(),
+                    value: Some(value.to_string()),
+                })
+                .collect(),
             (
-                Request::Delete { .. },
+                Request::Delete { key },
                 Outcome::Ok(Response::Delete {
                     revision,
                     deleted: 1..,
                 }),
-            ) => (*revision, None),
+            ) => vec![Event {
+                revision: *revision,
+                key: key.clone(),
+                value: None,
+            }],
             _ => continue,
         };
-        let event = Event {
-            revision,
-            key: op.request.key().to_string(),
-            value,
-        };
-        learn(
-            &mut reference,
-            &mut report,
-            &event,
-            format!("acknowledged operation {i}"),
-        );
+        for event in &events {
+            learn(
+                &mut reference,
+                &mut report,
+                event,
+                format!("acknowledged operation {i}"),
+            );
+        }
     }
     for (w, watch) in history.watches.iter().enumerate() {
         for r in &watch.responses {

@@ -245,7 +245,8 @@ impl Lessor {
 }
 
 fn secs(s: i64) -> Duration {
-    Duration::from_secs(s.max(0) as u64) / crate::failpoint::lease_ttl_divisor()
+    Duration::from_secs(s.max(0) as u64) * crate::failpoint::lease_ttl_multiplier()
+        / crate::failpoint::lease_ttl_divisor()
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! process. The integration test `link_panic_restarts_the_link` uses it to
 //! show that the link is restarted by its supervisor while raft and the other
 //! links carry on. Unset (always, outside tests), the check is one relaxed
-//! atomic load after a one-time parse.
+//! atomic load after a one-time parse. Only debug builds (what `cargo test`
+//! builds) read the variable, as with every failpoint (`crate::failpoint`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -18,7 +19,9 @@ pub const LINK_PANIC_ENV: &str = "CAIRN_FAILPOINT_PEER_LINK_PANIC";
 fn armed() -> Option<(u64, u64)> {
     static ARMED: OnceLock<Option<(u64, u64)>> = OnceLock::new();
     *ARMED.get_or_init(|| {
-        let v = std::env::var(LINK_PANIC_ENV).ok()?;
+        let v = std::env::var(LINK_PANIC_ENV)
+            .ok()
+            .filter(|_| cfg!(debug_assertions))?;
         let (id, n) = v.split_once(':')?;
         Some((u64::from_str_radix(id, 16).ok()?, n.parse().ok()?))
     })

@@ -274,6 +274,7 @@ async fn send_loop(
                 },
             };
             super::failpoint::link_panic(target.to);
+            crate::failpoint::hit("peer-link-send");
             let bytes = batch.messages.iter().map(Vec::len).sum();
             if tx.send(batch).await.is_err() {
                 // The call ended: its outcome says why.
