@@ -284,8 +284,16 @@ impl Peer for PeerService {
             tracing::warn!(remote_peer_id = %from, index, cause = %e, "received raft snapshot refused");
             return Err(Status::data_loss(format!("snapshot image refused: {e}")));
         }
-        // Older images here can never be installed now.
-        snaps.prune(|i| i >= index);
+        // Older images above the applied index stay: raft may have taken
+        // one already and Storage not installed it yet (a new leader sends
+        // its own, newer image to a member still installing the last
+        // one's). Those at or below it can never be installed now.
+        // Installing an image removes it and every older one
+        // (`snapshot::install_kept`).
+        if let Some(store) = &self.store {
+            let applied = store.applied_index();
+            snaps.prune(|i| i > applied || i == index);
+        }
         tracing::info!(remote_peer_id = %from, index, bytes, "raft snapshot received");
         if !(self.deliver)(msg) {
             return Err(Status::unavailable("raft is busy; send the snapshot again"));
