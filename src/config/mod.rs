@@ -159,6 +159,8 @@ pub struct Config {
     pub enable_ui: bool,
     /// etcd's `--cors`: origins allowed to call from a browser (`*`: any).
     pub cors: Vec<String>,
+    /// `--backend-engine`: the state store's engine (cairn only).
+    pub backend_engine: crate::mvcc::Engine,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -202,6 +204,7 @@ impl Default for Config {
             metrics: "basic".to_string(),
             enable_ui: false,
             cors: vec!["*".to_string()],
+            backend_engine: crate::mvcc::Engine::default(),
         }
     }
 }
@@ -895,6 +898,11 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.metrics),
             enable_ui: switch("enable_ui")?.unwrap_or(defaults.enable_ui),
+            backend_engine: self
+                .get("backend_engine", |raw| {
+                    crate::mvcc::Engine::parse(raw.text()?)
+                })?
+                .unwrap_or(defaults.backend_engine),
             cors: self
                 .get("cors", |raw| {
                     // etcd: `*`, or URLs with a host and a port.

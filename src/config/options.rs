@@ -767,6 +767,15 @@ pub(super) const OPTIONS: &[Opt] = &[
          enable auth, or listen on loopback only) [default: false]",
     )
     .switch(),
+    // The state-store engine (src/mvcc/engine.rs; beyond etcd, whose
+    // engine is bbolt).
+    opt(
+        "backend_engine",
+        "backend-engine",
+        "sled|fjall",
+        "The engine holding the applied state; a data dir keeps the engine that created it \
+         (docs/storage.md) [default: sled]",
+    ),
 ];
 
 /// The option with this file key.
