@@ -13,6 +13,9 @@
 //! writes the memtable out and runs a major compaction, which drops every
 //! deleted or overwritten pair and the tombstones, while the member keeps
 //! serving (no copy, no swap).
+//!
+//! The backend conformance suite (`mvcc::backend::tests`) runs on it alone
+//! and behind the write buffer, as on sled.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -160,31 +163,10 @@ impl Backend for FjallBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::super::backend::conformance;
     use super::*;
 
     fn open(dir: &Path) -> FjallBackend {
         FjallBackend::open(dir, 8 << 20).expect("open fjall")
-    }
-
-    #[test]
-    fn conformance_suite() {
-        type Check = fn(&dyn Backend);
-        let checks: [Check; 5] = [
-            conformance::get_put_delete,
-            conformance::later_ops_in_a_batch_win,
-            conformance::scan_prefix_is_ordered_and_bounded,
-            conformance::scan_range_is_half_open_and_ordered,
-            conformance::empty_batch_is_fine,
-        ];
-        for check in checks {
-            let dir = tempfile::tempdir().expect("tempdir");
-            check(&open(dir.path()));
-            // The same, behind the write buffer, as a member runs it.
-            let dir = tempfile::tempdir().expect("tempdir");
-            let inner = std::sync::Arc::new(open(dir.path()));
-            check(&crate::mvcc::BufferedBackend::new(inner).expect("buffered"));
-        }
     }
 
     #[test]
