@@ -97,7 +97,7 @@ impl Backend for FjallBackend {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> ScanIter<'_> {
-        owned(self.part.prefix(prefix.to_vec()))
+        owned(self.part.prefix(prefix))
     }
 
     fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_> {
