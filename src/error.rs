@@ -196,6 +196,8 @@ impl From<crate::recipes::Error> for tonic::Status {
 pub enum StorageError {
     #[error("state store (sled): {0}")]
     Sled(#[from] sled::Error),
+    #[error("state store (fjall): {0}")]
+    Fjall(#[from] fjall::Error),
     #[error("raft log (raft-engine): {0}")]
     RaftEngine(#[from] raft_engine::Error),
     #[error("corrupt record in {what}: {detail}")]

@@ -28,7 +28,7 @@ use crate::msg::{
     FlushNow, Leases, Proposals, RaftClient, RaftInbox, RaftStatus, Shutdown, StepDown,
     WATCH_MAILBOX_CAPACITY,
 };
-use crate::mvcc::{BufferedBackend, DefraggableSled, Store};
+use crate::mvcc::{BufferedBackend, Store};
 use crate::proto::cairnpb::MemberAttributes;
 use crate::raft::core::Core;
 use crate::raft::log_store::LogStore;
@@ -167,10 +167,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| member_dir.join("wal"));
     let log = LogStore::open(&wal_dir).context("opening the raft log")?;
-    let sled = DefraggableSled::open(&member_dir, crate::mvcc::backend::DEFAULT_SLED_CACHE_BYTES)
-        .context("opening the state store")?;
-    let backend =
-        Arc::new(BufferedBackend::new(Arc::new(sled)).context("opening the state store")?);
+    let state = crate::mvcc::engine::open_state(
+        &member_dir,
+        cfg.backend_engine,
+        crate::mvcc::backend::DEFAULT_SLED_CACHE_BYTES,
+    )
+    .context("opening the state store")?;
+    let backend = Arc::new(BufferedBackend::new(state).context("opening the state store")?);
 
     let mut cluster = ClusterInfo::from_initial_cluster(
         &cfg.initial_cluster,

@@ -38,9 +38,7 @@ use crate::error::StorageError;
 use crate::mvcc::store::{
     CONF_MEMBER_PREFIX, META_COMPACT_REV, META_CONSISTENT_INDEX, REMOVED_PREFIX, REV_PREFIX,
 };
-use crate::mvcc::{
-    Backend, BatchWriter, Revision, SledBackend, Store, WriteBatch, NEVER_COMPACTED,
-};
+use crate::mvcc::{Backend, BatchWriter, Revision, Store, WriteBatch, NEVER_COMPACTED};
 use crate::proto::cairnpb::{SnapshotHead, SnapshotTail};
 use crate::raft::log_store::LogStore;
 
@@ -400,6 +398,8 @@ pub struct RestoreOptions {
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: Vec<url::Url>,
     pub skip_hash_check: bool,
+    /// The state engine of the new data dir (`--backend-engine`).
+    pub backend_engine: crate::mvcc::Engine,
 }
 
 /// Builds a new member's data dir from a snapshot file: the applied state of
@@ -453,7 +453,11 @@ pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<i64, SnapshotError>
     // The state: every pair but the applied index (the new log starts from
     // nothing) and the compaction revision (compacted again below, which
     // also removes what an unfinished compaction left).
-    let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(&member_dir.join("state"))?);
+    let backend: Arc<dyn Backend> = crate::mvcc::engine::open_state(
+        &member_dir,
+        opts.backend_engine,
+        crate::mvcc::backend::DEFAULT_SLED_CACHE_BYTES,
+    )?;
     let (mut head, mut tail) = (None, None);
     let mut batch = WriteBatch::new();
     let mut in_batch = 0usize;
@@ -725,6 +729,9 @@ pub mod cli {
             /// Restore a file whose hash does not check (as etcd's flag).
             #[arg(long)]
             skip_hash_check: bool,
+            /// The new data dir's state engine: sled or fjall (cairn only).
+            #[arg(long, default_value = "sled", value_parser = crate::mvcc::Engine::parse)]
+            backend_engine: crate::mvcc::Engine,
         },
         /// Prints a snapshot file's hash, revision, records and size.
         Status {
@@ -837,6 +844,7 @@ pub mod cli {
                 initial_cluster_token,
                 initial_advertise_peer_urls,
                 skip_hash_check,
+                backend_engine,
             } => {
                 let parsed = crate::config::parse_initial_cluster(&initial_cluster)
                     .map_err(|e| format!("--initial-cluster: {e}"))
@@ -860,6 +868,7 @@ pub mod cli {
                     initial_cluster_token,
                     initial_advertise_peer_urls,
                     skip_hash_check,
+                    backend_engine,
                 };
                 match restore(&file, &opts) {
                     Ok(revision) => {

@@ -247,7 +247,22 @@ fn keep_alive_stream_answers_unknown_leases_with_ttl_zero() {
 
 #[test]
 fn leases_survive_a_crash_and_are_not_expired_early() {
-    let mut s = Server::start_with(Kind::Cairn, FAST);
+    leases_survive_a_crash(&[]);
+}
+
+/// The same kill -9 on the fjall state engine.
+#[test]
+fn leases_survive_a_crash_and_are_not_expired_early_on_fjall() {
+    leases_survive_a_crash(&["--backend-engine", "fjall"]);
+}
+
+fn leases_survive_a_crash(engine: &[&str]) {
+    let flags: Vec<&str> = FAST
+        .iter()
+        .chain(common::cairn_flags(engine))
+        .copied()
+        .collect();
+    let mut s = Server::start_with(Kind::Cairn, &flags);
     let id = grant(&s, "3");
     etcdctl_ok(&s, &["put", "--lease", &id, "k", "v"]);
     s.kill();

@@ -66,23 +66,34 @@ fn save(server: &Server, file: &Path) {
 /// Starts a fresh member, replaces its data dir with the restored `file`
 /// (same name, ports and cluster flags it runs with), and restarts it.
 fn restore_into_new_member(file: &Path) -> Server {
-    let mut server = Server::start(Kind::Cairn);
+    restore_into_new_member_with(file, &[])
+}
+
+/// The same, with extra flags for the new member and its restore
+/// (`--backend-engine fjall`).
+fn restore_into_new_member_with(file: &Path, flags: &[&str]) -> Server {
+    let mut server = Server::start_with(Kind::Cairn, flags);
     server.kill();
     std::fs::remove_dir_all(server.data_dir()).expect("remove data dir");
     let peer = format!("http://127.0.0.1:{}", server.peer_port);
-    let out = cairn(&[
-        "snapshot",
-        "restore",
-        &file.to_string_lossy(),
-        "--name",
-        common::MEMBER_NAME,
-        "--data-dir",
-        &server.data_dir().to_string_lossy(),
-        "--initial-cluster",
-        &format!("{}={peer}", common::MEMBER_NAME),
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]);
+    let out = cairn(
+        &[
+            "snapshot",
+            "restore",
+            &file.to_string_lossy(),
+            "--name",
+            common::MEMBER_NAME,
+            "--data-dir",
+            &server.data_dir().to_string_lossy(),
+            "--initial-cluster",
+            &format!("{}={peer}", common::MEMBER_NAME),
+            "--initial-advertise-peer-urls",
+            &peer,
+        ]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect::<Vec<_>>(),
+    );
     assert!(
         out.status.success(),
         "restore failed: {}",
@@ -160,6 +171,49 @@ fn save_status_restore_keeps_every_key_revision_and_lease() {
     // The restored member takes writes at the next revision.
     let put = etcdctl_json(&restored, &["put", "after", "restore", "-w", "json"]);
     assert_eq!(revision_of(&put), revision + 1);
+}
+
+/// The fjall engine behind the same save and restore: a member on fjall
+/// saves, the file restores into a new fjall data dir, and the two agree;
+/// a sled member refuses that data dir by name.
+#[test]
+fn a_fjall_member_saves_and_restores_onto_fjall() {
+    const FJALL: &[&str] = &["--backend-engine", "fjall"];
+    let source = Server::start_with(Kind::Cairn, FJALL);
+    for i in 0..30 {
+        etcdctl_ok(&source, &["put", &format!("f{i:02}"), &format!("v{i}")]);
+    }
+    etcdctl_ok(&source, &["del", "f1", "--prefix"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("snap.db");
+    save(&source, &file);
+    let revision = revision_of(&etcdctl_json(&source, &["get", "f00", "-w", "json"]));
+    let mut restored = restore_into_new_member_with(&file, FJALL);
+    assert!(restored.data_dir().join("member/state-fjall").exists());
+    assert_eq!(all_kvs(&restored, 0), all_kvs(&source, 0));
+    assert_eq!(hash_kv(&restored, revision), hash_kv(&source, revision));
+
+    restored.kill();
+    let client = restored.client_url();
+    let out = cairn(&[
+        "--data-dir",
+        &restored.data_dir().to_string_lossy(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--backend-engine",
+        "sled",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "sled opened fjall's data dir: {stderr}"
+    );
+    assert!(
+        stderr.contains("written by the fjall state engine"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Space after compaction: the state store gives back what a compaction
 //! removed by itself, within a minute, while serving (etcd needs `etcdctl
-//! defrag` for that); `etcdctl defrag` works too.
+//! defrag` for that); `etcdctl defrag` works too. Each check runs on both
+//! state engines (`--backend-engine sled|fjall`).
 
 mod common;
 
@@ -11,7 +12,8 @@ use cairn::proto::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 use common::{etcdctl_json, etcdctl_ok, grpc, wait_until, Kind, Server};
 
 /// Bytes of the state store's directories (`member/state*`; the raft log
-/// in `member/wal` is not the state store).
+/// in `member/wal` is not the state store), as `du` counts them: the disk
+/// blocks held (fjall preallocates its journal as a sparse file).
 fn state_bytes(data_dir: &Path) -> u64 {
     fn walk(path: &Path) -> u64 {
         match std::fs::read_dir(path) {
@@ -19,7 +21,9 @@ fn state_bytes(data_dir: &Path) -> u64 {
                 .filter_map(Result::ok)
                 .map(|e| walk(&e.path()))
                 .sum(),
-            Err(_) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            Err(_) => std::fs::metadata(path)
+                .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                .unwrap_or(0),
         }
     }
     std::fs::read_dir(data_dir.join("member"))
@@ -28,6 +32,19 @@ fn state_bytes(data_dir: &Path) -> u64 {
         .filter(|e| e.file_name().to_string_lossy().starts_with("state"))
         .map(|e| walk(&e.path()))
         .sum()
+}
+
+/// 6 KiB that do not compress (fjall compresses its tables with LZ4).
+fn noise(seed: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (seed as u64 + 1);
+    (0..6 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// 32 transactions of 128 puts of 6 KiB each: 24 MiB of values.
@@ -39,7 +56,7 @@ fn fill(url: String) {
                 .map(|i| RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
                         key: format!("space/{t:03}/{i:03}").into_bytes(),
-                        value: vec![b'x'; 6 * 1024],
+                        value: noise(t * 128 + i),
                         ..Default::default()
                     })),
                 })
@@ -64,7 +81,19 @@ fn revision(server: &Server) -> i64 {
 
 #[test]
 fn compaction_gives_the_space_back_without_a_defrag() {
-    let server = Server::start(Kind::Cairn);
+    space_back(SLED);
+}
+
+#[test]
+fn compaction_gives_the_space_back_without_a_defrag_on_fjall() {
+    space_back(FJALL);
+}
+
+const SLED: &[&str] = &["--backend-engine", "sled"];
+const FJALL: &[&str] = &["--backend-engine", "fjall"];
+
+fn space_back(engine: &[&str]) {
+    let server = Server::start_with(Kind::Cairn, common::cairn_flags(engine));
     if server.is_etcd() {
         eprintln!("etcd keeps its file size until a defrag; nothing to check");
         return;
@@ -98,7 +127,18 @@ fn compaction_gives_the_space_back_without_a_defrag() {
 
 #[test]
 fn a_kill_during_a_defragment_loses_no_acknowledged_write() {
-    let mut server = Server::start(Kind::Cairn);
+    kill_during_defragment(SLED);
+}
+
+/// The crash test on fjall: kill -9 under writes, during or right after
+/// its major compaction (which has no directory to wait for).
+#[test]
+fn a_kill_during_a_defragment_loses_no_acknowledged_write_on_fjall() {
+    kill_during_defragment(FJALL);
+}
+
+fn kill_during_defragment(engine: &[&str]) {
+    let mut server = Server::start_with(Kind::Cairn, common::cairn_flags(engine));
     if server.is_etcd() {
         eprintln!("cairn's defragment only");
         return;
@@ -107,8 +147,9 @@ fn a_kill_during_a_defragment_loses_no_acknowledged_write() {
     // Writes go on through the defragment and the kill; each acknowledged
     // key must be there after the restart.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let (url, stop) = (server.client_url(), stop.clone());
+        let (url, stop, acks) = (server.client_url(), stop.clone(), acks.clone());
         std::thread::spawn(move || {
             grpc::block_on(async move {
                 let mut acked = Vec::new();
@@ -124,7 +165,10 @@ fn a_kill_during_a_defragment_loses_no_acknowledged_write() {
                         ..Default::default()
                     };
                     match kv.put(put).await {
-                        Ok(_) => acked.push(key),
+                        Ok(_) => {
+                            acked.push(key);
+                            acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         Err(_) => break,
                     }
                     n += 1;
@@ -138,8 +182,19 @@ fn a_kill_during_a_defragment_loses_no_acknowledged_write() {
         let endpoint = server.endpoint();
         std::thread::spawn(move || common::etcdctl_at(&endpoint, &["defrag"], None))
     };
-    let copying = wait_until(Duration::from_secs(30), || member.join("state-1").exists());
-    assert!(copying, "no defragment under way");
+    if engine == SLED {
+        let copying = wait_until(Duration::from_secs(30), || member.join("state-1").exists());
+        assert!(copying, "no defragment under way");
+    } else {
+        // fjall compacts in place: kill once writes are flowing with the
+        // defragment asked for (it may be running or just done).
+        let start = acks.load(std::sync::atomic::Ordering::SeqCst);
+        let writing = wait_until(Duration::from_secs(30), || {
+            acks.load(std::sync::atomic::Ordering::SeqCst) >= start + 200
+        });
+        assert!(writing, "no writes acknowledged during the defragment");
+        assert!(member.join("state-fjall").exists(), "not a fjall data dir");
+    }
     server.kill();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let acked = writer.join().expect("writer");

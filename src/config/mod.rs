@@ -164,6 +164,8 @@ pub struct Config {
     /// `--max-range-bytes-in-flight` (beyond etcd): the member-wide budget
     /// of Range response bytes (`grpc::budget`); 0: unlimited.
     pub max_range_bytes_in_flight: u64,
+    /// `--backend-engine`: the state store's engine (cairn only).
+    pub backend_engine: crate::mvcc::Engine,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -209,6 +211,7 @@ impl Default for Config {
             enable_pprof: false,
             cors: vec!["*".to_string()],
             max_range_bytes_in_flight: crate::grpc::budget::DEFAULT_BYTES,
+            backend_engine: crate::mvcc::Engine::default(),
         }
     }
 }
@@ -908,6 +911,11 @@ impl Layers {
                     values::unsigned(raw.text()?)
                 })?
                 .unwrap_or(defaults.max_range_bytes_in_flight),
+            backend_engine: self
+                .get("backend_engine", |raw| {
+                    crate::mvcc::Engine::parse(raw.text()?)
+                })?
+                .unwrap_or(defaults.backend_engine),
             cors: self
                 .get("cors", |raw| {
                     // etcd: `*`, or URLs with a host and a port.

@@ -784,6 +784,15 @@ pub(super) const OPTIONS: &[Opt] = &[
          that finds no room within 2 s gets 'etcdserver: too many requests'; 0 means \
          unlimited [default: 1073741824 (1 GiB)]",
     ),
+    // The state-store engine (src/mvcc/engine.rs; beyond etcd, whose
+    // engine is bbolt).
+    opt(
+        "backend_engine",
+        "backend-engine",
+        "sled|fjall",
+        "The engine holding the applied state; a data dir keeps the engine that created it \
+         (docs/storage.md) [default: sled]",
+    ),
 ];
 
 /// The option with this file key.

@@ -1802,3 +1802,21 @@ fn cors_and_enable_ui_are_read_as_etcd_reads_cors() {
         "etcd refuses an origin without a port"
     );
 }
+
+#[test]
+fn backend_engine_is_a_flag_and_a_cairn_variable() {
+    use crate::mvcc::Engine;
+    let (config, _) = load_etcd(&[], &[], None).expect("loads");
+    assert_eq!(config.backend_engine, Engine::Sled);
+    let (config, _) = load_etcd(&["--backend-engine", "fjall"], &[], None).expect("loads");
+    assert_eq!(config.backend_engine, Engine::Fjall);
+    let (config, _) = load_etcd(&[], &[("CAIRN_BACKEND_ENGINE", "fjall")], None).expect("loads");
+    assert_eq!(config.backend_engine, Engine::Fjall);
+    let refused = load_etcd(&["--backend-engine", "rocksdb"], &[], None);
+    assert!(
+        refused
+            .err()
+            .is_some_and(|e| e.to_string().contains("--backend-engine")),
+        "an unknown engine is refused, naming the flag"
+    );
+}

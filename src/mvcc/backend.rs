@@ -406,11 +406,17 @@ mod tests {
         let buffered = |inner: Arc<dyn Backend>| -> Box<dyn Backend> {
             Box::new(crate::mvcc::BufferedBackend::new(inner).expect("buffered"))
         };
+        let dir3 = tempfile::tempdir().expect("tempdir");
+        let fjall = crate::mvcc::FjallBackend::open(dir3.path(), 8 << 20).expect("open fjall");
+        let dir4 = tempfile::tempdir().expect("tempdir");
+        let fjall2 = crate::mvcc::FjallBackend::open(dir4.path(), 8 << 20).expect("open fjall");
         vec![
             ("mem", Box::new(MemBackend::new()), None),
             ("sled", Box::new(sled), Some(dir)),
+            ("fjall", Box::new(fjall), Some(dir3)),
             ("buffered(mem)", buffered(Arc::new(MemBackend::new())), None),
             ("buffered(sled)", buffered(Arc::new(sled2)), Some(dir2)),
+            ("buffered(fjall)", buffered(Arc::new(fjall2)), Some(dir4)),
         ]
     }
 

@@ -22,6 +22,8 @@
 //! * [`revision`]: the (main, sub) clock and its byte encoding.
 //! * [`backend`]: the narrow storage trait, sled and in-memory implementations.
 //! * [`buffered`]: the write buffer in front of sled (batched commits).
+//! * [`engine`]: `--backend-engine` (sled or fjall) and the data dir's memory
+//!   of it; [`fjall_backend`]: the fjall engine.
 //! * [`key_index`]: per-key generations; compaction of the index.
 //! * [`compaction`]: the background compactor (old records, index pruning)
 //!   and the registry of reads in flight it waits for.
@@ -35,6 +37,8 @@ pub mod backend;
 pub mod buffered;
 pub mod compaction;
 pub mod defrag;
+pub mod engine;
+pub mod fjall_backend;
 pub mod history;
 pub mod key_index;
 pub mod range;
@@ -45,6 +49,8 @@ pub mod writer;
 pub use backend::{Backend, MemBackend, SledBackend, WriteBatch};
 pub use buffered::BufferedBackend;
 pub use defrag::DefraggableSled;
+pub use engine::Engine;
+pub use fjall_backend::FjallBackend;
 pub use key_index::KeyRange;
 pub use range::{ReadError, ReadView};
 pub use revision::Revision;

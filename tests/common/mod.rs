@@ -57,6 +57,15 @@ impl Kind {
     }
 }
 
+/// `flags` when the server under test is cairn, none when
+/// `CAIRN_TEST_SERVER=etcd` (cairn-only flags such as `--backend-engine`).
+pub fn cairn_flags<'a>(flags: &'a [&'a str]) -> &'a [&'a str] {
+    match std::env::var("CAIRN_TEST_SERVER").as_deref() {
+        Ok("etcd") => &[],
+        _ => flags,
+    }
+}
+
 /// The `cairn` server binary under test. Tests of the `cairn` package get
 /// its path from cargo; other workspace packages that share this harness
 /// (the `cairn-bench` smoke tests, which include it with `#[path]`) cannot

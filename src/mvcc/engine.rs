@@ -1,0 +1,185 @@
+//! Which engine holds a member's applied state (`--backend-engine`), and
+//! the data dir's memory of it.
+//!
+//! ```text
+//! member/state.engine   `sled` or `fjall`: the engine that wrote this data dir
+//! member/state*         sled's databases (see `mvcc::defrag`)
+//! member/state-fjall/   fjall's keyspace
+//! ```
+//!
+//! A data dir is opened only by the engine that wrote it: the other one
+//! would find no data and start over as an empty member. A data dir from
+//! before `state.engine` existed (or made by `cairn snapshot restore`) with
+//! a sled database is sled's.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::backend::Backend;
+use super::defrag::DefraggableSled;
+use super::fjall_backend::FjallBackend;
+use crate::error::StorageError;
+
+/// The file naming the engine of a data dir.
+const MARKER: &str = "state.engine";
+/// fjall's directory under `member/`.
+pub const FJALL_DIR: &str = "state-fjall";
+
+/// A state-store engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// sled 0.34, rewritten into a fresh database by a defragment.
+    #[default]
+    Sled,
+    /// fjall 2 (LSM tree), major-compacted by a defragment.
+    Fjall,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+            Engine::Fjall => "fjall",
+        }
+    }
+
+    /// The flag's value: `sled` or `fjall`.
+    pub fn parse(text: &str) -> Result<Engine, String> {
+        match text.trim() {
+            "sled" => Ok(Engine::Sled),
+            "fjall" => Ok(Engine::Fjall),
+            other => Err(format!("must be sled or fjall, not {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The engine that wrote `member_dir`, if any wrote it.
+fn written_by(member_dir: &Path) -> Result<Option<Engine>, StorageError> {
+    match std::fs::read_to_string(member_dir.join(MARKER)) {
+        Ok(text) => Engine::parse(&text).map(Some).map_err(|e| {
+            StorageError::Io(std::io::Error::other(format!(
+                "{}: {e}",
+                member_dir.join(MARKER).display()
+            )))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if member_dir.join(FJALL_DIR).exists() {
+                Ok(Some(Engine::Fjall))
+            } else if member_dir.join("state").exists() || member_dir.join("state.current").exists()
+            {
+                Ok(Some(Engine::Sled))
+            } else {
+                Ok(None)
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the marker durably (temporary file, fsync, rename, fsync of the
+/// directory).
+fn remember(member_dir: &Path, engine: Engine) -> Result<(), StorageError> {
+    use std::io::Write as _;
+    let tmp = member_dir.join(format!("{MARKER}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(engine.name().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, member_dir.join(MARKER))?;
+    std::fs::File::open(member_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Opens the member's state store with `engine`, refusing a data dir that
+/// another engine wrote.
+pub fn open_state(
+    member_dir: &Path,
+    engine: Engine,
+    cache_bytes: u64,
+) -> Result<Arc<dyn Backend>, StorageError> {
+    match written_by(member_dir)? {
+        Some(found) if found != engine => {
+            return Err(StorageError::Io(std::io::Error::other(format!(
+                "the data dir {} was written by the {found} state engine, not {engine}: \
+                 start with --backend-engine {found}, or move the data dir away \
+                 (or restore a snapshot into a new one) to change engines",
+                member_dir.parent().unwrap_or(member_dir).display()
+            ))));
+        }
+        _ if !member_dir.join(MARKER).exists() => remember(member_dir, engine)?,
+        _ => {}
+    }
+    Ok(match engine {
+        Engine::Sled => Arc::new(DefraggableSled::open(member_dir, cache_bytes)?),
+        Engine::Fjall => Arc::new(FjallBackend::open(
+            &member_dir.join(FJALL_DIR),
+            cache_bytes,
+        )?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::WriteBatch;
+
+    #[test]
+    fn a_data_dir_is_opened_only_by_the_engine_that_wrote_it() {
+        for (first, other) in [(Engine::Sled, Engine::Fjall), (Engine::Fjall, Engine::Sled)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            {
+                let b = open_state(dir.path(), first, 8 << 20).expect("open");
+                let mut wb = WriteBatch::new();
+                wb.put(&b"k"[..], &b"v"[..]);
+                b.write_batch(wb).expect("write");
+                b.flush().expect("flush");
+            }
+            let err = match open_state(dir.path(), other, 8 << 20) {
+                Ok(_) => panic!("{other} opened a data dir written by {first}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains(&format!("written by the {first} state engine"))
+                    && err.contains(&format!("--backend-engine {first}")),
+                "{err}"
+            );
+            let reopen = || open_state(dir.path(), first, 8 << 20);
+            // sled lets go of its lock from background threads.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let b = loop {
+                match reopen() {
+                    Ok(b) => break b,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("{first} did not reopen: {e}"),
+                }
+            };
+            assert_eq!(b.get(b"k").expect("get"), Some(b"v".to_vec()), "{first}");
+        }
+    }
+
+    #[test]
+    fn an_unmarked_sled_data_dir_is_sleds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(crate::mvcc::SledBackend::open_with_cache(
+            &dir.path().join("state"),
+            8 << 20,
+        ));
+        assert_eq!(written_by(dir.path()).expect("read"), Some(Engine::Sled));
+        assert!(open_state(dir.path(), Engine::Fjall, 8 << 20).is_err());
+    }
+
+    #[test]
+    fn engine_names() {
+        assert_eq!(Engine::parse("fjall"), Ok(Engine::Fjall));
+        assert_eq!(Engine::parse(" sled\n"), Ok(Engine::Sled));
+        assert!(Engine::parse("rocksdb").is_err());
+        assert_eq!(Engine::default().to_string(), "sled");
+    }
+}
