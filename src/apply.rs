@@ -158,7 +158,10 @@ pub fn apply_batch<E: Into<Proposed>>(
             Some(stamp) => auth::check(&w, &request, stamp),
             None => Ok(()),
         };
-        match checked.and_then(|()| apply_request(&mut w, &mut ctx, request)) {
+        let started = std::time::Instant::now();
+        let applied = checked.and_then(|()| apply_request(&mut w, &mut ctx, request));
+        crate::io_metrics::applied_since(started);
+        match applied {
             Ok(resp) => results.push(Some(Ok(resp))),
             Err(Fail::Client(e)) => results.push(Some(Err(e))),
             Err(Fail::Storage(e)) => return Err(e),
@@ -717,6 +720,7 @@ fn apply_txn(w: &mut BatchWriter, t: &TxnRequest) -> Result<TxnResponse, Fail> {
     check_puts(&txn, &plan)?;
     check_ranges(&txn, &plan)?;
     let mut resp = execute(&mut txn, &plan)?;
+    crate::io_metrics::txn_applied();
     // etcd: the revision the txn began at, plus one if it wrote anything.
     resp.header = header(txn.read_rev());
     txn.commit();
