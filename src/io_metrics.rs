@@ -204,18 +204,32 @@ pub static MVCC_DELETE: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
-/// Txn requests applied (etcd counts a transaction of more than one
-/// operation, compares included, which every Txn request of etcd's clients
-/// is in practice); under both of etcd 3.4's names.
+/// Transactions of more than one operation, as etcd 3.4's mvcc counts
+/// them (see [`txn_applied`]); under both of etcd 3.4's names.
 pub static MVCC_TXN: LazyLock<[IntCounter; 2]> = LazyLock::new(|| {
     ["etcd_mvcc_txn_total", "etcd_debugging_mvcc_txn_total"]
         .map(|name| counter(name, "Total number of txns seen by this member."))
 });
 
-/// Counts one Txn applied.
-pub fn txn_applied() {
+/// Counts a Txn request applied that evaluated `compares` compares and ran
+/// `ops` range, put and delete-range ops (nested txns' included). etcd 3.4
+/// evaluates compares as range reads (counted in `etcd_mvcc_range_total`)
+/// and counts a txn per mvcc transaction of more than one operation: a
+/// read-only Txn is one transaction (compares and ranges), a writing Txn
+/// two (its compares, then its ops).
+pub fn txn_applied(compares: usize, ops: usize, read_only: bool) {
+    MVCC_RANGE.inc_by(compares as u64);
+    let txns = txns_counted(compares, ops, read_only);
     for c in MVCC_TXN.iter() {
-        c.inc();
+        c.inc_by(txns);
+    }
+}
+
+fn txns_counted(compares: usize, ops: usize, read_only: bool) -> u64 {
+    if read_only {
+        u64::from(compares + ops > 1)
+    } else {
+        u64::from(compares > 1) + u64::from(ops > 1)
     }
 }
 
@@ -403,6 +417,26 @@ mod tests {
         let h = histogram("t_seconds", "test");
         assert_eq!(timed(&h, || 7), 7);
         assert_eq!(h.get_sample_count(), 1);
+    }
+
+    #[test]
+    fn txns_are_counted_as_etcd_counts_them() {
+        // (compares, ops, read-only) → txns, as etcd 3.4.23 counted them.
+        for (compares, ops, read_only, txns) in [
+            (0, 1, false, 0), // one put
+            (1, 1, false, 0), // compare, put: two transactions of one op
+            (0, 1, true, 0),  // one range
+            (1, 1, true, 1),  // compare, range: one transaction of two
+            (0, 2, false, 1), // two puts
+            (1, 0, true, 0),  // a compare alone
+            (2, 2, false, 2),
+        ] {
+            assert_eq!(
+                txns_counted(compares, ops, read_only),
+                txns,
+                "{compares} compares, {ops} ops, read-only {read_only}"
+            );
+        }
     }
 
     #[test]

@@ -869,8 +869,9 @@ fn metrics_carry_etcd_names_and_move() {
         );
     }
 
-    // A txn, a lease's grant, keep-alive and revoke, and a watch move
-    // their metrics.
+    // A txn of two puts, a lease's grant, keep-alive and revoke, and a
+    // watch move their metrics. (etcd counts a txn per mvcc transaction of
+    // more than one op: a Txn of one put is not one.)
     let moved = |name: &str, work: &dyn Fn()| {
         let before = metric(cairn.client_port, name);
         work();
@@ -888,10 +889,16 @@ fn metrics_carry_etcd_names_and_move() {
         moved(name, &|| {
             ok(
                 "/v3/kv/txn",
-                r#"{"success":[{"request_put":{"key":"dA==","value":"dg=="}}]}"#,
+                r#"{"success":[{"request_put":{"key":"dA==","value":"dg=="}},{"request_put":{"key":"dQ==","value":"dg=="}}]}"#,
             )
         });
     }
+    let txns = metric(cairn.client_port, "etcd_mvcc_txn_total");
+    ok(
+        "/v3/kv/txn",
+        r#"{"success":[{"request_put":{"key":"dA==","value":"dw=="}}]}"#,
+    );
+    assert_eq!(metric(cairn.client_port, "etcd_mvcc_txn_total"), txns);
     moved("etcd_debugging_lease_granted_total", &|| {
         ok("/v3/lease/grant", r#"{"TTL":"60","ID":"4660"}"#)
     });
