@@ -599,7 +599,24 @@ fn etcds_dashboards_and_alerts_find_their_metrics() {
 
     let down = (leader + 2) % 3;
     let watcher = 3 - leader - down;
+    // etcd's active_peers: 1 while the link is up, 0 once its member is down.
+    let active = format!(
+        "etcd_network_active_peers{{Local=\"{:x}\",Remote=\"{:x}\"}}",
+        c.members[watcher].id(),
+        c.members[down].id()
+    );
+    let port = c.members[watcher].client_port;
+    assert!(
+        wait_until(Duration::from_secs(10), || metric_sample(port, &active)
+            == Some(1.0)),
+        "{active} is not 1 while the link is up"
+    );
     c.kill(down);
+    assert!(
+        wait_until(Duration::from_secs(10), || metric_sample(port, &active)
+            == Some(0.0)),
+        "{active} is not 0 once the member is down"
+    );
     let failures = format!(
         "etcd_network_peer_sent_failures_total{{To=\"{:x}\"}}",
         c.members[down].id()

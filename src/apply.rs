@@ -158,7 +158,10 @@ pub fn apply_batch<E: Into<Proposed>>(
             Some(stamp) => auth::check(&w, &request, stamp),
             None => Ok(()),
         };
-        match checked.and_then(|()| apply_request(&mut w, &mut ctx, request)) {
+        let started = std::time::Instant::now();
+        let applied = checked.and_then(|()| apply_request(&mut w, &mut ctx, request));
+        crate::io_metrics::applied_since(started);
+        match applied {
             Ok(resp) => results.push(Some(Ok(resp))),
             Err(Fail::Client(e)) => results.push(Some(Err(e))),
             Err(Fail::Storage(e)) => return Err(e),
@@ -570,6 +573,35 @@ struct Plan<'a> {
     succeeded: bool,
     /// The ops of the branch taken, nested txns with their own plans.
     ops: Vec<Planned<'a>>,
+    /// Compares evaluated (up to the first that failed), nested txns'
+    /// included: each is a range read to etcd's metrics.
+    compares: usize,
+}
+
+impl Plan<'_> {
+    /// Range, put and delete-range ops run, nested txns' included.
+    fn ops_run(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Planned::Txn(nested) => nested.ops_run(),
+                Planned::Empty => 0,
+                _ => 1,
+            })
+            .sum()
+    }
+}
+
+/// Whether `t` holds only ranges, in either branch (etcd's isTxnReadonly).
+fn reads_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(_)) | None => true,
+            Some(Op::RequestTxn(nested)) => reads_only(nested),
+            Some(_) => false,
+        })
 }
 
 enum Planned<'a> {
@@ -583,7 +615,9 @@ enum Planned<'a> {
 
 fn plan<'a, V: ReadView + ?Sized>(view: &V, t: &'a TxnRequest) -> Result<Plan<'a>, ReadError> {
     let mut succeeded = true;
+    let mut compares = 0;
     for c in &t.compare {
+        compares += 1;
         if !compare_holds(view, c)? {
             succeeded = false;
             break;
@@ -601,8 +635,19 @@ fn plan<'a, V: ReadView + ?Sized>(view: &V, t: &'a TxnRequest) -> Result<Plan<'a
                 None => Planned::Empty,
             })
         })
-        .collect::<Result<_, ReadError>>()?;
-    Ok(Plan { succeeded, ops })
+        .collect::<Result<Vec<_>, ReadError>>()?;
+    let nested: usize = ops
+        .iter()
+        .map(|op| match op {
+            Planned::Txn(p) => p.compares,
+            _ => 0,
+        })
+        .sum();
+    Ok(Plan {
+        succeeded,
+        ops,
+        compares: compares + nested,
+    })
 }
 
 /// etcd's compare: over every key in the range (all must satisfy it). With no
@@ -717,6 +762,7 @@ fn apply_txn(w: &mut BatchWriter, t: &TxnRequest) -> Result<TxnResponse, Fail> {
     check_puts(&txn, &plan)?;
     check_ranges(&txn, &plan)?;
     let mut resp = execute(&mut txn, &plan)?;
+    crate::io_metrics::txn_applied(plan.compares, plan.ops_run(), reads_only(t));
     // etcd: the revision the txn began at, plus one if it wrote anything.
     resp.header = header(txn.read_rev());
     txn.commit();

@@ -697,6 +697,16 @@ const METRICS: &[&str] = &[
     "etcd_mvcc_range_total",
     "etcd_mvcc_put_total",
     "etcd_mvcc_delete_total",
+    "etcd_mvcc_txn_total",
+    "etcd_debugging_mvcc_txn_total",
+    "etcd_debugging_lease_granted_total",
+    "etcd_debugging_lease_revoked_total",
+    "etcd_debugging_lease_renewed_total",
+    "etcd_debugging_lease_ttl_total_count",
+    "etcd_debugging_mvcc_watcher_total",
+    "etcd_debugging_mvcc_slow_watcher_total",
+    "etcd_debugging_mvcc_watch_stream_total",
+    "etcd_server_slow_apply_total",
     "etcd_disk_wal_fsync_duration_seconds_count",
     "etcd_disk_backend_commit_duration_seconds_count",
     "process_resident_memory_bytes",
@@ -858,6 +868,80 @@ fn metrics_carry_etcd_names_and_move() {
             "etcd has no {name}"
         );
     }
+
+    // A txn of two puts, a lease's grant, keep-alive and revoke, and a
+    // watch move their metrics. (etcd counts a txn per mvcc transaction of
+    // more than one op: a Txn of one put is not one.)
+    let moved = |name: &str, work: &dyn Fn()| {
+        let before = metric(cairn.client_port, name);
+        work();
+        assert!(
+            wait_until(Duration::from_secs(10), || metric(cairn.client_port, name)
+                > before),
+            "{name} did not move"
+        );
+    };
+    let ok = |path: &str, body: &str| {
+        let resp = post(cairn.client_port, path, body);
+        assert_eq!(resp.status, 200, "{path}: {}", resp.body);
+    };
+    for name in ["etcd_mvcc_txn_total", "etcd_debugging_mvcc_txn_total"] {
+        moved(name, &|| {
+            ok(
+                "/v3/kv/txn",
+                r#"{"success":[{"request_put":{"key":"dA==","value":"dg=="}},{"request_put":{"key":"dQ==","value":"dg=="}}]}"#,
+            )
+        });
+    }
+    let txns = metric(cairn.client_port, "etcd_mvcc_txn_total");
+    ok(
+        "/v3/kv/txn",
+        r#"{"success":[{"request_put":{"key":"dA==","value":"dw=="}}]}"#,
+    );
+    assert_eq!(metric(cairn.client_port, "etcd_mvcc_txn_total"), txns);
+    moved("etcd_debugging_lease_granted_total", &|| {
+        ok("/v3/lease/grant", r#"{"TTL":"60","ID":"4660"}"#)
+    });
+    assert!(metric(cairn.client_port, "etcd_debugging_lease_ttl_total_count") >= 1.0);
+    assert!(metric(cairn.client_port, "etcd_debugging_lease_ttl_total_sum") >= 60.0);
+    moved("etcd_debugging_lease_renewed_total", &|| {
+        ok("/v3/lease/keepalive", r#"{"ID":"4660"}"#)
+    });
+    moved("etcd_debugging_lease_revoked_total", &|| {
+        ok("/v3/lease/revoke", r#"{"ID":"4660"}"#)
+    });
+    let watchers = metric(cairn.client_port, "etcd_debugging_mvcc_watcher_total");
+    let streams = metric(cairn.client_port, "etcd_debugging_mvcc_watch_stream_total");
+    let mut watch = open_watch(cairn.client_port, r#"{"create_request":{"key":"dw=="}}"#);
+    let created = next_line(&mut watch, &mut String::new());
+    assert_eq!(created["result"]["created"], true, "{created}");
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            cairn.client_port,
+            "etcd_debugging_mvcc_watcher_total"
+        ) == watchers + 1.0
+            && metric(
+                cairn.client_port,
+                "etcd_debugging_mvcc_watch_stream_total"
+            ) == streams + 1.0),
+        "the watch and its stream are not counted"
+    );
+    drop(watch);
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            cairn.client_port,
+            "etcd_debugging_mvcc_watcher_total"
+        ) == watchers
+            && metric(
+                cairn.client_port,
+                "etcd_debugging_mvcc_watch_stream_total"
+            ) == streams),
+        "the closed watch is still counted"
+    );
+    assert_eq!(
+        metric(cairn.client_port, "etcd_debugging_mvcc_slow_watcher_total"),
+        0.0
+    );
 
     // The metrics URL serves the probes and /metrics, nothing else.
     assert_eq!(metric(metrics_port, "etcd_server_has_leader"), 1.0);

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::lessor::{LeaseTtl, Lessor, NotAnswered};
-use crate::apply::LeaseChange;
 use crate::error::EtcdError;
 use crate::msg::{AppliedLeases, RaftClient, RaftStatus};
 use crate::msg::{ListLeases, Renew, TimeToLive};
@@ -58,7 +57,7 @@ impl LeaseKeeper {
         let mut lessor = Lessor::new(promote_extend, retry);
         let now = Instant::now();
         for (id, ttl) in leases {
-            lessor.apply(LeaseChange::Granted { id, ttl }, now);
+            lessor.recover(id, ttl, now);
         }
         LeaseKeeper {
             lessor,

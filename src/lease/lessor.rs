@@ -92,24 +92,41 @@ impl Lessor {
         }
     }
 
-    /// Follows one applied lease change.
+    /// Tracks lease `id` found in the store at start-up (not counted as a
+    /// grant in `/metrics`, as etcd's lessor recovery counts none).
+    pub fn recover(&mut self, id: i64, ttl: i64, now: Instant) {
+        self.track(id, ttl, now);
+    }
+
+    fn track(&mut self, id: i64, ttl: i64, now: Instant) {
+        let expiry = self.is_primary().then(|| now + secs(ttl));
+        self.remove(id);
+        self.leases.insert(
+            id,
+            Tracked {
+                ttl,
+                remaining_ttl: 0,
+                expiry,
+                check_at: None,
+            },
+        );
+        self.schedule(id, expiry);
+    }
+
+    /// Follows one applied lease change (and counts it in `/metrics`).
     pub fn apply(&mut self, change: LeaseChange, now: Instant) {
         match change {
             LeaseChange::Granted { id, ttl } => {
-                let expiry = self.is_primary().then(|| now + secs(ttl));
-                self.remove(id);
-                self.leases.insert(
-                    id,
-                    Tracked {
-                        ttl,
-                        remaining_ttl: 0,
-                        expiry,
-                        check_at: None,
-                    },
-                );
-                self.schedule(id, expiry);
+                crate::io_metrics::LEASE.granted.inc();
+                crate::io_metrics::LEASE.ttl.observe(ttl as f64);
+                self.track(id, ttl, now);
             }
-            LeaseChange::Revoked { id } => self.remove(id),
+            LeaseChange::Revoked { id } => {
+                if self.leases.contains_key(&id) {
+                    crate::io_metrics::LEASE.revoked.inc();
+                }
+                self.remove(id);
+            }
             LeaseChange::Checkpointed { id, remaining_ttl } => {
                 if let Some(t) = self.leases.get_mut(&id) {
                     t.remaining_ttl = remaining_ttl;
@@ -187,6 +204,7 @@ impl Lessor {
         let expiry = now + secs(ttl);
         t.expiry = Some(expiry);
         self.schedule(id, Some(expiry));
+        crate::io_metrics::LEASE.renewed.inc();
         Ok(ttl)
     }
 

@@ -204,6 +204,7 @@ impl PeerLink {
             }
             // Down until the next stream is up.
             act.connected.store(0, Ordering::Relaxed);
+            crate::io_metrics::peer_active(act.target.from, act.target.to, false);
             // What was in flight is lost: raft-rs should probe the member
             // again rather than assume its stream of appends arrived.
             let _ = act.raft.try_send(ReportUnreachable { id: act.target.to });
@@ -219,6 +220,10 @@ impl Actor for PeerLink {
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(remote_peer_id = %format!("{:x}", self.target.to), urls = ?self.target.urls, "peer link started");
         self.launch(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        crate::io_metrics::peer_gone(self.target.from, self.target.to);
     }
 }
 
@@ -286,6 +291,7 @@ async fn send_loop(
                 .is_ok()
             {
                 tracing::info!(remote_peer_id = %format!("{:x}", target.to), %url, "peer link connected");
+                crate::io_metrics::peer_active(target.from, target.to, true);
             }
         }
     };

@@ -104,7 +104,9 @@ impl WatchBroadcaster {
         self.sync_scheduled = true;
         ctx.run_later(delay, |act, ctx| {
             act.sync_scheduled = false;
-            match act.hub.sync() {
+            let outcome = act.hub.sync();
+            act.hub.publish_gauges();
+            match outcome {
                 SyncOutcome::Done => {}
                 // Yield to the mailbox between passes (new batches, requests).
                 SyncOutcome::Progressed => act.schedule_sync(ctx, Duration::ZERO),
@@ -132,13 +134,16 @@ impl Handler<Applied> for WatchBroadcaster {
         if self.hub.applied(msg.revision, msg.events) {
             self.schedule_sync(ctx, Duration::ZERO);
         }
+        self.hub.publish_gauges();
     }
 }
 
 impl Handler<OpenStream> for WatchBroadcaster {
     type Result = StreamId;
     fn handle(&mut self, msg: OpenStream, _: &mut Context<Self>) -> StreamId {
-        self.hub.open_stream(msg.tx)
+        let id = self.hub.open_stream(msg.tx);
+        self.hub.publish_gauges();
+        id
     }
 }
 
@@ -146,13 +151,16 @@ impl Handler<CloseStream> for WatchBroadcaster {
     type Result = ();
     fn handle(&mut self, msg: CloseStream, _: &mut Context<Self>) {
         self.hub.close_stream(msg.0);
+        self.hub.publish_gauges();
     }
 }
 
 impl Handler<CreateWatch> for WatchBroadcaster {
     type Result = ();
     fn handle(&mut self, msg: CreateWatch, ctx: &mut Context<Self>) {
-        if self.hub.create(msg.stream, msg.req, msg.permit) {
+        let unsynced = self.hub.create(msg.stream, msg.req, msg.permit);
+        self.hub.publish_gauges();
+        if unsynced {
             self.schedule_sync(ctx, Duration::ZERO);
         }
     }
@@ -162,6 +170,7 @@ impl Handler<CancelWatch> for WatchBroadcaster {
     type Result = ();
     fn handle(&mut self, msg: CancelWatch, _: &mut Context<Self>) {
         self.hub.cancel(msg.stream, msg.watch_id, msg.permit);
+        self.hub.publish_gauges();
     }
 }
 
@@ -183,5 +192,6 @@ impl Handler<RestartWatchers> for WatchBroadcaster {
         if self.hub.restart(msg.stream, msg.generation, &msg.failed) {
             self.schedule_sync(ctx, Duration::ZERO);
         }
+        self.hub.publish_gauges();
     }
 }

@@ -265,6 +265,16 @@ impl Hub {
         self.watchers.len()
     }
 
+    /// Sets the watch gauges of `/metrics` (watchers, unsynced watchers,
+    /// streams) to what this hub holds.
+    pub fn publish_gauges(&self) {
+        let gauges = &crate::io_metrics::WATCH;
+        let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        gauges.watchers.set(to_i64(self.watchers.len()));
+        gauges.slow_watchers.set(to_i64(self.unsynced.len()));
+        gauges.streams.set(to_i64(self.streams.len()));
+    }
+
     /// Registers a stream whose sender reads `tx`'s channel.
     pub fn open_stream(&mut self, tx: mpsc::Sender<Outbound>) -> StreamId {
         let id = self.next_stream;
