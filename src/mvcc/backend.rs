@@ -309,6 +309,28 @@ pub(crate) fn open_sled_for_test(path: &Path) -> SledBackend {
 /// message on the first violation; tests call them for each implementation.
 #[cfg(test)]
 pub(crate) mod conformance {
+    /// With keys `k000000`..`k019999` written: deletes all but the first
+    /// 100, and checks a defragment gives at least three quarters of the
+    /// space back and keeps exactly the 100 pairs.
+    pub fn defragment_gives_the_space_back(b: &dyn super::Backend) {
+        let kept = b.get(b"k000099").expect("get");
+        assert!(kept.is_some());
+        let mut wb = super::WriteBatch::new();
+        for i in 100..20_000 {
+            wb.delete(format!("k{i:06}").into_bytes());
+        }
+        b.write_batch(wb).expect("delete");
+        b.flush().expect("flush");
+        let before = b.size_on_disk().expect("size");
+        b.defragment().expect("defragment");
+        let after = b.size_on_disk().expect("size");
+        assert!(after * 4 < before, "{before} -> {after} bytes");
+        let keys: Vec<Vec<u8>> = b.scan_prefix(b"k").map(|p| p.expect("scan").0).collect();
+        assert_eq!(keys.len(), 100);
+        assert_eq!(b.get(b"k000099").expect("get"), kept);
+        assert_eq!(b.get(b"k000100").expect("get"), None);
+    }
+
     use super::*;
 
     fn scan(b: &dyn Backend, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
