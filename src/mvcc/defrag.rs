@@ -278,7 +278,20 @@ mod tests {
 
         // Reopening finds the new database, and only it remains.
         drop(b);
-        let b = DefraggableSled::open(dir.path(), 8 << 20).expect("reopen");
+        // sled's background threads let go of the old handle's file lock
+        // a moment after the drop (a clean-clone CI run on a loaded machine
+        // failed here with "could not acquire lock"), as open_sled_for_test
+        // waits for.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let b = loop {
+            match DefraggableSled::open(dir.path(), 8 << 20) {
+                Ok(b) => break b,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopen within 10 s: {e}"),
+            }
+        };
         assert_eq!(b.get(b"k000099").expect("get"), Some(value));
         let wait = std::time::Instant::now() + Duration::from_secs(10);
         let dirs = || {
