@@ -222,7 +222,7 @@ fn checker_catches_stale_follower_reads() {
 /// vanish before their lease could have expired.
 #[test]
 fn checker_catches_leases_expiring_early() {
-    let mut s = Scenario::new("early-lease-expiry", 1, &[]).lasting(6);
+    let mut s = Scenario::new("early-lease-expiry", 1, &[]).lasting(10);
     s.kv_clients = 1;
     s.lease_clients = 3;
     s.env = vec![("CAIRN_FAILPOINT_EARLY_LEASE_EXPIRY", "1")];
