@@ -57,6 +57,10 @@ impl Member {
     fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
+    /// The client address as etcdctl's `--endpoints` takes it.
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
@@ -1187,10 +1191,7 @@ fn add_member(c: &mut Cluster, ep: &str, name: &str, learner: bool) -> usize {
 fn a_member_joining_takes_the_stream_of_a_leader_added_at_runtime() {
     let mut c = Cluster::start(3);
     let leader = c.wait_leader(START_TIMEOUT);
-    let ep = c.members[leader]
-        .client_url()
-        .trim_start_matches("http://")
-        .to_string();
+    let ep = c.members[leader].endpoint();
     put(&c.members[leader].client_url(), "k/0", "before").expect("put");
     let fourth = add_member(&mut c, &ep, "m4", false);
     c.wait_ready();
@@ -1206,10 +1207,7 @@ fn a_member_joining_takes_the_stream_of_a_leader_added_at_runtime() {
         "leadership never moved to the runtime member"
     );
     assert_eq!(c.wait_leader(START_TIMEOUT), fourth);
-    let ep4 = c.members[fourth]
-        .client_url()
-        .trim_start_matches("http://")
-        .to_string();
+    let ep4 = c.members[fourth].endpoint();
     let fifth = add_member(&mut c, &ep4, "m5", false);
     c.wait_ready();
     assert!(
@@ -1233,10 +1231,7 @@ fn a_member_joining_takes_the_stream_of_a_leader_added_at_runtime() {
 fn members_are_added_promoted_and_removed_at_runtime() {
     let mut c = Cluster::start(3);
     let leader = c.wait_leader(START_TIMEOUT);
-    let ep = c.members[leader]
-        .client_url()
-        .trim_start_matches("http://")
-        .to_string();
+    let ep = c.members[leader].endpoint();
     put(&c.members[leader].client_url(), "k/0", "before").expect("put");
 
     let add = |c: &mut Cluster, name: &str, learner: bool| add_member(c, &ep, name, learner);
@@ -1420,11 +1415,7 @@ fn move_leader_hands_leadership_to_the_named_member() {
     let c = Cluster::start(3);
     let leader = c.wait_leader(START_TIMEOUT);
     let target = (leader + 1) % 3;
-    let endpoints: Vec<String> = c
-        .members
-        .iter()
-        .map(|m| m.client_url().trim_start_matches("http://").to_string())
-        .collect();
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
     let all = endpoints.join(",");
     let target_hex = format!("{:x}", c.members[target].id());
     let out = etcdctl_on(&all, &["move-leader", &target_hex]);
@@ -1499,7 +1490,7 @@ fn every_member_lists_every_client_url() {
         .collect();
     want.sort();
     for m in &c.members {
-        let ep = m.client_url().trim_start_matches("http://").to_string();
+        let ep = m.endpoint();
         let mut got = Vec::new();
         let listed = wait_until(Duration::from_secs(10), || {
             let out = etcdctl_on(&ep, &["member", "list"]);
@@ -1509,10 +1500,7 @@ fn every_member_lists_every_client_url() {
         });
         assert!(listed, "member list on {}: {got:?}, want {want:?}", m.name);
     }
-    let ep = c.members[0]
-        .client_url()
-        .trim_start_matches("http://")
-        .to_string();
+    let ep = c.members[0].endpoint();
     let status = etcdctl_on(&ep, &["endpoint", "status", "--cluster"]);
     for m in &c.members {
         assert!(status.contains(&m.client_url()), "{status}");
@@ -1774,12 +1762,7 @@ fn cluster_etcdctl_session_matches_etcd() {
 fn cluster_session(c: Cluster) -> Vec<String> {
     let leader = c.wait_leader(START_TIMEOUT);
     let target = (leader + 1) % 3;
-    let endpoint = |i: usize| {
-        c.members[i]
-            .client_url()
-            .trim_start_matches("http://")
-            .to_string()
-    };
+    let endpoint = |i: usize| c.members[i].endpoint();
     let all = (0..3).map(endpoint).collect::<Vec<_>>().join(",");
     let url_of_first = c.members[0].client_url();
 
