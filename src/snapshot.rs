@@ -398,8 +398,9 @@ pub struct RestoreOptions {
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: Vec<url::Url>,
     pub skip_hash_check: bool,
-    /// The state engine of the new data dir (`--backend-engine`).
-    pub backend_engine: crate::mvcc::Engine,
+    /// The state engine of the new data dir (`--backend-engine`; `None`:
+    /// the default).
+    pub backend_engine: Option<crate::mvcc::Engine>,
 }
 
 /// Builds a new member's data dir from a snapshot file: the applied state of
@@ -729,9 +730,10 @@ pub mod cli {
             /// Restore a file whose hash does not check (as etcd's flag).
             #[arg(long)]
             skip_hash_check: bool,
-            /// The new data dir's state engine: sled or fjall (cairn only).
-            #[arg(long, default_value = "sled", value_parser = crate::mvcc::Engine::parse)]
-            backend_engine: crate::mvcc::Engine,
+            /// The new data dir's state engine: sled or fjall (cairn only)
+            /// [default: fjall].
+            #[arg(long, value_parser = crate::mvcc::Engine::parse)]
+            backend_engine: Option<crate::mvcc::Engine>,
         },
         /// Prints a snapshot file's hash, revision, records and size.
         Status {

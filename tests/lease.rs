@@ -250,10 +250,10 @@ fn leases_survive_a_crash_and_are_not_expired_early() {
     leases_survive_a_crash(&[]);
 }
 
-/// The same kill -9 on the fjall state engine.
+/// The same kill -9 on the sled state engine (the default is fjall).
 #[test]
-fn leases_survive_a_crash_and_are_not_expired_early_on_fjall() {
-    leases_survive_a_crash(&["--backend-engine", "fjall"]);
+fn leases_survive_a_crash_and_are_not_expired_early_on_sled() {
+    leases_survive_a_crash(&["--backend-engine", "sled"]);
 }
 
 fn leases_survive_a_crash(engine: &[&str]) {

@@ -164,8 +164,9 @@ pub struct Config {
     /// `--max-range-bytes-in-flight` (beyond etcd): the member-wide budget
     /// of Range response bytes (`grpc::budget`); 0: unlimited.
     pub max_range_bytes_in_flight: u64,
-    /// `--backend-engine`: the state store's engine (cairn only).
-    pub backend_engine: crate::mvcc::Engine,
+    /// `--backend-engine`: the state store's engine (cairn only); `None`:
+    /// the data dir's own, or the default for a new one (`mvcc::engine`).
+    pub backend_engine: Option<crate::mvcc::Engine>,
 }
 
 fn parse_url(text: &str) -> Url {
@@ -211,7 +212,7 @@ impl Default for Config {
             enable_pprof: false,
             cors: vec!["*".to_string()],
             max_range_bytes_in_flight: crate::grpc::budget::DEFAULT_BYTES,
-            backend_engine: crate::mvcc::Engine::default(),
+            backend_engine: None,
         }
     }
 }
@@ -912,10 +913,12 @@ impl Layers {
                 })?
                 .unwrap_or(defaults.max_range_bytes_in_flight),
             backend_engine: self
-                .get("backend_engine", |raw| {
-                    crate::mvcc::Engine::parse(raw.text()?)
+                .get("backend_engine", |raw| match raw.text()?.trim() {
+                    "" => Ok(None),
+                    text => crate::mvcc::Engine::parse(text).map(Some),
                 })?
-                .unwrap_or(defaults.backend_engine),
+                .flatten()
+                .or(defaults.backend_engine),
             cors: self
                 .get("cors", |raw| {
                     // etcd: `*`, or URLs with a host and a port.

@@ -790,8 +790,8 @@ pub(super) const OPTIONS: &[Opt] = &[
         "backend_engine",
         "backend-engine",
         "sled|fjall",
-        "The engine holding the applied state; a data dir keeps the engine that created it \
-         (docs/storage.md) [default: sled]",
+        "The engine holding the applied state of a new data dir; a data dir keeps the engine \
+         that created it (docs/storage.md) [default: fjall]",
     ),
 ];
 

@@ -1807,11 +1807,14 @@ fn cors_and_enable_ui_are_read_as_etcd_reads_cors() {
 fn backend_engine_is_a_flag_and_a_cairn_variable() {
     use crate::mvcc::Engine;
     let (config, _) = load_etcd(&[], &[], None).expect("loads");
-    assert_eq!(config.backend_engine, Engine::Sled);
-    let (config, _) = load_etcd(&["--backend-engine", "fjall"], &[], None).expect("loads");
-    assert_eq!(config.backend_engine, Engine::Fjall);
+    assert_eq!(
+        config.backend_engine, None,
+        "the data dir's engine, or fjall"
+    );
+    let (config, _) = load_etcd(&["--backend-engine", "sled"], &[], None).expect("loads");
+    assert_eq!(config.backend_engine, Some(Engine::Sled));
     let (config, _) = load_etcd(&[], &[("CAIRN_BACKEND_ENGINE", "fjall")], None).expect("loads");
-    assert_eq!(config.backend_engine, Engine::Fjall);
+    assert_eq!(config.backend_engine, Some(Engine::Fjall));
     let refused = load_etcd(&["--backend-engine", "rocksdb"], &[], None);
     assert!(
         refused

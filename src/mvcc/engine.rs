@@ -9,8 +9,12 @@
 //!
 //! A data dir is opened only by the engine that wrote it: the other one
 //! would find no data and start over as an empty member. A data dir from
-//! before `state.engine` existed (or made by `cairn snapshot restore`) with
-//! a sled database is sled's.
+//! before `state.engine` existed with a sled database is sled's. Without
+//! `--backend-engine`, a member opens its data dir with the engine that
+//! wrote it, and a new data dir gets the default, fjall (chosen by
+//! measurement: docs/storage.md); the flag is needed only to create a new
+//! data dir with sled, and a flag that contradicts the data dir stops
+//! start-up.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,9 +33,10 @@ pub const FJALL_DIR: &str = "state-fjall";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
     /// sled 0.34, rewritten into a fresh database by a defragment.
-    #[default]
     Sled,
-    /// fjall 2 (LSM tree), major-compacted by a defragment.
+    /// fjall 2 (LSM tree), major-compacted by a defragment. The default
+    /// for new data dirs.
+    #[default]
     Fjall,
 }
 
@@ -95,14 +100,18 @@ fn remember(member_dir: &Path, engine: Engine) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Opens the member's state store with `engine`, refusing a data dir that
-/// another engine wrote.
+/// Opens the member's state store: with the engine that wrote
+/// `member_dir`, or for a new one with `requested` (`--backend-engine`) or
+/// else the default. A `requested` engine that is not the one that wrote
+/// the data dir is refused.
 pub fn open_state(
     member_dir: &Path,
-    engine: Engine,
+    requested: Option<Engine>,
     cache_bytes: u64,
 ) -> Result<Arc<dyn Backend>, StorageError> {
-    match written_by(member_dir)? {
+    let found = written_by(member_dir)?;
+    let engine = requested.or(found).unwrap_or_default();
+    match found {
         Some(found) if found != engine => {
             return Err(StorageError::Io(std::io::Error::other(format!(
                 "the data dir {} was written by the {found} state engine, not {engine}: \
@@ -114,6 +123,7 @@ pub fn open_state(
         _ if !member_dir.join(MARKER).exists() => remember(member_dir, engine)?,
         _ => {}
     }
+    tracing::info!(engine = engine.name(), "opening the state store");
     Ok(match engine {
         Engine::Sled => Arc::new(DefraggableSled::open(member_dir, cache_bytes)?),
         Engine::Fjall => Arc::new(FjallBackend::open(
@@ -133,13 +143,13 @@ mod tests {
         for (first, other) in [(Engine::Sled, Engine::Fjall), (Engine::Fjall, Engine::Sled)] {
             let dir = tempfile::tempdir().expect("tempdir");
             {
-                let b = open_state(dir.path(), first, 8 << 20).expect("open");
+                let b = open_state(dir.path(), Some(first), 8 << 20).expect("open");
                 let mut wb = WriteBatch::new();
                 wb.put(&b"k"[..], &b"v"[..]);
                 b.write_batch(wb).expect("write");
                 b.flush().expect("flush");
             }
-            let err = match open_state(dir.path(), other, 8 << 20) {
+            let err = match open_state(dir.path(), Some(other), 8 << 20) {
                 Ok(_) => panic!("{other} opened a data dir written by {first}"),
                 Err(e) => e.to_string(),
             };
@@ -148,7 +158,8 @@ mod tests {
                     && err.contains(&format!("--backend-engine {first}")),
                 "{err}"
             );
-            let reopen = || open_state(dir.path(), first, 8 << 20);
+            // Without the flag, the data dir's own engine opens it.
+            let reopen = || open_state(dir.path(), None, 8 << 20);
             // sled lets go of its lock from background threads.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             let b = loop {
@@ -172,7 +183,20 @@ mod tests {
             8 << 20,
         ));
         assert_eq!(written_by(dir.path()).expect("read"), Some(Engine::Sled));
-        assert!(open_state(dir.path(), Engine::Fjall, 8 << 20).is_err());
+        assert!(open_state(dir.path(), Some(Engine::Fjall), 8 << 20).is_err());
+    }
+
+    #[test]
+    fn a_new_data_dir_gets_fjall_unless_sled_is_asked_for() {
+        for (requested, expected) in [(None, Engine::Fjall), (Some(Engine::Sled), Engine::Sled)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            drop(open_state(dir.path(), requested, 8 << 20).expect("open"));
+            assert_eq!(
+                written_by(dir.path()).expect("read"),
+                Some(expected),
+                "{requested:?}"
+            );
+        }
     }
 
     #[test]
@@ -180,6 +204,6 @@ mod tests {
         assert_eq!(Engine::parse("fjall"), Ok(Engine::Fjall));
         assert_eq!(Engine::parse(" sled\n"), Ok(Engine::Sled));
         assert!(Engine::parse("rocksdb").is_err());
-        assert_eq!(Engine::default().to_string(), "sled");
+        assert_eq!(Engine::default().to_string(), "fjall");
     }
 }
