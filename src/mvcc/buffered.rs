@@ -73,6 +73,11 @@ pub const LIMIT_BYTES: u64 = 8 * COMMIT_BYTES;
 /// The longest a write waits in the overlay before the committer moves it
 /// (etcd's batch interval is 100 ms; much shorter here for the reason above).
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
+/// How often a commit asks the inner backend for its size on disk (a
+/// directory walk on fjall, hundreds of times a second under load when done
+/// after every commit); in between, the size is counted up from the bytes
+/// each commit wrote. `flush` always asks.
+pub const SIZE_REFRESH: Duration = Duration::from_millis(100);
 
 /// Key → `Some(value)` (put) or `None` (delete), in key order.
 type Ops = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -108,6 +113,8 @@ struct Shared {
     /// The inner backend's size, refreshed after each commit (sled's own
     /// `size_on_disk` lists the directory: too slow for every apply).
     inner_size: AtomicU64,
+    /// When a commit last asked the inner backend for its size.
+    size_asked: Mutex<Instant>,
     /// The first commit error; every later write, commit or flush returns it.
     failed: Mutex<Option<String>>,
     /// Told of the first commit error (the server's stops the member).
@@ -160,6 +167,7 @@ impl BufferedBackend {
             signal: Mutex::new(Signal::default()),
             wake: Condvar::new(),
             inner_size: AtomicU64::new(size),
+            size_asked: Mutex::new(Instant::now()),
             failed: Mutex::new(None),
             on_poison,
         });
@@ -256,7 +264,15 @@ impl Shared {
         // estimate drop below what it counted with the overlay. `flush`
         // sets the exact size again.
         let committed = self.inner_size.load(Ordering::Relaxed) + self.overlay.read().frozen_bytes;
-        let size = self.inner.size_on_disk().unwrap_or(0).max(committed);
+        let size = {
+            let mut asked = self.size_asked.lock();
+            if asked.elapsed() >= SIZE_REFRESH {
+                *asked = Instant::now();
+                self.inner.size_on_disk().unwrap_or(0).max(committed)
+            } else {
+                committed
+            }
+        };
         self.inner_size.store(size, Ordering::Relaxed);
         // Only now may readers stop finding these writes in the overlay.
         let mut o = self.overlay.write();
