@@ -110,7 +110,8 @@ struct Shared {
     /// The committer's wake-up: set when there is something to commit.
     signal: Mutex<Signal>,
     wake: Condvar,
-    /// The inner backend's size, refreshed after each commit (sled's own
+    /// The inner backend's size, counted up by each commit and asked of
+    /// the inner backend every [`SIZE_REFRESH`] and on flush (its own
     /// `size_on_disk` lists the directory: too slow for every apply).
     inner_size: AtomicU64,
     /// When a commit last asked the inner backend for its size.
