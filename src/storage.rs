@@ -305,6 +305,7 @@ impl Applier {
             self.listeners.leases.do_send(AppliedLeases {
                 changes: out.lease_changes,
                 leader_noop_term,
+                recovered: false,
             });
         }
         if !out.events.is_empty() || self.watch_behind {
@@ -398,6 +399,7 @@ impl StorageActor {
         applier.listeners.leases.do_send(AppliedLeases {
             changes,
             leader_noop_term: None,
+            recovered: true,
         });
         applier.tell_watchers(Arc::new(Vec::new()));
         // The image's members: raft took its configuration from the

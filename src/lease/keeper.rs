@@ -114,7 +114,11 @@ impl Handler<AppliedLeases> for LeaseKeeper {
     fn handle(&mut self, msg: AppliedLeases, _: &mut Context<Self>) {
         let now = Instant::now();
         for change in msg.changes {
-            self.lessor.apply(change, now);
+            if msg.recovered {
+                self.lessor.apply_recovered(change, now);
+            } else {
+                self.lessor.apply(change, now);
+            }
         }
         if let Some(term) = msg.leader_noop_term {
             self.lessor.noop_applied(term);

@@ -115,14 +115,27 @@ impl Lessor {
 
     /// Follows one applied lease change (and counts it in `/metrics`).
     pub fn apply(&mut self, change: LeaseChange, now: Instant) {
+        self.follow(change, now, true)
+    }
+
+    /// Follows a change that a raft snapshot's install made: the lessor
+    /// takes the image's leases without counting them as grants or revokes
+    /// (etcd's lessor recovers them from the backend the same way).
+    pub fn apply_recovered(&mut self, change: LeaseChange, now: Instant) {
+        self.follow(change, now, false)
+    }
+
+    fn follow(&mut self, change: LeaseChange, now: Instant, count: bool) {
         match change {
             LeaseChange::Granted { id, ttl } => {
-                crate::io_metrics::LEASE.granted.inc();
-                crate::io_metrics::LEASE.ttl.observe(ttl as f64);
+                if count {
+                    crate::io_metrics::LEASE.granted.inc();
+                    crate::io_metrics::LEASE.ttl.observe(ttl as f64);
+                }
                 self.track(id, ttl, now);
             }
             LeaseChange::Revoked { id } => {
-                if self.leases.contains_key(&id) {
+                if count && self.leases.contains_key(&id) {
                     crate::io_metrics::LEASE.revoked.inc();
                 }
                 self.remove(id);
@@ -304,6 +317,40 @@ mod tests {
         l.apply(LeaseChange::Revoked { id: 7 }, at(t0, 8_100));
         assert_eq!(l.expired(at(t0, 60_000), 10), Vec::<i64>::new());
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_install_is_followed_but_not_counted_as_grants_and_revokes() {
+        let t0 = Instant::now();
+        let mut l = primary(t0);
+        let metrics = &crate::io_metrics::LEASE;
+        let (granted, revoked) = (metrics.granted.get(), metrics.revoked.get());
+        // Other tests in this process may grant a few leases meanwhile,
+        // never a thousand.
+        for id in 1..=1_000 {
+            l.apply_recovered(LeaseChange::Granted { id, ttl: 5 }, t0);
+        }
+        assert!(
+            metrics.granted.get() - granted < 1_000,
+            "recovered leases counted as grants"
+        );
+        assert_eq!(
+            l.expired(at(t0, 5_000), 2_000).len(),
+            1_000,
+            "the recovered leases are followed"
+        );
+        for id in 1..=1_000 {
+            l.apply_recovered(LeaseChange::Revoked { id }, at(t0, 5_001));
+        }
+        assert!(
+            metrics.revoked.get() - revoked < 1_000,
+            "dropped leases counted as revokes"
+        );
+        assert!(l.is_empty());
+        // An applied grant is counted.
+        let granted = metrics.granted.get();
+        grant(&mut l, 7, 5, t0);
+        assert!(metrics.granted.get() > granted);
     }
 
     #[test]

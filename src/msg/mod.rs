@@ -199,4 +199,7 @@ pub struct AppliedLeases {
     /// The term of the last empty leader entry in the batch: once a leader
     /// applied the entry opening its term, it may become the primary lessor.
     pub leader_noop_term: Option<u64>,
+    /// The changes are a raft snapshot's install replacing the leases, not
+    /// grants and revokes (not counted in `/metrics`).
+    pub recovered: bool,
 }
