@@ -12,13 +12,14 @@
 # KIND is etcd (/usr/bin/etcd) or cairn (target/release/cairn). Needs
 # target/release/cairn-bench, etcdctl, curl with HTTP/2. Data goes to
 # $OUT (default /tmp/cairn-large) and is deleted at the end. Both servers
-# run with --quota-backend-bytes 8 GiB.
+# run with --quota-backend-bytes $QUOTA (default 8 GiB, etcd's maximum;
+# QUOTA=17179869184 gives cairn 16 GiB).
 set -u
 W=$(cd "$(dirname "$0")/.." && pwd)
 CAIRN=${CAIRN:-$W/target/release/cairn}
 BENCH=${BENCH:-$W/target/release/cairn-bench}
 OUT=${OUT:-/tmp/cairn-large}
-QUOTA=8589934592
+QUOTA=${QUOTA:-8589934592}
 mkdir -p "$OUT"
 export ETCDCTL_API=3
 

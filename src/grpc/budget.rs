@@ -1,12 +1,16 @@
 //! The member-wide memory budget of Range responses
 //! (`--max-range-bytes-in-flight`, default 1 GiB).
 //!
-//! A Range reads its records one by one and tells a [`Charge`] each one's
-//! size. The first [`FREE_BYTES`] of a response are not counted: a small
-//! range never touches the shared counter. Past that, the response takes
-//! its bytes from the budget in [`CHUNK`] steps, without waiting; when the
-//! budget has no room, the read stops, gives back what it took, waits (up
-//! to [`WAIT`]) for other responses to give bytes back and reads again.
+//! A Range first reads a sample of its records (`mvcc::range::SAMPLE`,
+//! spread over the range) and asks its [`Charge`] to reserve the size they
+//! extrapolate to, plus a margin, at once; only then does it read the
+//! values, telling the charge each record's size. The first [`FREE_BYTES`]
+//! of a response are not counted: a small range never touches the shared
+//! counter. A response that grows past its reservation takes more in
+//! [`CHUNK`] steps, without waiting. When the budget has no room, the read
+//! stops, gives back what it took, waits (up to [`WAIT`]) until the room
+//! it needs is free and reads again: a refused Range has read the index
+//! and its sample, not its values.
 //! Nothing is held while waiting, so two large ranges never wait on each
 //! other. Out of time, the client gets etcd's `etcdserver: too many
 //! requests` (ResourceExhausted) and nothing has changed (a Range writes
@@ -120,7 +124,13 @@ pub struct Charge {
     counted: u64,
     /// Bytes taken from the budget.
     held: u64,
+    /// What the response asked to reserve (its estimate and margin).
+    wanted: u64,
 }
+
+/// A reservation is the estimate plus this fraction of it (1/8), because
+/// the estimate comes from a sample and values vary in size.
+const MARGIN_DIV: u64 = 8;
 
 impl Charge {
     pub fn new(budget: Arc<RangeBudget>) -> Charge {
@@ -128,7 +138,24 @@ impl Charge {
             budget,
             counted: 0,
             held: 0,
+            wanted: 0,
         }
+    }
+
+    /// Takes the whole response's estimated size (and a margin) at once,
+    /// before the read goes on; `TooManyRequests` if it does not fit.
+    /// Under [`FREE_BYTES`] nothing is taken.
+    pub fn reserve(&mut self, estimate: u64) -> Result<(), EtcdError> {
+        let want = estimate.saturating_add(estimate / MARGIN_DIV);
+        self.wanted = self.wanted.max(want);
+        if want < FREE_BYTES || want <= self.held {
+            return Ok(());
+        }
+        if !self.budget.try_take(want - self.held, self.held) {
+            return Err(EtcdError::TooManyRequests);
+        }
+        self.held = want;
+        Ok(())
     }
 
     /// Counts a record of `bytes`; `TooManyRequests` if the budget has no
@@ -154,6 +181,21 @@ impl Charge {
     /// Bytes taken from the budget.
     pub fn held(&self) -> u64 {
         self.held
+    }
+
+    /// The room this response needs: what it asked to reserve or, if it
+    /// grew past that, what it counted.
+    pub fn needed(&self) -> u64 {
+        self.wanted.max(self.counted)
+    }
+}
+
+impl crate::mvcc::range::Meter for Charge {
+    fn reserve(&mut self, estimate: u64) -> Result<(), EtcdError> {
+        Charge::reserve(self, estimate)
+    }
+    fn add(&mut self, bytes: usize) -> Result<(), EtcdError> {
+        Charge::add(self, bytes)
     }
 }
 
@@ -271,7 +313,10 @@ impl http_body::Body for Holding {
 
 /// Waits for room and reads again, up to [`WAIT`] in all: `read` is run
 /// with a fresh [`Charge`] each time, and its charge is returned with its
-/// result. `read` fails with `TooManyRequests` when the charge ran out.
+/// result. `read` fails with `TooManyRequests` when the charge ran out;
+/// it is run again only once the room it needed is free (a Range reserves
+/// its estimated size before reading values, so a refused Range has read
+/// the index and a sample of records, not the values).
 pub async fn with_budget<T, E>(
     budget: &Arc<RangeBudget>,
     mut read: impl FnMut(&mut Charge) -> Result<T, E>,
@@ -285,7 +330,7 @@ where
         let mut charge = Charge::new(budget.clone());
         match read(&mut charge) {
             Err(e) if too_many(&e) => {
-                let need = charge.counted();
+                let need = charge.needed();
                 drop(charge);
                 if !budget.wait_room(need, deadline).await {
                     return Err(EtcdError::TooManyRequests.into());
@@ -347,6 +392,90 @@ mod tests {
         let mut second = Charge::new(budget.clone());
         second.add(FREE_BYTES as usize - 1).expect("small is free");
         assert!(second.add(1).is_err(), "no room next to an oversized one");
+    }
+
+    /// A store of `n` records of 1 KiB values that counts its record reads.
+    struct CountingView {
+        n: usize,
+        reads: std::cell::Cell<usize>,
+    }
+
+    impl crate::mvcc::ReadView for CountingView {
+        fn rev(&self) -> i64 {
+            self.n as i64 + 1
+        }
+        fn compact_rev(&self) -> i64 {
+            0
+        }
+        fn live_revisions(
+            &self,
+            _: &crate::mvcc::KeyRange,
+            _: i64,
+        ) -> Result<Vec<crate::mvcc::Revision>, crate::mvcc::ReadError> {
+            Ok((0..self.n)
+                .map(|i| crate::mvcc::Revision::new(i as i64 + 2, 0))
+                .collect())
+        }
+        fn record(
+            &self,
+            rev: crate::mvcc::Revision,
+        ) -> Result<crate::proto::mvccpb::KeyValue, crate::error::StorageError> {
+            self.reads.set(self.reads.get() + 1);
+            Ok(crate::proto::mvccpb::KeyValue {
+                key: format!("k/{:08}", rev.main).into_bytes(),
+                value: vec![b'v'; 1024],
+                mod_revision: rev.main,
+                create_revision: rev.main,
+                version: 1,
+                lease: 0,
+            })
+        }
+    }
+
+    fn metered(
+        view: &CountingView,
+        charge: &mut Charge,
+    ) -> Result<crate::proto::etcdserverpb::RangeResponse, crate::mvcc::ReadError> {
+        let req = crate::proto::etcdserverpb::RangeRequest {
+            key: b"k/".to_vec(),
+            range_end: b"k0".to_vec(),
+            ..Default::default()
+        };
+        crate::mvcc::range::range_metered(view, &req, charge)
+    }
+
+    #[test]
+    fn a_refused_range_reads_no_more_than_its_sample() {
+        // 4,000 records of about 1 KiB: a 4 MiB response, next to another
+        // response holding the whole 4 MiB budget.
+        let budget = RangeBudget::new(4 * CHUNK);
+        let mut holder = Charge::new(budget.clone());
+        holder.add(4 * CHUNK as usize).expect("holder fits");
+        let view = CountingView {
+            n: 4000,
+            reads: std::cell::Cell::new(0),
+        };
+        let mut charge = Charge::new(budget.clone());
+        let refused = metered(&view, &mut charge);
+        assert!(matches!(
+            refused,
+            Err(crate::mvcc::ReadError::Client(EtcdError::TooManyRequests))
+        ));
+        assert!(
+            view.reads.get() <= crate::mvcc::range::SAMPLE,
+            "a refused range read {} records, more than its sample",
+            view.reads.get()
+        );
+        drop(charge);
+        drop(holder);
+
+        // With room, it is served, reading each record once.
+        view.reads.set(0);
+        let mut charge = Charge::new(budget.clone());
+        let served = metered(&view, &mut charge).expect("served with room");
+        assert_eq!(served.kvs.len(), 4000);
+        assert_eq!(view.reads.get(), 4000);
+        assert!(charge.held() >= charge.counted(), "reserved up front");
     }
 
     #[tokio::test]

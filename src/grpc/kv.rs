@@ -122,7 +122,7 @@ impl KV for KvService {
         let store = &self.api.store;
         let (mut resp, charge) = with_budget(
             &self.api.range_budget,
-            |charge| store.range_metered(&req, &mut |bytes| charge.add(bytes)),
+            |charge| store.range_metered(&req, charge),
             |e| matches!(e, ReadError::Client(EtcdError::TooManyRequests)),
         )
         .await?;

@@ -73,6 +73,9 @@ pub fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
+/// Records read to estimate a response's size before the rest are read.
+pub const SAMPLE: usize = 16;
+
 /// Answers a (validated) RangeRequest against `view`, as etcd's applier does.
 ///
 /// The header revision is the view's current revision, also for reads at an
@@ -82,17 +85,43 @@ pub fn range<V: ReadView + ?Sized>(
     view: &V,
     req: &RangeRequest,
 ) -> Result<RangeResponse, ReadError> {
-    range_metered(view, req, &mut |_| Ok(()))
+    range_metered(view, req, &mut Unmetered)
 }
 
-/// [`range`], telling `meter` the approximate encoded size of each record
-/// as it is read (before the next one is), so that a caller can refuse a
-/// response that grows past a memory budget (`grpc::budget`): the first
-/// error `meter` returns ends the read and is returned.
+/// What a metered read tells its caller about its size, so that the caller
+/// can refuse a response that would not fit a memory budget
+/// (`grpc::budget::Charge`). The first error ends the read and is returned.
+pub trait Meter {
+    /// Once, before the records past the sample are read: the estimated
+    /// size of everything the read will fetch.
+    fn reserve(&mut self, estimate: u64) -> Result<(), EtcdError>;
+    /// Each record's approximate encoded size, as it is read.
+    fn add(&mut self, bytes: usize) -> Result<(), EtcdError>;
+}
+
+/// A meter that accepts everything.
+pub struct Unmetered;
+
+impl Meter for Unmetered {
+    fn reserve(&mut self, _: u64) -> Result<(), EtcdError> {
+        Ok(())
+    }
+    fn add(&mut self, _: usize) -> Result<(), EtcdError> {
+        Ok(())
+    }
+}
+
+/// [`range`], under a [`Meter`]. Admission is decided before the values
+/// are read: the read first fetches [`SAMPLE`] records spread evenly over
+/// the ones it will return, tells `meter` the size they extrapolate to
+/// (sample bytes × records / sampled), and only then reads the rest (the
+/// sampled records are kept, not read twice). So a refused read has read
+/// the index and at most [`SAMPLE`] records. Each record is then also told
+/// to `meter` as it is read, which catches an estimate that was too low.
 pub fn range_metered<V: ReadView + ?Sized>(
     view: &V,
     req: &RangeRequest,
-    meter: &mut dyn FnMut(usize) -> Result<(), EtcdError>,
+    meter: &mut dyn Meter,
 ) -> Result<RangeResponse, ReadError> {
     crate::io_metrics::MVCC_RANGE.inc();
     let cur = view.rev();
@@ -124,10 +153,28 @@ pub fn range_metered<V: ReadView + ?Sized>(
             .saturating_add(1)
             .min(revs.len())
     };
+    let revs = &revs[..fetch];
+    let sampled = SAMPLE.min(fetch);
+    let mut sample = Vec::with_capacity(sampled);
+    let mut sample_bytes = 0u64;
+    for j in 0..sampled {
+        // Strictly increasing, since fetch >= sampled.
+        let i = j * fetch / sampled;
+        let kv = view.record(revs[i])?;
+        sample_bytes += record_size(&kv) as u64;
+        sample.push((i, kv));
+    }
+    if sampled > 0 {
+        meter.reserve(sample_bytes.saturating_mul(fetch as u64) / sampled as u64)?;
+    }
+    let mut sample = sample.into_iter().peekable();
     let mut kvs = Vec::with_capacity(fetch);
-    for r in &revs[..fetch] {
-        let kv = view.record(*r)?;
-        meter(record_size(&kv))?;
+    for (i, r) in revs.iter().enumerate() {
+        let kv = match sample.next_if(|(j, _)| *j == i) {
+            Some((_, kv)) => kv,
+            None => view.record(*r)?,
+        };
+        meter.add(record_size(&kv))?;
         kvs.push(kv);
     }
 

@@ -395,7 +395,7 @@ impl Store {
     pub fn range_metered(
         &self,
         req: &RangeRequest,
-        meter: &mut dyn FnMut(usize) -> Result<(), EtcdError>,
+        meter: &mut dyn range::Meter,
     ) -> Result<RangeResponse, ReadError> {
         range::range_metered(&self.snapshot(req.revision)?, req, meter)
     }

@@ -115,6 +115,14 @@ pub struct CompareOpts {
     /// whole load in the log).
     #[arg(long, default_value_t = 1_000)]
     pub catchup_snapshot_count: u64,
+    /// Value size of the keys `catchup` loads (bytes).
+    #[arg(long, default_value_t = 256)]
+    pub catchup_val_size: usize,
+    /// An extra flag given to every member of both servers, repeatable, e.g.
+    /// `--server-arg=--quota-backend-bytes=8589934592` for a keyspace past
+    /// etcd's 2 GiB default quota.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
     /// Time limit of a load phase (load-100k, restart-1m); the keys loaded
     /// by then are reported.
     #[arg(long, default_value_t = 600)]
@@ -335,13 +343,14 @@ async fn run_one(
         Kind::Etcd => o.etcd_bin.as_path(),
         Kind::Cairn => cairn_bin,
     };
-    let flags = match name {
+    let mut flags = match name {
         "catchup" => vec![
             "--snapshot-count".to_string(),
             o.catchup_snapshot_count.to_string(),
         ],
         _ => Vec::new(),
     };
+    flags.extend(o.server_args.iter().cloned());
     let start = Cluster::start(
         kind,
         bin,
@@ -515,7 +524,15 @@ async fn catchup(cluster: &mut Cluster, o: &CompareOpts) -> Result<Report, Bench
     let keys = load_keys();
     let mut report = {
         let pool = Pool::connect(&spec.endpoints, spec.conns).await?;
-        kv::load_keys(&pool, &keys, o.catchup_keys, 256, &spec, "catchup").await
+        kv::load_keys(
+            &pool,
+            &keys,
+            o.catchup_keys,
+            o.catchup_val_size,
+            &spec,
+            "catchup",
+        )
+        .await
     };
     let loaded = report.ops;
     report.extra.insert("keys_loaded".into(), loaded as f64);
