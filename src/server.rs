@@ -247,6 +247,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(Store::open(backend).context("loading the state store")?);
+    store.set_compaction_batches(cfg.compaction_batches);
     let snaps =
         crate::snapshot::SnapDir::open(&member_dir).context("opening the snapshot directory")?;
     finish_install(&log, &store, &snaps)?;

@@ -149,6 +149,10 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// `--corrupt-check-time`: the leader's periodic check (zero: none).
     pub corrupt_check_time: Duration,
+    /// `--experimental-compaction-batch-limit` and
+    /// `--experimental-compaction-sleep-interval`: how the compactor cuts
+    /// its deletion passes (`mvcc::compaction`).
+    pub compaction_batches: crate::mvcc::compaction::Batches,
     /// Client and peer TLS (`--cert-file` … `--tls-max-version`).
     pub security: crate::tls::Security,
     /// Extra URLs serving only the probes and `/metrics` (kubeadm's 2381).
@@ -205,6 +209,7 @@ impl Default for Config {
             force_new_cluster: false,
             initial_corrupt_check: false,
             corrupt_check_time: Duration::ZERO,
+            compaction_batches: crate::mvcc::compaction::Batches::DEFAULT,
             security: crate::tls::Security::default(),
             listen_metrics_urls: Vec::new(),
             metrics: "basic".to_string(),
@@ -885,6 +890,20 @@ impl Layers {
                     values::go_duration(raw.text()?)
                 })?
                 .unwrap_or(defaults.corrupt_check_time),
+            compaction_batches: crate::mvcc::compaction::Batches {
+                limit: self
+                    .get("experimental_compaction_batch_limit", |raw| {
+                        values::unsigned(raw.text()?)
+                    })?
+                    .map_or(defaults.compaction_batches.limit, |n| {
+                        usize::try_from(n).unwrap_or(usize::MAX)
+                    }),
+                pause: self
+                    .get("experimental_compaction_sleep_interval", |raw| {
+                        values::go_duration(raw.text()?)
+                    })?
+                    .unwrap_or(defaults.compaction_batches.pause),
+            },
             wal_dir: self
                 .get("wal_dir", |raw| Ok(raw.text()?.trim().to_string()))?
                 .filter(|dir| !dir.is_empty())

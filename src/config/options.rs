@@ -705,20 +705,18 @@ pub(super) const OPTIONS: &[Opt] = &[
         "Persist the remaining TTL of leases (not implemented) [default: false]",
     )
     .switch(),
-    ignored(
+    opt(
         "experimental_compaction_batch_limit",
         "experimental-compaction-batch-limit",
-        &["1000"],
-        "cairn's compactor removes revisions in batches of its own size, off the apply thread",
-        "Most revisions deleted per compaction batch [default: 1000]",
+        "N",
+        "Most revision records the compactor examines (and deletes) per batch [default: 1000]",
     )
     .aka(&["compaction-batch-limit"]),
-    ignored(
+    opt(
         "experimental_compaction_sleep_interval",
         "experimental-compaction-sleep-interval",
-        &["10ms"],
-        "cairn's compactor runs on a thread of its own and yields between batches",
-        "Pause between compaction batches (etcd 3.5) [default: 10ms]",
+        "DURATION",
+        "Pause of the compactor between two deletion batches (etcd 3.5) [default: 10ms]",
     )
     .aka(&["compaction-sleep-interval"]),
     ignored(

@@ -1618,6 +1618,30 @@ fn unimplemented_etcd_flags_are_accepted_with_a_reason_or_refused() {
         std::time::Duration::from_secs(90)
     );
 
+    // The compactor's batches: etcd's defaults, the flags (and the graduated
+    // name) take effect, 0 means the default as in etcd.
+    let batches = |c: &Config| (c.compaction_batches.limit, c.compaction_batches.pause);
+    let (config, _) = load_etcd(&[], &[], None).expect("loads");
+    assert_eq!(
+        batches(&config),
+        (1_000, std::time::Duration::from_millis(10))
+    );
+    let (config, _) = load_etcd(
+        &[
+            "--experimental-compaction-batch-limit=200",
+            "--experimental-compaction-sleep-interval",
+            "1ms",
+        ],
+        &[],
+        None,
+    )
+    .expect("loads");
+    assert_eq!(batches(&config), (200, std::time::Duration::from_millis(1)));
+    let (config, _) =
+        load_etcd(&[], &[("ETCD_COMPACTION_BATCH_LIMIT", "50")], None).expect("loads");
+    assert_eq!(config.compaction_batches.limit, 50);
+    assert!(load_etcd(&["--compaction-batch-limit=-1"], &[], None).is_err());
+
     for (args, flag, text) in [
         (
             &["--discovery", "https://discovery.etcd.io/abc"][..],

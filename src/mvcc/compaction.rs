@@ -10,8 +10,8 @@
 //!
 //! ```text
 //!  kick ─► prune the key index, PRUNE_STEP keys per write-lock hold
-//!       ─► delete old records, BATCH_LIMIT records examined per backend
-//!          batch, BATCH_PAUSE between batches; the last batch also writes
+//!       ─► delete old records, Batches::limit records examined per backend
+//!          batch, Batches::pause between batches; the last batch also writes
 //!          m/finished_compact_rev ─► Compact(physical) and HashKV waiters wake
 //! ```
 //!
@@ -48,19 +48,37 @@ use super::backend::{Backend, WriteBatch};
 use super::revision::Revision;
 use super::store::{rev_key, Committed, RecordHead, META_FINISHED_COMPACT_REV, REV_PREFIX};
 
-/// Revision records examined per deletion batch. etcd's
-/// `--experimental-compaction-batch-limit` defaults to 1,000 with a 10 ms
-/// pause; cairn deletes at the same average rate in quarter-size steps,
-/// because its deletions land in the write buffer: a 1,000-delete write
-/// leaves the buffer near its backpressure limit (`buffered::LIMIT_OPS`),
-/// and the apply thread's next write then commits to sled itself. At 250
-/// (under `buffered::COMMIT_OPS`) the buffer's committer moves them in the
-/// background (measured: p99 of 1-put applies during compaction 1.6–2.3 ms
-/// against 4.8–5.1 ms with 1,000; docs/performance.md).
-pub const BATCH_LIMIT: usize = 250;
-/// Pause between two deletion batches, so writes and reads keep their
-/// latency.
-pub const BATCH_PAUSE: Duration = Duration::from_micros(2_500);
+/// How the deletion pass is cut into batches: etcd's
+/// `--experimental-compaction-batch-limit` (revision records examined per
+/// backend batch) and `--experimental-compaction-sleep-interval` (the pause
+/// between two batches, so writes and reads keep their latency). Set at
+/// start-up with [`super::Store::set_compaction_batches`]; the compactor
+/// reads them before each batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batches {
+    /// Revision records examined per deletion batch (at least 1).
+    pub limit: usize,
+    /// Pause after each deletion batch but the last.
+    pub pause: Duration,
+}
+
+impl Batches {
+    /// etcd's defaults: 1,000 records, 10 ms. The deletions no longer go
+    /// through the write buffer (the compactor commits them itself,
+    /// `Backend::write_batch_background`), so the quarter-size batches of
+    /// before (250 every 2.5 ms, same average rate) bought nothing.
+    pub const DEFAULT: Batches = Batches {
+        limit: 1_000,
+        pause: Duration::from_millis(10),
+    };
+}
+
+impl Default for Batches {
+    fn default() -> Self {
+        Batches::DEFAULT
+    }
+}
+
 /// Keys pruned from the in-memory key index per hold of its write lock
 /// (measured: 0.2 to 0.7 ms for 2,000 keys of 3 revisions each).
 pub const PRUNE_STEP: usize = 2_000;
@@ -90,6 +108,8 @@ pub(crate) struct Compaction {
     /// Bumped when the store's whole state is replaced: the compactor then
     /// drops the pass it was in and starts over from `finished`.
     epoch: std::sync::atomic::AtomicU64,
+    /// The batch size and pause, read by the compactor before each batch.
+    batches: Mutex<Batches>,
 }
 
 /// A read in flight at some revision; deregisters when dropped.
@@ -124,7 +144,23 @@ impl Compaction {
             changed: Condvar::new(),
             work: Mutex::new(()),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            batches: Mutex::new(Batches::DEFAULT),
         }
+    }
+
+    /// Sets how the deletion passes are cut (from the next batch on); a
+    /// limit of 0 means etcd's default, as in etcd.
+    pub(crate) fn set_batches(&self, batches: Batches) {
+        let limit = match batches.limit {
+            0 => Batches::DEFAULT.limit,
+            n => n,
+        };
+        *self.batches.lock() = Batches { limit, ..batches };
+    }
+
+    /// The batch size and pause in force.
+    pub(crate) fn batches(&self) -> Batches {
+        *self.batches.lock()
     }
 
     /// Keeps the compactor between two steps while the guard lives.
@@ -337,21 +373,18 @@ impl Worker {
         }
     }
 
-    /// Deletes the old records among the next [`BATCH_LIMIT`] at or below
-    /// `target`; the last batch of a pass also records it as finished.
+    /// Deletes the old records among the next [`Batches::limit`] at or
+    /// below `target`; the last batch of a pass also records it as finished.
     fn delete_step(&mut self, target: i64) -> Result<(), StorageError> {
         crate::failpoint::hit("compact-delete");
+        let Batches { limit, pause } = self.state.batches();
         if self.pass.0 != target {
             self.pass = (target, REV_PREFIX.to_vec());
             self.removed = 0;
         }
         let end = rev_key(Revision::new(target.saturating_add(1), 0), false);
-        let mut found = Vec::with_capacity(BATCH_LIMIT);
-        for item in self
-            .backend
-            .scan_range(&self.pass.1, &end)
-            .take(BATCH_LIMIT)
-        {
+        let mut found = Vec::with_capacity(limit.min(4_096));
+        for item in self.backend.scan_range(&self.pass.1, &end).take(limit) {
             let (k, v) = item?;
             let (rev, tombstone) = Revision::from_bytes(&k[REV_PREFIX.len()..])?;
             let head = RecordHead::decode(v.as_slice())
@@ -359,7 +392,7 @@ impl Worker {
             let bytes = (k.len() + v.len()) as u64;
             found.push((k, rev, tombstone, head.key, bytes));
         }
-        let last_batch = found.len() < BATCH_LIMIT;
+        let last_batch = found.len() < limit;
         let next = found.last().map(|(k, ..)| {
             let mut after = k.clone();
             after.push(0);
@@ -401,8 +434,8 @@ impl Worker {
                 self.pass.1 = next;
             }
             let mut stop = self.state.stop.lock();
-            if !*stop {
-                self.state.changed.wait_for(&mut stop, BATCH_PAUSE);
+            if !*stop && !pause.is_zero() {
+                self.state.changed.wait_for(&mut stop, pause);
             }
         }
         Ok(())

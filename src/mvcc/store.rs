@@ -340,6 +340,13 @@ impl Store {
         self.compaction.finished()
     }
 
+    /// Sets the compactor's batch size and pause (etcd's
+    /// `--experimental-compaction-batch-limit` and
+    /// `--experimental-compaction-sleep-interval`), from its next batch on.
+    pub fn set_compaction_batches(&self, batches: compaction::Batches) {
+        self.compaction.set_batches(batches);
+    }
+
     /// Blocks until the old records of compaction at `rev` (or a later one)
     /// are gone from the backend: etcd's `physical` Compact. Blocking: async
     /// callers run it with `spawn_blocking`.

@@ -1357,6 +1357,65 @@ fn compacted_records_are_gone_once_the_compactor_finishes() {
     assert!(c.index.iter().all(|(_, ki)| ki.revisions().count() == 1));
 }
 
+/// A [`MemBackend`] that counts the operations of each background batch
+/// (the compactor's deletions).
+#[derive(Default)]
+struct CountingBackend {
+    inner: MemBackend,
+    /// Operations per `write_batch_background` call, in order.
+    background: parking_lot::Mutex<Vec<usize>>,
+}
+
+impl Backend for CountingBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::error::StorageError> {
+        self.inner.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> super::backend::ScanIter<'_> {
+        self.inner.scan_prefix(prefix)
+    }
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> super::backend::ScanIter<'_> {
+        self.inner.scan_range(start, end)
+    }
+    fn write_batch(&self, batch: WriteBatch) -> Result<(), crate::error::StorageError> {
+        self.inner.write_batch(batch)
+    }
+    fn write_batch_background(&self, batch: WriteBatch) -> Result<(), crate::error::StorageError> {
+        self.background.lock().push(batch.len());
+        self.inner.write_batch(batch)
+    }
+    fn flush(&self) -> Result<(), crate::error::StorageError> {
+        Ok(())
+    }
+    fn size_on_disk(&self) -> Result<u64, crate::error::StorageError> {
+        self.inner.size_on_disk()
+    }
+}
+
+#[test]
+fn the_batch_limit_bounds_each_deletion_batch_and_the_pause_spaces_them() {
+    let backend = Arc::new(CountingBackend::default());
+    let s = Store::open(backend.clone()).expect("open");
+    let pause = std::time::Duration::from_millis(20);
+    s.set_compaction_batches(compaction::Batches { limit: 500, pause });
+    // 4,500 records, 3,000 of them to delete.
+    rounds(&s, 1_500, 3);
+    let rev = s.current_revision();
+    let t = std::time::Instant::now();
+    compact(&s, rev).expect("compact");
+    let took = t.elapsed();
+    assert_eq!(record_revisions(&s).len(), 1_500);
+    let batches = backend.background.lock().clone();
+    // 9 batches of 500 examined records (the last three delete nothing:
+    // they are the live revisions), then one that finds none left and
+    // records the pass as finished; a pause after each of the first 9.
+    assert_eq!(batches.len(), 10, "batches: {batches:?}");
+    assert!(
+        batches.iter().all(|&ops| ops <= 500),
+        "a batch over the limit: {batches:?}"
+    );
+    assert!(took >= pause * 9, "{took:?} for 9 pauses of {pause:?}");
+}
+
 #[test]
 fn physical_compaction_resumes_after_a_restart() {
     let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());

@@ -53,6 +53,10 @@ pub struct Common {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Also print, on stderr, each second's operations and p99 / max
+    /// latency (Unix time stamps), e.g. to see stalls during a compaction.
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 impl Common {
@@ -69,6 +73,7 @@ impl Common {
             total,
             max_duration: Duration::from_secs(self.duration.unwrap_or(300)),
             progress: !self.no_progress && !self.json,
+            timeline: self.timeline,
         }
     }
 }

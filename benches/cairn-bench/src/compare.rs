@@ -267,6 +267,7 @@ fn plan(name: &str, o: &CompareOpts, endpoints: Vec<String>) -> Option<(Load, Sc
         total: o.ops,
         max_duration: Duration::from_secs(o.max_duration_secs),
         progress: false,
+        timeline: false,
     };
     let sc = match name {
         "put" | "put-leader" => Scenario::Put(PutOpts::default()),
@@ -420,6 +421,7 @@ fn load_spec(o: &CompareOpts, endpoints: Vec<String>) -> Load {
         total: 0,
         max_duration: Duration::from_secs(o.load_timeout_secs),
         progress: false,
+        timeline: false,
     }
 }
 

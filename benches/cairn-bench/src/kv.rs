@@ -467,6 +467,7 @@ async fn preload(
 ) -> Result<(), crate::BenchError> {
     let spec = Load {
         progress: false,
+        timeline: false,
         ..load.clone()
     };
     let r = load_keys(pool, keys, n, val_size, &spec, "preload").await;

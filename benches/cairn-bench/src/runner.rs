@@ -34,6 +34,10 @@ pub struct Load {
     pub max_duration: Duration,
     /// Whether to draw a progress bar on stderr.
     pub progress: bool,
+    /// Whether to print, on stderr, one line per wall-clock second with the
+    /// operations completed in it and their p99 and max latency (to see
+    /// stalls while something else happens on the server).
+    pub timeline: bool,
 }
 
 impl Default for Load {
@@ -45,6 +49,7 @@ impl Default for Load {
             total: 10_000,
             max_duration: Duration::from_secs(300),
             progress: false,
+            timeline: false,
         }
     }
 }
@@ -96,6 +101,9 @@ struct TaskResult {
     outcomes: BTreeMap<String, u64>,
     errors: u64,
     error_samples: BTreeMap<String, u64>,
+    /// (completion time in ms since the Unix epoch, latency, ok) of each
+    /// operation, with `Load::timeline` only.
+    timeline: Vec<(u64, Duration, bool)>,
 }
 
 /// Runs `load.clients` clients made by `make(i)` until `load.total`
@@ -115,6 +123,7 @@ pub async fn drive<C: Client>(
         let issued = issued.clone();
         let total = load.total;
         let pb = pb.clone();
+        let timeline = load.timeline;
         tasks.push(tokio::spawn(async move {
             let mut r = TaskResult {
                 lat: Latencies::new(),
@@ -122,6 +131,7 @@ pub async fn drive<C: Client>(
                 outcomes: BTreeMap::new(),
                 errors: 0,
                 error_samples: BTreeMap::new(),
+                timeline: Vec::new(),
             };
             loop {
                 let seq = issued.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +139,12 @@ pub async fn drive<C: Client>(
                     break;
                 }
                 let t = Instant::now();
-                match tokio::time::timeout(OP_TIMEOUT, client.op(seq)).await {
+                let outcome = tokio::time::timeout(OP_TIMEOUT, client.op(seq)).await;
+                if timeline {
+                    r.timeline
+                        .push((unix_ms(), t.elapsed(), matches!(outcome, Ok(Ok(_)))));
+                }
+                match outcome {
                     Ok(Ok(done)) => {
                         r.lat.record(t.elapsed());
                         r.ops += done.items;
@@ -159,10 +174,12 @@ pub async fn drive<C: Client>(
         ..Default::default()
     };
     let mut lat = Latencies::new();
+    let mut timeline = Vec::new();
     for t in tasks {
         match t.await {
             Ok(r) => {
                 lat.merge(&r.lat);
+                timeline.extend(r.timeline);
                 report.ops += r.ops;
                 for (k, v) in r.outcomes {
                     *report.outcomes.entry(k).or_default() += v;
@@ -174,7 +191,40 @@ pub async fn drive<C: Client>(
     }
     pb.finish_and_clear();
     finish(&mut report, &lat, start.elapsed());
+    if load.timeline {
+        eprint!("{}", timeline_lines(timeline));
+    }
     report
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One line per wall-clock second (Unix time, to line up with other logs):
+/// operations completed in it, errors, and the p99 and max latency in ms.
+fn timeline_lines(mut ops: Vec<(u64, Duration, bool)>) -> String {
+    ops.sort_by_key(|&(at, ..)| at);
+    let mut out = String::new();
+    for second in ops.chunk_by(|a, b| a.0 / 1000 == b.0 / 1000) {
+        let mut lat = Latencies::new();
+        for &(_, d, _) in second {
+            lat.record(d);
+        }
+        let s = lat.summary();
+        let errors = second.iter().filter(|&&(.., ok)| !ok).count();
+        out.push_str(&format!(
+            "timeline {} ops {} errors {} p99 {:.1} max {:.1}\n",
+            second[0].0 / 1000,
+            second.len(),
+            errors,
+            s.p99,
+            s.max
+        ));
+    }
+    out
 }
 
 /// Fills in the elapsed time, throughput and latency summary.

@@ -40,6 +40,7 @@ fn bench(
         total,
         max_duration: Duration::from_secs(60),
         progress: false,
+        timeline: false,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

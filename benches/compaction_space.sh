@@ -1,0 +1,126 @@
+#!/bin/bash
+# Space and latency around `compaction --physical`, on cairn or etcd
+# (docs/storage.md, "Session 7: compaction on fjall"). One member on free
+# loopback ports, data in a temp dir removed at the end.
+#
+#   benches/compaction_space.sh cairn|etcd WORKLOAD [extra server flags...]
+#
+# WORKLOAD:
+#   delete   300,000 puts of 256 B over 100,000 keys, delete every key,
+#            compaction --physical; the state dir over the next minute.
+#   history  KEYS keys (default 200000) × REVS revisions (default 5) of 1 KiB
+#            values, then compaction of all but the last revision, with
+#            puts and ranges running (4 clients each, --timeline: per-second
+#            p99 / max on stderr) from 10 s before to 60 s after it.
+#            KEYS=1000000 is the issue's full workload (about 5 GB of values
+#            written; etcd's WAL and bolt file need 12 GB or more).
+#
+# Env: BIN (dir with cairn and cairn-bench; default target/release), ETCD
+# (default /usr/bin/etcd), OUT (dir to keep the logs and timelines in;
+# default: printed and removed).
+set -u
+KIND=$1
+WORKLOAD=$2
+shift 2
+BIN=${BIN:-$(dirname "$0")/../target/release}
+ETCD=${ETCD:-/usr/bin/etcd}
+D=$(mktemp -d /tmp/cairn-space-XXXX)
+OUT=${OUT:-$D/out}
+mkdir -p "$OUT"
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+CP=$(port)
+PP=$(port)
+SERVER_BIN=$BIN/cairn
+[ "$KIND" = etcd ] && SERVER_BIN=$ETCD
+# STRACE=FILE: run the server under strace, logging its fsyncs, renames and
+# unlinks with their durations (only those stop the process: seccomp-bpf).
+TRACE=()
+[ -n "${STRACE:-}" ] && TRACE=(strace -f --seccomp-bpf -T -tt -e trace=fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat -o "$STRACE")
+"${TRACE[@]}" "$SERVER_BIN" --name m --data-dir "$D/data" --listen-client-urls "http://127.0.0.1:$CP" \
+  --advertise-client-urls "http://127.0.0.1:$CP" --listen-peer-urls "http://127.0.0.1:$PP" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$PP" --initial-cluster "m=http://127.0.0.1:$PP" \
+  --quota-backend-bytes 17179869184 "$@" > "$OUT/server.log" 2>&1 &
+PID=$!
+export ETCDCTL_API=3
+E="--endpoints=127.0.0.1:$CP --command-timeout=600s"
+for _ in $(seq 100); do etcdctl $E endpoint health > /dev/null 2>&1 && break; sleep 0.2; done
+state() {
+  if [ "$KIND" = etcd ]; then du -sk "$D/data/member/snap" | cut -f1; else du -skc "$D"/data/member/state* | tail -1 | cut -f1; fi
+}
+status() { etcdctl $E endpoint status -w json | python3 -c 'import json,sys;s=json.load(sys.stdin)[0]["Status"];print(s["header"]["revision"], s["dbSize"])'; }
+now() { date +%s.%N | cut -c1-14; }
+bench() { "$BIN/cairn-bench" "$@" --endpoints "127.0.0.1:$CP" --no-progress --json; }
+summary() { python3 -c 'import json,sys;d=json.load(sys.stdin);l=d["latency_ms"];print("{} ops {:.0f}/s p50 {} p99 {} max {} errors {}".format(d["ops"],d["throughput"],l["p50"],l["p99"],l["max"],d["errors"]))'; }
+
+case $WORKLOAD in
+delete)
+  T=$(now)
+  bench put --clients 32 --conns 4 --total 300000 --key-space 100000 --sequential-keys | summary
+  echo "fill: $(python3 -c "print(round($(now)-$T,1))") s; state $(state) KiB; rev dbSize $(status)"
+  etcdctl $E del bench/ --prefix > /dev/null
+  read -r REV _ <<< "$(status)"
+  echo "after delete: state $(state) KiB"
+  ;;
+history)
+  KEYS=${KEYS:-200000}
+  REVS=${REVS:-5}
+  T=$(now)
+  bench put --clients 32 --conns 4 --total $((KEYS * REVS)) --key-space "$KEYS" --sequential-keys --val-size 1024 | summary
+  echo "fill ($KEYS keys x $REVS revisions of 1 KiB): $(python3 -c "print(round($(now)-$T,1))") s; state $(state) KiB; rev dbSize $(status)"
+  read -r REV _ <<< "$(status)"
+  echo "live data: $((KEYS * (16 + 1024) / 1024)) KiB of keys and values"
+  bench put --clients 4 --prefix other/ --key-space 10000 --duration 80 --timeline 2> "$OUT/put.timeline" | summary > "$OUT/put.summary" &
+  P1=$!
+  bench range --clients 4 --keys 1000 --val-size 1024 --duration 80 --timeline 2> "$OUT/range.timeline" | summary > "$OUT/range.summary" &
+  P2=$!
+  sleep 12
+  ;;
+*)
+  echo "unknown workload $WORKLOAD" >&2
+  exit 2
+  ;;
+esac
+
+T0=$(now)
+echo "compaction --physical $REV starts at $T0"
+etcdctl $E compaction --physical "$REV"
+T1=$(now)
+echo "compaction returned after $(python3 -c "print(round($T1-$T0,2))") s (at $T1); state $(state) KiB"
+for s in 5 10 20 30 45 60; do
+  sleep $(python3 -c "print(max(0, $T1+$s-$(now)))")
+  echo "  +${s}s: state $(state) KiB"
+done
+if [ "$WORKLOAD" = history ]; then
+  wait $P1 $P2
+  echo "puts (other/, 4 clients): $(cat "$OUT/put.summary")"
+  echo "ranges (bench/, 4 clients): $(cat "$OUT/range.summary")"
+  python3 - "$OUT" "$T0" "$T1" << 'EOF'
+import sys
+out, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+for name in ("put", "range"):
+    rows = [l.split() for l in open(f"{out}/{name}.timeline") if l.startswith("timeline ")]
+    def agg(sel):
+        sel = list(sel)
+        if not sel:
+            return "none"
+        return (f"{len(sel)} s, ops/s median {sorted(int(r[3]) for r in sel)[len(sel)//2]}, "
+                f"worst p99 {max(float(r[7]) for r in sel)} ms, max {max(float(r[9]) for r in sel)} ms, "
+                f"seconds with max > 100 ms: {sum(float(r[9]) > 100 for r in sel)}, errors {sum(int(r[5]) for r in sel)}")
+    print(f"{name} before compaction: {agg(r for r in rows if int(r[1]) < int(t0))}")
+    print(f"{name} during compaction: {agg(r for r in rows if int(t0) <= int(r[1]) <= int(t1))}")
+    print(f"{name} after compaction:  {agg(r for r in rows if int(r[1]) > int(t1))}")
+    print(f"{name} per second (t - compaction start, ops, p99, max):",
+          " ".join(f"{int(r[1]) - int(t0)}:{r[3]}/{r[7]}/{r[9]}" for r in rows))
+EOF
+fi
+etcdctl $E endpoint status -w table
+# The raft log's fsyncs (etcd's metric, which cairn exports too): put
+# stalls on a busy disk show here.
+curl -s "http://127.0.0.1:$CP/metrics" | grep -E '^etcd_disk_wal_fsync_duration_seconds_(bucket\{le="(0.008|0.032|0.128|0.512)"\}|count)' | tr '\n' ' '
+echo
+[ -n "${STRACE:-}" ] && kill "$(pgrep -P "$PID")"
+kill "$PID"
+wait "$PID" 2> /dev/null
+grep -iE "compact|defrag" "$OUT/server.log" | tail -5 | cut -c1-300
+rm -rf "$D/data"
+[ "$OUT" = "$D/out" ] && rm -rf "$D"
