@@ -864,6 +864,9 @@ pub mod cli {
 
     use clap::{Parser, Subcommand};
 
+    /// The variable that names the state engine, as for the server.
+    const ENGINE_ENV: &str = "CAIRN_BACKEND_ENGINE";
+
     use super::{restore, status, RestoreOptions};
 
     #[derive(Parser)]
@@ -895,8 +898,8 @@ pub mod cli {
             /// Restore a file whose hash does not check (as etcd's flag).
             #[arg(long)]
             skip_hash_check: bool,
-            /// The new data dir's state engine: sled or fjall (cairn only)
-            /// [default: fjall].
+            /// The new data dir's state engine: sled or fjall (cairn only;
+            /// also CAIRN_BACKEND_ENGINE) [default: fjall].
             #[arg(long, value_parser = crate::mvcc::Engine::parse)]
             backend_engine: Option<crate::mvcc::Engine>,
         },
@@ -1028,6 +1031,18 @@ pub mod cli {
                     }
                 };
                 let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.cairn")));
+                // As for the server, the variable stands in for the flag.
+                let backend_engine = match (backend_engine, std::env::var(ENGINE_ENV)) {
+                    (Some(e), _) => Some(e),
+                    (None, Ok(v)) => match crate::mvcc::Engine::parse(&v) {
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            eprintln!("Error: {ENGINE_ENV}: {e}");
+                            return 2;
+                        }
+                    },
+                    (None, Err(_)) => None,
+                };
                 let opts = RestoreOptions {
                     name,
                     data_dir,
