@@ -285,6 +285,9 @@ impl StreamVerifier {
     }
 }
 
+/// A backend record: key and value.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// One frame read back.
 enum Frame {
     Head(SnapshotHead),
@@ -650,9 +653,9 @@ struct SortedImage {
     /// Pairs read so far (the tail counts them).
     pairs: u64,
     /// The pairs above the revision records, until the end of the image.
-    late: Vec<(Vec<u8>, Vec<u8>)>,
+    late: Vec<Pair>,
     /// Set at the end of the image: what is left of `late`.
-    draining: Option<std::vec::IntoIter<(Vec<u8>, Vec<u8>)>>,
+    draining: Option<std::vec::IntoIter<Pair>>,
     /// Why the stream ended early (the engine sees a storage error).
     error: Option<SnapshotError>,
 }
@@ -672,7 +675,7 @@ impl SortedImage {
 
     /// The next pair in key order, `None` at the end (then `late` is
     /// ready to drain).
-    fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, SnapshotError> {
+    fn next_pair(&mut self) -> Result<Option<Pair>, SnapshotError> {
         let bad = |what: &str| SnapshotError::Format(what.to_string());
         while let Some(frame) = self.frames.next_frame()? {
             match frame {
@@ -1282,7 +1285,7 @@ mod tests {
     }
 
     /// The head, pairs and tail of an image file.
-    fn decode_image(path: &Path) -> (SnapshotHead, Vec<(Vec<u8>, Vec<u8>)>, SnapshotTail) {
+    fn decode_image(path: &Path) -> (SnapshotHead, Vec<Pair>, SnapshotTail) {
         let (mut head, mut pairs, mut tail) = (None, Vec::new(), None);
         read_frames(path, |f| {
             match f {
@@ -1297,12 +1300,7 @@ mod tests {
     }
 
     /// Writes an image of these frames, with a matching hash.
-    fn encode_image(
-        path: &Path,
-        head: &SnapshotHead,
-        pairs: &[(Vec<u8>, Vec<u8>)],
-        tail: Option<&SnapshotTail>,
-    ) {
+    fn encode_image(path: &Path, head: &SnapshotHead, pairs: &[Pair], tail: Option<&SnapshotTail>) {
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&VERSION.to_be_bytes());
         frame(&mut out, TAG_HEAD, &head.encode_to_vec());
@@ -1390,36 +1388,48 @@ mod tests {
         let mut doubled = pairs.clone();
         doubled.insert(first_rev + 1, pairs[first_rev].clone());
         let cut = pairs[..pairs.len() - 5].to_vec();
-        let counted = |p: &[(Vec<u8>, Vec<u8>)]| SnapshotTail {
+        let counted = |p: &[Pair]| SnapshotTail {
             pairs: p.len() as u64,
-            ..tail.clone()
+            ..tail
         };
-        let cases: Vec<(&str, &str, Vec<(Vec<u8>, Vec<u8>)>, Option<SnapshotTail>)> = vec![
-            (
-                "revision records swapped",
-                "order",
-                swapped.clone(),
-                Some(counted(&swapped)),
-            ),
-            (
-                "a meta record last",
-                "order",
-                late_meta.clone(),
-                Some(counted(&late_meta)),
-            ),
-            (
-                "a record twice",
-                "order",
-                doubled.clone(),
-                Some(counted(&doubled)),
-            ),
-            ("cut before its tail", "no tail", cut.clone(), None),
-            (
-                "fewer pairs than its tail says",
-                "truncated",
-                cut,
-                Some(tail.clone()),
-            ),
+        /// An image that must be refused, and a word of the error.
+        struct Case {
+            what: &'static str,
+            why: &'static str,
+            pairs: Vec<Pair>,
+            tail: Option<SnapshotTail>,
+        }
+        let cases = [
+            Case {
+                what: "revision records swapped",
+                why: "order",
+                tail: Some(counted(&swapped)),
+                pairs: swapped,
+            },
+            Case {
+                what: "a meta record last",
+                why: "order",
+                tail: Some(counted(&late_meta)),
+                pairs: late_meta,
+            },
+            Case {
+                what: "a record twice",
+                why: "order",
+                tail: Some(counted(&doubled)),
+                pairs: doubled,
+            },
+            Case {
+                what: "cut before its tail",
+                why: "no tail",
+                pairs: cut.clone(),
+                tail: None,
+            },
+            Case {
+                what: "fewer pairs than its tail says",
+                why: "truncated",
+                pairs: cut,
+                tail: Some(tail),
+            },
         ];
 
         let state = dir.path().join("state-fjall");
@@ -1427,7 +1437,13 @@ mod tests {
             let follower = fjall_store(&state);
             write(&follower, &[("z", Some("old"))]);
             let old = (all_at(&follower, 0), follower.applied_index());
-            for (what, why, pairs, tail) in &cases {
+            for Case {
+                what,
+                why,
+                pairs,
+                tail,
+            } in &cases
+            {
                 let path = dir.path().join("bad.snap");
                 encode_image(&path, &head, pairs, tail.as_ref());
                 match install(&follower, &path, true) {

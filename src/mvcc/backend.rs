@@ -65,7 +65,10 @@ pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), Stora
 
 /// The sorted stream [`Backend::bulk_replace`] takes: pairs in strictly
 /// ascending key order; an `Err` ends it and fails the replacement.
-pub type BulkPairs<'a> = &'a mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>>;
+pub type BulkPairs<'a> = &'a mut dyn Iterator<Item = BulkItem>;
+
+/// One item of [`BulkPairs`]: a key and its value, or why the stream broke.
+pub type BulkItem = Result<(Vec<u8>, Vec<u8>), StorageError>;
 
 /// An ordered byte key-value store with atomic batches.
 pub trait Backend: Send + Sync + 'static {

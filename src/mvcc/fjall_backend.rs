@@ -424,7 +424,7 @@ mod tests {
     }
 
     /// The pairs `("k0", "v0")`… in order, as a bulk stream.
-    fn stream(n: usize) -> Vec<Result<(Vec<u8>, Vec<u8>), StorageError>> {
+    fn stream(n: usize) -> Vec<crate::mvcc::BulkItem> {
         (0..n)
             .map(|i| {
                 Ok((
