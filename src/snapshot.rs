@@ -285,6 +285,9 @@ impl StreamVerifier {
     }
 }
 
+/// A backend record: key and value.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// One frame read back.
 enum Frame {
     Head(SnapshotHead),
@@ -297,54 +300,80 @@ fn read_frames(
     path: &Path,
     mut f: impl FnMut(Frame) -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
-    let file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut r = BufReader::with_capacity(1 << 16, file).take(size - HASH_LEN as u64);
-    let mut magic = [0u8; 12];
-    r.read_exact(&mut magic)?;
-    if &magic[..8] != MAGIC {
-        return Err(SnapshotError::Format("bad magic".into()));
-    }
-    let version = u32::from_be_bytes([magic[8], magic[9], magic[10], magic[11]]);
-    if version != VERSION {
-        return Err(SnapshotError::Format(format!(
-            "version {version} (this cairn reads {VERSION})"
-        )));
-    }
-    let bad = |what: &str| SnapshotError::Format(what.to_string());
-    loop {
-        let mut tag = [0u8; 1];
-        if r.read(&mut tag)? == 0 {
-            return Ok(());
-        }
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len)?;
-        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-        r.read_exact(&mut payload)?;
-        let frame = match tag[0] {
-            TAG_HEAD => {
-                Frame::Head(SnapshotHead::decode(payload.as_slice()).map_err(|_| bad("bad head"))?)
-            }
-            TAG_TAIL => {
-                Frame::Tail(SnapshotTail::decode(payload.as_slice()).map_err(|_| bad("bad tail"))?)
-            }
-            TAG_PAIR => {
-                if payload.len() < 4 {
-                    return Err(bad("short pair"));
-                }
-                let klen =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
-                if payload.len() < 4 + klen {
-                    return Err(bad("short key"));
-                }
-                let value = payload.split_off(4 + klen);
-                payload.drain(..4);
-                Frame::Pair(payload, value)
-            }
-            TAG_PAD => continue,
-            other => return Err(SnapshotError::Format(format!("unknown frame tag {other}"))),
-        };
+    let mut frames = FrameReader::open(path)?;
+    while let Some(frame) = frames.next_frame()? {
         f(frame)?;
+    }
+    Ok(())
+}
+
+/// The frames of a file, one at a time.
+struct FrameReader {
+    r: std::io::Take<BufReader<std::fs::File>>,
+}
+
+impl FrameReader {
+    /// Opens the file and checks its magic and version.
+    fn open(path: &Path) -> Result<FrameReader, SnapshotError> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        if size < (MAGIC.len() + 4 + HASH_LEN) as u64 {
+            return Err(SnapshotError::Format(format!(
+                "{} is too short",
+                path.display()
+            )));
+        }
+        let mut r = BufReader::with_capacity(1 << 16, file).take(size - HASH_LEN as u64);
+        let mut magic = [0u8; 12];
+        r.read_exact(&mut magic)?;
+        if &magic[..8] != MAGIC {
+            return Err(SnapshotError::Format("bad magic".into()));
+        }
+        let version = u32::from_be_bytes([magic[8], magic[9], magic[10], magic[11]]);
+        if version != VERSION {
+            return Err(SnapshotError::Format(format!(
+                "version {version} (this cairn reads {VERSION})"
+            )));
+        }
+        Ok(FrameReader { r })
+    }
+
+    /// The next frame (padding skipped); `None` at the end of the body.
+    fn next_frame(&mut self) -> Result<Option<Frame>, SnapshotError> {
+        let bad = |what: &str| SnapshotError::Format(what.to_string());
+        loop {
+            let mut tag = [0u8; 1];
+            if self.r.read(&mut tag)? == 0 {
+                return Ok(None);
+            }
+            let mut len = [0u8; 4];
+            self.r.read_exact(&mut len)?;
+            let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+            self.r.read_exact(&mut payload)?;
+            return Ok(Some(match tag[0] {
+                TAG_HEAD => Frame::Head(
+                    SnapshotHead::decode(payload.as_slice()).map_err(|_| bad("bad head"))?,
+                ),
+                TAG_TAIL => Frame::Tail(
+                    SnapshotTail::decode(payload.as_slice()).map_err(|_| bad("bad tail"))?,
+                ),
+                TAG_PAIR => {
+                    if payload.len() < 4 {
+                        return Err(bad("short pair"));
+                    }
+                    let klen = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        as usize;
+                    if payload.len() < 4 + klen {
+                        return Err(bad("short key"));
+                    }
+                    let value = payload.split_off(4 + klen);
+                    payload.drain(..4);
+                    Frame::Pair(payload, value)
+                }
+                TAG_PAD => continue,
+                other => return Err(SnapshotError::Format(format!("unknown frame tag {other}"))),
+            }));
+        }
     }
 }
 
@@ -525,6 +554,43 @@ pub fn install(store: &Store, path: &Path, verify: bool) -> Result<SnapshotHead,
     if verify {
         self::verify(path)?;
     }
+    let head = if store.backend().can_bulk_replace() {
+        install_sorted(store, path)?
+    } else {
+        install_in_batches(store, path)?
+    };
+    if store.current_revision() != head.revision || store.applied_index() != head.applied_index {
+        return Err(SnapshotError::Restore(format!(
+            "installed revision {} at index {}, the image says revision {} at index {}",
+            store.current_revision(),
+            store.applied_index(),
+            head.revision,
+            head.applied_index
+        )));
+    }
+    Ok(head)
+}
+
+/// [`install`] on an engine that replaces its state in one step (fjall):
+/// the image's pairs, put in key order ([`SortedImage`]), become the new
+/// state; a crash before the engine's commit point leaves the old one,
+/// which start-up recognises (its consistent index is behind the log).
+fn install_sorted(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError> {
+    let mut pairs = SortedImage::open(path)?;
+    if let Err(e) = store.replace_sorted(&mut pairs) {
+        return Err(pairs.error.take().unwrap_or(e.into()));
+    }
+    pairs
+        .head
+        .take()
+        .ok_or_else(|| SnapshotError::Format("no head".into()))
+}
+
+/// [`install`] on an engine that takes the records in batches (sled): the
+/// store is emptied and filled, and the consistent index is written last,
+/// after everything else is durable, so a crash half-way leaves a state
+/// start-up recognises as unfinished.
+fn install_in_batches(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError> {
     let mut head = None;
     store.replace_all(|write| -> Result<(), SnapshotError> {
         let (mut batch, mut tail) = (WriteBatch::new(), None);
@@ -569,17 +635,119 @@ pub fn install(store: &Store, path: &Path, verify: bool) -> Result<SnapshotHead,
         write(last)?;
         Ok(())
     })?;
-    let head = head.ok_or_else(|| SnapshotError::Format("no head".into()))?;
-    if store.current_revision() != head.revision || store.applied_index() != head.applied_index {
-        return Err(SnapshotError::Restore(format!(
-            "installed revision {} at index {}, the image says revision {} at index {}",
-            store.current_revision(),
-            store.applied_index(),
-            head.revision,
-            head.applied_index
-        )));
+    head.ok_or_else(|| SnapshotError::Format("no head".into()))
+}
+
+/// An image's pairs in strictly ascending key order, for
+/// [`Store::replace_sorted`]. An image holds the records that change in
+/// place (those below the revision records' prefix `k`, then those above
+/// it), then the revision records in revision order, which is their key
+/// order. The ones above `k` are held back (they are few: meta, leases,
+/// members, auth) and come last, with the consistent index and compaction
+/// revision the head and tail give. Whether the result is really in order
+/// is checked by the engine, which refuses the stream otherwise.
+struct SortedImage {
+    frames: FrameReader,
+    head: Option<SnapshotHead>,
+    tail: Option<SnapshotTail>,
+    /// Pairs read so far (the tail counts them).
+    pairs: u64,
+    /// The pairs above the revision records, until the end of the image.
+    late: Vec<Pair>,
+    /// Set at the end of the image: what is left of `late`.
+    draining: Option<std::vec::IntoIter<Pair>>,
+    /// Why the stream ended early (the engine sees a storage error).
+    error: Option<SnapshotError>,
+}
+
+impl SortedImage {
+    fn open(path: &Path) -> Result<SortedImage, SnapshotError> {
+        Ok(SortedImage {
+            frames: FrameReader::open(path)?,
+            head: None,
+            tail: None,
+            pairs: 0,
+            late: Vec::new(),
+            draining: None,
+            error: None,
+        })
     }
-    Ok(head)
+
+    /// The next pair in key order, `None` at the end (then `late` is
+    /// ready to drain).
+    fn next_pair(&mut self) -> Result<Option<Pair>, SnapshotError> {
+        let bad = |what: &str| SnapshotError::Format(what.to_string());
+        while let Some(frame) = self.frames.next_frame()? {
+            match frame {
+                Frame::Head(_) if self.head.is_some() => return Err(bad("two heads")),
+                Frame::Head(h) => self.head = Some(h),
+                Frame::Tail(_) if self.tail.is_some() => return Err(bad("two tails")),
+                Frame::Tail(t) => self.tail = Some(t),
+                Frame::Pair(..) if self.head.is_none() => {
+                    return Err(bad("a pair before the head"))
+                }
+                Frame::Pair(..) if self.tail.is_some() => return Err(bad("a pair after the tail")),
+                Frame::Pair(k, v) => {
+                    self.pairs += 1;
+                    if k.as_slice() < REV_PREFIX || k.starts_with(REV_PREFIX) {
+                        return Ok(Some((k, v)));
+                    }
+                    if k != META_CONSISTENT_INDEX && k != META_COMPACT_REV {
+                        self.late.push((k, v));
+                    }
+                }
+            }
+        }
+        let head = self.head.as_ref().ok_or_else(|| bad("no head"))?;
+        let tail = self.tail.as_ref().ok_or_else(|| bad("no tail"))?;
+        if tail.pairs != self.pairs {
+            return Err(SnapshotError::Format(format!(
+                "{} pairs where the tail says {}: the image is truncated",
+                self.pairs, tail.pairs
+            )));
+        }
+        let mut late = std::mem::take(&mut self.late);
+        late.push((
+            META_CONSISTENT_INDEX.to_vec(),
+            head.applied_index.to_be_bytes().to_vec(),
+        ));
+        if tail.compact_revision != NEVER_COMPACTED {
+            // Valid from the compaction at the end of the stream; records
+            // it made unreadable go with the compactor's next pass.
+            late.push((
+                META_COMPACT_REV.to_vec(),
+                tail.compact_revision.to_be_bytes().to_vec(),
+            ));
+        }
+        late.sort_by(|a, b| a.0.cmp(&b.0));
+        // Half-way through: the revision records are in the engine's
+        // files, not yet part of its state.
+        crate::failpoint::hit("snapshot-install");
+        self.draining = Some(late.into_iter());
+        Ok(None)
+    }
+}
+
+impl Iterator for SortedImage {
+    type Item = Result<(Vec<u8>, Vec<u8>), StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(late) = self.draining.as_mut() {
+            return late.next().map(Ok);
+        }
+        if self.error.is_some() {
+            return None;
+        }
+        match self.next_pair() {
+            Ok(Some(pair)) => Some(Ok(pair)),
+            Ok(None) => self.draining.as_mut().and_then(|late| late.next()).map(Ok),
+            Err(e) => {
+                let storage = StorageError::corrupt("snapshot image", &e);
+                self.error = Some(e);
+                Some(Err(storage))
+            }
+        }
+    }
 }
 
 /// Installs the kept image at `index` of `dir` (see [`install`]), makes the
@@ -699,6 +867,9 @@ pub mod cli {
 
     use clap::{Parser, Subcommand};
 
+    /// The variable that names the state engine, as for the server.
+    const ENGINE_ENV: &str = "CAIRN_BACKEND_ENGINE";
+
     use super::{restore, status, RestoreOptions};
 
     #[derive(Parser)]
@@ -730,8 +901,8 @@ pub mod cli {
             /// Restore a file whose hash does not check (as etcd's flag).
             #[arg(long)]
             skip_hash_check: bool,
-            /// The new data dir's state engine: sled or fjall (cairn only)
-            /// [default: fjall].
+            /// The new data dir's state engine: sled or fjall (cairn only;
+            /// also CAIRN_BACKEND_ENGINE) [default: fjall].
             #[arg(long, value_parser = crate::mvcc::Engine::parse)]
             backend_engine: Option<crate::mvcc::Engine>,
         },
@@ -863,6 +1034,18 @@ pub mod cli {
                     }
                 };
                 let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.cairn")));
+                // As for the server, the variable stands in for the flag.
+                let backend_engine = match (backend_engine, std::env::var(ENGINE_ENV)) {
+                    (Some(e), _) => Some(e),
+                    (None, Ok(v)) => match crate::mvcc::Engine::parse(&v) {
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            eprintln!("Error: {ENGINE_ENV}: {e}");
+                            return 2;
+                        }
+                    },
+                    (None, Err(_)) => None,
+                };
                 let opts = RestoreOptions {
                     name,
                     data_dir,
@@ -1091,5 +1274,208 @@ mod tests {
         }
         assert!(streamed(&bytes[..bytes.len() - 1], &[4096]).is_err());
         assert!(streamed(&bytes[..20], &[4096]).is_err());
+    }
+
+    /// A follower on fjall behind the write buffer, as a member runs it.
+    fn fjall_store(dir: &Path) -> Store {
+        let engine: Arc<dyn Backend> =
+            Arc::new(crate::mvcc::FjallBackend::open(dir, 8 << 20).expect("open fjall"));
+        let buffered = crate::mvcc::BufferedBackend::new(engine).expect("buffered");
+        Store::open(Arc::new(buffered)).expect("open")
+    }
+
+    /// The head, pairs and tail of an image file.
+    fn decode_image(path: &Path) -> (SnapshotHead, Vec<Pair>, SnapshotTail) {
+        let (mut head, mut pairs, mut tail) = (None, Vec::new(), None);
+        read_frames(path, |f| {
+            match f {
+                Frame::Head(h) => head = Some(h),
+                Frame::Pair(k, v) => pairs.push((k, v)),
+                Frame::Tail(t) => tail = Some(t),
+            }
+            Ok(())
+        })
+        .expect("frames");
+        (head.expect("head"), pairs, tail.expect("tail"))
+    }
+
+    /// Writes an image of these frames, with a matching hash.
+    fn encode_image(path: &Path, head: &SnapshotHead, pairs: &[Pair], tail: Option<&SnapshotTail>) {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        frame(&mut out, TAG_HEAD, &head.encode_to_vec());
+        for (k, v) in pairs {
+            pair(&mut out, k, v);
+        }
+        if let Some(t) = tail {
+            frame(&mut out, TAG_TAIL, &t.encode_to_vec());
+        }
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        std::fs::write(path, out).expect("write image");
+    }
+
+    /// On fjall the image is ingested into a new partition that takes the
+    /// old one's place: the member then reads and hashes as the leader,
+    /// and so does a restart of it, writes after the install included.
+    #[test]
+    fn on_fjall_an_image_is_ingested_and_survives_a_restart() {
+        let leader = store();
+        write(&leader, &[("a", Some("1")), ("b", Some("1"))]);
+        write(&leader, &[("b", None)]);
+        write(&leader, &[("a", Some("2")), ("c", Some("1"))]);
+        let compacted = leader.current_revision();
+        compact(&leader, compacted);
+        write(&leader, &[("d", Some("1"))]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("image.snap");
+        save_image(&leader, capture_head(&leader).expect("head"), 1, 2, &path).expect("save");
+
+        let state = dir.path().join("state-fjall");
+        {
+            let follower = fjall_store(&state);
+            write(&follower, &[("z", Some("old"))]);
+            install(&follower, &path, true).expect("install");
+            assert_eq!(follower.applied_index(), leader.applied_index());
+            assert_eq!(follower.compact_revision(), compacted);
+            for rev in compacted..=leader.current_revision() {
+                assert_eq!(all_at(&follower, rev), all_at(&leader, rev), "at {rev}");
+            }
+            follower.wait_compacted(compacted);
+            assert_eq!(
+                follower.hash_kv(0).expect("hash"),
+                leader.hash_kv(0).expect("hash")
+            );
+            for s in [&leader, &follower] {
+                write(s, &[("e", Some("1"))]);
+            }
+        }
+        let reopened = fjall_store(&state);
+        assert_eq!(reopened.current_revision(), leader.current_revision());
+        assert_eq!(reopened.applied_index(), leader.applied_index());
+        assert_eq!(all_at(&reopened, 0), all_at(&leader, 0));
+        assert_eq!(
+            reopened.hash_kv(0).expect("hash"),
+            leader.hash_kv(0).expect("hash")
+        );
+    }
+
+    /// On fjall, an image whose pairs are out of order, that ends early
+    /// or that is damaged is refused with an error (fjall's ingest would
+    /// panic on disorder), and the member's state, in memory and after a
+    /// restart, is the one it had.
+    #[test]
+    fn on_fjall_a_bad_image_is_refused_and_the_old_state_stays() {
+        let leader = store();
+        for i in 0..20 {
+            write(&leader, &[(&format!("k{i:02}"), Some("v"))]);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.snap");
+        save_image(&leader, capture_head(&leader).expect("head"), 1, 2, &good).expect("save");
+        let (head, pairs, tail) = decode_image(&good);
+        let first_rev = pairs
+            .iter()
+            .position(|(k, _)| k.starts_with(REV_PREFIX))
+            .expect("revision records");
+
+        let mut swapped = pairs.clone();
+        swapped.swap(first_rev + 3, first_rev + 7);
+        // A record that changes in place, below the revision records' prefix,
+        // after them.
+        let mut late_meta = pairs.clone();
+        late_meta.push((b"a/late".to_vec(), Vec::new()));
+        let mut doubled = pairs.clone();
+        doubled.insert(first_rev + 1, pairs[first_rev].clone());
+        let cut = pairs[..pairs.len() - 5].to_vec();
+        let counted = |p: &[Pair]| SnapshotTail {
+            pairs: p.len() as u64,
+            ..tail
+        };
+        /// An image that must be refused, and a word of the error.
+        struct Case {
+            what: &'static str,
+            why: &'static str,
+            pairs: Vec<Pair>,
+            tail: Option<SnapshotTail>,
+        }
+        let cases = [
+            Case {
+                what: "revision records swapped",
+                why: "order",
+                tail: Some(counted(&swapped)),
+                pairs: swapped,
+            },
+            Case {
+                what: "a meta record last",
+                why: "order",
+                tail: Some(counted(&late_meta)),
+                pairs: late_meta,
+            },
+            Case {
+                what: "a record twice",
+                why: "order",
+                tail: Some(counted(&doubled)),
+                pairs: doubled,
+            },
+            Case {
+                what: "cut before its tail",
+                why: "no tail",
+                pairs: cut.clone(),
+                tail: None,
+            },
+            Case {
+                what: "fewer pairs than its tail says",
+                why: "truncated",
+                pairs: cut,
+                tail: Some(tail),
+            },
+        ];
+
+        let state = dir.path().join("state-fjall");
+        let old = {
+            let follower = fjall_store(&state);
+            write(&follower, &[("z", Some("old"))]);
+            let old = (all_at(&follower, 0), follower.applied_index());
+            for Case {
+                what,
+                why,
+                pairs,
+                tail,
+            } in &cases
+            {
+                let path = dir.path().join("bad.snap");
+                encode_image(&path, &head, pairs, tail.as_ref());
+                match install(&follower, &path, true) {
+                    Ok(_) => panic!("{what}: installed"),
+                    Err(e) => assert!(e.to_string().contains(why), "{what}: {e}"),
+                }
+                assert_eq!(
+                    (all_at(&follower, 0), follower.applied_index()),
+                    old,
+                    "{what}"
+                );
+            }
+            // A file cut short: its hash is refused, and without the hash
+            // check (as after streaming) the frames are.
+            let bytes = std::fs::read(&good).expect("read");
+            let path = dir.path().join("short.snap");
+            std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
+            for verify in [true, false] {
+                assert!(
+                    install(&follower, &path, verify).is_err(),
+                    "verify {verify}"
+                );
+                assert_eq!((all_at(&follower, 0), follower.applied_index()), old);
+            }
+            // The store still takes writes.
+            write(&follower, &[("y", Some("1"))]);
+            (all_at(&follower, 0), follower.applied_index())
+        };
+        let reopened = fjall_store(&state);
+        assert_eq!((all_at(&reopened, 0), reopened.applied_index()), old);
+        // The good image still installs after all that.
+        install(&reopened, &good, true).expect("install");
+        assert_eq!(all_at(&reopened, 0), all_at(&leader, 0));
     }
 }

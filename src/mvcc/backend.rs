@@ -63,6 +63,13 @@ impl WriteBatch {
 /// The iterator returned by [`Backend::scan_prefix`].
 pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a>;
 
+/// The sorted stream [`Backend::bulk_replace`] takes: pairs in strictly
+/// ascending key order; an `Err` ends it and fails the replacement.
+pub type BulkPairs<'a> = &'a mut dyn Iterator<Item = BulkItem>;
+
+/// One item of [`BulkPairs`]: a key and its value, or why the stream broke.
+pub type BulkItem = Result<(Vec<u8>, Vec<u8>), StorageError>;
+
 /// An ordered byte key-value store with atomic batches.
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
@@ -95,6 +102,21 @@ pub trait Backend: Send + Sync + 'static {
     /// the load finished with a write of its own after a flush.
     fn write_bulk(&self, batch: WriteBatch) -> Result<(), StorageError> {
         self.write_batch(batch)
+    }
+    /// Whether [`Backend::bulk_replace`] is available (else a caller
+    /// empties the store and fills it with [`Backend::write_bulk`]).
+    fn can_bulk_replace(&self) -> bool {
+        false
+    }
+    /// Replaces every pair with `pairs` (a snapshot install, nothing
+    /// reading or writing meanwhile), all or nothing, also across a crash:
+    /// afterwards the store holds exactly the stream, durably. A stream that
+    /// fails, is empty or is not in strictly ascending key order is refused
+    /// with an error and leaves the old state as it was.
+    fn bulk_replace(&self, _pairs: BulkPairs<'_>) -> Result<(), StorageError> {
+        Err(StorageError::Io(std::io::Error::other(
+            "this state engine cannot replace its state in bulk",
+        )))
     }
     /// Whether a batch of about `ops` operations can be written now without
     /// waiting for the engine (a write buffer's backpressure commit). RaftNode

@@ -350,6 +350,17 @@ impl Backend for BufferedBackend {
             .write_bulk(batch)
             .inspect_err(|e| self.shared.poison(e))
     }
+    fn can_bulk_replace(&self) -> bool {
+        self.shared.inner.can_bulk_replace()
+    }
+    fn bulk_replace(&self, pairs: super::backend::BulkPairs<'_>) -> Result<(), StorageError> {
+        // What is buffered belongs to the state being replaced: it goes
+        // into the engine first, so that nothing of it lands later on top
+        // of the new state. A refused replacement leaves the engine as it
+        // was, so it poisons nothing.
+        self.commit()?;
+        self.shared.inner.bulk_replace(pairs)
+    }
     fn has_room(&self, ops: usize) -> bool {
         let o = self.shared.overlay.read();
         o.active.len() + ops < LIMIT_OPS / 2 && o.active_bytes < LIMIT_BYTES / 2

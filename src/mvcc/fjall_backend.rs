@@ -14,19 +14,59 @@
 //! deleted or overwritten pair and the tombstones, while the member keeps
 //! serving (no copy, no swap).
 //!
+//! **Replacing the whole state** (a raft snapshot install,
+//! [`Backend::bulk_replace`]): the sorted pairs are ingested straight into
+//! SST files of a new, empty partition (fjall's `ingest`: no journal, no
+//! memtable), which then takes the old one's place. Partitions are
+//! generations, `cairn-mvcc` (0), `cairn-mvcc-1`, `cairn-mvcc-2`, …; an
+//! ingest registers all its files in the partition's manifest in one atomic
+//! step at its end, so a partition is either empty or holds the whole
+//! stream. Opening picks the highest generation that holds anything (else
+//! generation 0) and deletes the others: a crash before the ingest ended
+//! leaves the old state, after it the complete new one.
+//!
+//! ```text
+//! state-fjall/partitions/cairn-mvcc      generation 0, a new member's
+//! state-fjall/partitions/cairn-mvcc-<n>  the state after the n-th install
+//! ```
+//!
 //! The backend conformance suite (`mvcc::backend::tests`) runs on it alone
 //! and behind the write buffer, as on sled.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{AbstractTree as _, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use parking_lot::RwLock;
 
-use super::backend::{Backend, ScanIter, WriteBatch};
+use super::backend::{Backend, BulkPairs, ScanIter, WriteBatch};
 use crate::error::StorageError;
 
-/// The one partition holding cairn's state (the name is fjall's directory).
+/// The partition holding cairn's state in generation 0 (the name is
+/// fjall's directory); generation n > 0 is `cairn-mvcc-<n>`.
 const PARTITION: &str = "cairn-mvcc";
+
+/// The partition name of generation `generation`.
+fn partition_name(generation: u64) -> String {
+    if generation == 0 {
+        PARTITION.to_string()
+    } else {
+        format!("{PARTITION}-{generation}")
+    }
+}
+
+/// The generation a partition name stands for (`None`: not cairn's).
+fn generation_of(name: &str) -> Option<u64> {
+    if name == PARTITION {
+        return Some(0);
+    }
+    name.strip_prefix(PARTITION)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+        .filter(|g| *g > 0)
+}
 
 /// fjall keeps journals until the memtables they cover are written out; its
 /// default allows 512 MiB of them in the state directory. 64 MiB bounds the
@@ -38,12 +78,18 @@ const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 /// [`FjallBackend::pin_segments`]).
 const TRASH: &str = "cairn-trash";
 
-/// A fjall keyspace holding one partition.
+/// A fjall keyspace holding one partition (of the current generation).
 pub struct FjallBackend {
     /// For batches, `persist` and the size (journals included).
     keyspace: Keyspace,
-    /// Every key lives here.
-    part: PartitionHandle,
+    /// Every key lives here, and its generation. Replaced whole by
+    /// [`Backend::bulk_replace`] (the store keeps every reader and writer
+    /// out meanwhile); a lock, because readers on other threads clone it.
+    part: RwLock<(PartitionHandle, u64)>,
+    /// The generation the next install fills (never one used before in
+    /// this keyspace, so its partition starts empty, as fjall's ingest
+    /// requires).
+    next_generation: AtomicU64,
     /// The keyspace's directory, for its size.
     path: PathBuf,
 }
@@ -61,24 +107,101 @@ impl FjallBackend {
             .cache_size(cache_bytes)
             .max_journaling_size(MAX_JOURNALING_BYTES)
             .open()?;
-        let part = keyspace.open_partition(PARTITION, PartitionCreateOptions::default())?;
+        let (part, generation, next) = current_generation(&keyspace, path)?;
         // The journal of a new keyspace is empty until the first write;
         // Status.dbSize must never read 0 (as with sled), so force it out.
         keyspace.persist(PersistMode::SyncAll)?;
         Ok(FjallBackend {
             keyspace,
-            part,
+            part: RwLock::new((part, generation)),
+            next_generation: AtomicU64::new(next),
             path: path.to_path_buf(),
         })
     }
+
+    /// The current partition (a cheap handle: fjall's are reference-counted).
+    fn part(&self) -> PartitionHandle {
+        self.part.read().0.clone()
+    }
+}
+
+/// The file in the keyspace's directory naming the current generation
+/// (decimal; no file: generation 0). Rewriting it is what makes an install
+/// take effect.
+const GENERATION_FILE: &str = "cairn-generation";
+
+/// The generation the keyspace in `path` names as current.
+fn read_generation(path: &Path) -> Result<u64, StorageError> {
+    match std::fs::read_to_string(path.join(GENERATION_FILE)) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            StorageError::corrupt(
+                "fjall state generation",
+                format!("{text:?} is not a number"),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Names `generation` as current, durably (temporary file, fsync, rename,
+/// fsync of the directory): the commit point of an install.
+fn write_generation(path: &Path, generation: u64) -> Result<(), StorageError> {
+    use std::io::Write as _;
+    let tmp = path.join(format!("{GENERATION_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(generation.to_string().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path.join(GENERATION_FILE))?;
+    std::fs::File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+/// Opens the partition of the current generation and deletes every other
+/// generation of cairn's (what an install that failed or crashed before
+/// its commit point left, or the old state one that crashed right after
+/// left). Returns it, its generation, and the first generation never used.
+fn current_generation(
+    keyspace: &Keyspace,
+    path: &Path,
+) -> Result<(PartitionHandle, u64, u64), StorageError> {
+    let current = read_generation(path)?;
+    let found: Vec<u64> = keyspace
+        .list_partitions()
+        .iter()
+        .filter_map(|name| generation_of(name))
+        .collect();
+    if current > 0 && !found.contains(&current) {
+        return Err(StorageError::corrupt(
+            "fjall state generation",
+            format!("generation {current} is current but its partition is missing"),
+        ));
+    }
+    let next = found.iter().copied().max().unwrap_or(0).max(current) + 1;
+    for generation in found.into_iter().filter(|g| *g != current) {
+        let stale = keyspace.open_partition(
+            &partition_name(generation),
+            PartitionCreateOptions::default(),
+        )?;
+        tracing::info!(
+            generation,
+            current,
+            "removing a state partition left by an interrupted snapshot install"
+        );
+        keyspace.delete_partition(stale)?;
+    }
+    let part =
+        keyspace.open_partition(&partition_name(current), PartitionCreateOptions::default())?;
+    Ok((part, current, next))
 }
 
 impl FjallBackend {
-    /// The partition's segment files (lsm-tree's layout).
-    fn segments_dir(&self) -> PathBuf {
+    /// The segment files of generation `generation`'s partition
+    /// (lsm-tree's layout).
+    fn segments_dir(&self, generation: u64) -> PathBuf {
         self.path
             .join("partitions")
-            .join(PARTITION)
+            .join(partition_name(generation))
             .join("segments")
     }
 
@@ -91,10 +214,10 @@ impl FjallBackend {
     /// put waiting). With a second name, fjall's unlink only removes a name;
     /// [`FjallBackend::empty_trash`] frees the blocks afterwards, holding no
     /// fjall lock.
-    fn pin_segments(&self) -> Result<(), StorageError> {
+    fn pin_segments(&self, generation: u64) -> Result<(), StorageError> {
         let trash = self.path.join(TRASH);
         std::fs::create_dir_all(&trash)?;
-        for entry in std::fs::read_dir(self.segments_dir())? {
+        for entry in std::fs::read_dir(self.segments_dir(generation))? {
             let entry = entry?;
             match std::fs::hard_link(entry.path(), trash.join(entry.file_name())) {
                 // Removed meanwhile by a background compaction, or pinned
@@ -157,18 +280,18 @@ fn owned(iter: impl Iterator<Item = fjall::Result<fjall::KvPair>> + 'static) -> 
 
 impl Backend for FjallBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.part.get(key)?.map(|v| v.to_vec()))
+        Ok(self.part.read().0.get(key)?.map(|v| v.to_vec()))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> ScanIter<'_> {
-        owned(self.part.prefix(prefix))
+        owned(self.part().prefix(prefix))
     }
 
     fn scan_range(&self, start: &[u8], end: &[u8]) -> ScanIter<'_> {
         if start >= end {
             return Box::new(std::iter::empty());
         }
-        owned(self.part.range(start.to_vec()..end.to_vec()))
+        owned(self.part().range(start.to_vec()..end.to_vec()))
     }
 
     fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
@@ -177,11 +300,12 @@ impl Backend for FjallBackend {
         }
         // A fjall batch applies its items in order into the memtable, so a
         // later operation on a key wins, as the trait requires.
+        let part = self.part();
         let mut b = self.keyspace.batch();
         for (k, v) in batch.into_ops() {
             match v {
-                Some(v) => b.insert(&self.part, k, v),
-                None => b.remove(&self.part, k),
+                Some(v) => b.insert(&part, k, v),
+                None => b.remove(&part, k),
             }
         }
         b.commit()?;
@@ -190,6 +314,90 @@ impl Backend for FjallBackend {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    fn can_bulk_replace(&self) -> bool {
+        true
+    }
+
+    /// Ingests `pairs` into the partition of a new generation, names it
+    /// current (the commit point), then drops the old one. fjall's ingest
+    /// panics on an unsorted stream or a partition that is not empty: both
+    /// are checked here first and refused as errors.
+    fn bulk_replace(&self, pairs: BulkPairs<'_>) -> Result<(), StorageError> {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let name = partition_name(generation);
+        let part = self
+            .keyspace
+            .open_partition(&name, PartitionCreateOptions::default())?;
+        if part.segment_count() != 0
+            || part.tree.active_memtable_size() != 0
+            || part.tree.sealed_memtable_count() != 0
+        {
+            return Err(StorageError::corrupt(
+                "fjall state generation",
+                format!("the new partition {name} is not empty"),
+            ));
+        }
+        let mut failed = None;
+        let mut last: Option<Vec<u8>> = None;
+        let mut count = 0u64;
+        let sorted = std::iter::from_fn(|| {
+            if failed.is_some() {
+                return None;
+            }
+            match pairs.next()? {
+                Ok((k, v)) => {
+                    if last.as_ref().is_some_and(|l| k <= *l) {
+                        failed = Some(StorageError::corrupt(
+                            "bulk load",
+                            "keys not in strictly ascending order",
+                        ));
+                        return None;
+                    }
+                    let l = last.get_or_insert_with(Vec::new);
+                    l.clear();
+                    l.extend_from_slice(&k);
+                    count += 1;
+                    Some((k, v))
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }
+        });
+        let ingested = part.ingest(sorted);
+        let failed = match (failed, ingested) {
+            (Some(e), _) => Some(e),
+            (None, Err(e)) => Some(e.into()),
+            (None, Ok(())) if count == 0 => {
+                Some(StorageError::corrupt("bulk load", "nothing to load"))
+            }
+            (None, Ok(())) => None,
+        };
+        if let Some(e) = failed {
+            // Never named current: the old state stays. A crash before
+            // this delete lands is cleaned up at the next open.
+            if let Err(d) = self.keyspace.delete_partition(part) {
+                tracing::warn!(cause = %d, partition = %name, "cannot remove a failed install's partition");
+            }
+            return Err(e);
+        }
+        crate::failpoint::hit("fjall-install-ingested");
+        write_generation(&self.path, generation)?;
+        let old = std::mem::replace(&mut *self.part.write(), (part, generation));
+        tracing::info!(
+            generation,
+            pairs = count,
+            "state partition replaced (fjall ingest)"
+        );
+        // Removed on disk once the last handle (a reader's iterator) goes;
+        // if this fails, the next open removes it.
+        if let Err(e) = self.keyspace.delete_partition(old.0) {
+            tracing::warn!(cause = %e, generation = old.1, "cannot remove the replaced state partition");
+        }
         Ok(())
     }
 
@@ -205,20 +413,20 @@ impl Backend for FjallBackend {
     fn defragment(&self) -> Result<(), StorageError> {
         let before = allocated_bytes(&self.path).unwrap_or(0);
         let started = std::time::Instant::now();
-        self.part.rotate_memtable_and_wait()?;
+        let (part, generation) = self.part.read().clone();
+        part.rotate_memtable_and_wait()?;
         let written_out = started.elapsed();
         // fjall's own major_compact keeps every version newer than its GC
         // watermark, which trails the write sequence (by 100 batches, or
         // all of them on a store that took few); cairn opens no fjall
         // snapshot (reads see the latest data), so nothing older than now
         // is needed.
-        let target = match &self.part.config.compaction_strategy {
+        let target = match &part.config.compaction_strategy {
             fjall::compaction::Strategy::Leveled(l) => u64::from(l.target_size),
             _ => u64::MAX,
         };
-        self.pin_segments()?;
-        let compacted = self
-            .part
+        self.pin_segments(generation)?;
+        let compacted = part
             .tree
             .major_compact(target, self.keyspace.instant())
             .map_err(fjall::Error::from);
@@ -307,5 +515,128 @@ mod tests {
         let b = open(dir.path());
         assert!(!trash.exists(), "the trash outlived the open");
         assert!(b.size_on_disk().expect("size") < 64 << 10);
+    }
+
+    /// The pairs `("k0", "v0")`… in order, as a bulk stream.
+    fn stream(n: usize) -> Vec<crate::mvcc::BulkItem> {
+        (0..n)
+            .map(|i| {
+                Ok((
+                    format!("k{i:04}").into_bytes(),
+                    format!("v{i}").into_bytes(),
+                ))
+            })
+            .collect()
+    }
+
+    fn all(b: &FjallBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
+        b.scan_prefix(b"").map(|p| p.expect("scan")).collect()
+    }
+
+    fn partitions(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("partitions"))
+            .expect("partitions")
+            .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A bulk replacement takes the old state's place, on disk too; one
+    /// that is unsorted, empty or fails part-way is refused (fjall's
+    /// ingest would panic on the first two) and leaves the old state.
+    #[test]
+    fn a_bulk_replace_swaps_the_state_or_leaves_it_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let b = open(dir.path());
+            let mut wb = WriteBatch::new();
+            wb.put(&b"old"[..], &b"1"[..]);
+            b.write_batch(wb).expect("write");
+            let before = all(&b);
+            let unsorted = vec![
+                Ok((b"b".to_vec(), b"1".to_vec())),
+                Ok((b"a".to_vec(), b"1".to_vec())),
+            ];
+            let duplicate = vec![
+                Ok((b"a".to_vec(), b"1".to_vec())),
+                Ok((b"a".to_vec(), b"2".to_vec())),
+            ];
+            let mut failing = stream(100);
+            failing.push(Err(StorageError::corrupt("test", "the stream broke")));
+            for (what, bad) in [
+                ("unsorted", unsorted),
+                ("duplicate", duplicate),
+                ("empty", vec![]),
+                ("failing", failing),
+            ] {
+                assert!(
+                    b.bulk_replace(&mut bad.into_iter()).is_err(),
+                    "{what} accepted"
+                );
+                assert_eq!(all(&b), before, "{what}");
+            }
+            b.bulk_replace(&mut stream(1000).into_iter())
+                .expect("replace");
+            assert_eq!(all(&b).len(), 1000);
+            assert_eq!(b.get(b"old").expect("get"), None);
+            let mut wb = WriteBatch::new();
+            wb.put(&b"later"[..], &b"2"[..]);
+            b.write_batch(wb).expect("write");
+        }
+        let b = open(dir.path());
+        assert_eq!(b.get(b"k0999").expect("get"), Some(b"v999".to_vec()));
+        assert_eq!(b.get(b"later").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(b.get(b"old").expect("get"), None);
+        assert_eq!(all(&b).len(), 1001);
+        assert_eq!(
+            partitions(dir.path()).len(),
+            1,
+            "{:?}",
+            partitions(dir.path())
+        );
+    }
+
+    /// What a crash leaves: a generation filled but never named current
+    /// (a crash before the commit point) is dropped at open and the old
+    /// state stays; a generation named current wins over the old one a
+    /// crash right after the commit point left behind.
+    #[test]
+    fn open_keeps_the_generation_named_current() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let put = |part: &PartitionHandle, v: &str| {
+            part.insert("x", v).expect("insert");
+        };
+        {
+            let ks = fjall::Config::new(dir.path()).open().expect("keyspace");
+            let opts = PartitionCreateOptions::default;
+            put(&ks.open_partition(PARTITION, opts()).expect("p0"), "old");
+            put(
+                &ks.open_partition("cairn-mvcc-3", opts()).expect("p3"),
+                "partial",
+            );
+            ks.persist(PersistMode::SyncAll).expect("persist");
+        }
+        {
+            let b = open(dir.path());
+            assert_eq!(b.get(b"x").expect("get"), Some(b"old".to_vec()));
+        }
+        assert_eq!(partitions(dir.path()), vec![PARTITION.to_string()]);
+        {
+            let ks = fjall::Config::new(dir.path()).open().expect("keyspace");
+            let p = ks
+                .open_partition("cairn-mvcc-4", PartitionCreateOptions::default())
+                .expect("p4");
+            put(&p, "new");
+            ks.persist(PersistMode::SyncAll).expect("persist");
+        }
+        write_generation(dir.path(), 4).expect("commit");
+        {
+            let b = open(dir.path());
+            assert_eq!(b.get(b"x").expect("get"), Some(b"new".to_vec()));
+            // The next install uses a generation never seen before.
+            assert_eq!(b.next_generation.load(Ordering::Relaxed), 5);
+        }
+        assert_eq!(partitions(dir.path()), vec!["cairn-mvcc-4".to_string()]);
     }
 }

@@ -46,7 +46,7 @@ pub mod revision;
 pub mod store;
 pub mod writer;
 
-pub use backend::{Backend, MemBackend, SledBackend, WriteBatch};
+pub use backend::{Backend, BulkItem, BulkPairs, MemBackend, SledBackend, WriteBatch};
 pub use buffered::BufferedBackend;
 pub use defrag::DefraggableSled;
 pub use engine::Engine;

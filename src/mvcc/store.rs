@@ -311,6 +311,46 @@ impl Store {
             load_ms = (t.elapsed() - filled).as_millis() as u64,
             "state store replaced"
         );
+        self.swap_in(loaded)?;
+        Ok(())
+    }
+
+    /// [`Store::replace_all`] for an engine that replaces its state in one
+    /// step ([`Backend::bulk_replace`]): `pairs` is the new state's every
+    /// record in key order, the consistent index included. The key index is
+    /// replayed from the revision records as they stream past. A failed or
+    /// refused stream leaves the old state, on disk and in memory.
+    pub fn replace_sorted(&self, pairs: super::BulkPairs<'_>) -> Result<(), StorageError> {
+        let _writer = self.writer.lock();
+        let _paused = self.compaction.pause();
+        let _gate = self.gate.write();
+        let t = std::time::Instant::now();
+        let mut replay = Some(Replay::new());
+        let mut fed = pairs.inspect(|item| {
+            if let (Ok((k, v)), Some(r)) = (item, replay.as_mut()) {
+                if k.starts_with(REV_PREFIX) {
+                    if let Err(e) = r.record(k, v) {
+                        tracing::warn!(cause = %e, "rebuilding the index by a scan instead");
+                        replay = None;
+                    }
+                }
+            }
+        });
+        self.backend.bulk_replace(&mut fed)?;
+        let filled = t.elapsed();
+        let loaded = load_from(self.backend.as_ref(), replay)?;
+        tracing::info!(
+            fill_ms = filled.as_millis() as u64,
+            load_ms = (t.elapsed() - filled).as_millis() as u64,
+            "state store replaced in one step"
+        );
+        self.swap_in(loaded)
+    }
+
+    /// The end of a replacement: the in-memory state rebuilt from the new
+    /// records takes the old one's place in one step (called with the
+    /// writer lock, the gate and the compactor's pause held).
+    fn swap_in(&self, loaded: Loaded) -> Result<(), StorageError> {
         // The in-memory state is swapped only now: until here, what needs
         // no backend read (membership, removed ids, leases; the peer
         // service checks them on every message) answers from the old state
