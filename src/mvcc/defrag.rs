@@ -179,14 +179,7 @@ fn next_name(name: &str) -> String {
 /// Points `state.current` at `name`, durably: a temporary file, fsynced,
 /// renamed over the pointer, then the directory fsynced.
 fn write_pointer(member_dir: &Path, name: &str) -> Result<(), StorageError> {
-    use std::io::Write as _;
-    let tmp = member_dir.join(format!("{POINTER}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(name.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, member_dir.join(POINTER))?;
-    std::fs::File::open(member_dir)?.sync_all()?;
-    Ok(())
+    super::replace_file_durably(member_dir, POINTER, name.as_bytes())
 }
 
 impl Backend for DefraggableSled {

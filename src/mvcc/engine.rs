@@ -90,14 +90,7 @@ fn written_by(member_dir: &Path) -> Result<Option<Engine>, StorageError> {
 /// Writes the marker durably (temporary file, fsync, rename, fsync of the
 /// directory).
 fn remember(member_dir: &Path, engine: Engine) -> Result<(), StorageError> {
-    use std::io::Write as _;
-    let tmp = member_dir.join(format!("{MARKER}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(engine.name().as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, member_dir.join(MARKER))?;
-    std::fs::File::open(member_dir)?.sync_all()?;
-    Ok(())
+    super::replace_file_durably(member_dir, MARKER, engine.name().as_bytes())
 }
 
 /// Opens the member's state store: with the engine that wrote

@@ -147,14 +147,7 @@ fn read_generation(path: &Path) -> Result<u64, StorageError> {
 /// Names `generation` as current, durably (temporary file, fsync, rename,
 /// fsync of the directory): the commit point of an install.
 fn write_generation(path: &Path, generation: u64) -> Result<(), StorageError> {
-    use std::io::Write as _;
-    let tmp = path.join(format!("{GENERATION_FILE}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(generation.to_string().as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path.join(GENERATION_FILE))?;
-    std::fs::File::open(path)?.sync_all()?;
-    Ok(())
+    super::replace_file_durably(path, GENERATION_FILE, generation.to_string().as_bytes())
 }
 
 /// Opens the partition of the current generation and deletes every other

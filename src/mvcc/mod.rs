@@ -57,5 +57,25 @@ pub use revision::Revision;
 pub use store::{HashKv, Store, NEVER_COMPACTED};
 pub use writer::{BatchWriter, WriteTxn};
 
+/// Writes `contents` as file `name` in `dir`, durably and all at once: a
+/// temporary file, fsynced, renamed over `name`, then the directory
+/// fsynced. The data dir's small pointer files (`state.current`,
+/// `state.engine`, fjall's `cairn-generation`) are written this way, so a
+/// crash leaves the old contents or the new, never a torn file.
+pub(crate) fn replace_file_durably(
+    dir: &std::path::Path,
+    name: &str,
+    contents: &[u8],
+) -> Result<(), crate::error::StorageError> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;
