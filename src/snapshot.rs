@@ -1131,6 +1131,19 @@ mod tests {
     /// Key, value, create, mod revision and version of each live key.
     type Row = (Vec<u8>, Vec<u8>, i64, i64, i64);
 
+    /// `follower` reads as `leader` at every revision from `compacted` on,
+    /// and, once its compaction is done, hashes the same.
+    fn same_since(follower: &Store, leader: &Store, compacted: i64) {
+        for rev in compacted..=leader.current_revision() {
+            assert_eq!(all_at(follower, rev), all_at(leader, rev), "at {rev}");
+        }
+        follower.wait_compacted(compacted);
+        assert_eq!(
+            follower.hash_kv(0).expect("hash"),
+            leader.hash_kv(0).expect("hash")
+        );
+    }
+
     fn all_at(s: &Store, rev: i64) -> Vec<Row> {
         let req = RangeRequest {
             key: vec![0],
@@ -1186,14 +1199,7 @@ mod tests {
         assert_eq!(follower.current_revision(), leader.current_revision());
         assert_eq!(follower.applied_index(), leader.applied_index());
         assert_eq!(follower.compact_revision(), leader.compact_revision());
-        for rev in compacted..=leader.current_revision() {
-            assert_eq!(all_at(&follower, rev), all_at(&leader, rev), "at {rev}");
-        }
-        follower.wait_compacted(compacted);
-        assert_eq!(
-            follower.hash_kv(0).expect("hash"),
-            leader.hash_kv(0).expect("hash")
-        );
+        same_since(&follower, &leader, compacted);
         let records = |s: &Store| {
             s.backend()
                 .scan_prefix(REV_PREFIX)
@@ -1338,14 +1344,7 @@ mod tests {
             install(&follower, &path, true).expect("install");
             assert_eq!(follower.applied_index(), leader.applied_index());
             assert_eq!(follower.compact_revision(), compacted);
-            for rev in compacted..=leader.current_revision() {
-                assert_eq!(all_at(&follower, rev), all_at(&leader, rev), "at {rev}");
-            }
-            follower.wait_compacted(compacted);
-            assert_eq!(
-                follower.hash_kv(0).expect("hash"),
-                leader.hash_kv(0).expect("hash")
-            );
+            same_since(&follower, &leader, compacted);
             for s in [&leader, &follower] {
                 write(s, &[("e", Some("1"))]);
             }
