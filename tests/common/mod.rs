@@ -159,14 +159,41 @@ pub fn seed_from_env(var: &str) -> u64 {
         })
 }
 
-/// A port that was free a moment ago (bound to port 0, then released).
-/// A collision with another process is possible but rare; [`Server::start`]
-/// retries with new ports when the server cannot bind.
+/// A port no other test in this process was given, free when asked.
+///
+/// Ports come from below the kernel's ephemeral range, walked once per
+/// process from an offset set by the pid. `bind(0)` and outgoing connections
+/// only take ports inside that range, so a port handed out here cannot be
+/// taken meanwhile by another test's `bind(0)`, a proxy or a client socket,
+/// and no two tests of one process ever share one. (With `bind(0)` a
+/// released port could be handed out again: once, in CI, a member added at
+/// runtime found its peer port held by another test's cluster, and its
+/// peers got `cluster ID mismatch`.) [`Server::start`] still retries with
+/// new ports if another process holds one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no test port left in {LOW}..{high}");
+        let port = (LOW + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default 32768 if
+/// it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// One cairn or etcd process with its own data dir, ports and stderr log.
