@@ -452,7 +452,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             snapshot_done: raft.clone().recipient(),
             learner_ready: raft.clone().recipient(),
         };
-        peers.start(inboxes, leases.clone(), snaps, store.clone());
+        peers.start(inboxes, leases.clone(), snaps, store.clone(), arbiters[3].handle());
         let api = Api {
             store: store.clone(),
             raft: client.clone(),

@@ -12,7 +12,8 @@
 //! [`Peers::bind`] binds `--listen-peer-urls` and makes one bounded queue
 //! per remote member before anything starts (a port in use fails start-up
 //! at once); [`Peers::transport`] hands RaftNode the sending ends;
-//! [`Peers::start`] then starts, on one `peer` arbiter, the peer service and
+//! [`Peers::start`] then starts, on RaftNode's arbiter (a message in or out
+//! then needs no thread hop; nothing here blocks), the peer service and
 //! one [`link::PeerLink`] per remote member (given RaftNode's inboxes: links
 //! report unreachable members, the service steps messages in, and answers
 //! lease requests followers forward to this member when it leads, see
@@ -184,7 +185,10 @@ impl Peers {
         )))
     }
 
-    /// Serves the peer service and starts the links, on a `peer` arbiter.
+    /// Serves the peer service and starts the links on `arbiter`, RaftNode's:
+    /// a message stepped in or sent out then needs no wake-up of another
+    /// thread. Nothing they run blocks (files through `tokio::fs`, HashKV
+    /// on the blocking pool).
     /// `raft` holds RaftNode's inboxes; `leases` answers lease requests
     /// forwarded by followers; `snaps` is where snapshot images are sent
     /// from and received into. Links to members added later start there
@@ -195,6 +199,7 @@ impl Peers {
         leases: crate::msg::Leases,
         snaps: SnapDir,
         store: Arc<crate::mvcc::Store>,
+        arbiter: actix::ArbiterHandle,
     ) {
         let RaftInboxes {
             step,
@@ -202,7 +207,6 @@ impl Peers {
             snapshot_done,
             learner_ready,
         } = raft;
-        let arbiter = Arbiter::new();
         let cluster = self.cluster;
         let deliver: service::Deliver = Arc::new(move |m| step.try_send(Step(m)).is_ok());
         for (listener, https) in self.listeners {
@@ -235,7 +239,7 @@ impl Peers {
                 }
             });
         }
-        let handle = arbiter.handle();
+        let handle = arbiter.clone();
         let mut links = self.links;
         let directory = self.directory.clone();
         let (cluster_id, from) = (cluster.cluster_id, cluster.local_id);

@@ -29,7 +29,7 @@ pub struct PeerTransport {
     /// The remote members and their peer URLs, shared with the peer
     /// service and the lease forwarder.
     pub(super) directory: Directory,
-    /// Where new links are asked for (the peer arbiter starts them).
+    /// Where new links are asked for (started on RaftNode's arbiter).
     pub(super) links: mpsc::UnboundedSender<NewLink>,
 }
 
