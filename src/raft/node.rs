@@ -158,9 +158,7 @@ impl RaftNode {
 
     fn hand_off(&mut self, msgs: Vec<raft::eraftpb::Message>, entries: Vec<raft::eraftpb::Entry>) {
         if !msgs.is_empty() {
-            let undelivered = self
-                .transport
-                .send(super::transport::coalesce_appends(msgs));
+            let undelivered = self.transport.send(super::transport::coalesce(msgs));
             if !undelivered.is_empty() {
                 self.report(undelivered);
             }

@@ -56,9 +56,10 @@ impl Undelivered {
 pub const COALESCED_APPEND_BYTES: usize = 1024 * 1024;
 
 /// Merges, per member, each run of MsgAppends that continue one another
-/// into one message: what raft-rs's own `batch_append` does, but bounded in
-/// size (raft-rs's merge has no bound, so a follower catching up from the
-/// log could be sent one message of hundreds of MiB).
+/// into one message, and each run of proposals a follower forwards to the
+/// leader into one MsgProp: what raft-rs's own `batch_append` does for
+/// appends, but bounded in size (raft-rs's merge has no bound, so a follower
+/// catching up from the log could be sent one message of hundreds of MiB).
 ///
 /// A leader makes one MsgAppend per follower for every proposal, and one
 /// more (entries-free) every time the commit index moves; each costs the
@@ -68,12 +69,16 @@ pub const COALESCED_APPEND_BYTES: usize = 1024 * 1024;
 /// `[i+1..j]` then `[j+1..k]` with commit `c` then `c'` is appending
 /// `[i+1..k]` with commit `c'` (`c' >= c`), and one response acknowledging
 /// `k` frees in the leader's flow control everything the two would have.
+/// Likewise a follower forwards each client's proposal as a MsgProp of its
+/// own; the leader appends a MsgProp's entries in order, as it would the
+/// separate ones (only plain entries are merged, so a membership change is
+/// never refused or accepted together with other entries).
 ///
-/// Only messages that agree on everything but their entries and commit are
-/// merged, each onto the last message kept for the same member (never
-/// across another message to it, so every member sees its messages in the
-/// order raft made them).
-pub fn coalesce_appends(msgs: Vec<Message>) -> Vec<Message> {
+/// Only messages that agree on everything but their entries (and an
+/// append's commit) are merged, each onto the last message kept for the
+/// same member (never across another message to it, so every member sees
+/// its messages in the order raft made them).
+pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
     if msgs.len() < 2 {
         return msgs;
     }
@@ -90,11 +95,14 @@ pub fn coalesce_appends(msgs: Vec<Message>) -> Vec<Message> {
         let slot = last.iter().position(|(to, _, _)| *to == m.to);
         if let Some(s) = slot {
             let (_, at, carried) = last[s];
-            if carried + bytes <= COALESCED_APPEND_BYTES && continues(&out[at], &m) {
+            let (appends, proposals) = (continues(&out[at], &m), joins(&out[at], &m));
+            if carried + bytes <= COALESCED_APPEND_BYTES && (appends || proposals) {
                 let prev = &mut out[at];
                 let mut m = m;
-                prev.commit = m.commit;
-                prev.commit_term = m.commit_term;
+                if appends {
+                    prev.commit = m.commit;
+                    prev.commit_term = m.commit_term;
+                }
                 let mut entries: Vec<_> = prev.take_entries().into();
                 entries.extend(m.take_entries());
                 prev.set_entries(entries.into());
@@ -110,6 +118,27 @@ pub fn coalesce_appends(msgs: Vec<Message>) -> Vec<Message> {
         out.push(m);
     }
     out
+}
+
+/// Whether `prev` and `next` are plain proposals forwarded to the same
+/// leader.
+fn joins(prev: &Message, next: &Message) -> bool {
+    let is_plain_proposal = |m: &Message| {
+        m.get_msg_type() == MessageType::MsgPropose
+            && m.entries
+                .iter()
+                .all(|e| e.get_entry_type() == raft::eraftpb::EntryType::EntryNormal)
+            && m.context.is_empty()
+            && m.request_snapshot == 0
+            && !m.has_snapshot()
+    };
+    is_plain_proposal(prev)
+        && is_plain_proposal(next)
+        && prev.from == next.from
+        && prev.term == next.term
+        && prev.index == next.index
+        && prev.log_term == next.log_term
+        && prev.commit == next.commit
 }
 
 /// Whether `next` is a MsgAppend that picks up where `prev` (one too) ends.
@@ -193,7 +222,7 @@ mod tests {
 
     #[test]
     fn continuing_appends_merge_per_member_and_keep_the_later_commit() {
-        let out = coalesce_appends(vec![
+        let out = coalesce(vec![
             append(2, 10, 2, &[(11, 2)], 9),
             append(3, 10, 2, &[(11, 2)], 9),
             append(2, 11, 2, &[(12, 2)], 9),
@@ -221,7 +250,7 @@ mod tests {
         heartbeat.set_msg_type(MessageType::MsgHeartbeat);
         let mut other_term = append(2, 14, 2, &[(15, 3)], 9);
         other_term.term = 3;
-        let out = coalesce_appends(vec![
+        let out = coalesce(vec![
             append(2, 10, 2, &[(11, 2)], 9),
             // Never merged across another message to the same member.
             heartbeat,
@@ -246,6 +275,45 @@ mod tests {
         );
     }
 
+    fn proposal(data: &str, conf_change: bool) -> Message {
+        let mut m = Message {
+            to: 1,
+            from: 2,
+            ..Default::default()
+        };
+        m.set_msg_type(MessageType::MsgPropose);
+        let mut e = Entry {
+            data: data.as_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        if conf_change {
+            e.set_entry_type(raft::eraftpb::EntryType::EntryConfChange);
+        }
+        m.set_entries(vec![e].into());
+        m
+    }
+
+    #[test]
+    fn forwarded_proposals_merge_but_a_membership_change_stays_alone() {
+        let out = coalesce(vec![
+            proposal("a", false),
+            proposal("b", false),
+            proposal("cc", true),
+            proposal("c", false),
+            proposal("d", false),
+        ]);
+        let data: Vec<Vec<String>> = out
+            .iter()
+            .map(|m| {
+                m.entries
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(data, vec![vec!["a", "b"], vec!["cc"], vec!["c", "d"]]);
+    }
+
     #[test]
     fn a_merged_append_stops_growing_at_the_size_bound() {
         let big = |index: u64| {
@@ -253,7 +321,7 @@ mod tests {
             m.entries[0].data = vec![0u8; COALESCED_APPEND_BYTES / 3 + 1].into();
             m
         };
-        let out = coalesce_appends((10..16).map(big).collect());
+        let out = coalesce((10..16).map(big).collect());
         let sizes: Vec<usize> = out.iter().map(|m| m.entries.len()).collect();
         assert_eq!(sizes, vec![2, 2, 2]);
         for m in &out {
@@ -265,7 +333,7 @@ mod tests {
     type LogEntry = (u64, u64, Vec<u8>);
 
     /// Three raft-rs members in memory; every message a member sends goes
-    /// through `coalesce_appends` when `coalesce` is set.
+    /// through `coalesce` when `coalesce` is set.
     struct World {
         nodes: Vec<RawNode<MemStorage>>,
         coalesce: bool,
@@ -322,11 +390,7 @@ mod tests {
                 if out.is_empty() {
                     return;
                 }
-                let out = if self.coalesce {
-                    coalesce_appends(out)
-                } else {
-                    out
-                };
+                let out = if self.coalesce { coalesce(out) } else { out };
                 self.delivered += out.len();
                 for m in out {
                     let to = (m.to - 1) as usize;
@@ -367,8 +431,11 @@ mod tests {
             let before = w.delivered;
             for burst in 0..20u32 {
                 for i in 0..=(burst % 7) * 5 {
+                    // Clients on every member: a follower forwards its
+                    // proposals to the leader.
                     let data = format!("b{burst}-{i}").into_bytes();
-                    w.nodes[0].propose(vec![], data).expect("propose");
+                    let on = (burst as usize + i as usize) % 3;
+                    w.nodes[on].propose(vec![], data).expect("propose");
                 }
                 w.settle();
             }
