@@ -123,19 +123,14 @@ pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
 /// Whether `prev` and `next` are plain proposals forwarded to the same
 /// leader.
 fn joins(prev: &Message, next: &Message) -> bool {
-    let is_plain_proposal = |m: &Message| {
-        m.get_msg_type() == MessageType::MsgPropose
-            && m.entries
-                .iter()
-                .all(|e| e.get_entry_type() == raft::eraftpb::EntryType::EntryNormal)
-            && m.context.is_empty()
-            && m.request_snapshot == 0
-            && !m.has_snapshot()
+    let plain = |m: &Message| {
+        m.entries
+            .iter()
+            .all(|e| e.get_entry_type() == raft::eraftpb::EntryType::EntryNormal)
     };
-    is_plain_proposal(prev)
-        && is_plain_proposal(next)
-        && prev.from == next.from
-        && prev.term == next.term
+    same_kind(prev, next, MessageType::MsgPropose)
+        && plain(prev)
+        && plain(next)
         && prev.index == next.index
         && prev.log_term == next.log_term
         && prev.commit == next.commit
@@ -143,27 +138,34 @@ fn joins(prev: &Message, next: &Message) -> bool {
 
 /// Whether `next` is a MsgAppend that picks up where `prev` (one too) ends.
 fn continues(prev: &Message, next: &Message) -> bool {
-    let is_append = |m: &Message| {
-        m.get_msg_type() == MessageType::MsgAppend
+    let (end_index, end_term) = match prev.entries.last() {
+        Some(e) => (e.index, e.term),
+        None => (prev.index, prev.log_term),
+    };
+    same_kind(prev, next, MessageType::MsgAppend)
+        && next.index == end_index
+        && next.log_term == end_term
+        && next.commit >= prev.commit
+}
+
+/// Both messages are of type `kind`, from the same member in the same term,
+/// and carry nothing but entries and indexes (no rejection, snapshot,
+/// snapshot request, context or priority of their own).
+fn same_kind(prev: &Message, next: &Message, kind: MessageType) -> bool {
+    let bare = |m: &Message| {
+        m.get_msg_type() == kind
             && !m.reject
             && m.reject_hint == 0
             && m.request_snapshot == 0
             && m.context.is_empty()
             && !m.has_snapshot()
     };
-    let (end_index, end_term) = match prev.entries.last() {
-        Some(e) => (e.index, e.term),
-        None => (prev.index, prev.log_term),
-    };
-    is_append(prev)
-        && is_append(next)
+    bare(prev)
+        && bare(next)
         && prev.from == next.from
         && prev.term == next.term
         && prev.priority == next.priority
         && prev.deprecated_priority == next.deprecated_priority
-        && next.index == end_index
-        && next.log_term == end_term
-        && next.commit >= prev.commit
 }
 
 /// The transport of a one-member cluster.
