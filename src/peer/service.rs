@@ -324,6 +324,8 @@ impl Peer for PeerService {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        // The file at `image` is this stream's (not an earlier one's).
+        let renamed = checked.is_ok();
         let prepared = match ingest {
             Some(job) => Some(match job.await {
                 Ok(Ok(r)) => r.map_err(|e| e.to_string()),
@@ -339,7 +341,10 @@ impl Peer for PeerService {
             Ok(p) => p,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                let _ = tokio::fs::remove_file(&image).await;
+                if renamed {
+                    // Whole, but the ingest refused it: not to be installed.
+                    let _ = tokio::fs::remove_file(&image).await;
+                }
                 tracing::warn!(remote_peer_id = %from, index, cause = %e, "received raft snapshot refused");
                 return Err(Status::data_loss(format!("snapshot image refused: {e}")));
             }
