@@ -101,6 +101,11 @@ impl Cluster {
     /// every 100 entries, keeping 20 for followers): a member that was
     /// down for a few hundred writes catches up from a raft snapshot.
     fn start_with_short_log(n: usize) -> Cluster {
+        Cluster::start_with_short_log_and_env(n, Vec::new())
+    }
+
+    /// [`Cluster::start_with_short_log`] with `env` given to every member.
+    fn start_with_short_log_and_env(n: usize, env: Vec<(String, String)>) -> Cluster {
         let mut cluster = Cluster::new(n);
         cluster.extra_args = [
             "--snapshot-count",
@@ -110,7 +115,9 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
+        cluster.extra_env = env;
         cluster.spawn_all_and_wait();
+        cluster.extra_env.clear();
         cluster
     }
 
@@ -655,20 +662,10 @@ fn snapshot_transfers_show_in_the_peer_metrics() {
     let mut c = Cluster::start_with_short_log(3);
     let leader = c.wait_leader(START_TIMEOUT);
     let lagging = (leader + 1) % 3;
-    let writer = c.members[leader].client_url();
-    c.kill(lagging);
     // Values big enough that the image outweighs the raft traffic the
     // member gets after it.
     let value = "v".repeat(2048);
-    for i in 0..300 {
-        put(&writer, &format!("s/{:03}", i % 150), &value).expect("put");
-    }
-    assert!(
-        wait_until(Duration::from_secs(20), || c
-            .logs(leader)
-            .contains("raft log truncated")),
-        "the leader never truncated its log"
-    );
+    leave_behind(&mut c, (leader, lagging), (300, 150), &value);
     c.spawn_member(lagging);
     assert!(
         wait_until(Duration::from_secs(30), || c
@@ -1143,6 +1140,103 @@ fn a_member_behind_the_truncated_log_catches_up_from_a_snapshot() {
         get_prefix(&url, "after").expect("read"),
         vec![("after".to_string(), "1".to_string())]
     );
+}
+
+/// Kills `lagging`, then writes `puts` values to keys `s/000`… (`keys` of
+/// them, in turn) through `leader` and waits until it truncated its log:
+/// restarted, the member needs a raft snapshot.
+fn leave_behind(
+    c: &mut Cluster,
+    (leader, lagging): (usize, usize),
+    (puts, keys): (usize, usize),
+    value: &str,
+) {
+    let writer = c.members[leader].client_url();
+    c.kill(lagging);
+    for i in 0..puts {
+        put(&writer, &format!("s/{:03}", i % keys), value).expect("put");
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || c
+            .logs(leader)
+            .contains("raft log truncated")),
+        "the leader never truncated its log"
+    );
+}
+
+/// A snapshot stream cut half-way (the leader's image reader panics at its
+/// third 1 MiB chunk: a restartable part, the leader lives on) while the
+/// member ingests it as it arrives: the member drops what it ingested,
+/// keeps its state, and the leader's next stream goes in. Afterwards the
+/// member's fjall keyspace holds one state partition (the half-ingested
+/// one is gone) and it reads every key the leader does.
+#[test]
+fn a_snapshot_stream_cut_half_way_leaves_the_old_state_and_the_retry_goes_in() {
+    let mut c = Cluster::start_with_short_log_and_env(
+        3,
+        vec![(
+            "CAIRN_FAILPOINT_PANIC".to_string(),
+            "snapshot-send-chunk@3".to_string(),
+        )],
+    );
+    let leader = c.wait_leader(START_TIMEOUT);
+    let lagging = (leader + 1) % 3;
+    let writer = c.members[leader].client_url();
+    put(&writer, "before", "1").expect("put");
+    c.wait_converged(Duration::from_secs(10));
+    // About 6 MiB of image: several chunks.
+    let value = "v".repeat(16 << 10);
+    leave_behind(&mut c, (leader, lagging), (400, 400), &value);
+    c.spawn_member(lagging);
+    assert!(
+        wait_until(Duration::from_secs(30), || c
+            .logs(lagging)
+            .contains("raft snapshot stream cut")),
+        "the member never saw a cut stream; leader:\n{}",
+        c.logs(leader)
+    );
+    // Whoever led then (an election under load may have moved it).
+    let sender_logs = || (0..3).map(|i| c.logs(i)).collect::<String>();
+    assert!(sender_logs().contains("panic in a restartable part"));
+    let rev = c.wait_converged(Duration::from_secs(30));
+    let url = c.members[lagging].client_url();
+    // A few keys at a time: all 400 values are past a response's size limit.
+    for first in ["s/00", "s/19", "s/39"] {
+        let got = get_prefix(&url, first).expect("read");
+        assert_eq!(got.len(), 10, "{first}");
+        assert!(got.iter().all(|(_, v)| *v == value), "{first}");
+    }
+    assert_eq!(
+        get_prefix(&writer, "s/39").expect("read"),
+        get_prefix(&url, "s/39").expect("read")
+    );
+    assert_eq!(
+        get_prefix(&url, "before").expect("read"),
+        vec![("before".to_string(), "1".to_string())]
+    );
+    let logs = c.logs(lagging);
+    assert!(logs.contains("pipelined=true"), "{logs}");
+    let partitions = c
+        .tmp
+        .path()
+        .join(&c.members[lagging].name)
+        .join("member/state-fjall/partitions");
+    let cairn_partitions = || {
+        std::fs::read_dir(&partitions)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("cairn-mvcc"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || cairn_partitions() == 1),
+        "{} state partitions left in {} at revision {rev}",
+        cairn_partitions(),
+        partitions.display()
+    );
+    assert!(sender_logs().contains("raft snapshot sent"));
 }
 
 /// `member add` through `ep`, then starts the new member as etcdctl says

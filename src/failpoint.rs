@@ -14,6 +14,7 @@
 //! applies a batch of committed entries), `lease-tick` (LeaseKeeper's tick),
 //! `watch-applied` (WatchBroadcaster taking an applied batch),
 //! `snapshot-send` (a leader about to stream a raft snapshot to a follower),
+//! `snapshot-send-chunk` (a leader handing on each 1 MiB of an image it reads),
 //! `snapshot-install` (Storage installing a raft snapshot's image, before
 //! its last write), `compact-delete` (physical compaction, before each
 //! batch of deletions), `auth-sweep`, `peer-link-send` (a peer link about

@@ -251,6 +251,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let snaps =
         crate::snapshot::SnapDir::open(&member_dir).context("opening the snapshot directory")?;
     finish_install(&log, &store, &snaps)?;
+    {
+        // An offered image a compaction overtook is offered no more.
+        let log = log.clone();
+        snaps.on_retract(move |index| log.retract_image(index));
+    }
     anyhow::ensure!(
         !store.is_removed(cluster.local_id),
         "the member has been permanently removed from the cluster (member {:x}); start a new member with a new data dir instead",

@@ -38,7 +38,9 @@ use crate::error::StorageError;
 use crate::mvcc::store::{
     CONF_MEMBER_PREFIX, META_COMPACT_REV, META_CONSISTENT_INDEX, REMOVED_PREFIX, REV_PREFIX,
 };
-use crate::mvcc::{Backend, BatchWriter, Revision, Store, WriteBatch, NEVER_COMPACTED};
+use crate::mvcc::{
+    Backend, BatchWriter, PreparedState, Revision, Store, WriteBatch, NEVER_COMPACTED,
+};
 use crate::proto::cairnpb::{SnapshotHead, SnapshotTail};
 use crate::raft::log_store::LogStore;
 
@@ -307,9 +309,10 @@ fn read_frames(
     Ok(())
 }
 
-/// The frames of a file, one at a time.
+/// The frames of an image, one at a time, from a file or a stream.
 struct FrameReader {
-    r: std::io::Take<BufReader<std::fs::File>>,
+    /// The image's body: everything but its trailing hash.
+    r: Box<dyn Read + Send>,
 }
 
 impl FrameReader {
@@ -323,7 +326,25 @@ impl FrameReader {
                 path.display()
             )));
         }
-        let mut r = BufReader::with_capacity(1 << 16, file).take(size - HASH_LEN as u64);
+        FrameReader::start(Box::new(
+            BufReader::with_capacity(1 << 16, file).take(size - HASH_LEN as u64),
+        ))
+    }
+
+    /// The frames of an image read from `r` as it arrives (its hash is
+    /// checked by whoever receives it, see [`StreamVerifier`]): the last
+    /// [`HASH_LEN`] bytes are held back as the hash.
+    fn stream(r: impl Read + Send + 'static) -> Result<FrameReader, SnapshotError> {
+        FrameReader::start(Box::new(WithoutHash {
+            inner: r,
+            buf: Vec::new(),
+            start: 0,
+            eof: false,
+        }))
+    }
+
+    /// Checks the magic and version at the start of `r`.
+    fn start(mut r: Box<dyn Read + Send>) -> Result<FrameReader, SnapshotError> {
         let mut magic = [0u8; 12];
         r.read_exact(&mut magic)?;
         if &magic[..8] != MAGIC {
@@ -338,6 +359,18 @@ impl FrameReader {
         Ok(FrameReader { r })
     }
 
+    /// The next `n` bytes. The buffer grows as they come, never allocated
+    /// from the length alone: a streamed image is parsed before its hash
+    /// is checked, and a damaged length must not ask for gigabytes.
+    fn read_bytes(&mut self, n: usize) -> Result<Vec<u8>, SnapshotError> {
+        let mut out = Vec::with_capacity(n.min(1 << 20));
+        (&mut self.r).take(n as u64).read_to_end(&mut out)?;
+        if out.len() != n {
+            return Err(SnapshotError::Format("a frame cut short".into()));
+        }
+        Ok(out)
+    }
+
     /// The next frame (padding skipped); `None` at the end of the body.
     fn next_frame(&mut self) -> Result<Option<Frame>, SnapshotError> {
         let bad = |what: &str| SnapshotError::Format(what.to_string());
@@ -348,8 +381,23 @@ impl FrameReader {
             }
             let mut len = [0u8; 4];
             self.r.read_exact(&mut len)?;
-            let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-            self.r.read_exact(&mut payload)?;
+            let len = u32::from_be_bytes(len) as usize;
+            if tag[0] == TAG_PAIR {
+                // Key and value read into their own buffers, no copy.
+                let mut klen = [0u8; 4];
+                if len < 4 {
+                    return Err(bad("short pair"));
+                }
+                self.r.read_exact(&mut klen)?;
+                let klen = u32::from_be_bytes(klen) as usize;
+                if len < 4 + klen {
+                    return Err(bad("short key"));
+                }
+                let key = self.read_bytes(klen)?;
+                let value = self.read_bytes(len - 4 - klen)?;
+                return Ok(Some(Frame::Pair(key, value)));
+            }
+            let payload = self.read_bytes(len)?;
             return Ok(Some(match tag[0] {
                 TAG_HEAD => Frame::Head(
                     SnapshotHead::decode(payload.as_slice()).map_err(|_| bad("bad head"))?,
@@ -357,23 +405,83 @@ impl FrameReader {
                 TAG_TAIL => Frame::Tail(
                     SnapshotTail::decode(payload.as_slice()).map_err(|_| bad("bad tail"))?,
                 ),
-                TAG_PAIR => {
-                    if payload.len() < 4 {
-                        return Err(bad("short pair"));
-                    }
-                    let klen = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                        as usize;
-                    if payload.len() < 4 + klen {
-                        return Err(bad("short key"));
-                    }
-                    let value = payload.split_off(4 + klen);
-                    payload.drain(..4);
-                    Frame::Pair(payload, value)
-                }
                 TAG_PAD => continue,
                 other => return Err(SnapshotError::Format(format!("unknown frame tag {other}"))),
             }));
         }
+    }
+}
+
+/// A stream without its last [`HASH_LEN`] bytes: each byte is handed on
+/// only once that many more have arrived behind it.
+struct WithoutHash<R> {
+    inner: R,
+    /// Bytes read from `inner` and not handed on, from `start`.
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+}
+
+impl<R: Read> Read for WithoutHash<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let held = self.buf.len() - self.start;
+            if held > HASH_LEN {
+                let n = out.len().min(held - HASH_LEN);
+                out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+                self.start += n;
+                return Ok(n);
+            }
+            if self.eof || out.is_empty() {
+                return Ok(0);
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + (1 << 16), 0);
+            let n = self.inner.read(&mut self.buf[len..])?;
+            self.buf.truncate(len + n);
+            self.eof = n == 0;
+        }
+    }
+}
+
+/// The bytes of an image as its chunks come through a bounded channel
+/// (a raft snapshot being received): a blocking reader, run off the async
+/// runtime. The channel closing ends the stream.
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl ChunkReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> ChunkReader {
+        ChunkReader {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -559,6 +667,78 @@ pub fn install(store: &Store, path: &Path, verify: bool) -> Result<SnapshotHead,
     } else {
         install_in_batches(store, path)?
     };
+    check_installed(store, &head)?;
+    Ok(head)
+}
+
+/// [`install`] on an engine that replaces its state in one step (fjall):
+/// the image's pairs, put in key order ([`SortedImage`]), become the new
+/// state; a crash before the engine's commit point leaves the old one,
+/// which start-up recognises (its consistent index is behind the log).
+fn install_sorted(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError> {
+    let prepared = prepare(store, FrameReader::open(path)?)?;
+    commit_prepared(store, prepared)
+}
+
+/// An image written into the engine beside the current state
+/// ([`Store::prepare_sorted`]), not yet the state.
+#[derive(Debug)]
+pub struct PreparedImage {
+    head: SnapshotHead,
+    state: PreparedState,
+}
+
+impl PreparedImage {
+    /// The applied index the image is of.
+    pub fn applied_index(&self) -> u64 {
+        self.head.applied_index
+    }
+}
+
+/// Writes the image `frames` reads into the engine beside the current
+/// state (fjall: a new partition), replaying its key index; the member
+/// serves and applies meanwhile. A damaged, cut, unsorted or empty image is
+/// refused here, and what was written of it removed.
+fn prepare(store: &Store, frames: FrameReader) -> Result<PreparedImage, SnapshotError> {
+    let mut pairs = SortedImage::new(frames);
+    let state = match store.prepare_sorted(&mut pairs) {
+        Ok(state) => state,
+        Err(e) => return Err(pairs.error.take().unwrap_or(e.into())),
+    };
+    let head = pairs
+        .head
+        .take()
+        .ok_or_else(|| SnapshotError::Format("no head".into()))?;
+    Ok(PreparedImage { head, state })
+}
+
+/// How a follower ingests a raft snapshot while it arrives: the image's
+/// bytes come through `chunks` (bounded: a slow ingest slows the stream
+/// down to the leader's read). Blocking. The result must not be committed
+/// before the whole stream's hash checked.
+pub fn prepare_stream(
+    store: &Store,
+    chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<PreparedImage, SnapshotError> {
+    prepare(store, FrameReader::stream(ChunkReader::new(chunks))?)
+}
+
+/// Makes a prepared image the member's state (a short step: the engine's
+/// commit point, then the in-memory state); returns its head.
+pub fn commit_prepared(
+    store: &Store,
+    prepared: PreparedImage,
+) -> Result<SnapshotHead, SnapshotError> {
+    // Half-way through: the image is in the engine's files, not yet part
+    // of its state.
+    crate::failpoint::hit("snapshot-install");
+    store.commit_prepared(prepared.state)?;
+    check_installed(store, &prepared.head)?;
+    Ok(prepared.head)
+}
+
+/// The store reads at the revision and index the image says.
+fn check_installed(store: &Store, head: &SnapshotHead) -> Result<(), SnapshotError> {
     if store.current_revision() != head.revision || store.applied_index() != head.applied_index {
         return Err(SnapshotError::Restore(format!(
             "installed revision {} at index {}, the image says revision {} at index {}",
@@ -568,22 +748,7 @@ pub fn install(store: &Store, path: &Path, verify: bool) -> Result<SnapshotHead,
             head.applied_index
         )));
     }
-    Ok(head)
-}
-
-/// [`install`] on an engine that replaces its state in one step (fjall):
-/// the image's pairs, put in key order ([`SortedImage`]), become the new
-/// state; a crash before the engine's commit point leaves the old one,
-/// which start-up recognises (its consistent index is behind the log).
-fn install_sorted(store: &Store, path: &Path) -> Result<SnapshotHead, SnapshotError> {
-    let mut pairs = SortedImage::open(path)?;
-    if let Err(e) = store.replace_sorted(&mut pairs) {
-        return Err(pairs.error.take().unwrap_or(e.into()));
-    }
-    pairs
-        .head
-        .take()
-        .ok_or_else(|| SnapshotError::Format("no head".into()))
+    Ok(())
 }
 
 /// [`install`] on an engine that takes the records in batches (sled): the
@@ -661,16 +826,16 @@ struct SortedImage {
 }
 
 impl SortedImage {
-    fn open(path: &Path) -> Result<SortedImage, SnapshotError> {
-        Ok(SortedImage {
-            frames: FrameReader::open(path)?,
+    fn new(frames: FrameReader) -> SortedImage {
+        SortedImage {
+            frames,
             head: None,
             tail: None,
             pairs: 0,
             late: Vec::new(),
             draining: None,
             error: None,
-        })
+        }
     }
 
     /// The next pair in key order, `None` at the end (then `late` is
@@ -720,9 +885,6 @@ impl SortedImage {
             ));
         }
         late.sort_by(|a, b| a.0.cmp(&b.0));
-        // Half-way through: the revision records are in the engine's
-        // files, not yet part of its state.
-        crate::failpoint::hit("snapshot-install");
         self.draining = Some(late.into_iter());
         Ok(None)
     }
@@ -767,6 +929,21 @@ pub fn install_kept(
     Ok(head)
 }
 
+/// [`install_kept`] for an image ingested while it arrived
+/// ([`prepare_stream`]): committed, made durable, and the kept file (there
+/// for a restart before this) removed with older ones.
+pub fn commit_kept(
+    store: &Store,
+    dir: &SnapDir,
+    index: u64,
+    prepared: PreparedImage,
+) -> Result<SnapshotHead, SnapshotError> {
+    let head = commit_prepared(store, prepared)?;
+    store.backend().flush()?;
+    dir.prune(|i| i > index);
+    Ok(head)
+}
+
 /// Writes an image of `store` to `path` (through a temporary file, synced
 /// and renamed, so `path` only ever holds a whole image); blocking. How a
 /// leader prepares the raft snapshot it sends to a lagging member.
@@ -803,11 +980,35 @@ pub fn save_image(
 
 /// `<data-dir>/member/snap`: images of the applied state that raft
 /// snapshots carry, one file per applied index (`<index:016x>.snap`). A
-/// leader writes one when a lagging member needs it and keeps the newest two
-/// (one may still be streaming); a follower receives one there, and removes
-/// it once installed and flushed.
-#[derive(Debug, Clone)]
-pub struct SnapDir(PathBuf);
+/// follower receives one there, and removes it once installed and flushed.
+/// Clones share what a leader offers (images not written to disk: their
+/// heads, the revision records read as they stream, see [`OfferedImage`])
+/// and what a follower prepared while receiving ([`PreparedImage`]).
+#[derive(Clone)]
+pub struct SnapDir {
+    path: PathBuf,
+    shared: Arc<parking_lot::Mutex<Shared>>,
+}
+
+/// What the clones of a [`SnapDir`] share.
+#[derive(Default)]
+struct Shared {
+    /// Images offered to lagging members, by index; the newest two (the
+    /// older may still be streaming).
+    offered: Vec<(u64, Arc<OfferedImage>)>,
+    /// An image a follower ingested while receiving it, for the install
+    /// raft then asks Storage for (at most one: a newer replaces it).
+    prepared: Option<(u64, PreparedImage)>,
+    /// Tells raft an offered image can no longer be sent (see
+    /// [`SnapDir::retract`]).
+    retract: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SnapDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SnapDir").field(&self.path).finish()
+    }
+}
 
 impl SnapDir {
     /// Creates the directory if needed and removes partial files a crash
@@ -821,22 +1022,25 @@ impl SnapDir {
                 std::fs::remove_file(&path)?;
             }
         }
-        Ok(SnapDir(dir))
+        Ok(SnapDir {
+            path: dir,
+            shared: Arc::default(),
+        })
     }
 
     /// The image of the applied state at `index`.
     pub fn image(&self, index: u64) -> PathBuf {
-        self.0.join(format!("{index:016x}.snap"))
+        self.path.join(format!("{index:016x}.snap"))
     }
 
     /// Where an image from member `from` is received before it is verified.
     pub fn receiving(&self, index: u64, from: u64) -> PathBuf {
-        self.0.join(format!("{index:016x}-{from:x}.tmp"))
+        self.path.join(format!("{index:016x}-{from:x}.tmp"))
     }
 
     /// The indexes of the complete images, ascending.
     pub fn images(&self) -> Vec<u64> {
-        let mut out: Vec<u64> = std::fs::read_dir(&self.0)
+        let mut out: Vec<u64> = std::fs::read_dir(&self.path)
             .into_iter()
             .flatten()
             .filter_map(|e| {
@@ -857,6 +1061,102 @@ impl SnapDir {
                 }
             }
         }
+    }
+
+    /// Offers `image` (of the applied state at `index`) to lagging members;
+    /// the newest two stay offered.
+    pub fn offer(&self, index: u64, image: OfferedImage) {
+        let mut s = self.shared.lock();
+        s.offered.retain(|(i, _)| *i != index);
+        s.offered.push((index, Arc::new(image)));
+        s.offered.sort_by_key(|(i, _)| *i);
+        let extra = s.offered.len().saturating_sub(2);
+        s.offered.drain(..extra);
+    }
+
+    /// The image offered at `index`, if any.
+    pub fn offered(&self, index: u64) -> Option<Arc<OfferedImage>> {
+        let s = self.shared.lock();
+        s.offered
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, image)| image.clone())
+    }
+
+    /// Every offered image is withdrawn (the state they read is replaced).
+    pub fn withdraw_offers(&self) {
+        self.shared.lock().offered.clear();
+    }
+
+    /// The image offered at `index` can no longer be streamed (a compaction
+    /// passed its revision before it was read): it is withdrawn, and raft
+    /// told, so that it asks for a new one instead of sending this again.
+    pub fn retract(&self, index: u64) {
+        let tell = {
+            let mut s = self.shared.lock();
+            s.offered.retain(|(i, _)| *i != index);
+            s.retract.clone()
+        };
+        if let Some(tell) = tell {
+            tell(index);
+        }
+    }
+
+    /// Who [`SnapDir::retract`] tells (the raft log, which offers images to raft-rs).
+    pub fn on_retract(&self, tell: impl Fn(u64) + Send + Sync + 'static) {
+        self.shared.lock().retract = Some(Arc::new(tell));
+    }
+
+    /// Keeps an image ingested while it was received (whole, its hash
+    /// checked) for the install at `index`; one kept before is dropped.
+    pub fn set_prepared(&self, index: u64, prepared: PreparedImage) {
+        let old = self.shared.lock().prepared.replace((index, prepared));
+        // Dropped outside the lock: this removes its partition.
+        drop(old);
+    }
+
+    /// The image prepared for the install at `index`, if that is the one
+    /// kept (any other is dropped).
+    pub fn take_prepared(&self, index: u64) -> Option<PreparedImage> {
+        let mut s = self.shared.lock();
+        match s.prepared.take() {
+            Some((i, prepared)) if i == index => Some(prepared),
+            // A newer one: raft installs it next.
+            Some(newer) if newer.0 > index => {
+                s.prepared = Some(newer);
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An image a leader offers lagging members: the head taken between two
+/// applied batches; the revision records are read from the store as the
+/// image streams ([`write_image`]), so nothing is written to disk first.
+pub struct OfferedImage {
+    pub store: Arc<Store>,
+    pub head: ImageHead,
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+impl OfferedImage {
+    /// Whether the image can still be read whole: a compaction past its
+    /// revision removed records it needs.
+    pub fn stale(&self) -> bool {
+        self.store.compact_revision() > self.head.revision
+    }
+
+    /// Streams the image to `emit` (see [`write_image`]); blocking.
+    pub fn write(&self, emit: impl FnMut(Vec<u8>, bool) -> bool) -> Result<(), SnapshotError> {
+        write_image(
+            &self.store,
+            self.head.clone(),
+            self.cluster_id,
+            self.member_id,
+            emit,
+        )
     }
 }
 
@@ -1476,5 +1776,231 @@ mod tests {
         // The good image still installs after all that.
         install(&reopened, &good, true).expect("install");
         assert_eq!(all_at(&reopened, 0), all_at(&leader, 0));
+    }
+
+    /// The bytes of an image of `leader`, as a leader streams it.
+    fn offered_bytes(leader: &Arc<Store>) -> Vec<u8> {
+        let image = OfferedImage {
+            store: leader.clone(),
+            head: capture_head(leader).expect("head"),
+            cluster_id: 1,
+            member_id: 2,
+        };
+        let mut bytes = Vec::new();
+        image
+            .write(|chunk, _| {
+                bytes.extend_from_slice(&chunk);
+                true
+            })
+            .expect("write");
+        bytes
+    }
+
+    /// Feeds `bytes` to [`prepare_stream`] in chunks of `size`, through a
+    /// channel of one slot, as the peer service does.
+    fn prepare_from(
+        store: &Arc<Store>,
+        bytes: &[u8],
+        size: usize,
+    ) -> Result<PreparedImage, SnapshotError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let s = store.clone();
+        let job = std::thread::spawn(move || prepare_stream(&s, rx));
+        for chunk in bytes.chunks(size) {
+            if tx.blocking_send(chunk.to_vec()).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        job.join().expect("the ingest thread")
+    }
+
+    /// A leader's image, streamed as it is read from its store, is
+    /// ingested by a follower while it arrives, beside the follower's
+    /// state: the follower reads its old state (and takes writes) until
+    /// the commit, then reads, hashes and restarts as the leader.
+    #[test]
+    fn a_streamed_image_is_ingested_beside_the_state_and_committed_in_one_step() {
+        let leader = Arc::new(store());
+        for i in 0..300 {
+            write(&leader, &[(&format!("k{:03}", i % 120), Some("value"))]);
+        }
+        write(&leader, &[("k007", None)]);
+        let compacted = leader.current_revision() - 50;
+        compact(&leader, compacted);
+        write(&leader, &[("z", Some("last"))]);
+        let bytes = offered_bytes(&leader);
+        let mut verifier = StreamVerifier::default();
+        verifier.update(&bytes);
+        verifier.finish().expect("the streamed image verifies");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state-fjall");
+        {
+            let follower = Arc::new(fjall_store(&state));
+            write(&follower, &[("old", Some("1"))]);
+            for size in [1000, 7, 1 << 20] {
+                let prepared = prepare_from(&follower, &bytes, size).expect("prepare");
+                assert_eq!(prepared.applied_index(), leader.applied_index());
+                // Not the state yet: it reads and writes as before.
+                assert_eq!(all_at(&follower, 0)[0].0, b"old".to_vec());
+                write(&follower, &[("old", Some("2"))]);
+                if size != 1 << 20 {
+                    // Dropped (a hash that did not check): nothing changes.
+                    drop(prepared);
+                    continue;
+                }
+                let head = commit_prepared(&follower, prepared).expect("commit");
+                assert_eq!(head.revision, leader.current_revision());
+            }
+            assert_eq!(follower.applied_index(), leader.applied_index());
+            same_since(&follower, &leader, compacted);
+        }
+        let reopened = fjall_store(&state);
+        assert_eq!(reopened.applied_index(), leader.applied_index());
+        assert_eq!(all_at(&reopened, 0), all_at(&leader, 0));
+    }
+
+    /// A stream cut anywhere, or damaged, is refused (never a panic, never
+    /// a huge allocation from a damaged length), the follower keeps its
+    /// state, in memory and across a restart, and the whole image then
+    /// goes in.
+    #[test]
+    fn a_cut_or_damaged_stream_leaves_the_old_state_and_a_retry_succeeds() {
+        let leader = Arc::new(store());
+        for i in 0..200 {
+            write(&leader, &[(&format!("k{i:03}"), Some("some value"))]);
+        }
+        let bytes = offered_bytes(&leader);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state-fjall");
+        let old = {
+            let follower = Arc::new(fjall_store(&state));
+            write(&follower, &[("old", Some("1"))]);
+            let old = (all_at(&follower, 0), follower.applied_index());
+            for cut in [
+                0,
+                5,
+                12,
+                40,
+                bytes.len() / 3,
+                bytes.len() - 33,
+                bytes.len() - 1,
+            ] {
+                let r = prepare_from(&follower, &bytes[..cut], 4096);
+                assert!(
+                    r.is_err(),
+                    "a stream cut at {cut} of {} was taken",
+                    bytes.len()
+                );
+                assert_eq!((all_at(&follower, 0), follower.applied_index()), old);
+            }
+            // Cut at a frame boundary (as if the frames were all there
+            // and the last 32 bytes the hash): refused for want of a tail.
+            let mut boundaries = Vec::new();
+            let mut at = 12;
+            while at + 5 <= bytes.len() - HASH_LEN {
+                let len = u32::from_be_bytes([
+                    bytes[at + 1],
+                    bytes[at + 2],
+                    bytes[at + 3],
+                    bytes[at + 4],
+                ]);
+                at += 5 + len as usize;
+                boundaries.push(at);
+            }
+            for b in [boundaries[1], boundaries[boundaries.len() / 2]] {
+                let mut cut = bytes[..b].to_vec();
+                cut.extend_from_slice(&[0u8; HASH_LEN]);
+                assert!(
+                    prepare_from(&follower, &cut, 4096).is_err(),
+                    "a stream cut after the frame ending at {b} was taken"
+                );
+                assert_eq!((all_at(&follower, 0), follower.applied_index()), old);
+            }
+            // A frame length damaged into a huge one (the first pair's,
+            // after the 12-byte preamble and the head frame).
+            let head_len =
+                u32::from_be_bytes([bytes[13], bytes[14], bytes[15], bytes[16]]) as usize;
+            let first_pair = 12 + 5 + head_len;
+            let mut huge = bytes.clone();
+            huge[first_pair + 1..first_pair + 5].copy_from_slice(&u32::MAX.to_be_bytes());
+            assert!(prepare_from(&follower, &huge, 4096).is_err());
+            assert_eq!((all_at(&follower, 0), follower.applied_index()), old);
+            old
+        };
+        let follower = Arc::new(fjall_store(&state));
+        assert_eq!((all_at(&follower, 0), follower.applied_index()), old);
+        let prepared = prepare_from(&follower, &bytes, 4096).expect("the retry");
+        commit_prepared(&follower, prepared).expect("commit");
+        assert_eq!(all_at(&follower, 0), all_at(&leader, 0));
+    }
+
+    /// The reader that holds back an image's hash hands on exactly the
+    /// bytes before it, whatever the chunk sizes.
+    #[test]
+    fn the_hash_is_held_back_from_a_streamed_image() {
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        for size in [1, 31, 32, 33, 4096, 5000] {
+            let (tx, rx) = tokio::sync::mpsc::channel(bytes.len());
+            for chunk in bytes.chunks(size) {
+                tx.try_send(chunk.to_vec()).expect("room");
+            }
+            drop(tx);
+            let mut r = WithoutHash {
+                inner: ChunkReader::new(rx),
+                buf: Vec::new(),
+                start: 0,
+                eof: false,
+            };
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).expect("read");
+            assert_eq!(out, bytes[..bytes.len() - HASH_LEN], "chunks of {size}");
+        }
+    }
+
+    /// An offered image a compaction has passed can no longer be read
+    /// whole: it says so before a byte is sent, and its stream fails.
+    #[test]
+    fn an_offered_image_overtaken_by_a_compaction_is_stale() {
+        let leader = Arc::new(store());
+        write(&leader, &[("a", Some("1"))]);
+        write(&leader, &[("a", Some("2"))]);
+        let image = OfferedImage {
+            store: leader.clone(),
+            head: capture_head(&leader).expect("head"),
+            cluster_id: 1,
+            member_id: 2,
+        };
+        assert!(!image.stale());
+        write(&leader, &[("a", Some("3"))]);
+        compact(&leader, leader.current_revision());
+        assert!(image.stale());
+        assert!(matches!(
+            image.write(|_, _| true),
+            Err(SnapshotError::Raced { .. })
+        ));
+        // A SnapDir keeps the newest two offers and drops a retracted one.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snaps = SnapDir::open(dir.path()).expect("snap dir");
+        let told = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let t = told.clone();
+        snaps.on_retract(move |i| t.lock().push(i));
+        for index in [3, 1, 2] {
+            snaps.offer(
+                index,
+                OfferedImage {
+                    store: leader.clone(),
+                    head: capture_head(&leader).expect("head"),
+                    cluster_id: 1,
+                    member_id: 2,
+                },
+            );
+        }
+        assert!(snaps.offered(1).is_none());
+        assert!(snaps.offered(2).is_some() && snaps.offered(3).is_some());
+        snaps.retract(3);
+        assert!(snaps.offered(3).is_none());
+        assert_eq!(*told.lock(), vec![3]);
     }
 }

@@ -378,7 +378,15 @@ impl StorageActor {
         let mut applier = lane.lock();
         let before: Vec<i64> = self.store.leases().iter().map(|l| l.id).collect();
         let started = std::time::Instant::now();
-        let head = crate::snapshot::install_kept(&self.store, &self.images.dir, index, false)?;
+        // The images this member offered read the state being replaced.
+        self.images.dir.withdraw_offers();
+        let head = match self.images.dir.take_prepared(index) {
+            // Ingested while it arrived: only the commit is left.
+            Some(prepared) => {
+                crate::snapshot::commit_kept(&self.store, &self.images.dir, index, prepared)?
+            }
+            None => crate::snapshot::install_kept(&self.store, &self.images.dir, index, false)?,
+        };
         self.flushed = head.applied_index;
         tracing::info!(
             index,
@@ -506,36 +514,26 @@ impl Handler<MakeImage> for StorageActor {
     type Result = ResponseFuture<Result<(u64, raft::eraftpb::ConfState), String>>;
     fn handle(&mut self, _: MakeImage, _: &mut Context<Self>) -> Self::Result {
         // The head between two batches (under the applier's lock); the
-        // revision records from a blocking thread, while applying goes on.
+        // revision records are read as the image streams to a member
+        // (`snapshot::OfferedImage`), while applying goes on.
         let (head, conf) = {
             let _applier = self.lane.lock();
             (capture_head(&self.store), self.store.conf_state())
         };
-        let store = self.store.clone();
-        let dir = self.images.dir.clone();
-        let (cluster_id, member_id) = (self.images.cluster_id, self.member_id);
-        Box::pin(async move {
-            let head = head.map_err(|e| e.to_string())?;
+        let offered = head.map(|head| {
             let index = head.applied_index;
-            let job = tokio::task::spawn_blocking(move || {
-                let path = dir.image(index);
-                if !path.exists() {
-                    crate::snapshot::save_image(&store, head, cluster_id, member_id, &path)?;
-                }
-                // The newest two: the older may still be streaming.
-                let images = dir.images();
-                let oldest_kept = images[images.len().saturating_sub(2)..]
-                    .first()
-                    .copied()
-                    .unwrap_or(index);
-                dir.prune(|i| i >= oldest_kept);
-                Ok::<_, crate::snapshot::SnapshotError>((index, conf))
-            });
-            match job.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        })
+            self.images.dir.offer(
+                index,
+                crate::snapshot::OfferedImage {
+                    store: self.store.clone(),
+                    head,
+                    cluster_id: self.images.cluster_id,
+                    member_id: self.member_id,
+                },
+            );
+            (index, conf)
+        });
+        Box::pin(async move { offered.map_err(|e| e.to_string()) })
     }
 }
 

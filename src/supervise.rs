@@ -144,6 +144,16 @@ impl<F: Future> Future for Restartable<F> {
     }
 }
 
+/// [`restartable`] for blocking work on a thread of its own (the body of a
+/// `spawn_blocking`): a panic in `f` is logged and returned as an error,
+/// and the member goes on.
+pub fn restartable_blocking<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    RESTARTABLE.with(|depth| depth.set(depth.get() + 1));
+    let done = catch_unwind(AssertUnwindSafe(f));
+    RESTARTABLE.with(|depth| depth.set(depth.get() - 1));
+    done.map_err(|panic| payload_text(panic.as_ref()))
+}
+
 fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()

@@ -70,6 +70,19 @@ pub type BulkPairs<'a> = &'a mut dyn Iterator<Item = BulkItem>;
 /// One item of [`BulkPairs`]: a key and its value, or why the stream broke.
 pub type BulkItem = Result<(Vec<u8>, Vec<u8>), StorageError>;
 
+/// A replacement state written by [`Backend::prepare_replace`] and not yet
+/// part of the store: [`Backend::commit_replace`] makes it the state;
+/// dropped instead, it is removed (and a crash before the commit leaves
+/// the old state, which the next open cleans up after). Opaque: only the
+/// engine that made it knows what it holds.
+pub struct PreparedReplace(pub(crate) Box<dyn std::any::Any + Send>);
+
+impl std::fmt::Debug for PreparedReplace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedReplace")
+    }
+}
+
 /// An ordered byte key-value store with atomic batches.
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
@@ -113,7 +126,22 @@ pub trait Backend: Send + Sync + 'static {
     /// afterwards the store holds exactly the stream, durably. A stream that
     /// fails, is empty or is not in strictly ascending key order is refused
     /// with an error and leaves the old state as it was.
-    fn bulk_replace(&self, _pairs: BulkPairs<'_>) -> Result<(), StorageError> {
+    fn bulk_replace(&self, pairs: BulkPairs<'_>) -> Result<(), StorageError> {
+        let prepared = self.prepare_replace(pairs)?;
+        self.commit_replace(prepared)
+    }
+    /// The first half of [`Backend::bulk_replace`], which may run while the
+    /// store is read and written as usual: writes `pairs` (same rules) as a
+    /// state beside the current one, not read by anything yet.
+    fn prepare_replace(&self, _pairs: BulkPairs<'_>) -> Result<PreparedReplace, StorageError> {
+        Err(StorageError::Io(std::io::Error::other(
+            "this state engine cannot replace its state in bulk",
+        )))
+    }
+    /// The second half of [`Backend::bulk_replace`] (nothing reading or
+    /// writing meanwhile): the prepared state becomes the state, durably,
+    /// in one step; the old one is dropped.
+    fn commit_replace(&self, _prepared: PreparedReplace) -> Result<(), StorageError> {
         Err(StorageError::Io(std::io::Error::other(
             "this state engine cannot replace its state in bulk",
         )))

@@ -361,6 +361,18 @@ impl Backend for BufferedBackend {
         self.commit()?;
         self.shared.inner.bulk_replace(pairs)
     }
+    fn prepare_replace(
+        &self,
+        pairs: super::backend::BulkPairs<'_>,
+    ) -> Result<super::PreparedReplace, StorageError> {
+        // Beside the engine's state: nothing buffered is touched.
+        self.shared.inner.prepare_replace(pairs)
+    }
+    fn commit_replace(&self, prepared: super::PreparedReplace) -> Result<(), StorageError> {
+        // As in bulk_replace: what is buffered goes in before the swap.
+        self.commit()?;
+        self.shared.inner.commit_replace(prepared)
+    }
     fn has_room(&self, ops: usize) -> bool {
         let o = self.shared.overlay.read();
         o.active.len() + ops < LIMIT_OPS / 2 && o.active_bytes < LIMIT_BYTES / 2

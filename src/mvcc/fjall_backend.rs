@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fjall::{AbstractTree as _, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use parking_lot::RwLock;
 
-use super::backend::{Backend, BulkPairs, ScanIter, WriteBatch};
+use super::backend::{Backend, BulkPairs, PreparedReplace, ScanIter, WriteBatch};
 use crate::error::StorageError;
 
 /// The partition holding cairn's state in generation 0 (the name is
@@ -271,6 +271,29 @@ fn owned(iter: impl Iterator<Item = fjall::Result<fjall::KvPair>> + 'static) -> 
     Box::new(iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)))
 }
 
+/// A generation ingested by [`Backend::prepare_replace`] and not named
+/// current: deleted when dropped uncommitted.
+struct Prepared {
+    keyspace: Keyspace,
+    /// `None` once committed (or never ours).
+    part: Option<PartitionHandle>,
+    generation: u64,
+    /// Pairs ingested.
+    pairs: u64,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(part) = self.part.take() {
+            // Never named current: the old state stays. A crash before
+            // this delete lands is cleaned up at the next open.
+            if let Err(e) = self.keyspace.delete_partition(part) {
+                tracing::warn!(cause = %e, generation = self.generation, "cannot remove an unfinished install's partition");
+            }
+        }
+    }
+}
+
 impl Backend for FjallBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.part.read().0.get(key)?.map(|v| v.to_vec()))
@@ -314,20 +337,31 @@ impl Backend for FjallBackend {
         true
     }
 
-    /// Ingests `pairs` into the partition of a new generation, names it
-    /// current (the commit point), then drops the old one. fjall's ingest
+    /// Ingests `pairs` into the partition of a new generation, not named
+    /// current yet (the old state stays the state; a crash leaves the new
+    /// partition unnamed, and the next open deletes it). fjall's ingest
     /// panics on an unsorted stream or a partition that is not empty: both
-    /// are checked here first and refused as errors.
-    fn bulk_replace(&self, pairs: BulkPairs<'_>) -> Result<(), StorageError> {
+    /// are checked here first and refused as errors. The stream may be fed
+    /// as it arrives: reads and writes of the current partition go on.
+    fn prepare_replace(&self, pairs: BulkPairs<'_>) -> Result<PreparedReplace, StorageError> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let name = partition_name(generation);
         let part = self
             .keyspace
             .open_partition(&name, PartitionCreateOptions::default())?;
+        // From here on, a failure (or the caller dropping it) deletes it.
+        let mut prepared = Prepared {
+            keyspace: self.keyspace.clone(),
+            part: Some(part.clone()),
+            generation,
+            pairs: 0,
+        };
         if part.segment_count() != 0
             || part.tree.active_memtable_size() != 0
             || part.tree.sealed_memtable_count() != 0
         {
+            // Never ours to delete: keep it, refuse.
+            prepared.part = None;
             return Err(StorageError::corrupt(
                 "fjall state generation",
                 format!("the new partition {name} is not empty"),
@@ -362,28 +396,35 @@ impl Backend for FjallBackend {
             }
         });
         let ingested = part.ingest(sorted);
-        let failed = match (failed, ingested) {
-            (Some(e), _) => Some(e),
-            (None, Err(e)) => Some(e.into()),
+        match (failed, ingested) {
+            (Some(e), _) => return Err(e),
+            (None, Err(e)) => return Err(e.into()),
             (None, Ok(())) if count == 0 => {
-                Some(StorageError::corrupt("bulk load", "nothing to load"))
+                return Err(StorageError::corrupt("bulk load", "nothing to load"))
             }
-            (None, Ok(())) => None,
-        };
-        if let Some(e) = failed {
-            // Never named current: the old state stays. A crash before
-            // this delete lands is cleaned up at the next open.
-            if let Err(d) = self.keyspace.delete_partition(part) {
-                tracing::warn!(cause = %d, partition = %name, "cannot remove a failed install's partition");
-            }
-            return Err(e);
+            (None, Ok(())) => {}
         }
+        prepared.pairs = count;
+        Ok(PreparedReplace(Box::new(prepared)))
+    }
+
+    /// Names the prepared generation current (the commit point), then
+    /// drops the old one.
+    fn commit_replace(&self, prepared: PreparedReplace) -> Result<(), StorageError> {
+        let mut prepared = prepared
+            .0
+            .downcast::<Prepared>()
+            .map_err(|_| StorageError::corrupt("bulk load", "prepared by another engine"))?;
         crate::failpoint::hit("fjall-install-ingested");
+        let generation = prepared.generation;
         write_generation(&self.path, generation)?;
+        let Some(part) = prepared.part.take() else {
+            return Err(StorageError::corrupt("bulk load", "prepared twice"));
+        };
         let old = std::mem::replace(&mut *self.part.write(), (part, generation));
         tracing::info!(
             generation,
-            pairs = count,
+            pairs = prepared.pairs,
             "state partition replaced (fjall ingest)"
         );
         // Removed on disk once the last handle (a reader's iterator) goes;

@@ -46,7 +46,9 @@ pub mod revision;
 pub mod store;
 pub mod writer;
 
-pub use backend::{Backend, BulkItem, BulkPairs, MemBackend, SledBackend, WriteBatch};
+pub use backend::{
+    Backend, BulkItem, BulkPairs, MemBackend, PreparedReplace, SledBackend, WriteBatch,
+};
 pub use buffered::BufferedBackend;
 pub use defrag::DefraggableSled;
 pub use engine::Engine;
@@ -54,7 +56,7 @@ pub use fjall_backend::FjallBackend;
 pub use key_index::KeyRange;
 pub use range::{ReadError, ReadView};
 pub use revision::Revision;
-pub use store::{HashKv, Store, NEVER_COMPACTED};
+pub use store::{HashKv, PreparedState, Store, NEVER_COMPACTED};
 pub use writer::{BatchWriter, WriteTxn};
 
 /// Writes `contents` as file `name` in `dir`, durably and all at once: a

@@ -321,9 +321,20 @@ impl Store {
     /// replayed from the revision records as they stream past. A failed or
     /// refused stream leaves the old state, on disk and in memory.
     pub fn replace_sorted(&self, pairs: super::BulkPairs<'_>) -> Result<(), StorageError> {
-        let _writer = self.writer.lock();
-        let _paused = self.compaction.pause();
-        let _gate = self.gate.write();
+        let prepared = self.prepare_sorted(pairs)?;
+        self.commit_prepared(prepared)
+    }
+
+    /// The first half of [`Store::replace_sorted`]: writes the new state
+    /// beside the current one ([`Backend::prepare_replace`]) and replays
+    /// its key index, while the store goes on serving and applying as
+    /// usual (a raft snapshot is ingested while it streams in). Nothing
+    /// reads the result until [`Store::commit_prepared`]; dropped instead,
+    /// it is removed.
+    pub fn prepare_sorted(
+        &self,
+        pairs: super::BulkPairs<'_>,
+    ) -> Result<PreparedState, StorageError> {
         let t = std::time::Instant::now();
         let mut replay = Some(Replay::new());
         let mut fed = pairs.inspect(|item| {
@@ -336,12 +347,29 @@ impl Store {
                 }
             }
         });
-        self.backend.bulk_replace(&mut fed)?;
-        let filled = t.elapsed();
-        let loaded = load_from(self.backend.as_ref(), replay)?;
+        let prepared = self.backend.prepare_replace(&mut fed)?;
         tracing::info!(
-            fill_ms = filled.as_millis() as u64,
-            load_ms = (t.elapsed() - filled).as_millis() as u64,
+            fill_ms = t.elapsed().as_millis() as u64,
+            "replacement state written"
+        );
+        Ok(PreparedState { prepared, replay })
+    }
+
+    /// The second half of [`Store::replace_sorted`]: the prepared state
+    /// becomes the state in one step (the engine's commit point), then the
+    /// in-memory state rebuilt from it. Readers of the backend wait at the
+    /// gate for this short while only.
+    pub fn commit_prepared(&self, prepared: PreparedState) -> Result<(), StorageError> {
+        let _writer = self.writer.lock();
+        let _paused = self.compaction.pause();
+        let _gate = self.gate.write();
+        let t = std::time::Instant::now();
+        self.backend.commit_replace(prepared.prepared)?;
+        let committed = t.elapsed();
+        let loaded = load_from(self.backend.as_ref(), prepared.replay)?;
+        tracing::info!(
+            commit_ms = committed.as_millis() as u64,
+            load_ms = (t.elapsed() - committed).as_millis() as u64,
             "state store replaced in one step"
         );
         self.swap_in(loaded)
@@ -613,6 +641,21 @@ impl Store {
             .iter()
             .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
             .collect()
+    }
+}
+
+/// A state written beside the current one by [`Store::prepare_sorted`],
+/// with the key index replayed from it, waiting for
+/// [`Store::commit_prepared`]. Dropped uncommitted, the engine removes it.
+pub struct PreparedState {
+    prepared: super::PreparedReplace,
+    /// `None` if the replay gave up (the commit then scans the records).
+    replay: Option<Replay>,
+}
+
+impl std::fmt::Debug for PreparedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedState").finish_non_exhaustive()
     }
 }
 

@@ -29,6 +29,10 @@ pub const CLUSTER_ID_MISMATCH: &str = "cluster ID mismatch";
 /// What a removed member hears from the others (etcd: HTTP 410 Gone).
 pub const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
 
+/// Chunks of a raft snapshot (1 MiB each) waiting for the ingest: the
+/// stream from the leader waits when they are taken.
+const INGEST_QUEUE: usize = 4;
+
 /// Hands one decoded raft message to RaftNode; false if it was dropped.
 pub type Deliver = Arc<dyn Fn(raft::eraftpb::Message) -> bool + Send + Sync>;
 
@@ -209,7 +213,11 @@ impl Peer for PeerService {
     /// A raft snapshot from the leader: the MsgSnapshot, then its image.
     /// The image is written beside its final name, synced and verified
     /// before it takes that name, and only then is the message stepped into
-    /// raft: RaftNode persists it and has Storage install the image.
+    /// raft: RaftNode persists it and has Storage install the image. On an
+    /// engine that takes a sorted stream (fjall), the image is also
+    /// ingested as it arrives (`snapshot::prepare_stream`, on a blocking
+    /// thread fed through a bounded channel), so Storage's install is only
+    /// the commit; the file is what a restart before that installs.
     async fn snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
@@ -242,11 +250,28 @@ impl Peer for PeerService {
         let tmp = snaps.receiving(index, first.from);
         let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        // The ingest beside the current state, fed as the chunks arrive.
+        let mut ingest = self
+            .store
+            .clone()
+            .filter(|store| store.backend().can_bulk_replace())
+            .map(|store| {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(INGEST_QUEUE);
+                let job = tokio::task::spawn_blocking(move || {
+                    // A panic fails this snapshot (what it wrote is
+                    // removed as it unwinds), not the member.
+                    crate::supervise::restartable_blocking(|| {
+                        crate::snapshot::prepare_stream(&store, rx)
+                    })
+                });
+                (Some(tx), job)
+            });
+        let started = std::time::Instant::now();
         let mut chunk = first;
         let mut bytes = 0u64;
         // Verified as it arrives: the file is not read back.
         let mut verifier = crate::snapshot::StreamVerifier::default();
-        loop {
+        let received = loop {
             verifier.update(&chunk.data);
             file.write_all(&chunk.data).await.map_err(io)?;
             bytes += chunk.data.len() as u64;
@@ -255,20 +280,40 @@ impl Peer for PeerService {
                 chunk.from,
                 chunk.message.len() + chunk.data.len(),
             );
-            if chunk.last {
-                break;
+            let last = chunk.last;
+            if let Some((tx, _)) = ingest.as_mut() {
+                // Waits for room: a slow ingest slows the stream down.
+                // A closed channel: the ingest ended early (it says why).
+                let data = std::mem::take(&mut chunk.data);
+                if let Some(sender) = tx.as_ref() {
+                    if sender.send(data).await.is_err() {
+                        *tx = None;
+                    }
+                }
+            }
+            if last {
+                break Ok(());
             }
             chunk = match stream.message().await {
                 Ok(Some(c)) => c,
-                Ok(None) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(Status::invalid_argument("snapshot stream ended early"));
-                }
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(e);
-                }
+                Ok(None) => break Err(Status::invalid_argument("snapshot stream ended early")),
+                Err(e) => break Err(e),
             };
+        };
+        // The end of the stream (or its failure) closes the ingest's input.
+        let ingest = ingest.map(|(tx, job)| {
+            drop(tx);
+            job
+        });
+        if let Err(e) = received {
+            tracing::warn!(remote_peer_id = %from, index, bytes, cause = %e, "raft snapshot stream cut; the state stays as it was");
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            if let Some(job) = ingest {
+                // Whatever it wrote is removed as its result drops.
+                let _ = job.await;
+            }
+            return Err(e);
         }
         file.sync_all().await.map_err(io)?;
         drop(file);
@@ -279,11 +324,31 @@ impl Peer for PeerService {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = checked {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            tracing::warn!(remote_peer_id = %from, index, cause = %e, "received raft snapshot refused");
-            return Err(Status::data_loss(format!("snapshot image refused: {e}")));
-        }
+        // The file at `image` is this stream's (not an earlier one's).
+        let renamed = checked.is_ok();
+        let prepared = match ingest {
+            Some(job) => Some(match job.await {
+                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                Ok(Err(panic)) => Err(format!("the ingest panicked: {panic}")),
+                Err(e) => Err(format!("the ingest failed: {e}")),
+            }),
+            None => None,
+        };
+        // A prepared image whose hash did not check is dropped here (its
+        // partition with it); an image the ingest refused is refused.
+        let checked = checked.and_then(|()| prepared.transpose());
+        let prepared = match checked {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                if renamed {
+                    // Whole, but the ingest refused it: not to be installed.
+                    let _ = tokio::fs::remove_file(&image).await;
+                }
+                tracing::warn!(remote_peer_id = %from, index, cause = %e, "received raft snapshot refused");
+                return Err(Status::data_loss(format!("snapshot image refused: {e}")));
+            }
+        };
         // Older images above the applied index stay: raft may have taken
         // one already and Storage not installed it yet (a new leader sends
         // its own, newer image to a member still installing the last
@@ -294,7 +359,21 @@ impl Peer for PeerService {
             let applied = store.applied_index();
             snaps.prune(|i| i > applied || i == index);
         }
-        tracing::info!(remote_peer_id = %from, index, bytes, "raft snapshot received");
+        let pipelined = prepared.is_some();
+        let applied = self.store.as_ref().map_or(0, |s| s.applied_index());
+        // One the member already applied past is never installed (raft
+        // ignores the message): dropped now, not kept on disk.
+        if let Some(prepared) = prepared.filter(|_| index > applied) {
+            snaps.set_prepared(index, prepared);
+        }
+        tracing::info!(
+            remote_peer_id = %from,
+            index,
+            bytes,
+            pipelined,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "raft snapshot received"
+        );
         if !(self.deliver)(msg) {
             return Err(Status::unavailable("raft is busy; send the snapshot again"));
         }

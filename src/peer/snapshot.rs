@@ -4,28 +4,33 @@
 //! ```text
 //!  leader                                                        lagging member
 //!  raft-rs: storage.snapshot() ─ no image ─▶ RaftNode ─ MakeImage ─▶ Storage
-//!          (asks again later)                              writes member/snap/<index>.snap
+//!          (asks again later)                    captures the head (SnapDir::offer)
 //!  raft-rs: MsgSnapshot(index, term, conf) ─▶ PeerTransport ─▶ snapshot sender (one per member,
 //!                                                              one snapshot at a time)
-//!     Peer/Snapshot stream: [message] [1 MiB of the image]… [last] ─▶ PeerService::snapshot
-//!                                                              writes <index>-<from>.tmp, syncs,
-//!                                                              verifies the SHA-256, renames it
+//!     blocking thread: write_image, the revision records read from the store
+//!       ─ bounded channel ─▶ Peer/Snapshot stream: [message] [1 MiB]… [last] ─▶ PeerService::snapshot
+//!                                                              writes <index>-<from>.tmp, and (fjall)
+//!                                                              ingests the pairs as they arrive,
+//!                                                              syncs, verifies the SHA-256, renames it
 //!                                                              <index>.snap, steps the message
 //!     ◀── SnapshotDone / error ─── ReportSnapshot(ok) to raft-rs  raft-rs: Ready with the snapshot
 //!                                                              ─▶ RaftNode persists it in the log
-//!                                                              ─▶ Storage installs the image
+//!                                                              ─▶ Storage commits the ingested
+//!                                                                 image (or installs the file)
 //! ```
 //!
 //! The image never travels inside the raft message (raft-rs would keep it
 //! in memory, in its unstable log): the message names the index, and the
-//! file at that index comes beside it. A failed stream is reported to
-//! raft-rs, which sends the snapshot again.
+//! image at that index comes beside it, read from the leader's store as it
+//! goes (no file is written and synced first, as etcd streams its bolt
+//! transaction). A failed stream is reported to raft-rs, which sends the
+//! snapshot again; an image a compaction overtook is retracted, and raft-rs
+//! asks for a new one.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 use protobuf::Message as _;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -99,13 +104,24 @@ pub async fn sender(
     }
 }
 
-/// Streams one snapshot; returns the image's size.
+/// Streams one snapshot; returns the image's size. The image is read
+/// from the leader's store as it goes (a blocking thread writes it into a
+/// bounded channel): nothing is written to disk first, and a slow member
+/// slows the read down rather than have it buffered.
 async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Result<u64, String> {
     let index = msg.get_snapshot().get_metadata().index;
-    let path = dir.image(index);
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let image = match dir.offered(index) {
+        Some(image) if !image.stale() => image,
+        stale => {
+            dir.retract(index);
+            return Err(match stale {
+                Some(_) => {
+                    format!("a compaction passed the image at {index}; raft asks for a new one")
+                }
+                None => format!("no image offered at {index}; raft asks for a new one"),
+            });
+        }
+    };
     crate::failpoint::hit("snapshot-send");
     let message = msg.write_to_bytes().map_err(|e| e.to_string())?;
     let mut client = None;
@@ -125,6 +141,23 @@ async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Re
         }
     }
     let mut client = client.ok_or(last_err)?;
+    // The image's bytes, [`CHUNK_BYTES`] at a time, as the store is read.
+    let (bytes_tx, mut bytes_rx) = mpsc::channel::<(Vec<u8>, bool)>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        // A panic while reading fails this snapshot, not the member.
+        crate::supervise::restartable_blocking(|| {
+            let mut buf = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
+            image.write(|chunk, last| {
+                buf.extend_from_slice(&chunk);
+                if buf.len() < CHUNK_BYTES && !last {
+                    return true;
+                }
+                crate::failpoint::hit("snapshot-send-chunk");
+                let out = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + (64 << 10)));
+                bytes_tx.blocking_send((out, last)).is_ok()
+            })
+        })
+    });
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
     let (cluster_id, from, to) = (target.cluster_id, target.from, target.to);
     let chunk = move |message: Vec<u8>, data: Vec<u8>, last: bool| SnapshotChunk {
@@ -139,22 +172,12 @@ async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Re
         let mut first = Some(message);
         let mut total = 0u64;
         loop {
-            let mut buf = vec![0u8; CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = file
-                    .read(&mut buf[filled..])
-                    .await
-                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            buf.truncate(filled);
-            total += filled as u64;
-            let last = filled < CHUNK_BYTES;
-            let c = chunk(first.take().unwrap_or_default(), buf, last);
+            // The reader ending without a last chunk failed: its outcome says why.
+            let Some((data, last)) = bytes_rx.recv().await else {
+                return Ok(None);
+            };
+            total += data.len() as u64;
+            let c = chunk(first.take().unwrap_or_default(), data, last);
             let bytes = c.message.len() + c.data.len();
             if tx.send(c).await.is_err() {
                 // The call ended early: its outcome says why.
@@ -170,16 +193,34 @@ async fn send(target: &Target, dir: &SnapDir, msg: raft::eraftpb::Message) -> Re
     };
     let call = client.snapshot(ReceiverStream::new(rx));
     tokio::pin!(call);
-    tokio::select! {
+    let outcome = tokio::select! {
         fed = feed => {
-            let total = fed?;
-            let answered = call.await;
-            answered.map_err(|s| format!("the member refused the snapshot: {s}"))?;
-            total.ok_or_else(|| "the member ended the stream early".to_string())
+            match fed? {
+                Some(total) => {
+                    let answered = call.await;
+                    answered.map_err(|s| format!("the member refused the snapshot: {s}")).map(|_| total)
+                }
+                // Dropping the call cancels it: the member sees the stream cut.
+                None => Err("the image could not be read whole".to_string()),
+            }
         }
         answered = &mut call => match answered {
             Ok(_) => Err("the member answered before the whole image arrived".into()),
             Err(s) => Err(format!("the member refused the snapshot: {s}")),
         },
+    };
+    // The reader stops at its next chunk once the channel is gone.
+    let read = reader.await;
+    match read {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e @ crate::snapshot::SnapshotError::Raced { .. }))) => {
+            dir.retract(index);
+            return Err(format!("reading the image: {e}"));
+        }
+        Ok(Ok(Err(crate::snapshot::SnapshotError::Gone))) => {}
+        Ok(Ok(Err(e))) => return Err(format!("reading the image: {e}")),
+        Ok(Err(panic)) => return Err(format!("the image reader panicked: {panic}")),
+        Err(e) => return Err(format!("the image reader failed: {e}")),
     }
+    outcome
 }

@@ -304,6 +304,17 @@ impl LogStore {
         m.image_wanted = false;
     }
 
+    /// Forgets the image at `index`, which can no longer be sent (a
+    /// compaction passed it before it was read): raft-rs's next ask for a
+    /// snapshot makes a new one.
+    pub fn retract_image(&self, index: u64) {
+        let mut m = self.meta.write();
+        if m.image.as_ref().is_some_and(|image| image.index == index) {
+            m.image = None;
+            m.image_wanted = true;
+        }
+    }
+
     /// The image currently offered, if any.
     pub fn image(&self) -> Option<SnapshotMetadata> {
         self.meta.read().image.clone()
