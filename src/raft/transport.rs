@@ -72,7 +72,10 @@ pub const COALESCED_APPEND_BYTES: usize = 1024 * 1024;
 /// Likewise a follower forwards each client's proposal as a MsgProp of its
 /// own; the leader appends a MsgProp's entries in order, as it would the
 /// separate ones (only plain entries are merged, so a membership change is
-/// never refused or accepted together with other entries).
+/// never refused or accepted together with other entries). And a follower
+/// that stepped several appends in one Ready answers each; the leader only
+/// moves a follower's progress forward, so the last acceptance (the highest
+/// index) says all the earlier ones did: only it is sent.
 ///
 /// Only messages that agree on everything but their entries (and an
 /// append's commit) are merged, each onto the last message kept for the
@@ -95,6 +98,10 @@ pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
         let slot = last.iter().position(|(to, _, _)| *to == m.to);
         if let Some(s) = slot {
             let (_, at, carried) = last[s];
+            if supersedes(&out[at], &m) {
+                out[at] = m;
+                continue;
+            }
             let (appends, proposals) = (continues(&out[at], &m), joins(&out[at], &m));
             if carried + bytes <= COALESCED_APPEND_BYTES && (appends || proposals) {
                 let prev = &mut out[at];
@@ -134,6 +141,13 @@ fn joins(prev: &Message, next: &Message) -> bool {
         && prev.index == next.index
         && prev.log_term == next.log_term
         && prev.commit == next.commit
+}
+
+/// Whether `next` accepts appends up to at least where `prev` did, both
+/// plain acceptances (no rejection) in the same term: the leader reads from
+/// them only how far the follower's log matches its own.
+fn supersedes(prev: &Message, next: &Message) -> bool {
+    same_kind(prev, next, MessageType::MsgAppendResponse) && next.index >= prev.index
 }
 
 /// Whether `next` is a MsgAppend that picks up where `prev` (one too) ends.
@@ -314,6 +328,31 @@ mod tests {
             })
             .collect();
         assert_eq!(data, vec![vec!["a", "b"], vec!["cc"], vec!["c", "d"]]);
+    }
+
+    #[test]
+    fn a_later_acceptance_replaces_an_earlier_one_but_not_a_rejection() {
+        let response = |index: u64, reject: bool| {
+            let mut m = Message {
+                to: 1,
+                from: 2,
+                term: 2,
+                index,
+                reject,
+                ..Default::default()
+            };
+            m.set_msg_type(MessageType::MsgAppendResponse);
+            m
+        };
+        let out = coalesce(vec![
+            response(11, false),
+            response(14, false),
+            response(14, true),
+            response(15, false),
+            response(17, false),
+        ]);
+        let kept: Vec<(u64, bool)> = out.iter().map(|m| (m.index, m.reject)).collect();
+        assert_eq!(kept, vec![(14, false), (14, true), (17, false)]);
     }
 
     #[test]
