@@ -944,40 +944,6 @@ pub fn commit_kept(
     Ok(head)
 }
 
-/// Writes an image of `store` to `path` (through a temporary file, synced
-/// and renamed, so `path` only ever holds a whole image); blocking. How a
-/// leader prepares the raft snapshot it sends to a lagging member.
-pub fn save_image(
-    store: &Store,
-    head: ImageHead,
-    cluster_id: u64,
-    member_id: u64,
-    path: &Path,
-) -> Result<(), SnapshotError> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let mut failed = None;
-    write_image(store, head, cluster_id, member_id, |chunk, _| {
-        match file.write_all(&chunk) {
-            Ok(()) => true,
-            Err(e) => {
-                failed = Some(e);
-                false
-            }
-        }
-    })
-    .map_err(|e| failed.take().map(SnapshotError::Io).unwrap_or(e))?;
-    let file = file.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// `<data-dir>/member/snap`: images of the applied state that raft
 /// snapshots carry, one file per applied index (`<index:016x>.snap`). A
 /// follower receives one there, and removes it once installed and flushed.
@@ -1400,6 +1366,24 @@ mod tests {
 
     fn store() -> Store {
         Store::open(Arc::new(MemBackend::new())).expect("open")
+    }
+
+    /// Writes an image of `store` to `path` whole (what a leader streams).
+    fn save_image(
+        store: &Store,
+        head: ImageHead,
+        cluster_id: u64,
+        member_id: u64,
+        path: &Path,
+    ) -> Result<(), SnapshotError> {
+        let mut image = Vec::new();
+        write_image(store, head, cluster_id, member_id, |chunk, _| {
+            image.extend_from_slice(&chunk);
+            true
+        })?;
+        let (dir, name) = (path.parent().expect("dir"), path.file_name().expect("name"));
+        crate::mvcc::replace_file_durably(dir, &name.to_string_lossy(), &image)?;
+        Ok(())
     }
 
     /// One batch, one transaction; deletes when `v` is None.

@@ -133,20 +133,17 @@ impl<F: Future> Future for Restartable<F> {
     type Output = Result<F::Output, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        RESTARTABLE.with(|depth| depth.set(depth.get() + 1));
-        let polled = catch_unwind(AssertUnwindSafe(|| self.inner.as_mut().poll(cx)));
-        RESTARTABLE.with(|depth| depth.set(depth.get() - 1));
-        match polled {
+        match restartable_blocking(|| self.inner.as_mut().poll(cx)) {
             Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Err(payload_text(panic.as_ref()))),
+            Err(panic) => Poll::Ready(Err(panic)),
         }
     }
 }
 
 /// [`restartable`] for blocking work on a thread of its own (the body of a
-/// `spawn_blocking`): a panic in `f` is logged and returned as an error,
-/// and the member goes on.
+/// `spawn_blocking`), and for each poll of a restartable future: a panic in
+/// `f` is logged and returned as an error, and the member goes on.
 pub fn restartable_blocking<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     RESTARTABLE.with(|depth| depth.set(depth.get() + 1));
     let done = catch_unwind(AssertUnwindSafe(f));
