@@ -334,38 +334,52 @@ impl Peer for PeerService {
             }),
             None => None,
         };
-        // A prepared image whose hash did not check is dropped here (its
-        // partition with it); an image the ingest refused is refused.
-        let checked = checked.and_then(|()| prepared.transpose());
-        let prepared = match checked {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                if renamed {
-                    // Whole, but the ingest refused it: not to be installed.
-                    let _ = tokio::fs::remove_file(&image).await;
+        // The rest removes files and may drop a prepared partition (both
+        // blocking): not on this thread, which is RaftNode's.
+        let store = self.store.clone();
+        let (snaps, tmp) = (snaps.clone(), tmp.clone());
+        let settled = tokio::task::spawn_blocking(move || {
+            // A prepared image whose hash did not check is dropped here (its
+            // partition with it); an image the ingest refused is refused.
+            let prepared = match checked.and_then(|()| prepared.transpose()) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    if renamed {
+                        // Whole, but the ingest refused it: not to be installed.
+                        let _ = std::fs::remove_file(&image);
+                    }
+                    return Err(e);
                 }
+            };
+            // Older images above the applied index stay: raft may have taken
+            // one already and Storage not installed it yet (a new leader sends
+            // its own, newer image to a member still installing the last
+            // one's). Those at or below it can never be installed now.
+            // Installing an image removes it and every older one
+            // (`snapshot::install_kept`).
+            let applied = store.as_ref().map_or(0, |s| s.applied_index());
+            if store.is_some() {
+                snaps.prune(|i| i > applied || i == index);
+            }
+            let pipelined = prepared.is_some();
+            // One the member already applied past is never installed (raft
+            // ignores the message): dropped now, not kept on disk.
+            if let Some(prepared) = prepared.filter(|_| index > applied) {
+                snaps.set_prepared(index, prepared);
+            }
+            Ok(pipelined)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let pipelined = match settled {
+            Ok(pipelined) => pipelined,
+            Err(e) => {
                 tracing::warn!(remote_peer_id = %from, index, cause = %e, "received raft snapshot refused");
                 return Err(Status::data_loss(format!("snapshot image refused: {e}")));
             }
         };
-        // Older images above the applied index stay: raft may have taken
-        // one already and Storage not installed it yet (a new leader sends
-        // its own, newer image to a member still installing the last
-        // one's). Those at or below it can never be installed now.
-        // Installing an image removes it and every older one
-        // (`snapshot::install_kept`).
-        if let Some(store) = &self.store {
-            let applied = store.applied_index();
-            snaps.prune(|i| i > applied || i == index);
-        }
-        let pipelined = prepared.is_some();
-        let applied = self.store.as_ref().map_or(0, |s| s.applied_index());
-        // One the member already applied past is never installed (raft
-        // ignores the message): dropped now, not kept on disk.
-        if let Some(prepared) = prepared.filter(|_| index > applied) {
-            snaps.set_prepared(index, prepared);
-        }
         tracing::info!(
             remote_peer_id = %from,
             index,
