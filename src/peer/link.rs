@@ -8,8 +8,9 @@
 //!                                                               ▼
 //!                               PeerLink (supervisor): log, report the member unreachable to raft,
 //!                               wait a jittered backoff (50 ms doubling to 1 s; reset after a
-//!                               stream that worked for over 1 s), start a new sender on the same queue
-//!                               (a failed connect drops what was queued: stale by then)
+//!                               stream that worked for over 1 s; cut short when the remote member
+//!                               opens a stream to this one: it is up), start a new sender on the
+//!                               same queue (a failed connect drops what was queued: stale by then)
 //! ```
 //!
 //! The sender runs as a future inside the actor's context, wrapped in
@@ -21,7 +22,7 @@
 //! keeps ticking and the other links keep sending. The queue outlives every
 //! sender (it sits behind an async mutex the sender holds while it runs).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use protobuf::Message as _;
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::LinkState;
 use crate::msg::ReportUnreachable;
 use crate::proto::cairnpb::peer_client::PeerClient;
 use crate::proto::cairnpb::RaftBatch;
@@ -106,21 +108,22 @@ pub struct PeerLink {
     backoff: Duration,
     /// Which of the target's URLs the next attempt uses.
     attempt: usize,
-    /// Set by the sender once its stream is up; resets the backoff.
-    connected: Arc<AtomicU64>,
+    /// `since` is set by the sender once its stream is up (it resets the
+    /// backoff); `heard` cuts a backoff short.
+    state: Arc<LinkState>,
     /// Jitter source (xorshift; the exact values do not matter).
     rng: u64,
 }
 
 impl PeerLink {
-    /// `connected` holds when the link's stream came up (milliseconds since
-    /// the Unix epoch; 0 while down), shared with the member directory:
-    /// etcd's "active since", for reconfiguration checks.
+    /// `state` is shared with the member directory: when the link's stream
+    /// came up (etcd's "active since", for reconfiguration checks), and the
+    /// peer service's word that the remote member is up.
     pub fn new(
         target: Target,
         queue: Queue,
         raft: Recipient<ReportUnreachable>,
-        connected: Arc<AtomicU64>,
+        state: Arc<LinkState>,
     ) -> PeerLink {
         let seed = target.from ^ target.to.rotate_left(17) ^ std::process::id() as u64;
         PeerLink {
@@ -129,7 +132,7 @@ impl PeerLink {
             raft,
             backoff: FIRST_BACKOFF,
             attempt: 0,
-            connected,
+            state,
             rng: seed | 1,
         }
     }
@@ -150,12 +153,12 @@ impl PeerLink {
     fn launch(&mut self, ctx: &mut Context<Self>) {
         let url = self.target.urls[self.attempt % self.target.urls.len()].clone();
         self.attempt = self.attempt.wrapping_add(1);
-        self.connected.store(0, Ordering::Relaxed);
+        self.state.since.store(0, Ordering::Relaxed);
         let sender = send_loop(
             self.target.clone(),
             url,
             self.queue.clone(),
-            self.connected.clone(),
+            self.state.clone(),
         );
         // A restartable part (crate::supervise): a panic ends this future
         // and the link starts a new one; the process lives on.
@@ -184,7 +187,7 @@ impl PeerLink {
                             );
                         }
                     }
-                    if act.connected.load(Ordering::Relaxed) != 0 {
+                    if act.state.since.load(Ordering::Relaxed) != 0 {
                         tracing::warn!(remote_peer_id = %to, cause = %e, "lost the stream to the remote peer; reconnecting");
                     } else {
                         tracing::debug!(remote_peer_id = %to, cause = %e, "peer link still down; retrying");
@@ -199,17 +202,30 @@ impl PeerLink {
             crate::io_metrics::peer_failure(&crate::io_metrics::PEER_SENT_FAILURES, act.target.to);
             // A stream that carried batches for a while was healthy: retry
             // fast. One refused at once (another cluster) keeps backing off.
-            if act.connected.load(Ordering::Relaxed) != 0 && launched.elapsed() > MAX_BACKOFF {
+            if act.state.since.load(Ordering::Relaxed) != 0 && launched.elapsed() > MAX_BACKOFF {
                 act.backoff = FIRST_BACKOFF;
             }
             // Down until the next stream is up.
-            act.connected.store(0, Ordering::Relaxed);
+            act.state.since.store(0, Ordering::Relaxed);
             crate::io_metrics::peer_active(act.target.from, act.target.to, false);
             // What was in flight is lost: raft-rs should probe the member
             // again rather than assume its stream of appends arrived.
             let _ = act.raft.try_send(ReportUnreachable { id: act.target.to });
             let delay = act.next_delay();
-            ctx.run_later(delay, |act, ctx| act.launch(ctx));
+            let state = act.state.clone();
+            let wait = async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = state.heard.notified() => true,
+                }
+            };
+            ctx.spawn(wait.into_actor(act).map(|heard, act, ctx| {
+                if heard {
+                    tracing::debug!(remote_peer_id = %format!("{:x}", act.target.to), "the remote member is up; dialing it now");
+                    act.backoff = FIRST_BACKOFF;
+                }
+                act.launch(ctx);
+            }));
         }));
     }
 }
@@ -234,7 +250,7 @@ async fn send_loop(
     target: Target,
     url: String,
     queue: Queue,
-    connected: Arc<AtomicU64>,
+    state: Arc<LinkState>,
 ) -> Result<(), LinkError> {
     let mut queue = queue.lock_owned().await;
     let connect_err = |cause: String| LinkError::Connect {
@@ -286,7 +302,8 @@ async fn send_loop(
                 return std::future::pending().await;
             }
             crate::io_metrics::peer_bytes(&crate::io_metrics::PEER_SENT, target.to, bytes);
-            if connected
+            if state
+                .since
                 .compare_exchange(0, now_millis(), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
@@ -355,7 +372,7 @@ mod tests {
                 target,
                 Arc::new(Mutex::new(rx)),
                 raft,
-                Arc::new(AtomicU64::new(0)),
+                Arc::new(LinkState::default()),
             );
             let mut bound = FIRST_BACKOFF;
             for _ in 0..10 {
@@ -368,6 +385,66 @@ mod tests {
                 bound = (bound * 2).min(MAX_BACKOFF);
             }
             assert_eq!(link.backoff, MAX_BACKOFF);
+        });
+    }
+
+    /// A link waiting out a long backoff dials at once when the remote
+    /// member is heard from (it opened a stream to this member).
+    #[test]
+    fn a_member_heard_from_is_dialed_at_once() {
+        const TO: u64 = 0xfeed_0001;
+        let failures = || {
+            crate::io_metrics::PEER_SENT_FAILURES
+                .with_label_values(&[&format!("{TO:x}")])
+                .get()
+        };
+        let sys = actix::System::new();
+        sys.block_on(async move {
+            // A port nobody listens on (yet): the first dial is refused.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let directory = super::super::Directory::default();
+            let (_tx, rx) = mpsc::channel(1);
+            let mut link = PeerLink::new(
+                Target {
+                    cluster_id: 1,
+                    from: 1,
+                    to: TO,
+                    urls: vec![format!("http://127.0.0.1:{port}")],
+                    connector: crate::tls::client::Connector::plain(),
+                },
+                Arc::new(Mutex::new(rx)),
+                Dummy.start().recipient(),
+                directory.link_state(TO),
+            );
+            // After the first failed dial the link waits at least 30 minutes.
+            link.backoff = Duration::from_secs(3600);
+            link.start();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while failures() == 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the first dial did not fail"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The member comes up and opens a stream to us (the word is
+            // repeated: the link may not be waiting yet when it first comes).
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .expect("bind the member's port again");
+            loop {
+                directory.heard_from(TO);
+                match tokio::time::timeout(Duration::from_millis(20), listener.accept()).await {
+                    Ok(accepted) => break drop(accepted.expect("accept")),
+                    Err(_) => assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the link did not dial the member it heard from"
+                    ),
+                }
+            }
         });
     }
 

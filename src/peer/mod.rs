@@ -50,6 +50,20 @@ use link::{PeerLink, Target, MAX_BATCH_BYTES};
 use service::PeerService;
 use transport::{NewLink, PeerTransport};
 
+/// What this member's link to one remote member shares with the rest of
+/// the peer side.
+#[derive(Default)]
+pub struct LinkState {
+    /// Since when the link's stream is up (Unix milliseconds, 0 while
+    /// down): etcd's "active since", for reconfiguration checks.
+    pub since: std::sync::atomic::AtomicU64,
+    /// Rung when the remote member opens a stream to this one: it is up,
+    /// so a link waiting out its backoff dials it now rather than up to a
+    /// second later (a restarted member is sent its snapshot that much
+    /// sooner).
+    pub heard: tokio::sync::Notify,
+}
+
 /// The other members of the configuration and their peer URLs: which
 /// members the peer service accepts streams from, and where the lease
 /// forwarder finds the leader. Updated by the transport on every
@@ -57,9 +71,8 @@ use transport::{NewLink, PeerTransport};
 #[derive(Clone, Default)]
 pub struct Directory {
     urls: Arc<RwLock<HashMap<u64, Vec<String>>>>,
-    /// Per member: since when this member's link to it is up (Unix
-    /// milliseconds, 0 while down): etcd's "active since".
-    connected: Arc<RwLock<HashMap<u64, Arc<std::sync::atomic::AtomicU64>>>>,
+    /// Per member: the state of this member's link to it.
+    links: Arc<RwLock<HashMap<u64, Arc<LinkState>>>>,
 }
 
 impl Directory {
@@ -76,24 +89,30 @@ impl Directory {
     }
 
     pub fn replace(&self, members: HashMap<u64, Vec<String>>) {
-        self.connected
-            .write()
-            .retain(|id, _| members.contains_key(id));
+        self.links.write().retain(|id, _| members.contains_key(id));
         *self.urls.write() = members;
     }
 
-    /// The time member `id`'s link keeps up to date.
-    pub fn connection(&self, id: u64) -> Arc<std::sync::atomic::AtomicU64> {
-        self.connected.write().entry(id).or_default().clone()
+    /// The state member `id`'s link keeps up to date.
+    pub fn link_state(&self, id: u64) -> Arc<LinkState> {
+        self.links.write().entry(id).or_default().clone()
+    }
+
+    /// Member `id` opened a stream to this member: wakes this member's link
+    /// to it if the link is waiting to retry.
+    pub fn heard_from(&self, id: u64) {
+        if let Some(state) = self.links.read().get(&id) {
+            state.heard.notify_waiters();
+        }
     }
 
     /// Whether this member's link to `id` has been up for at least `for_at_least`.
     pub fn is_connected(&self, id: u64, for_at_least: std::time::Duration) -> bool {
         let since = self
-            .connected
+            .links
             .read()
             .get(&id)
-            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
+            .map_or(0, |c| c.since.load(std::sync::atomic::Ordering::Relaxed));
         since != 0 && link::now_millis().saturating_sub(since) >= for_at_least.as_millis() as u64
     }
 }
@@ -261,9 +280,9 @@ impl Peers {
                     snapshot_done.clone(),
                 ));
                 let (queue, report) = (link.queue, unreachable.clone());
-                let connected = directory.connection(link.id);
+                let state = directory.link_state(link.id);
                 PeerLink::start_in_arbiter(&handle, move |_| {
-                    PeerLink::new(target, queue, report, connected)
+                    PeerLink::new(target, queue, report, state)
                 });
             }
         });

@@ -195,6 +195,7 @@ impl Peer for PeerService {
             if from.is_none() {
                 from = Some(batch.from);
                 tracing::info!(remote_peer_id = %format!("{:x}", batch.from), "peer stream opened");
+                self.members.heard_from(batch.from);
             }
             let dropped = self.step_all(batch);
             if dropped > 0 {
