@@ -1059,8 +1059,8 @@ fn a_member_with_a_wiped_data_dir_stops_loudly_and_harms_nothing() {
 /// catch-up window), the member comes back needing entries the leader no
 /// longer has, and the leader streams it an image of its applied state.
 /// The first time, the member crashes (failpoint) half-way through
-/// installing the image; restarted, it finishes the install from the image
-/// it kept. Afterwards it holds every key, revision, lease and compaction
+/// installing the image; restarted, it finishes the install from the state
+/// it prepared and kept. Afterwards it holds every key, revision, lease and compaction
 /// the leader does (HashKV equal at the same revision) and goes on
 /// replicating.
 #[test]
@@ -1109,11 +1109,27 @@ fn a_member_behind_the_truncated_log_catches_up_from_a_snapshot() {
         "the member did not crash while installing the snapshot"
     );
     c.spawn_member(lagging);
+    // fjall (the default engine) kept the state it ingested while the
+    // image arrived; no copy of the image was written to a file.
     assert!(
-        wait_until(Duration::from_secs(30), || c
-            .logs(lagging)
-            .contains("finishing the install of a raft snapshot")),
+        wait_until(Duration::from_secs(30), || c.logs(lagging).contains(
+            "finishing the install of a raft snapshot (the state it prepared)"
+        )),
         "the restarted member did not finish the install"
+    );
+    let snap_dir = c
+        .tmp
+        .path()
+        .join(&c.members[lagging].name)
+        .join("member")
+        .join("snap");
+    let files: Vec<_> = std::fs::read_dir(&snap_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        files.is_empty(),
+        "files in {}: {files:?}",
+        snap_dir.display()
     );
     assert!(c.logs(leader).contains("raft snapshot sent"));
     c.wait_ready();

@@ -65,7 +65,9 @@ async fn shutdown_signal() {
 
 /// A member that stopped after its log took in a raft snapshot but before
 /// the state store finished installing the image: install it now, before
-/// raft asks for entries the log no longer has.
+/// raft asks for entries the log no longer has. The image is a prepared
+/// state the engine kept (fjall), else a file in the snap directory.
+/// Prepared states kept for any other install are dropped.
 fn finish_install(
     log: &LogStore,
     store: &Store,
@@ -73,9 +75,22 @@ fn finish_install(
 ) -> anyhow::Result<()> {
     let (truncated, _) = log.truncated();
     let applied = store.applied_index();
+    let mut kept = store.kept_prepared();
     if truncated <= applied {
         return Ok(());
     }
+    if let Some(at) = kept.iter().position(|(tag, _)| *tag == truncated) {
+        let (_, state) = kept.swap_remove(at);
+        drop(kept);
+        tracing::info!(
+            index = truncated,
+            applied,
+            "finishing the install of a raft snapshot (the state it prepared)"
+        );
+        return crate::snapshot::commit_recovered(store, snaps, truncated, state)
+            .context("installing the raft snapshot");
+    }
+    drop(kept);
     let image = snaps.image(truncated);
     anyhow::ensure!(
         image.exists(),

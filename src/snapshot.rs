@@ -693,6 +693,14 @@ impl PreparedImage {
     pub fn applied_index(&self) -> u64 {
         self.head.applied_index
     }
+
+    /// Makes the prepared image durable and keeps it across a restart as
+    /// the image of raft snapshot `index` (see [`commit_recovered`]): what
+    /// a restart between raft's persist and the commit installs, instead
+    /// of a copy of the image in a file.
+    pub fn keep(&mut self, store: &Store, index: u64) -> Result<(), SnapshotError> {
+        Ok(store.keep_prepared(&mut self.state, index)?)
+    }
 }
 
 /// Writes the image `frames` reads into the engine beside the current
@@ -944,6 +952,27 @@ pub fn commit_kept(
     Ok(head)
 }
 
+/// [`commit_kept`] for an image prepared and kept ([`PreparedImage::keep`])
+/// before a restart: its head was not kept, so the store must come out at
+/// applied index `index`.
+pub fn commit_recovered(
+    store: &Store,
+    dir: &SnapDir,
+    index: u64,
+    state: PreparedState,
+) -> Result<(), SnapshotError> {
+    store.commit_prepared(state)?;
+    if store.applied_index() != index {
+        return Err(SnapshotError::Restore(format!(
+            "the image kept for index {index} installed index {}",
+            store.applied_index()
+        )));
+    }
+    store.backend().flush()?;
+    dir.prune(|i| i > index);
+    Ok(())
+}
+
 /// `<data-dir>/member/snap`: images of the applied state that raft
 /// snapshots carry, one file per applied index (`<index:016x>.snap`). A
 /// follower receives one there, and removes it once installed and flushed.
@@ -962,12 +991,24 @@ struct Shared {
     /// Images offered to lagging members, by index; the newest two (the
     /// older may still be streaming).
     offered: Vec<(u64, Arc<OfferedImage>)>,
-    /// An image a follower ingested while receiving it, for the install
-    /// raft then asks Storage for (at most one: a newer replaces it).
-    prepared: Option<(u64, PreparedImage)>,
+    /// Images a follower ingested while receiving them, by index, for the
+    /// installs raft then asks Storage for (raft may have taken one and a
+    /// newer arrive before Storage installed it).
+    prepared: Vec<(u64, PreparedImage)>,
     /// Tells raft an offered image can no longer be sent (see
     /// [`SnapDir::retract`]).
     retract: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl Shared {
+    /// Removes the prepared images whose index `which` picks.
+    fn take_prepared(&mut self, which: impl Fn(u64) -> bool) -> Vec<PreparedImage> {
+        let (taken, kept) = std::mem::take(&mut self.prepared)
+            .into_iter()
+            .partition(|(i, _)| which(*i));
+        self.prepared = kept;
+        taken.into_iter().map(|(_, p)| p).collect()
+    }
 }
 
 impl std::fmt::Debug for SnapDir {
@@ -1073,27 +1114,39 @@ impl SnapDir {
         self.shared.lock().retract = Some(Arc::new(tell));
     }
 
-    /// Keeps an image ingested while it was received (whole, its hash
-    /// checked) for the install at `index`; one kept before is dropped.
+    /// Holds an image ingested while it was received (whole, its hash
+    /// checked) for the install at `index`; one held for the same index
+    /// before is dropped.
     pub fn set_prepared(&self, index: u64, prepared: PreparedImage) {
-        let old = self.shared.lock().prepared.replace((index, prepared));
-        // Dropped outside the lock: this removes its partition.
+        let old = {
+            let mut s = self.shared.lock();
+            let old = s.take_prepared(|i| i == index);
+            s.prepared.push((index, prepared));
+            old
+        };
+        // Dropped outside the lock: this removes their partitions.
         drop(old);
     }
 
-    /// The image prepared for the install at `index`, if that is the one
-    /// kept (any other is dropped).
+    /// The image prepared for the install at `index`; older ones are
+    /// dropped (newer ones stay: raft installs them next).
     pub fn take_prepared(&self, index: u64) -> Option<PreparedImage> {
-        let mut s = self.shared.lock();
-        match s.prepared.take() {
-            Some((i, prepared)) if i == index => Some(prepared),
-            // A newer one: raft installs it next.
-            Some(newer) if newer.0 > index => {
-                s.prepared = Some(newer);
-                None
-            }
-            _ => None,
-        }
+        let (mut taken, older) = {
+            let mut s = self.shared.lock();
+            (
+                s.take_prepared(|i| i == index),
+                s.take_prepared(|i| i < index),
+            )
+        };
+        drop(older);
+        taken.pop()
+    }
+
+    /// Drops the prepared images at or below `applied`: raft can no longer
+    /// install them.
+    pub fn drop_prepared_upto(&self, applied: u64) {
+        let old = self.shared.lock().take_prepared(|i| i <= applied);
+        drop(old);
     }
 }
 

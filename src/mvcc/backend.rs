@@ -146,6 +146,25 @@ pub trait Backend: Send + Sync + 'static {
             "this state engine cannot replace its state in bulk",
         )))
     }
+    /// Makes a prepared state durable and keeps it across a restart, tagged
+    /// `tag` (a raft snapshot's index): the next open hands it out through
+    /// [`Backend::kept_prepared`] instead of removing it. Dropping the
+    /// prepared state still removes it.
+    fn keep_prepared(
+        &self,
+        _prepared: &mut PreparedReplace,
+        _tag: u64,
+    ) -> Result<(), StorageError> {
+        Err(StorageError::Io(std::io::Error::other(
+            "this state engine cannot keep a prepared state",
+        )))
+    }
+    /// The prepared states kept ([`Backend::keep_prepared`]) when the
+    /// engine was opened, with their tags; handed out once. The caller
+    /// commits the one it needs and drops the others (which removes them).
+    fn kept_prepared(&self) -> Vec<(u64, PreparedReplace)> {
+        Vec::new()
+    }
     /// Whether a batch of about `ops` operations can be written now without
     /// waiting for the engine (a write buffer's backpressure commit). RaftNode
     /// applies a batch on its own thread only then.

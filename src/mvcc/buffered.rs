@@ -373,6 +373,16 @@ impl Backend for BufferedBackend {
         self.commit()?;
         self.shared.inner.commit_replace(prepared)
     }
+    fn keep_prepared(
+        &self,
+        prepared: &mut super::PreparedReplace,
+        tag: u64,
+    ) -> Result<(), StorageError> {
+        self.shared.inner.keep_prepared(prepared, tag)
+    }
+    fn kept_prepared(&self) -> Vec<(u64, super::PreparedReplace)> {
+        self.shared.inner.kept_prepared()
+    }
     fn has_room(&self, ops: usize) -> bool {
         let o = self.shared.overlay.read();
         o.active.len() + ops < LIMIT_OPS / 2 && o.active_bytes < LIMIT_BYTES / 2

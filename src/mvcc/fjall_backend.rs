@@ -25,9 +25,18 @@
 //! generation 0) and deletes the others: a crash before the ingest ended
 //! leaves the old state, after it the complete new one.
 //!
+//! A prepared generation can also be **kept** across a restart
+//! ([`Backend::keep_prepared`]): a raft snapshot ingested while it arrived
+//! is made durable and named in a marker file before raft takes it, so a
+//! restart between raft's persist and the commit finds it and commits it
+//! (no copy of the image is written as a file). Opening keeps every marked
+//! generation newer than the current one and hands them out through
+//! [`Backend::kept_prepared`].
+//!
 //! ```text
 //! state-fjall/partitions/cairn-mvcc      generation 0, a new member's
 //! state-fjall/partitions/cairn-mvcc-<n>  the state after the n-th install
+//! state-fjall/cairn-prepared-<n>         generation n is kept: the raft index it is of
 //! ```
 //!
 //! The backend conformance suite (`mvcc::backend::tests`) runs on it alone
@@ -92,6 +101,9 @@ pub struct FjallBackend {
     next_generation: AtomicU64,
     /// The keyspace's directory, for its size.
     path: PathBuf,
+    /// The prepared generations kept across the last restart, with their
+    /// tags, until [`Backend::kept_prepared`] hands them out.
+    kept: parking_lot::Mutex<Vec<(u64, PreparedReplace)>>,
 }
 
 impl FjallBackend {
@@ -107,7 +119,7 @@ impl FjallBackend {
             .cache_size(cache_bytes)
             .max_journaling_size(MAX_JOURNALING_BYTES)
             .open()?;
-        let (part, generation, next) = current_generation(&keyspace, path)?;
+        let (part, generation, next, kept) = current_generation(&keyspace, path)?;
         // The journal of a new keyspace is empty until the first write;
         // Status.dbSize must never read 0 (as with sled), so force it out.
         keyspace.persist(PersistMode::SyncAll)?;
@@ -116,6 +128,7 @@ impl FjallBackend {
             part: RwLock::new((part, generation)),
             next_generation: AtomicU64::new(next),
             path: path.to_path_buf(),
+            kept: parking_lot::Mutex::new(kept),
         })
     }
 
@@ -150,14 +163,50 @@ fn write_generation(path: &Path, generation: u64) -> Result<(), StorageError> {
     super::replace_file_durably(path, GENERATION_FILE, generation.to_string().as_bytes())
 }
 
-/// Opens the partition of the current generation and deletes every other
+/// Names of the marker files of kept prepared generations: the prefix,
+/// then the generation; the file holds the tag (decimal).
+const KEPT_PREFIX: &str = "cairn-prepared-";
+
+fn kept_marker(generation: u64) -> String {
+    format!("{KEPT_PREFIX}{generation}")
+}
+
+/// The tags of the kept generations the markers in `path` name.
+fn kept_markers(path: &Path) -> Result<std::collections::HashMap<u64, u64>, StorageError> {
+    let mut kept = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().and_then(|n| n.strip_prefix(KEPT_PREFIX)) else {
+            continue;
+        };
+        if name.ends_with(".tmp") {
+            // A marker a crash cut short: its generation is not kept.
+            std::fs::remove_file(entry.path())?;
+            continue;
+        }
+        let Ok(generation) = name.parse::<u64>() else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path())?;
+        let tag = text.trim().parse().map_err(|_| {
+            StorageError::corrupt("fjall kept state", format!("{text:?} is not a number"))
+        })?;
+        kept.insert(generation, tag);
+    }
+    Ok(kept)
+}
+
+/// What [`current_generation`] found.
+type Generations = (PartitionHandle, u64, u64, Vec<(u64, PreparedReplace)>);
+
+/// Opens the partition of the current generation, keeps the newer ones a
+/// marker names (see [`Backend::keep_prepared`]) and deletes every other
 /// generation of cairn's (what an install that failed or crashed before
 /// its commit point left, or the old state one that crashed right after
-/// left). Returns it, its generation, and the first generation never used.
-fn current_generation(
-    keyspace: &Keyspace,
-    path: &Path,
-) -> Result<(PartitionHandle, u64, u64), StorageError> {
+/// left). Returns it, its generation, the first generation never used and
+/// the kept ones with their tags.
+fn current_generation(keyspace: &Keyspace, path: &Path) -> Result<Generations, StorageError> {
     let current = read_generation(path)?;
     let found: Vec<u64> = keyspace
         .list_partitions()
@@ -171,21 +220,52 @@ fn current_generation(
         ));
     }
     let next = found.iter().copied().max().unwrap_or(0).max(current) + 1;
+    let markers = kept_markers(path)?;
+    let mut kept = Vec::new();
     for generation in found.into_iter().filter(|g| *g != current) {
-        let stale = keyspace.open_partition(
+        let part = keyspace.open_partition(
             &partition_name(generation),
             PartitionCreateOptions::default(),
         )?;
-        tracing::info!(
-            generation,
-            current,
-            "removing a state partition left by an interrupted snapshot install"
-        );
-        keyspace.delete_partition(stale)?;
+        match markers.get(&generation) {
+            Some(tag) if generation > current => {
+                tracing::info!(
+                    generation,
+                    tag,
+                    "keeping a prepared state partition for the install it was kept for"
+                );
+                let prepared = Prepared {
+                    keyspace: keyspace.clone(),
+                    part: Some(part),
+                    generation,
+                    pairs: 0,
+                    marker: Some(path.join(kept_marker(generation))),
+                };
+                kept.push((*tag, PreparedReplace(Box::new(prepared))));
+            }
+            _ => {
+                tracing::info!(
+                    generation,
+                    current,
+                    "removing a state partition left by an interrupted snapshot install"
+                );
+                keyspace.delete_partition(part)?;
+            }
+        }
+    }
+    // Markers of generations gone or committed (a crash right after the
+    // commit point).
+    for generation in markers.keys() {
+        if !kept.iter().any(|(_, p)| {
+            p.0.downcast_ref::<Prepared>()
+                .is_some_and(|p| p.generation == *generation)
+        }) {
+            std::fs::remove_file(path.join(kept_marker(*generation)))?;
+        }
     }
     let part =
         keyspace.open_partition(&partition_name(current), PartitionCreateOptions::default())?;
-    Ok((part, current, next))
+    Ok((part, current, next, kept))
 }
 
 impl FjallBackend {
@@ -280,6 +360,8 @@ struct Prepared {
     generation: u64,
     /// Pairs ingested.
     pairs: u64,
+    /// The marker that keeps it across a restart, once kept.
+    marker: Option<PathBuf>,
 }
 
 impl Drop for Prepared {
@@ -289,6 +371,12 @@ impl Drop for Prepared {
             // this delete lands is cleaned up at the next open.
             if let Err(e) = self.keyspace.delete_partition(part) {
                 tracing::warn!(cause = %e, generation = self.generation, "cannot remove an unfinished install's partition");
+            }
+        }
+        // After the partition: a marker without it is removed at open.
+        if let Some(marker) = self.marker.take() {
+            if let Err(e) = std::fs::remove_file(&marker) {
+                tracing::warn!(cause = %e, generation = self.generation, "cannot remove a kept state's marker");
             }
         }
     }
@@ -355,6 +443,7 @@ impl Backend for FjallBackend {
             part: Some(part.clone()),
             generation,
             pairs: 0,
+            marker: None,
         };
         if part.segment_count() != 0
             || part.tree.active_memtable_size() != 0
@@ -417,7 +506,20 @@ impl Backend for FjallBackend {
             .map_err(|_| StorageError::corrupt("bulk load", "prepared by another engine"))?;
         crate::failpoint::hit("fjall-install-ingested");
         let generation = prepared.generation;
-        write_generation(&self.path, generation)?;
+        if let Err(e) = write_generation(&self.path, generation) {
+            if prepared.marker.is_some() {
+                // Kept: left on disk for the restart to commit.
+                prepared.part = None;
+                prepared.marker = None;
+            }
+            return Err(e);
+        }
+        if let Some(marker) = prepared.marker.take() {
+            // Committed: a marker left by a crash here is removed at open.
+            if let Err(e) = std::fs::remove_file(&marker) {
+                tracing::warn!(cause = %e, generation, "cannot remove a kept state's marker");
+            }
+        }
         let Some(part) = prepared.part.take() else {
             return Err(StorageError::corrupt("bulk load", "prepared twice"));
         };
@@ -433,6 +535,30 @@ impl Backend for FjallBackend {
             tracing::warn!(cause = %e, generation = old.1, "cannot remove the replaced state partition");
         }
         Ok(())
+    }
+
+    /// Everything the ingest wrote is durable already (fjall syncs each
+    /// segment file, the segments folder and the partition's manifest);
+    /// what is left is the partition's folder entry, then the marker.
+    fn keep_prepared(&self, prepared: &mut PreparedReplace, tag: u64) -> Result<(), StorageError> {
+        let prepared = prepared
+            .0
+            .downcast_mut::<Prepared>()
+            .ok_or_else(|| StorageError::corrupt("bulk load", "prepared by another engine"))?;
+        if prepared.part.is_none() {
+            return Err(StorageError::corrupt("bulk load", "prepared twice"));
+        }
+        let partitions = self.path.join("partitions");
+        super::sync_dir(&partitions.join(partition_name(prepared.generation)))?;
+        super::sync_dir(&partitions)?;
+        let name = kept_marker(prepared.generation);
+        super::replace_file_durably(&self.path, &name, tag.to_string().as_bytes())?;
+        prepared.marker = Some(self.path.join(name));
+        Ok(())
+    }
+
+    fn kept_prepared(&self) -> Vec<(u64, PreparedReplace)> {
+        std::mem::take(&mut *self.kept.lock())
     }
 
     /// The blocks the keyspace's files hold, as `du` counts them: fjall's
@@ -567,13 +693,18 @@ mod tests {
         b.scan_prefix(b"").map(|p| p.expect("scan")).collect()
     }
 
-    fn partitions(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir.join("partitions"))
-            .expect("partitions")
+    /// The names in directory `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
             .map(|e| e.expect("entry").file_name().into_string().expect("name"))
             .collect();
         names.sort();
         names
+    }
+
+    fn partitions(dir: &Path) -> Vec<String> {
+        names(&dir.join("partitions"))
     }
 
     /// A bulk replacement takes the old state's place, on disk too; one
@@ -672,5 +803,100 @@ mod tests {
             assert_eq!(b.next_generation.load(Ordering::Relaxed), 5);
         }
         assert_eq!(partitions(dir.path()), vec!["cairn-mvcc-4".to_string()]);
+    }
+
+    fn markers(dir: &Path) -> Vec<String> {
+        names(dir)
+            .into_iter()
+            .filter(|n| n.starts_with(KEPT_PREFIX))
+            .collect()
+    }
+
+    /// A prepared state that was kept survives a restart (an unkept one
+    /// does not), is handed out once with its tag, and commits as the
+    /// state; its marker goes with the commit. A kept state dropped instead
+    /// is removed with its marker.
+    #[test]
+    fn a_kept_prepared_state_survives_a_restart_and_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let b = open(dir.path());
+            let mut wb = WriteBatch::new();
+            wb.put(&b"old"[..], &b"1"[..]);
+            b.write_batch(wb).expect("write");
+            let mut kept = b
+                .prepare_replace(&mut stream(1000).into_iter())
+                .expect("prepare");
+            b.keep_prepared(&mut kept, 77).expect("keep");
+            let unkept = b
+                .prepare_replace(&mut stream(10).into_iter())
+                .expect("prepare");
+            // A crash: neither is dropped, nothing is committed.
+            std::mem::forget((kept, unkept));
+            b.flush().expect("flush");
+        }
+        {
+            let b = open(dir.path());
+            assert_eq!(b.get(b"old").expect("get"), Some(b"1".to_vec()));
+            assert_eq!(partitions(dir.path()).len(), 2, "the unkept one is gone");
+            let mut kept = b.kept_prepared();
+            assert!(b.kept_prepared().is_empty(), "handed out twice");
+            assert_eq!(kept.len(), 1);
+            let (tag, prepared) = kept.remove(0);
+            assert_eq!(tag, 77);
+            b.commit_replace(prepared).expect("commit");
+            assert_eq!(all(&b).len(), 1000);
+            assert_eq!(b.get(b"old").expect("get"), None);
+            assert!(markers(dir.path()).is_empty(), "{:?}", markers(dir.path()));
+        }
+        {
+            let b = open(dir.path());
+            assert_eq!(all(&b).len(), 1000);
+            assert!(b.kept_prepared().is_empty());
+            let mut kept = b
+                .prepare_replace(&mut stream(5).into_iter())
+                .expect("prepare");
+            b.keep_prepared(&mut kept, 78).expect("keep");
+            assert_eq!(markers(dir.path()).len(), 1);
+            drop(kept);
+            assert!(markers(dir.path()).is_empty(), "{:?}", markers(dir.path()));
+        }
+        let b = open(dir.path());
+        assert!(b.kept_prepared().is_empty());
+        assert_eq!(all(&b).len(), 1000);
+        assert_eq!(
+            partitions(dir.path()).len(),
+            1,
+            "{:?}",
+            partitions(dir.path())
+        );
+    }
+
+    /// A commit that cannot name the kept generation current leaves it on
+    /// disk, still kept, for the restart to commit.
+    #[test]
+    fn a_failed_commit_leaves_a_kept_state_for_the_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let b = open(dir.path());
+            let mut kept = b
+                .prepare_replace(&mut stream(100).into_iter())
+                .expect("prepare");
+            b.keep_prepared(&mut kept, 9).expect("keep");
+            // The generation file cannot be replaced: a directory is in
+            // the way of its temporary file.
+            std::fs::create_dir(dir.path().join(format!("{GENERATION_FILE}.tmp")))
+                .expect("block the commit");
+            assert!(b.commit_replace(kept).is_err());
+            std::fs::remove_dir(dir.path().join(format!("{GENERATION_FILE}.tmp")))
+                .expect("unblock");
+        }
+        let b = open(dir.path());
+        let mut kept = b.kept_prepared();
+        assert_eq!(kept.len(), 1);
+        let (tag, prepared) = kept.remove(0);
+        assert_eq!(tag, 9);
+        b.commit_replace(prepared).expect("commit");
+        assert_eq!(all(&b).len(), 100);
     }
 }

@@ -75,6 +75,11 @@ pub(crate) fn replace_file_durably(
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of directory `dir` durable (its new files' names).
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), crate::error::StorageError> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }

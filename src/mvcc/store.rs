@@ -355,6 +355,35 @@ impl Store {
         Ok(PreparedState { prepared, replay })
     }
 
+    /// Makes a prepared state durable and keeps it across a restart, tagged
+    /// `tag` ([`Backend::keep_prepared`](super::Backend::keep_prepared)).
+    pub fn keep_prepared(
+        &self,
+        prepared: &mut PreparedState,
+        tag: u64,
+    ) -> Result<(), StorageError> {
+        self.backend.keep_prepared(&mut prepared.prepared, tag)
+    }
+
+    /// The prepared states kept across the last restart, with their tags
+    /// (handed out once; dropping one removes it). Their key index is
+    /// rebuilt by a scan when committed.
+    pub fn kept_prepared(&self) -> Vec<(u64, PreparedState)> {
+        self.backend
+            .kept_prepared()
+            .into_iter()
+            .map(|(tag, prepared)| {
+                (
+                    tag,
+                    PreparedState {
+                        prepared,
+                        replay: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// The second half of [`Store::replace_sorted`]: the prepared state
     /// becomes the state in one step (the engine's commit point), then the
     /// in-memory state rebuilt from it. Readers of the backend wait at the

@@ -211,14 +211,17 @@ impl Peer for PeerService {
         Ok(Response::new(RaftStreamEnd {}))
     }
 
-    /// A raft snapshot from the leader: the MsgSnapshot, then its image.
-    /// The image is written beside its final name, synced and verified
-    /// before it takes that name, and only then is the message stepped into
-    /// raft: RaftNode persists it and has Storage install the image. On an
-    /// engine that takes a sorted stream (fjall), the image is also
-    /// ingested as it arrives (`snapshot::prepare_stream`, on a blocking
-    /// thread fed through a bounded channel), so Storage's install is only
-    /// the commit; the file is what a restart before that installs.
+    /// A raft snapshot from the leader: the MsgSnapshot, then its image,
+    /// verified (its hash) as it arrives; only a whole, verified image has
+    /// the message stepped into raft: RaftNode persists it and has Storage
+    /// install the image. On an engine that takes a sorted stream (fjall),
+    /// the image is ingested as it arrives (`snapshot::prepare_stream`, on
+    /// a blocking thread fed through a bounded channel) beside the current
+    /// state, then made durable and kept (`PreparedImage::keep`), so
+    /// Storage's install is only the commit, and a restart before it
+    /// commits the kept state. Otherwise (sled) the image is written to a
+    /// file beside its final name, synced, and takes that name once
+    /// verified: the file is what Storage (or a restart) installs.
     async fn snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
@@ -250,7 +253,6 @@ impl Peer for PeerService {
         let mut outcome = SnapshotReceive::start(first.from);
         let tmp = snaps.receiving(index, first.from);
         let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
         // The ingest beside the current state, fed as the chunks arrive.
         let mut ingest = self
             .store
@@ -267,6 +269,11 @@ impl Peer for PeerService {
                 });
                 (Some(tx), job)
             });
+        // Without an ingest, the image's file.
+        let mut file = match ingest {
+            Some(_) => None,
+            None => Some(tokio::fs::File::create(&tmp).await.map_err(io)?),
+        };
         let started = std::time::Instant::now();
         let mut chunk = first;
         let mut bytes = 0u64;
@@ -274,7 +281,9 @@ impl Peer for PeerService {
         let mut verifier = crate::snapshot::StreamVerifier::default();
         let received = loop {
             verifier.update(&chunk.data);
-            file.write_all(&chunk.data).await.map_err(io)?;
+            if let Some(file) = file.as_mut() {
+                file.write_all(&chunk.data).await.map_err(io)?;
+            }
             bytes += chunk.data.len() as u64;
             crate::io_metrics::peer_bytes(
                 &crate::io_metrics::PEER_RECEIVED,
@@ -308,25 +317,30 @@ impl Peer for PeerService {
         });
         if let Err(e) = received {
             tracing::warn!(remote_peer_id = %from, index, bytes, cause = %e, "raft snapshot stream cut; the state stays as it was");
-            drop(file);
-            let _ = tokio::fs::remove_file(&tmp).await;
+            if let Some(file) = file.take() {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
             if let Some(job) = ingest {
                 // Whatever it wrote is removed as its result drops.
                 let _ = job.await;
             }
             return Err(e);
         }
-        file.sync_all().await.map_err(io)?;
-        drop(file);
         let image = snaps.image(index);
-        let checked = match verifier.finish() {
-            Ok(()) => tokio::fs::rename(&tmp, &image)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let checked = match (verifier.finish(), file.take()) {
+            (Ok(()), Some(file)) => {
+                file.sync_all().await.map_err(io)?;
+                drop(file);
+                tokio::fs::rename(&tmp, &image)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            (Ok(()), None) => Ok(()),
+            (Err(e), _) => Err(e.to_string()),
         };
         // The file at `image` is this stream's (not an earlier one's).
-        let renamed = checked.is_ok();
+        let renamed = checked.is_ok() && ingest.is_none();
         let prepared = match ingest {
             Some(job) => Some(match job.await {
                 Ok(Ok(r)) => r.map_err(|e| e.to_string()),
@@ -362,11 +376,17 @@ impl Peer for PeerService {
             let applied = store.as_ref().map_or(0, |s| s.applied_index());
             if store.is_some() {
                 snaps.prune(|i| i > applied || i == index);
+                snaps.drop_prepared_upto(applied);
             }
             let pipelined = prepared.is_some();
             // One the member already applied past is never installed (raft
             // ignores the message): dropped now, not kept on disk.
-            if let Some(prepared) = prepared.filter(|_| index > applied) {
+            if let (Some(mut prepared), Some(store)) =
+                (prepared.filter(|_| index > applied), store.as_ref())
+            {
+                // Durable before raft takes the message: a restart before
+                // Storage commits it finds it there.
+                prepared.keep(store, index).map_err(|e| e.to_string())?;
                 snaps.set_prepared(index, prepared);
             }
             Ok(pipelined)
