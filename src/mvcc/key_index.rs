@@ -299,6 +299,14 @@ impl IndexTree {
         self.keys.insert(key, ki);
     }
 
+    /// The slot of `key` (one search), for a caller that owns the key.
+    pub fn slot(
+        &mut self,
+        key: Vec<u8>,
+    ) -> std::collections::btree_map::Entry<'_, Vec<u8>, KeyIndex> {
+        self.keys.entry(key)
+    }
+
     pub fn entry(&mut self, key: &[u8]) -> &mut KeyIndex {
         self.keys.entry(key.to_vec()).or_default()
     }

@@ -737,20 +737,24 @@ impl Replay {
         }
         self.last_main = rev.main;
         if tombstone || kv.lease == 0 {
-            self.key_leases.remove(&kv.key);
+            // Most stores have no leased key: no hashing then.
+            if !self.key_leases.is_empty() {
+                self.key_leases.remove(&kv.key);
+            }
         } else {
             self.key_leases.insert(kv.key.clone(), kv.lease);
         }
-        match self.index.get_mut(&kv.key) {
-            Some(ki) if tombstone => {
-                ki.tombstone(rev);
+        // One search of the index per record.
+        use std::collections::btree_map::Entry;
+        match self.index.slot(kv.key) {
+            Entry::Occupied(mut ki) if tombstone => {
+                ki.get_mut().tombstone(rev);
             }
-            Some(ki) => ki.put(rev),
-            None if tombstone => {}
-            None => self.index.insert(
-                kv.key,
-                KeyIndex::restored(kv.create_revision, rev, kv.version),
-            ),
+            Entry::Occupied(mut ki) => ki.get_mut().put(rev),
+            Entry::Vacant(_) if tombstone => {}
+            Entry::Vacant(slot) => {
+                slot.insert(KeyIndex::restored(kv.create_revision, rev, kv.version));
+            }
         }
         Ok(())
     }
