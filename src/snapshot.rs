@@ -3,14 +3,16 @@
 //! `cairn snapshot restore` / `cairn snapshot status` read it.
 //!
 //! ```text
-//!  "CAIRNSNP" u32 version
+//!  "CAIRNSNP" u32 version (1: the image ends with a SHA-256; 2: with an
+//!             XXH3-128 and 16 zero bytes, see [`ImageHash`])
 //!  frame*   : u8 tag, u32 length (big-endian), payload
 //!             HEAD (SnapshotHead: revision, applied index, ids, time)
 //!             PAIR (u32 key length, key, value): one backend record each
 //!             TAIL (SnapshotTail: compaction revision, number of pairs)
 //!             PAD  (zeros, so the body is a multiple of 512 bytes: etcdctl
 //!                   looks for the hash at `size % 512 == 32`)
-//!  sha256 of everything before it (32 bytes), as etcd appends to its snapshots
+//!  hash of everything before it (32 bytes): sha256 as etcd appends to its
+//!             snapshots (version 1)
 //! ```
 //!
 //! **Consistency without stopping the member.** The image is taken in two
@@ -46,7 +48,6 @@ use crate::raft::log_store::LogStore;
 
 /// The first bytes of every cairn snapshot file.
 pub const MAGIC: &[u8; 8] = b"CAIRNSNP";
-const VERSION: u32 = 1;
 const TAG_HEAD: u8 = 1;
 const TAG_PAIR: u8 = 2;
 const TAG_TAIL: u8 = 3;
@@ -56,6 +57,76 @@ const TAG_PAD: u8 = 4;
 /// bolt files are whole pages.
 const PAD_TO: u64 = 512;
 const HASH_LEN: usize = 32;
+/// The magic and the version.
+const PREAMBLE_LEN: usize = 12;
+
+/// The hash an image ends with, which its version names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageHash {
+    /// Version 1: SHA-256, what `etcdctl snapshot save` files end with
+    /// (etcd's tools look for it) and what `cairn snapshot status` prints.
+    Sha256,
+    /// Version 2: XXH3-128 (then 16 zero bytes), for raft snapshots between
+    /// members, which the receiver verifies and never keeps as a file of
+    /// record: the same check against damage and truncation at a tenth of
+    /// SHA-256's CPU on both ends.
+    Xxh3,
+}
+
+impl ImageHash {
+    fn version(self) -> u32 {
+        match self {
+            ImageHash::Sha256 => 1,
+            ImageHash::Xxh3 => 2,
+        }
+    }
+
+    /// The hash an image's preamble names.
+    fn of_preamble(preamble: &[u8]) -> Result<ImageHash, SnapshotError> {
+        if preamble.len() < PREAMBLE_LEN || &preamble[..8] != MAGIC {
+            return Err(SnapshotError::Format("bad magic".into()));
+        }
+        let version = u32::from_be_bytes([preamble[8], preamble[9], preamble[10], preamble[11]]);
+        match version {
+            1 => Ok(ImageHash::Sha256),
+            2 => Ok(ImageHash::Xxh3),
+            _ => Err(SnapshotError::Format(format!(
+                "version {version} (this cairn reads 1 and 2)"
+            ))),
+        }
+    }
+}
+
+/// A running [`ImageHash`].
+enum Hasher {
+    Sha256(Sha256),
+    Xxh3(Box<xxhash_rust::xxh3::Xxh3>),
+}
+
+impl Hasher {
+    fn new(kind: ImageHash) -> Hasher {
+        match kind {
+            ImageHash::Sha256 => Hasher::Sha256(Sha256::new()),
+            ImageHash::Xxh3 => Hasher::Xxh3(Box::default()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Xxh3(h) => h.update(data),
+        }
+    }
+
+    fn finish(self) -> [u8; HASH_LEN] {
+        let mut out = [0u8; HASH_LEN];
+        match self {
+            Hasher::Sha256(h) => out.copy_from_slice(h.finalize().as_slice()),
+            Hasher::Xxh3(h) => out[..16].copy_from_slice(&h.digest128().to_be_bytes()),
+        }
+        out
+    }
+}
 /// Bytes per chunk handed to the gRPC stream (etcd sends 32 KiB).
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -121,25 +192,25 @@ fn pair(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-/// Writes the whole image in chunks of about [`CHUNK_BYTES`] to `emit`
-/// (told whether the chunk is the last; it returns false when its receiver
-/// went away). Blocking: run it on a
+/// Writes the whole image, ending with `hash`, in chunks of about
+/// [`CHUNK_BYTES`] to `emit` (told whether the chunk is the last; it
+/// returns false when its receiver went away). Blocking: run it on a
 /// blocking thread, after [`capture_head`].
 pub fn write_image(
     store: &Store,
     head: ImageHead,
-    cluster_id: u64,
-    member_id: u64,
+    (cluster_id, member_id): (u64, u64),
+    hash: ImageHash,
     mut emit: impl FnMut(Vec<u8>, bool) -> bool,
 ) -> Result<(), SnapshotError> {
     let mut out = Chunker {
         emitted: 0,
-        hasher: Sha256::new(),
+        hasher: Hasher::new(hash),
         buf: Vec::with_capacity(CHUNK_BYTES + 1024),
         emit: &mut emit,
     };
     out.buf.extend_from_slice(MAGIC);
-    out.buf.extend_from_slice(&VERSION.to_be_bytes());
+    out.buf.extend_from_slice(&hash.version().to_be_bytes());
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -187,7 +258,7 @@ pub fn write_image(
     }
     frame(&mut out.buf, TAG_PAD, &vec![0u8; pad as usize]);
     out.flush(true)?;
-    let digest = out.hasher.finalize();
+    let digest = out.hasher.finish();
     if (out.emit)(digest.to_vec(), true) {
         Ok(())
     } else {
@@ -199,7 +270,7 @@ pub fn write_image(
 struct Chunker<'a, E: FnMut(Vec<u8>, bool) -> bool> {
     /// Bytes handed out so far.
     emitted: u64,
-    hasher: Sha256,
+    hasher: Hasher,
     buf: Vec<u8>,
     emit: &'a mut E,
 }
@@ -220,18 +291,21 @@ impl<E: FnMut(Vec<u8>, bool) -> bool> Chunker<'_, E> {
     }
 }
 
-/// Checks the file's trailing SHA-256; returns it.
+/// Checks the file's trailing hash (the one its version names); returns it.
 pub fn verify(path: &Path) -> Result<[u8; HASH_LEN], SnapshotError> {
     let mut file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
-    if size < (MAGIC.len() + 4 + HASH_LEN) as u64 {
+    if size < (PREAMBLE_LEN + HASH_LEN) as u64 {
         return Err(SnapshotError::Format(format!(
             "{} is too short",
             path.display()
         )));
     }
-    let mut hasher = Sha256::new();
-    let mut left = size - HASH_LEN as u64;
+    let mut preamble = [0u8; PREAMBLE_LEN];
+    file.read_exact(&mut preamble)?;
+    let mut hasher = Hasher::new(ImageHash::of_preamble(&preamble)?);
+    hasher.update(&preamble);
+    let mut left = size - (PREAMBLE_LEN + HASH_LEN) as u64;
     let mut buf = vec![0u8; 1 << 16];
     while left > 0 {
         let n = buf.len().min(left as usize);
@@ -241,18 +315,18 @@ pub fn verify(path: &Path) -> Result<[u8; HASH_LEN], SnapshotError> {
     }
     let mut want = [0u8; HASH_LEN];
     file.read_exact(&mut want)?;
-    if hasher.finalize().as_slice() != want {
+    if hasher.finish() != want {
         return Err(SnapshotError::HashMismatch);
     }
     Ok(want)
 }
 
 /// [`verify`] over bytes as they arrive (a raft snapshot streamed from the
-/// leader), so the received file need not be read back: everything but the
-/// last 32 bytes is hashed, and those must be the hash.
+/// leader), so the received image need not be read back: everything but
+/// the last 32 bytes is hashed, and those must be the hash.
 #[derive(Default)]
 pub struct StreamVerifier {
-    hasher: Sha256,
+    hasher: BodyHasher,
     /// The last bytes seen (at most [`HASH_LEN`]): the hash, if they are the end.
     tail: Vec<u8>,
     total: u64,
@@ -277,13 +351,60 @@ impl StreamVerifier {
 
     /// Whether what arrived is a whole image with a matching hash.
     pub fn finish(self) -> Result<(), SnapshotError> {
-        if self.total < (MAGIC.len() + 4 + HASH_LEN) as u64 {
+        if self.total < (PREAMBLE_LEN + HASH_LEN) as u64 {
             return Err(SnapshotError::Format("the image is too short".into()));
         }
-        if self.hasher.finalize().as_slice() != self.tail.as_slice() {
+        if self.hasher.finish()? != self.tail.as_slice() {
             return Err(SnapshotError::HashMismatch);
         }
         Ok(())
+    }
+}
+
+/// Hashes an image's body with the hash its preamble names: the preamble's
+/// bytes are held until they are all there.
+enum BodyHasher {
+    Preamble(Vec<u8>),
+    Hashing(Hasher),
+    Refused(String),
+}
+
+impl Default for BodyHasher {
+    fn default() -> BodyHasher {
+        BodyHasher::Preamble(Vec::with_capacity(PREAMBLE_LEN))
+    }
+}
+
+impl BodyHasher {
+    fn update(&mut self, data: &[u8]) {
+        let BodyHasher::Preamble(held) = self else {
+            if let BodyHasher::Hashing(h) = self {
+                h.update(data);
+            }
+            return;
+        };
+        let take = data.len().min(PREAMBLE_LEN - held.len());
+        held.extend_from_slice(&data[..take]);
+        if held.len() < PREAMBLE_LEN {
+            return;
+        }
+        *self = match ImageHash::of_preamble(held) {
+            Ok(kind) => {
+                let mut h = Hasher::new(kind);
+                h.update(held);
+                h.update(&data[take..]);
+                BodyHasher::Hashing(h)
+            }
+            Err(e) => BodyHasher::Refused(e.to_string()),
+        };
+    }
+
+    fn finish(self) -> Result<[u8; HASH_LEN], SnapshotError> {
+        match self {
+            BodyHasher::Hashing(h) => Ok(h.finish()),
+            BodyHasher::Preamble(_) => Err(SnapshotError::Format("the image is too short".into())),
+            BodyHasher::Refused(e) => Err(SnapshotError::Format(e)),
+        }
     }
 }
 
@@ -331,31 +452,19 @@ impl FrameReader {
         ))
     }
 
-    /// The frames of an image read from `r` as it arrives (its hash is
-    /// checked by whoever receives it, see [`StreamVerifier`]): the last
-    /// [`HASH_LEN`] bytes are held back as the hash.
+    /// The frames of an image read from `r` as it arrives. Its body ends
+    /// with the padding frame; the hash after it is left unread (whoever
+    /// receives the image checks it, see [`StreamVerifier`], before using
+    /// what was read).
     fn stream(r: impl Read + Send + 'static) -> Result<FrameReader, SnapshotError> {
-        FrameReader::start(Box::new(WithoutHash {
-            inner: r,
-            buf: Vec::new(),
-            start: 0,
-            eof: false,
-        }))
+        FrameReader::start(Box::new(r))
     }
 
     /// Checks the magic and version at the start of `r`.
     fn start(mut r: Box<dyn Read + Send>) -> Result<FrameReader, SnapshotError> {
-        let mut magic = [0u8; 12];
-        r.read_exact(&mut magic)?;
-        if &magic[..8] != MAGIC {
-            return Err(SnapshotError::Format("bad magic".into()));
-        }
-        let version = u32::from_be_bytes([magic[8], magic[9], magic[10], magic[11]]);
-        if version != VERSION {
-            return Err(SnapshotError::Format(format!(
-                "version {version} (this cairn reads {VERSION})"
-            )));
-        }
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        r.read_exact(&mut preamble)?;
+        ImageHash::of_preamble(&preamble)?;
         Ok(FrameReader { r })
     }
 
@@ -363,7 +472,17 @@ impl FrameReader {
     /// from the length alone: a streamed image is parsed before its hash
     /// is checked, and a damaged length must not ask for gigabytes.
     fn read_bytes(&mut self, n: usize) -> Result<Vec<u8>, SnapshotError> {
-        let mut out = Vec::with_capacity(n.min(1 << 20));
+        if n <= 1 << 20 {
+            let mut out = vec![0u8; n];
+            self.r.read_exact(&mut out).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    SnapshotError::Format("a frame cut short".into())
+                }
+                _ => e.into(),
+            })?;
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity(1 << 20);
         (&mut self.r).take(n as u64).read_to_end(&mut out)?;
         if out.len() != n {
             return Err(SnapshotError::Format("a frame cut short".into()));
@@ -371,80 +490,43 @@ impl FrameReader {
         Ok(out)
     }
 
-    /// The next frame (padding skipped); `None` at the end of the body.
+    /// The next frame; `None` at the end of the body (the padding frame,
+    /// always the last, or the end of a file's body).
     fn next_frame(&mut self) -> Result<Option<Frame>, SnapshotError> {
         let bad = |what: &str| SnapshotError::Format(what.to_string());
-        loop {
-            let mut tag = [0u8; 1];
-            if self.r.read(&mut tag)? == 0 {
-                return Ok(None);
-            }
-            let mut len = [0u8; 4];
-            self.r.read_exact(&mut len)?;
-            let len = u32::from_be_bytes(len) as usize;
-            if tag[0] == TAG_PAIR {
-                // Key and value read into their own buffers, no copy.
-                let mut klen = [0u8; 4];
-                if len < 4 {
-                    return Err(bad("short pair"));
-                }
-                self.r.read_exact(&mut klen)?;
-                let klen = u32::from_be_bytes(klen) as usize;
-                if len < 4 + klen {
-                    return Err(bad("short key"));
-                }
-                let key = self.read_bytes(klen)?;
-                let value = self.read_bytes(len - 4 - klen)?;
-                return Ok(Some(Frame::Pair(key, value)));
-            }
-            let payload = self.read_bytes(len)?;
-            return Ok(Some(match tag[0] {
-                TAG_HEAD => Frame::Head(
-                    SnapshotHead::decode(payload.as_slice()).map_err(|_| bad("bad head"))?,
-                ),
-                TAG_TAIL => Frame::Tail(
-                    SnapshotTail::decode(payload.as_slice()).map_err(|_| bad("bad tail"))?,
-                ),
-                TAG_PAD => continue,
-                other => return Err(SnapshotError::Format(format!("unknown frame tag {other}"))),
-            }));
+        let mut tag = [0u8; 1];
+        if self.r.read(&mut tag)? == 0 {
+            return Ok(None);
         }
-    }
-}
-
-/// A stream without its last [`HASH_LEN`] bytes: each byte is handed on
-/// only once that many more have arrived behind it.
-struct WithoutHash<R> {
-    inner: R,
-    /// Bytes read from `inner` and not handed on, from `start`.
-    buf: Vec<u8>,
-    start: usize,
-    eof: bool,
-}
-
-impl<R: Read> Read for WithoutHash<R> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let held = self.buf.len() - self.start;
-            if held > HASH_LEN {
-                let n = out.len().min(held - HASH_LEN);
-                out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-                self.start += n;
-                return Ok(n);
+        let mut len = [0u8; 4];
+        self.r.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if tag[0] == TAG_PAIR {
+            // Key and value read into their own buffers, no copy.
+            let mut klen = [0u8; 4];
+            if len < 4 {
+                return Err(bad("short pair"));
             }
-            if self.eof || out.is_empty() {
-                return Ok(0);
+            self.r.read_exact(&mut klen)?;
+            let klen = u32::from_be_bytes(klen) as usize;
+            if len < 4 + klen {
+                return Err(bad("short key"));
             }
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            let len = self.buf.len();
-            self.buf.resize(len + (1 << 16), 0);
-            let n = self.inner.read(&mut self.buf[len..])?;
-            self.buf.truncate(len + n);
-            self.eof = n == 0;
+            let key = self.read_bytes(klen)?;
+            let value = self.read_bytes(len - 4 - klen)?;
+            return Ok(Some(Frame::Pair(key, value)));
         }
+        let payload = self.read_bytes(len)?;
+        Ok(Some(match tag[0] {
+            TAG_HEAD => {
+                Frame::Head(SnapshotHead::decode(payload.as_slice()).map_err(|_| bad("bad head"))?)
+            }
+            TAG_TAIL => {
+                Frame::Tail(SnapshotTail::decode(payload.as_slice()).map_err(|_| bad("bad tail"))?)
+            }
+            TAG_PAD => return Ok(None),
+            other => return Err(SnapshotError::Format(format!("unknown frame tag {other}"))),
+        }))
     }
 }
 
@@ -1172,8 +1254,8 @@ impl OfferedImage {
         write_image(
             &self.store,
             self.head.clone(),
-            self.cluster_id,
-            self.member_id,
+            (self.cluster_id, self.member_id),
+            ImageHash::Xxh3,
             emit,
         )
     }
@@ -1430,7 +1512,8 @@ mod tests {
         path: &Path,
     ) -> Result<(), SnapshotError> {
         let mut image = Vec::new();
-        write_image(store, head, cluster_id, member_id, |chunk, _| {
+        let ids = (cluster_id, member_id);
+        write_image(store, head, ids, ImageHash::Sha256, |chunk, _| {
             image.extend_from_slice(&chunk);
             true
         })?;
@@ -1583,16 +1666,14 @@ mod tests {
         assert_eq!(all_at(&follower, 0)[0].0, b"z".to_vec());
     }
 
+    /// Both hashes: an image verifies in chunks of any size, and a flipped
+    /// byte anywhere (the preamble, the body, the hash) or a cut is caught.
     #[test]
     fn an_image_is_verified_as_it_streams_in_chunks_of_any_size() {
         let leader = store();
         for i in 0..200 {
             write(&leader, &[(&format!("k{i}"), Some("some value"))]);
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("image.snap");
-        save_image(&leader, capture_head(&leader).expect("head"), 1, 2, &path).expect("save");
-        let bytes = std::fs::read(&path).expect("read");
         let streamed = |bytes: &[u8], sizes: &[usize]| {
             let mut v = StreamVerifier::default();
             let (mut at, mut i) = (0, 0);
@@ -1604,19 +1685,43 @@ mod tests {
             }
             v.finish()
         };
-        for sizes in [&[1usize][..], &[7, 31, 32, 33], &[4096], &[bytes.len()]] {
-            streamed(&bytes, sizes).expect("a whole image verifies");
+        for hash in [ImageHash::Sha256, ImageHash::Xxh3] {
+            let head = capture_head(&leader).expect("head");
+            let mut bytes = Vec::new();
+            write_image(&leader, head, (1, 2), hash, |chunk, _| {
+                bytes.extend_from_slice(&chunk);
+                true
+            })
+            .expect("image");
+            assert_eq!(ImageHash::of_preamble(&bytes).expect("preamble"), hash);
+            for sizes in [&[1usize][..], &[7, 31, 32, 33], &[4096], &[bytes.len()]] {
+                streamed(&bytes, sizes).expect("a whole image verifies");
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("image.snap");
+            std::fs::write(&path, &bytes).expect("write");
+            verify(&path).expect("the file verifies");
+            for at in [0, 9, 11, bytes.len() / 2, bytes.len() - 33, bytes.len() - 1] {
+                let mut bad = bytes.clone();
+                bad[at] ^= 0x01;
+                let refused = streamed(&bad, &[7, 4096]);
+                assert!(
+                    refused.is_err(),
+                    "{hash:?}: a flipped byte at {at} went unnoticed"
+                );
+                if at >= PREAMBLE_LEN {
+                    assert!(
+                        matches!(refused, Err(SnapshotError::HashMismatch)),
+                        "{hash:?} at {at}"
+                    );
+                }
+                std::fs::write(&path, &bad).expect("write");
+                assert!(verify(&path).is_err(), "{hash:?}: the file's byte {at}");
+            }
+            assert!(streamed(&bytes[..bytes.len() - 1], &[4096]).is_err());
+            assert!(streamed(&bytes[..20], &[4096]).is_err());
+            assert!(streamed(&bytes[..5], &[4096]).is_err());
         }
-        for at in [0, bytes.len() / 2, bytes.len() - 33, bytes.len() - 1] {
-            let mut bad = bytes.clone();
-            bad[at] ^= 0x01;
-            assert!(
-                matches!(streamed(&bad, &[7, 4096]), Err(SnapshotError::HashMismatch)),
-                "a flipped byte at {at} went unnoticed"
-            );
-        }
-        assert!(streamed(&bytes[..bytes.len() - 1], &[4096]).is_err());
-        assert!(streamed(&bytes[..20], &[4096]).is_err());
     }
 
     /// A follower on fjall behind the write buffer, as a member runs it.
@@ -1645,7 +1750,7 @@ mod tests {
     /// Writes an image of these frames, with a matching hash.
     fn encode_image(path: &Path, head: &SnapshotHead, pairs: &[Pair], tail: Option<&SnapshotTail>) {
         let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&ImageHash::Sha256.version().to_be_bytes());
         frame(&mut out, TAG_HEAD, &head.encode_to_vec());
         for (k, v) in pairs {
             pair(&mut out, k, v);
@@ -1843,13 +1948,18 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let s = store.clone();
         let job = std::thread::spawn(move || prepare_stream(&s, rx));
+        // As the peer service does: the whole stream is verified too, and
+        // what the ingest made is used only if it checks.
+        let mut verifier = StreamVerifier::default();
         for chunk in bytes.chunks(size) {
-            if tx.blocking_send(chunk.to_vec()).is_err() {
-                break;
-            }
+            verifier.update(chunk);
+            // A closed channel: the ingest ended (at the padding, or early).
+            let _ = tx.blocking_send(chunk.to_vec());
         }
         drop(tx);
-        job.join().expect("the ingest thread")
+        let prepared = job.join().expect("the ingest thread")?;
+        verifier.finish()?;
+        Ok(prepared)
     }
 
     /// A leader's image, streamed as it is read from its store, is
@@ -1971,29 +2081,6 @@ mod tests {
         let prepared = prepare_from(&follower, &bytes, 4096).expect("the retry");
         commit_prepared(&follower, prepared).expect("commit");
         assert_eq!(all_at(&follower, 0), all_at(&leader, 0));
-    }
-
-    /// The reader that holds back an image's hash hands on exactly the
-    /// bytes before it, whatever the chunk sizes.
-    #[test]
-    fn the_hash_is_held_back_from_a_streamed_image() {
-        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        for size in [1, 31, 32, 33, 4096, 5000] {
-            let (tx, rx) = tokio::sync::mpsc::channel(bytes.len());
-            for chunk in bytes.chunks(size) {
-                tx.try_send(chunk.to_vec()).expect("room");
-            }
-            drop(tx);
-            let mut r = WithoutHash {
-                inner: ChunkReader::new(rx),
-                buf: Vec::new(),
-                start: 0,
-                eof: false,
-            };
-            let mut out = Vec::new();
-            r.read_to_end(&mut out).expect("read");
-            assert_eq!(out, bytes[..bytes.len() - HASH_LEN], "chunks of {size}");
-        }
     }
 
     /// An offered image a compaction has passed can no longer be read

@@ -150,22 +150,28 @@ impl Maintenance for MaintenanceService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut sent = 0u64;
-            let written = write_image(&store, head, cluster_id, member_id, |blob, last| {
-                sent += blob.len() as u64;
-                // The exact size is known only at the end: the last chunk
-                // says 0, the others at least 1.
-                let remaining_bytes = if last {
-                    0
-                } else {
-                    estimate.saturating_sub(sent).max(1)
-                };
-                let reply = SnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes,
-                    blob,
-                };
-                tx.blocking_send(Ok(reply)).is_ok()
-            });
+            let written = write_image(
+                &store,
+                head,
+                (cluster_id, member_id),
+                crate::snapshot::ImageHash::Sha256,
+                |blob, last| {
+                    sent += blob.len() as u64;
+                    // The exact size is known only at the end: the last chunk
+                    // says 0, the others at least 1.
+                    let remaining_bytes = if last {
+                        0
+                    } else {
+                        estimate.saturating_sub(sent).max(1)
+                    };
+                    let reply = SnapshotResponse {
+                        header: Some(header),
+                        remaining_bytes,
+                        blob,
+                    };
+                    tx.blocking_send(Ok(reply)).is_ok()
+                },
+            );
             match written {
                 Ok(()) | Err(SnapshotError::Gone) => {}
                 Err(SnapshotError::Storage(e)) => {
