@@ -157,5 +157,5 @@ echo
 kill "$PID"
 wait "$PID" 2> /dev/null
 grep -iE "compact|defrag" "$OUT/server.log" | tail -5 | cut -c1-300
-rm -rf "$D/data"
-[ "$OUT" = "$D/out" ] && rm -rf "$D"
+rm -rf "$D/data" "$D/stop"
+if [ "$OUT" = "$D/out" ]; then rm -rf "$D"; else rmdir "$D"; fi
