@@ -11,13 +11,17 @@
 #   history  KEYS keys (default 200000) × REVS revisions (default 5) of 1 KiB
 #            values, then compaction of all but the last revision, with
 #            puts and ranges running (4 clients each, --timeline: per-second
-#            p99 / max on stderr) from 10 s before to 60 s after it.
+#            p99 / max on stderr) from 12 s before it until 60 s after it
+#            returned and, on cairn, until 10 s after the engine's major
+#            compaction that follows a large pass ended (the server logs
+#            "state store compacted"; SETTLE_MAX seconds at most, default 600).
 #            KEYS=1000000 is the issue's full workload (about 5 GB of values
 #            written; etcd's WAL and bolt file need 12 GB or more).
 #
 # Env: BIN (dir with cairn and cairn-bench; default target/release), ETCD
 # (default /usr/bin/etcd), OUT (dir to keep the logs and timelines in;
-# default: printed and removed).
+# default: printed and removed), FILL_CAP (seconds the fill may take at
+# most; default 300).
 set -u
 KIND=$1
 WORKLOAD=$2
@@ -65,13 +69,21 @@ history)
   KEYS=${KEYS:-200000}
   REVS=${REVS:-5}
   T=$(now)
-  bench put --clients 32 --conns 4 --total $((KEYS * REVS)) --key-space "$KEYS" --sequential-keys --val-size 1024 | summary
+  bench put --clients 32 --conns 4 --total $((KEYS * REVS)) --duration "${FILL_CAP:-300}" --key-space "$KEYS" --sequential-keys --val-size 1024 | summary
   echo "fill ($KEYS keys x $REVS revisions of 1 KiB): $(python3 -c "print(round($(now)-$T,1))") s; state $(state) KiB; rev dbSize $(status)"
   read -r REV _ <<< "$(status)"
   echo "live data: $((KEYS * (16 + 1024) / 1024)) KiB of keys and values"
-  bench put --clients 4 --prefix other/ --key-space 10000 --duration 80 --timeline 2> "$OUT/put.timeline" | summary > "$OUT/put.summary" &
+  # The clients run in rounds of 20 s (cairn-bench prints its timeline at
+  # the end) until $D/stop appears.
+  : > "$OUT/put.timeline"
+  : > "$OUT/range.timeline"
+  (while [ ! -e "$D/stop" ]; do
+    bench put --clients 4 --prefix other/ --key-space 10000 --duration 20 --timeline 2>> "$OUT/put.timeline" | summary >> "$OUT/put.summary"
+  done) &
   P1=$!
-  bench range --clients 4 --keys 1000 --val-size 1024 --duration 80 --timeline 2> "$OUT/range.timeline" | summary > "$OUT/range.summary" &
+  (while [ ! -e "$D/stop" ]; do
+    bench range --clients 4 --keys 1000 --val-size 1024 --duration 20 --timeline 2>> "$OUT/range.timeline" | summary >> "$OUT/range.summary"
+  done) &
   P2=$!
   sleep 12
   ;;
@@ -90,13 +102,35 @@ for s in 5 10 20 30 45 60; do
   sleep $(python3 -c "print(max(0, $T1+$s-$(now)))")
   echo "  +${s}s: state $(state) KiB"
 done
+T2=$T1
 if [ "$WORKLOAD" = history ]; then
+  if [ "$KIND" = cairn ]; then
+    # The engine's major compaction after a large pass: its end is logged.
+    for _ in $(seq "${SETTLE_MAX:-600}"); do
+      grep -q "state store compacted" "$OUT/server.log" && break
+      sleep 1
+    done
+    # Its start and end from the log line (UTC timestamp and durations).
+    read -r T2S T2 <<< "$(grep -m1 "state store compacted" "$OUT/server.log" | python3 -c '
+import datetime, re, sys
+l = sys.stdin.read()
+m = re.search(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?)Z", l)
+if not m:
+    sys.exit()
+end = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
+ms = sum(int(x) for x in re.findall(r"(?:memtable|compaction|sync)_ms=(\d+)", l))
+print(round(end - ms / 1000, 2), round(end, 2))')"
+    T2=${T2:-$(now)}
+    echo "major compaction from $(python3 -c "print(round(${T2S:-$T2}-$T1,1))") to $(python3 -c "print(round($T2-$T1,1))") s after the pass returned: state $(state) KiB"
+    sleep $(python3 -c "print(max(0, $T2+10-$(now)))")
+  fi
+  touch "$D/stop"
   wait $P1 $P2
-  echo "puts (other/, 4 clients): $(cat "$OUT/put.summary")"
-  echo "ranges (bench/, 4 clients): $(cat "$OUT/range.summary")"
-  python3 - "$OUT" "$T0" "$T1" << 'EOF'
+  echo "puts (other/, 4 clients, last round): $(tail -1 "$OUT/put.summary")"
+  echo "ranges (bench/, 4 clients, last round): $(tail -1 "$OUT/range.summary")"
+  python3 - "$OUT" "$T0" "$T1" "$T2" << 'EOF'
 import sys
-out, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+out, t0, t1, t2 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 for name in ("put", "range"):
     rows = [l.split() for l in open(f"{out}/{name}.timeline") if l.startswith("timeline ")]
     def agg(sel):
@@ -108,7 +142,8 @@ for name in ("put", "range"):
                 f"seconds with max > 100 ms: {sum(float(r[9]) > 100 for r in sel)}, errors {sum(int(r[5]) for r in sel)}")
     print(f"{name} before compaction: {agg(r for r in rows if int(r[1]) < int(t0))}")
     print(f"{name} during compaction: {agg(r for r in rows if int(t0) <= int(r[1]) <= int(t1))}")
-    print(f"{name} after compaction:  {agg(r for r in rows if int(r[1]) > int(t1))}")
+    print(f"{name} after, to the major compaction's end: {agg(r for r in rows if int(t1) < int(r[1]) <= int(t2))}")
+    print(f"{name} after compaction:  {agg(r for r in rows if int(r[1]) > int(t2))}")
     print(f"{name} per second (t - compaction start, ops, p99, max):",
           " ".join(f"{int(r[1]) - int(t0)}:{r[3]}/{r[7]}/{r[9]}" for r in rows))
 EOF
@@ -122,5 +157,5 @@ echo
 kill "$PID"
 wait "$PID" 2> /dev/null
 grep -iE "compact|defrag" "$OUT/server.log" | tail -5 | cut -c1-300
-rm -rf "$D/data"
-[ "$OUT" = "$D/out" ] && rm -rf "$D"
+rm -rf "$D/data" "$D/stop"
+if [ "$OUT" = "$D/out" ]; then rm -rf "$D"; else rmdir "$D"; fi

@@ -12,7 +12,10 @@
 //! covers. fjall compacts in the background (leveled); [`Backend::defragment`]
 //! writes the memtable out and runs a major compaction, which drops every
 //! deleted or overwritten pair and the tombstones, while the member keeps
-//! serving (no copy, no swap).
+//! serving (no copy, no swap). Both free the files they replace through the
+//! trash keeper ([`trash`]): every segment file has a second name, so
+//! fjall's deletion under its locks only drops a name, and the keeper's
+//! thread frees the blocks.
 //!
 //! **Replacing the whole state** (a raft snapshot install,
 //! [`Backend::bulk_replace`]): the sorted pairs are ingested straight into
@@ -51,6 +54,9 @@ use parking_lot::RwLock;
 
 use super::backend::{Backend, BulkPairs, PreparedReplace, ScanIter, WriteBatch};
 use crate::error::StorageError;
+use trash::TrashKeeper;
+
+mod trash;
 
 /// The partition holding cairn's state in generation 0 (the name is
 /// fjall's directory); generation n > 0 is `cairn-mvcc-<n>`.
@@ -82,11 +88,6 @@ fn generation_of(name: &str) -> Option<u64> {
 /// journals at a few memtables' worth.
 const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Inside the keyspace's directory (fjall's recovery reads only its own
-/// folders): second names of the segment files a defragment replaces (see
-/// [`FjallBackend::pin_segments`]).
-const TRASH: &str = "cairn-trash";
-
 /// A fjall keyspace holding one partition (of the current generation).
 pub struct FjallBackend {
     /// For batches, `persist` and the size (journals included).
@@ -104,17 +105,17 @@ pub struct FjallBackend {
     /// The prepared generations kept across the last restart, with their
     /// tags, until [`Backend::kept_prepared`] hands them out.
     kept: parking_lot::Mutex<Vec<(u64, PreparedReplace)>>,
+    /// Keeps a second name for every segment file, so that fjall's
+    /// compactions free no file's blocks under its locks (see [`trash`]).
+    trash: TrashKeeper,
 }
 
 impl FjallBackend {
     /// Opens (or creates) the keyspace in directory `path`, with a block
     /// cache of `cache_bytes` (the same budget sled's page cache gets).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<FjallBackend, StorageError> {
-        // Left by a crash during a defragment: only second names of files.
-        match std::fs::remove_dir_all(path.join(TRASH)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
+        // Left by the previous run: only second names of files.
+        trash::empty_at_open(path)?;
         let keyspace = fjall::Config::new(path)
             .cache_size(cache_bytes)
             .max_journaling_size(MAX_JOURNALING_BYTES)
@@ -129,6 +130,7 @@ impl FjallBackend {
             next_generation: AtomicU64::new(next),
             path: path.to_path_buf(),
             kept: parking_lot::Mutex::new(kept),
+            trash: TrashKeeper::start(path)?,
         })
     }
 
@@ -266,59 +268,6 @@ fn current_generation(keyspace: &Keyspace, path: &Path) -> Result<Generations, S
     let part =
         keyspace.open_partition(&partition_name(current), PartitionCreateOptions::default())?;
     Ok((part, current, next, kept))
-}
-
-impl FjallBackend {
-    /// The segment files of generation `generation`'s partition
-    /// (lsm-tree's layout).
-    fn segments_dir(&self, generation: u64) -> PathBuf {
-        self.path
-            .join("partitions")
-            .join(partition_name(generation))
-            .join("segments")
-    }
-
-    /// Gives every segment file a second name in [`TRASH`] before a major
-    /// compaction. fjall drops the segments a compaction replaced while it
-    /// holds the tree's level lock, which every read (a Range, and the
-    /// previous value a put reads) waits for; dropping a segment unlinks its
-    /// file and closes it, and freeing a large file's blocks took 20-30 ms
-    /// each on a busy disk (strace: 11 files, 195 ms, with every read and
-    /// put waiting). With a second name, fjall's unlink only removes a name;
-    /// [`FjallBackend::empty_trash`] frees the blocks afterwards, holding no
-    /// fjall lock.
-    fn pin_segments(&self, generation: u64) -> Result<(), StorageError> {
-        let trash = self.path.join(TRASH);
-        std::fs::create_dir_all(&trash)?;
-        for entry in std::fs::read_dir(self.segments_dir(generation))? {
-            let entry = entry?;
-            match std::fs::hard_link(entry.path(), trash.join(entry.file_name())) {
-                // Removed meanwhile by a background compaction, or pinned
-                // already by an earlier defragment that failed.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists
-                    ) => {}
-                r => r?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the second names [`FjallBackend::pin_segments`] made: the
-    /// files fjall dropped meanwhile are freed here, one at a time (freeing
-    /// takes the file system's journal, which the raft log's fsyncs need
-    /// too); the ones still in use only lose a name.
-    fn empty_trash(&self) -> Result<(), StorageError> {
-        let trash = self.path.join(TRASH);
-        for entry in std::fs::read_dir(&trash)? {
-            std::fs::remove_file(entry?.path())?;
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        std::fs::remove_dir(&trash)?;
-        Ok(())
-    }
 }
 
 /// The disk blocks held by the files under `path`, in bytes, each file
@@ -573,7 +522,7 @@ impl Backend for FjallBackend {
     fn defragment(&self) -> Result<(), StorageError> {
         let before = allocated_bytes(&self.path).unwrap_or(0);
         let started = std::time::Instant::now();
-        let (part, generation) = self.part.read().clone();
+        let part = self.part();
         part.rotate_memtable_and_wait()?;
         let written_out = started.elapsed();
         // fjall's own major_compact keeps every version newer than its GC
@@ -585,16 +534,17 @@ impl Backend for FjallBackend {
             fjall::compaction::Strategy::Leveled(l) => u64::from(l.target_size),
             _ => u64::MAX,
         };
-        self.pin_segments(generation)?;
+        // Every input gets its second name (the memtable just written out
+        // too), so that fjall's drop of the replaced segments, under its
+        // level lock, frees nothing; the pass after it frees them here.
+        self.trash.pass()?;
         let compacted = part
             .tree
             .major_compact(target, self.keyspace.instant())
             .map_err(fjall::Error::from);
-        // The old files are freed now, or (if the compaction failed) only
-        // lose their second name.
-        let emptied = self.empty_trash();
+        let emptied = self.trash.pass();
         compacted?;
-        emptied?;
+        let freed = emptied?;
         let compacted = started.elapsed();
         self.keyspace.persist(PersistMode::SyncAll)?;
         let after = allocated_bytes(&self.path).unwrap_or(0);
@@ -604,6 +554,7 @@ impl Backend for FjallBackend {
             memtable_ms = written_out.as_millis() as u64,
             compaction_ms = (compacted - written_out).as_millis() as u64,
             sync_ms = (started.elapsed() - compacted).as_millis() as u64,
+            files_freed = freed.freed,
             "state store compacted (fjall)"
         );
         Ok(())
@@ -638,26 +589,31 @@ mod tests {
         assert_eq!(b.get(b"z").expect("get"), None);
     }
 
+    /// Values that do not compress (xorshift), so that sizes mean something.
+    struct Noise(u64);
+
+    impl Noise {
+        fn value(&mut self) -> Vec<u8> {
+            (0..1024)
+                .map(|_| {
+                    self.0 ^= self.0 << 13;
+                    self.0 ^= self.0 >> 7;
+                    self.0 ^= self.0 << 17;
+                    self.0 as u8
+                })
+                .collect()
+        }
+    }
+
     #[test]
     fn defragment_keeps_every_pair_and_gives_space_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = open(dir.path());
-        // Values that do not compress, so the sizes mean something.
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut value = || -> Vec<u8> {
-            (0..1024)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect()
-        };
+        let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
         for chunk in 0..20 {
             let mut wb = WriteBatch::new();
             for i in chunk * 1000..(chunk + 1) * 1000 {
-                wb.put(format!("k{i:06}").into_bytes(), value());
+                wb.put(format!("k{i:06}").into_bytes(), noise.value());
             }
             b.write_batch(wb).expect("write");
         }
@@ -665,16 +621,165 @@ mod tests {
         crate::mvcc::backend::conformance::defragment_gives_the_space_back(&b);
     }
 
+    /// The files in the trash whose only name is there (fjall dropped
+    /// them): the space the keeper has yet to give back.
+    fn orphans(dir: &Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(dir.join(trash::TRASH)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.metadata().is_ok_and(|m| m.nlink() == 1))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The segment files of the current partition.
+    fn segment_files(dir: &Path) -> std::collections::HashSet<String> {
+        std::fs::read_dir(dir.join("partitions").join(PARTITION).join("segments"))
+            .expect("segments")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Writes `keys` keys of 1 KiB (the same keys each round) and writes
+    /// the memtable out: one more level-0 segment, which a pass links.
+    fn write_round(b: &FjallBackend, noise: &mut Noise, keys: usize) {
+        for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
+            let mut wb = WriteBatch::new();
+            for i in chunk {
+                wb.put(format!("k{i:06}").into_bytes(), noise.value());
+            }
+            b.write_batch(wb).expect("write");
+        }
+        b.part().rotate_memtable_and_wait().expect("write out");
+        b.trash.pass().expect("pass");
+    }
+
+    /// Waits (10 s at most) for `done`.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// fjall's background (leveled) compactions replace the level-0
+    /// segments of overwritten keys; each had a second name, so fjall's
+    /// deletion left its blocks to the keeper, whose thread gives them back.
+    #[test]
+    fn the_keeper_gives_back_the_files_background_compactions_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = open(dir.path());
+        let mut noise = Noise(0x2545_f491_4f6c_dd1d);
+        let mut written = std::collections::HashSet::new();
+        for _ in 0..8 {
+            write_round(&b, &mut noise, 2000);
+            written.extend(segment_files(dir.path()));
+        }
+        let trash = dir.path().join(trash::TRASH);
+        wait_for("segments dropped by fjall and given back", || {
+            let dropped = written.difference(&segment_files(dir.path())).count();
+            dropped > 0 && orphans(dir.path()).is_empty()
+        });
+        // Every live segment keeps its second name, and only those are in
+        // the trash: nothing but live data holds blocks.
+        let live = segment_files(dir.path());
+        let named: std::collections::HashSet<String> = std::fs::read_dir(&trash)
+            .expect("trash")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        for segment in &live {
+            assert!(
+                named.contains(&format!("{PARTITION}.{segment}")),
+                "{segment} has one name"
+            );
+        }
+        assert!(named.len() <= live.len(), "{named:?} against {live:?}");
+        assert_eq!(all(&b).len(), 2000);
+    }
+
+    /// A crash (or a close) leaves the trash; the next open removes it
+    /// before fjall opens, so a file fjall dropped meanwhile is freed, and
+    /// the keeper gives every live segment its second name again.
     #[test]
     fn a_trash_left_by_a_crash_is_removed_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(open(dir.path()));
-        let trash = dir.path().join(TRASH);
-        std::fs::create_dir_all(&trash).expect("mkdir");
-        std::fs::write(trash.join("1"), vec![7u8; 64 << 10]).expect("write");
+        let mut noise = Noise(7);
+        {
+            let b = open(dir.path());
+            write_round(&b, &mut noise, 100);
+        }
+        let trash = dir.path().join(trash::TRASH);
+        assert!(std::fs::read_dir(&trash).expect("trash").next().is_some());
+        let left = trash.join(format!("{PARTITION}.999999"));
+        std::fs::write(&left, vec![7u8; 64 << 10]).expect("write");
         let b = open(dir.path());
-        assert!(!trash.exists(), "the trash outlived the open");
-        assert!(b.size_on_disk().expect("size") < 64 << 10);
+        assert!(!left.exists(), "a dropped file outlived the open");
+        assert_eq!(all(&b).len(), 100);
+        wait_for("live segments named again", || {
+            segment_files(dir.path()).iter().all(|s| {
+                std::fs::metadata(trash.join(format!("{PARTITION}.{s}")))
+                    .is_ok_and(|m| m.nlink() == 2)
+            })
+        });
+    }
+
+    /// Every pair written survives background compactions, a defragment
+    /// and a reopen with the keeper at work: it only ever adds or removes
+    /// its own names.
+    #[test]
+    fn every_pair_survives_the_trash_keeper() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut want = std::collections::BTreeMap::new();
+        let mut noise = Noise(0xdead_beef);
+        {
+            let b = open(dir.path());
+            for round in 0..10usize {
+                let mut wb = WriteBatch::new();
+                for i in 0..600 {
+                    // Overwrites of a shared range, and keys of this round.
+                    let key = if i % 2 == 0 {
+                        format!("a{i:04}")
+                    } else {
+                        format!("r{round:02}-{i:04}")
+                    };
+                    let value = noise.value();
+                    want.insert(key.clone().into_bytes(), value.clone());
+                    wb.put(key.into_bytes(), value);
+                }
+                if round == 6 {
+                    for i in 0..100 {
+                        let key = format!("r00-{:04}", 2 * i + 1).into_bytes();
+                        want.remove(&key);
+                        wb.delete(key);
+                    }
+                }
+                b.write_batch(wb).expect("write");
+                b.part().rotate_memtable_and_wait().expect("write out");
+                b.trash.pass().expect("pass");
+                if round == 5 {
+                    b.defragment().expect("defragment");
+                }
+            }
+            wait_for("no file left to give back", || {
+                orphans(dir.path()).is_empty()
+            });
+            let got: std::collections::BTreeMap<_, _> = all(&b).into_iter().collect();
+            assert!(got == want, "{} pairs, {} written", got.len(), want.len());
+        }
+        let b = open(dir.path());
+        let got: std::collections::BTreeMap<_, _> = all(&b).into_iter().collect();
+        assert!(
+            got == want,
+            "after reopen: {} pairs, {} written",
+            got.len(),
+            want.len()
+        );
     }
 
     /// The pairs `("k0", "v0")`… in order, as a bulk stream.
