@@ -79,9 +79,13 @@ fn finish_install(
     if truncated <= applied {
         return Ok(());
     }
-    if let Some(at) = kept.iter().position(|(tag, _)| *tag == truncated) {
-        let (_, state) = kept.swap_remove(at);
-        drop(kept);
+    let state = kept
+        .iter()
+        .position(|(tag, _)| *tag == truncated)
+        .map(|at| kept.swap_remove(at).1);
+    // The others can never be installed now: dropped, they are removed.
+    drop(kept);
+    if let Some(state) = state {
         tracing::info!(
             index = truncated,
             applied,
@@ -90,7 +94,6 @@ fn finish_install(
         return crate::snapshot::commit_recovered(store, snaps, truncated, state)
             .context("installing the raft snapshot");
     }
-    drop(kept);
     let image = snaps.image(truncated);
     anyhow::ensure!(
         image.exists(),

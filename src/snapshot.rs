@@ -301,24 +301,15 @@ pub fn verify(path: &Path) -> Result<[u8; HASH_LEN], SnapshotError> {
             path.display()
         )));
     }
-    let mut preamble = [0u8; PREAMBLE_LEN];
-    file.read_exact(&mut preamble)?;
-    let mut hasher = Hasher::new(ImageHash::of_preamble(&preamble)?);
-    hasher.update(&preamble);
-    let mut left = size - (PREAMBLE_LEN + HASH_LEN) as u64;
+    let mut verifier = StreamVerifier::default();
     let mut buf = vec![0u8; 1 << 16];
-    while left > 0 {
-        let n = buf.len().min(left as usize);
-        file.read_exact(&mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        left -= n as u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return verifier.finish();
+        }
+        verifier.update(&buf[..n]);
     }
-    let mut want = [0u8; HASH_LEN];
-    file.read_exact(&mut want)?;
-    if hasher.finish() != want {
-        return Err(SnapshotError::HashMismatch);
-    }
-    Ok(want)
 }
 
 /// [`verify`] over bytes as they arrive (a raft snapshot streamed from the
@@ -349,15 +340,16 @@ impl StreamVerifier {
         }
     }
 
-    /// Whether what arrived is a whole image with a matching hash.
-    pub fn finish(self) -> Result<(), SnapshotError> {
+    /// Whether what arrived is a whole image with a matching hash; the hash.
+    pub fn finish(self) -> Result<[u8; HASH_LEN], SnapshotError> {
         if self.total < (PREAMBLE_LEN + HASH_LEN) as u64 {
             return Err(SnapshotError::Format("the image is too short".into()));
         }
-        if self.hasher.finish()? != self.tail.as_slice() {
+        let hash = self.hasher.finish()?;
+        if hash != self.tail.as_slice() {
             return Err(SnapshotError::HashMismatch);
         }
-        Ok(())
+        Ok(hash)
     }
 }
 
@@ -366,7 +358,7 @@ impl StreamVerifier {
 enum BodyHasher {
     Preamble(Vec<u8>),
     Hashing(Hasher),
-    Refused(String),
+    Refused(SnapshotError),
 }
 
 impl Default for BodyHasher {
@@ -377,11 +369,10 @@ impl Default for BodyHasher {
 
 impl BodyHasher {
     fn update(&mut self, data: &[u8]) {
-        let BodyHasher::Preamble(held) = self else {
-            if let BodyHasher::Hashing(h) = self {
-                h.update(data);
-            }
-            return;
+        let held = match self {
+            BodyHasher::Hashing(h) => return h.update(data),
+            BodyHasher::Refused(_) => return,
+            BodyHasher::Preamble(held) => held,
         };
         let take = data.len().min(PREAMBLE_LEN - held.len());
         held.extend_from_slice(&data[..take]);
@@ -395,7 +386,7 @@ impl BodyHasher {
                 h.update(&data[take..]);
                 BodyHasher::Hashing(h)
             }
-            Err(e) => BodyHasher::Refused(e.to_string()),
+            Err(e) => BodyHasher::Refused(e),
         };
     }
 
@@ -403,7 +394,7 @@ impl BodyHasher {
         match self {
             BodyHasher::Hashing(h) => Ok(h.finish()),
             BodyHasher::Preamble(_) => Err(SnapshotError::Format("the image is too short".into())),
-            BodyHasher::Refused(e) => Err(SnapshotError::Format(e)),
+            BodyHasher::Refused(e) => Err(e),
         }
     }
 }

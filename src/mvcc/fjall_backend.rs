@@ -222,15 +222,16 @@ fn current_generation(keyspace: &Keyspace, path: &Path) -> Result<Generations, S
         ));
     }
     let next = found.iter().copied().max().unwrap_or(0).max(current) + 1;
-    let markers = kept_markers(path)?;
+    let mut markers = kept_markers(path)?;
     let mut kept = Vec::new();
     for generation in found.into_iter().filter(|g| *g != current) {
         let part = keyspace.open_partition(
             &partition_name(generation),
             PartitionCreateOptions::default(),
         )?;
-        match markers.get(&generation) {
+        match markers.get(&generation).copied() {
             Some(tag) if generation > current => {
+                markers.remove(&generation);
                 tracing::info!(
                     generation,
                     tag,
@@ -243,7 +244,7 @@ fn current_generation(keyspace: &Keyspace, path: &Path) -> Result<Generations, S
                     pairs: 0,
                     marker: Some(path.join(kept_marker(generation))),
                 };
-                kept.push((*tag, PreparedReplace(Box::new(prepared))));
+                kept.push((tag, PreparedReplace(Box::new(prepared))));
             }
             _ => {
                 tracing::info!(
@@ -255,15 +256,10 @@ fn current_generation(keyspace: &Keyspace, path: &Path) -> Result<Generations, S
             }
         }
     }
-    // Markers of generations gone or committed (a crash right after the
-    // commit point).
+    // The markers left name generations gone, deleted above, or committed
+    // (a crash right after the commit point).
     for generation in markers.keys() {
-        if !kept.iter().any(|(_, p)| {
-            p.0.downcast_ref::<Prepared>()
-                .is_some_and(|p| p.generation == *generation)
-        }) {
-            std::fs::remove_file(path.join(kept_marker(*generation)))?;
-        }
+        std::fs::remove_file(path.join(kept_marker(*generation)))?;
     }
     let part =
         keyspace.open_partition(&partition_name(current), PartitionCreateOptions::default())?;

@@ -329,14 +329,14 @@ impl Peer for PeerService {
         }
         let image = snaps.image(index);
         let checked = match (verifier.finish(), file.take()) {
-            (Ok(()), Some(file)) => {
+            (Ok(_), Some(file)) => {
                 file.sync_all().await.map_err(io)?;
                 drop(file);
                 tokio::fs::rename(&tmp, &image)
                     .await
                     .map_err(|e| e.to_string())
             }
-            (Ok(()), None) => Ok(()),
+            (Ok(_), None) => Ok(()),
             (Err(e), _) => Err(e.to_string()),
         };
         // The file at `image` is this stream's (not an earlier one's).
