@@ -402,8 +402,30 @@ fn status(url: &str) -> Option<StatusResponse> {
     })
 }
 
-/// Puts `key` through member `url`; the revision it was committed at.
+/// etcd's errors of a write that met an election (or a member too starved
+/// to answer in time): the write may be tried again.
+const TRANSIENT: [&str; 3] = ["no leader", "leader changed", "request timed out"];
+
+fn transient(error: &str) -> bool {
+    TRANSIENT.iter().any(|t| error.contains(t))
+}
+
+/// Puts `key` through member `url`; the revision it was committed at. A
+/// write that meets an election is tried again for up to 10 s: the shared
+/// test machine can starve a leader long enough for its followers to elect
+/// another, and these writes are not the subject of the test.
 fn put(url: &str, key: &str, value: &str) -> Result<i64, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match put_once(url, key, value) {
+            Err(e) if transient(&e) && Instant::now() < deadline => {}
+            done => return done,
+        }
+    }
+}
+
+/// One put through member `url`, whatever its outcome.
+fn put_once(url: &str, key: &str, value: &str) -> Result<i64, String> {
     let (url, key, value) = (url.to_string(), key.to_string(), value.to_string());
     block_on(async move {
         let mut kv = KvClient::new(channel(&url).await.ok_or("cannot connect")?);
@@ -428,7 +450,7 @@ fn put_within(c: &Cluster, key: &str, value: &str, timeout: Duration) -> Result<
     let mut attempt = 0;
     loop {
         let url = c.members[live[attempt % live.len()]].client_url();
-        match put(&url, key, value) {
+        match put_once(&url, key, value) {
             Ok(rev) => return Ok(rev),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => attempt += 1,
@@ -758,7 +780,7 @@ fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
             seq += 1;
             let (key, value) = (format!("w/{seq:05}"), format!("v{seq}"));
             let url = c.members[live[seq as usize % live.len()]].client_url();
-            if put(&url, &key, &value).is_ok() {
+            if put_once(&url, &key, &value).is_ok() {
                 acked.push((key, value));
             }
         }
@@ -978,7 +1000,15 @@ fn etcdctl_on(endpoint: &str, args: &[&str]) -> String {
         .chain(args)
         .copied()
         .collect();
-    let out = common::etcdctl_at(endpoint, &args, None);
+    // As `put`: a command that met an election is run again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = common::etcdctl_at(endpoint, &args, None);
+        let failed = !out.status.success() && transient(&String::from_utf8_lossy(&out.stderr));
+        if !failed || Instant::now() >= deadline {
+            break out;
+        }
+    };
     assert!(
         out.status.success(),
         "etcdctl {args:?} on {endpoint}: {}",
@@ -2213,7 +2243,7 @@ fn a_corrupted_member_is_refused_at_start_and_raises_the_corrupt_alarm() {
             m.name
         );
     }
-    let refused = put(&url, "c/after", "x").expect_err("a write while CORRUPT is raised");
+    let refused = put_once(&url, "c/after", "x").expect_err("a write while CORRUPT is raised");
     assert!(refused.contains("etcdserver: corrupt cluster"), "{refused}");
     assert!((0..3).any(|i| c.logs(i).contains("raising the CORRUPT alarm")));
 }
@@ -2270,7 +2300,7 @@ fn nospace_is_raised_for_the_whole_cluster_and_disarmed_after_compaction() {
     );
     // Every member refuses every write that adds data, whatever its own size.
     for m in &c.members {
-        let e = put(&m.client_url(), "small", "v").expect_err("a write under NOSPACE");
+        let e = put_once(&m.client_url(), "small", "v").expect_err("a write under NOSPACE");
         assert!(e.contains(FULL), "{}: {e}", m.name);
     }
     // (A member over the quota itself raises its own alarm too, as etcd's.)
