@@ -10,9 +10,6 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn::proto::etcdserverpb::lease_client::LeaseClient;
@@ -23,7 +20,7 @@ use cairn::proto::v3electionpb::{
 };
 use cairn::proto::v3lockpb::lock_client::LockClient;
 use cairn::proto::v3lockpb::{LockRequest, UnlockRequest};
-use common::{etcdctl_json, etcdctl_ok, etcdctl_path, wait_until, Kind, Server};
+use common::{etcdctl_json, etcdctl_ok, etcdctl_path, wait_until, Background, Kind, Server};
 use tokio::time::timeout;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -33,95 +30,6 @@ const FAST: &[&str] = &["--heartbeat-interval", "20", "--election-timeout", "200
 
 /// How long anything that should happen may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// An etcdctl that runs in the background (a lock holder, a campaigner, an
-/// observer) with its output collected as it comes.
-struct Background {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Background {
-    fn start(server: &Server, args: &[&str]) -> Background {
-        let mut child = Command::new(etcdctl_path())
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", server.endpoint()))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn etcdctl");
-        let stdout = collect(child.stdout.take().expect("stdout"));
-        let stderr = collect(child.stderr.take().expect("stderr"));
-        Background {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().expect("stdout buffer").clone()
-    }
-
-    /// Waits until stdout satisfies `cond`; fails the test after DEADLINE.
-    fn wait_stdout(&self, what: &str, cond: impl Fn(&str) -> bool) {
-        assert!(
-            wait_until(DEADLINE, || cond(&self.stdout())),
-            "etcdctl never printed {what}; stdout: {:?}; stderr: {:?}",
-            self.stdout(),
-            self.stderr.lock().expect("stderr buffer")
-        );
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// SIGINT, as a user's Ctrl-C: etcdctl unlocks or resigns, then exits.
-    fn interrupt(&self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let mut status = None;
-        let done = wait_until(DEADLINE, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        assert!(done, "etcdctl did not exit; stdout: {:?}", self.stdout());
-        status.expect("exited")
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let out = buf.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
-            out.lock().expect("buffer").push_str(&text);
-        }
-    });
-    buf
-}
 
 /// The keys under `prefix` (etcdctl get --prefix --keys-only), in order.
 fn keys(s: &Server, prefix: &str) -> Vec<String> {

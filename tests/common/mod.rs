@@ -20,6 +20,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where Debian's etcd-server and etcd-client packages put the binaries.
@@ -827,4 +828,117 @@ pub fn assert_same_transcripts(want: &[String], got: &[String], kind: Kind) {
         want.len(),
         diffs.join("\n")
     );
+}
+
+/// How long a background etcdctl may take to print or exit what a test
+/// waits for.
+pub const BACKGROUND_DEADLINE: Duration = Duration::from_secs(10);
+
+/// An etcdctl that runs in the background (a lock holder, a campaigner, an
+/// observer) with its output collected as it comes.
+pub struct Background {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Background {
+    pub fn start(server: &Server, args: &[&str]) -> Background {
+        Background::start_at(&server.endpoint(), args)
+    }
+
+    /// [`Background::start`] with `--endpoints` as given.
+    pub fn start_at(endpoints: &str, args: &[&str]) -> Background {
+        let mut child = Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn etcdctl");
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Background {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout buffer").clone()
+    }
+
+    /// The end of both outputs, for a failure message (a progress bar can
+    /// redraw itself hundreds of times).
+    pub fn output(&self) -> String {
+        format!(
+            "stdout: {:?}\nstderr: {:?}",
+            tail(&self.stdout(), 2_000),
+            tail(&self.stderr.lock().expect("stderr buffer"), 2_000)
+        )
+    }
+
+    /// Waits until stdout satisfies `cond`; fails the test after BACKGROUND_DEADLINE.
+    pub fn wait_stdout(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        assert!(
+            wait_until(BACKGROUND_DEADLINE, || cond(&self.stdout())),
+            "etcdctl never printed {what}; stdout: {:?}; stderr: {:?}",
+            self.stdout(),
+            self.stderr.lock().expect("stderr buffer")
+        );
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGINT, as a user's Ctrl-C: etcdctl unlocks or resigns, then exits.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        let status = self.wait_for(BACKGROUND_DEADLINE);
+        status.unwrap_or_else(|| panic!("etcdctl did not exit; stdout: {:?}", self.stdout()))
+    }
+
+    /// The exit status, or None if it is still running at `timeout`.
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let out = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+            out.lock().expect("buffer").push_str(&text);
+        }
+    });
+    buf
 }
