@@ -29,6 +29,15 @@ use crate::msg::Progress;
 /// (etcd's `MaxUncommittedEntriesSize`, 1 GiB).
 pub const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
 
+/// A follower's request to its leader: a forwarded proposal or ReadIndex,
+/// which says nothing about the follower's own log.
+fn is_request(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        raft::eraftpb::MessageType::MsgPropose | raft::eraftpb::MessageType::MsgReadIndex
+    )
+}
+
 /// What a Ready asks of the caller before it can be advanced.
 pub struct ReadyWork {
     /// raft-rs's number for this Ready, reported back once it is durable.
@@ -255,6 +264,30 @@ impl Core {
     /// True when this member is the only voter (no peers to ask).
     pub fn is_alone(&self) -> bool {
         self.node.raft.prs().is_singleton()
+    }
+
+    /// Messages that may leave now, even while a persist is in flight, taken
+    /// out of raft-rs's outbox: all of a leader's (raft-rs sends those
+    /// before the leader's own append is durable, thesis 10.2.1, and would
+    /// only hold them until the next Ready), and a follower's forwarded
+    /// proposals and ReadIndex requests. raft-rs holds every message of a
+    /// follower's Ready until that Ready is persisted, because most of them
+    /// (append and vote responses) vouch for this member's log; these two
+    /// only ask the leader for something, so making them wait for this
+    /// member's fsync (and for the one before it) only delays the client.
+    pub fn take_sendable(&mut self) -> Vec<Message> {
+        let raft = &mut self.node.raft;
+        if raft.state == StateRole::Leader {
+            return std::mem::take(&mut raft.msgs);
+        }
+        if !raft.msgs.iter().any(is_request) {
+            return Vec::new();
+        }
+        let (now, later) = std::mem::take(&mut raft.msgs)
+            .into_iter()
+            .partition(is_request);
+        raft.msgs = later;
+        now
     }
 
     /// Starts raft's ReadIndex protocol for the reads batched under `ctx`:
@@ -683,6 +716,74 @@ mod tests {
             !n.reads[follower].is_empty()
         });
         assert_eq!(net.reads[follower], vec![(7, commit)]);
+    }
+
+    /// Runs one Ready of `from` to the end and delivers its messages to
+    /// `to` only (0-based indexes).
+    fn ready_to(net: &mut Net, from: usize, to: usize) {
+        let mut wire = Vec::new();
+        while let Some(mut work) = net.cores[from].begin_ready() {
+            wire.append(&mut work.send_now);
+            Core::persist(&net.cores[from].store().clone(), &work).expect("persist");
+            wire.extend(net.cores[from].finish_ready(work));
+        }
+        for m in wire.into_iter().filter(|m| m.to == to as u64 + 1) {
+            net.cores[to].step(m).expect("step");
+        }
+    }
+
+    fn kinds(msgs: &[Message]) -> Vec<raft::eraftpb::MessageType> {
+        msgs.iter().map(|m| m.get_msg_type()).collect()
+    }
+
+    #[test]
+    fn a_followers_requests_leave_during_its_persist_and_its_acceptances_wait() {
+        use raft::eraftpb::MessageType::*;
+        let mut net = Net::new();
+        net.tick_until("a leader elected", |n| {
+            n.leader().is_some() && n.cores.iter().all(|c| c.progress().leader_id != 0)
+        });
+        let leader = net.leader().expect("leader");
+        let follower = (leader + 1) % 3;
+        // Rounds without ticks until nobody has anything left to do.
+        for _ in 0..20 {
+            if net.cores.iter().all(|c| !c.node.has_ready()) {
+                break;
+            }
+            net.round();
+        }
+
+        // A leader's messages may always leave: its appends, at once.
+        net.cores[leader].propose(b"one".to_vec()).expect("propose");
+        let appends = net.cores[leader].take_sendable();
+        assert_eq!(kinds(&appends), vec![MsgAppend, MsgAppend]);
+        for m in appends.into_iter().filter(|m| m.to == follower as u64 + 1) {
+            net.cores[follower].step(m).expect("step");
+        }
+        // The follower's persist of "one" is in flight; its acceptance is
+        // held back with it.
+        let in_flight = net.cores[follower].begin_ready().expect("a Ready");
+        assert!(!in_flight.nothing_to_persist());
+        assert!(net.cores[follower].take_sendable().is_empty());
+
+        // Meanwhile another append arrives, and a client of the follower
+        // proposes and reads.
+        net.cores[leader].propose(b"two".to_vec()).expect("propose");
+        ready_to(&mut net, leader, follower);
+        net.cores[follower].propose(b"three".to_vec()).expect("forwarded");
+        net.cores[follower].request_read(9);
+        let sent = net.cores[follower].take_sendable();
+        assert_eq!(kinds(&sent), vec![MsgPropose, MsgReadIndex]);
+        assert!(sent.iter().all(|m| m.to == leader as u64 + 1));
+        // The acceptance of "two" still waits in raft's outbox for the
+        // follower's next persist.
+        assert_eq!(
+            kinds(&net.cores[follower].node.raft.msgs),
+            vec![MsgAppendResponse]
+        );
+        Core::persist(&net.cores[follower].store().clone(), &in_flight).expect("persist");
+        let accepted = net.cores[follower].finish_ready(in_flight);
+        assert_eq!(kinds(&accepted), vec![MsgAppendResponse]);
     }
 
     #[test]

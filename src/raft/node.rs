@@ -267,6 +267,10 @@ impl RaftNode {
     /// rest off-thread, and continue when the persist is done.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         self.serve_reads();
+        // Before the persist check: a follower's forwarded proposals and a
+        // leader's appends leave now, not after the fsync in flight.
+        let sendable = self.core.take_sendable();
+        self.hand_off(sendable, Vec::new());
         if self.log.take_image_wanted() {
             self.make_image(ctx);
         }
