@@ -59,7 +59,10 @@ fn make_mirror_copies_a_prefix_and_follows_its_changes() {
     );
     assert!(txn.status.success(), "{txn:?}");
     let want = prefix(&source, "m/");
-    assert!(want.contains("m/txn-b\nb\n") && !want.contains("m/010\n"), "{want}");
+    assert!(
+        want.contains("m/txn-b\nb\n") && !want.contains("m/010\n"),
+        "{want}"
+    );
     assert!(
         wait_until(deadline, || prefix(&dest, "m/") == want),
         "the destination did not follow the changes: {:?}\n{}",
@@ -81,11 +84,21 @@ fn check_perf_passes_and_leaves_the_store_compacted() {
     // 60 s of puts, then the delete, compaction and defragment.
     let mut check = Background::start(
         &server,
-        &["check", "perf", "--load", "s", "--auto-compact", "--auto-defrag"],
+        &[
+            "check",
+            "perf",
+            "--load",
+            "s",
+            "--auto-compact",
+            "--auto-defrag",
+        ],
     );
     let status = check.wait_for(Duration::from_secs(180));
     let out = check.output();
-    assert!(status.is_some(), "check perf did not finish in 180 s\n{out}");
+    assert!(
+        status.is_some(),
+        "check perf did not finish in 180 s\n{out}"
+    );
     let stdout = check.stdout();
     assert!(!stdout.contains("FAIL: too many errors"), "{out}");
     // The 150 puts/s of load `s`, sustained (etcdctl wants 90% of it).

@@ -770,7 +770,9 @@ mod tests {
         // proposes and reads.
         net.cores[leader].propose(b"two".to_vec()).expect("propose");
         ready_to(&mut net, leader, follower);
-        net.cores[follower].propose(b"three".to_vec()).expect("forwarded");
+        net.cores[follower]
+            .propose(b"three".to_vec())
+            .expect("forwarded");
         net.cores[follower].request_read(9);
         let sent = net.cores[follower].take_sendable();
         assert_eq!(kinds(&sent), vec![MsgPropose, MsgReadIndex]);
