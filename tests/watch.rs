@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -753,19 +753,7 @@ impl EtcdctlWatch {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn etcdctl watch");
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stdout.take().expect("stdout");
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut s = sink.lock().expect("lock");
-                s.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let out = common::collect(child.stdout.take().expect("stdout"));
         let stdin = child.stdin.take();
         EtcdctlWatch { child, out, stdin }
     }

@@ -280,14 +280,7 @@ impl Core {
         if raft.state == StateRole::Leader {
             return std::mem::take(&mut raft.msgs);
         }
-        if !raft.msgs.iter().any(is_request) {
-            return Vec::new();
-        }
-        let (now, later) = std::mem::take(&mut raft.msgs)
-            .into_iter()
-            .partition(is_request);
-        raft.msgs = later;
-        now
+        raft.msgs.extract_if(.., |m| is_request(m)).collect()
     }
 
     /// Starts raft's ReadIndex protocol for the reads batched under `ctx`:
@@ -718,8 +711,8 @@ mod tests {
         assert_eq!(net.reads[follower], vec![(7, commit)]);
     }
 
-    /// Runs one Ready of `from` to the end and delivers its messages to
-    /// `to` only (0-based indexes).
+    /// Runs `from`'s Readies to the end and delivers their messages to `to`
+    /// only (0-based indexes).
     fn ready_to(net: &mut Net, from: usize, to: usize) {
         let mut wire = Vec::new();
         while let Some(mut work) = net.cores[from].begin_ready() {

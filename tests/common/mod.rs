@@ -927,7 +927,8 @@ impl Drop for Background {
     }
 }
 
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+/// Collects what `pipe` gives, as it comes, on a thread of its own.
+pub fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
     let out = buf.clone();
     std::thread::spawn(move || {

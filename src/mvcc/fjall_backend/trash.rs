@@ -169,7 +169,10 @@ impl Shared {
         let trash = self.root.join(TRASH);
         std::fs::create_dir_all(&trash)?;
         let mut done = Pass::default();
-        let named: HashSet<OsString> = list(&trash)?.into_iter().map(|e| e.file_name()).collect();
+        // The names already in the trash: the files this pass may free
+        // (the ones it links below have two names, and stay).
+        let in_trash = list(&trash)?;
+        let named: HashSet<OsString> = in_trash.iter().map(|e| e.file_name()).collect();
         for part in list(&self.root.join("partitions"))? {
             if !part.file_type()?.is_dir() {
                 continue;
@@ -190,7 +193,7 @@ impl Shared {
             }
         }
         let mut open = None;
-        for entry in list(&trash)? {
+        for entry in in_trash {
             let meta = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
