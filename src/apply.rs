@@ -111,8 +111,9 @@ pub struct ApplyOutput {
     /// raft entries, conf changes) and for entries skipped as already applied.
     pub results: Vec<Option<Result<ApplyResponse, EtcdError>>>,
     /// Every event produced, in revision order (watchers will use these
-    /// later). `prev_kv` is always filled; a watcher that did not ask for it
-    /// drops it.
+    /// later). A delete's event carries `prev_kv`; a put's does not (it reads
+    /// only the key index, as etcd's does), and the WatchBroadcaster reads it
+    /// for a watcher that asks.
     pub events: Vec<Event>,
     /// Lease grants, revokes and checkpoints, in log order.
     pub lease_changes: Vec<LeaseChange>,
@@ -497,7 +498,7 @@ fn put_in(txn: &mut WriteTxn, p: &PutRequest) -> Result<PutResponse, Fail> {
         ),
         (None, false) => (&p.value, p.lease),
     };
-    let rev = txn.put(&p.key, value, lease)?;
+    let rev = txn.put(&p.key, value, lease);
     Ok(PutResponse {
         header: header(rev),
         prev_kv: if p.prev_kv { prev } else { None },

@@ -1520,7 +1520,7 @@ mod tests {
         for (k, v) in ops {
             match v {
                 Some(v) => {
-                    t.put(k.as_bytes(), v.as_bytes(), 0).expect("put");
+                    t.put(k.as_bytes(), v.as_bytes(), 0);
                 }
                 None => {
                     t.delete_range(&KeyRange::new(k.as_bytes(), b""))

@@ -159,7 +159,7 @@ fn rev_of(h: &Option<ResponseHeader>) -> i64 {
 fn put_with_lease(h: &mut Harness, key: &str, value: &str, lease: i64) {
     let mut w = BatchWriter::new(&h.store);
     let mut t = w.txn();
-    t.put(key.as_bytes(), value.as_bytes(), lease).expect("put");
+    t.put(key.as_bytes(), value.as_bytes(), lease);
     t.commit();
     w.commit(h.next_index).expect("commit");
     h.next_index += 1;
@@ -914,9 +914,25 @@ fn requests_in_one_batch_see_each_other() {
         Err(EtcdError::KeyNotFound)
     );
 
-    // Events, in revision order, with prev_kv filled.
-    let evs: Vec<(i32, String, i64, Option<String>)> = out
-        .events
+    // Events, in revision order. Applying a put does not read the previous
+    // record (a delete does); a watcher asking for prev_kv gets it filled.
+    let prevs = |events: &[Event]| -> Vec<Option<String>> {
+        events
+            .iter()
+            .map(|e| {
+                e.prev_kv
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+            })
+            .collect()
+    };
+    assert_eq!(
+        prevs(&out.events),
+        [None, None, None, Some("1".to_string())]
+    );
+    let mut events = out.events.clone();
+    h.store.fill_prev_kvs(events.iter_mut()).expect("prev_kv");
+    let evs: Vec<(i32, String, i64, Option<String>)> = events
         .iter()
         .map(|e| {
             let kv = e.kv.as_ref().expect("kv");
@@ -1378,12 +1394,18 @@ fn same_key_written_twice_in_one_txn() {
         ),
         (&b"y"[..], 4, 5, 3)
     );
-    let prev: Vec<Option<i64>> = out
-        .events
+    // A watcher's prev_kv is the key at the revision before the event's, as
+    // etcd's watch server reads it: for both puts, the key before the txn
+    // (clients cannot send this txn; validation refuses a duplicate key).
+    let mut events = out.events.clone();
+    h.store.fill_prev_kvs(events.iter_mut()).expect("prev_kv");
+    let prev: Vec<Option<i64>> = events
         .iter()
         .map(|e| e.prev_kv.as_ref().map(|p| p.version))
         .collect();
-    assert_eq!(prev, vec![Some(1), Some(2)]);
+    assert_eq!(prev, vec![Some(1), Some(1)]);
+    let replayed = h.store.history(5, 5, true, |_| true).expect("history");
+    assert_eq!(replayed, events);
     // History at 4 is the re-created key, before it the old generation.
     let at = |rev: i64| {
         h.store

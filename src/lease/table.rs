@@ -13,7 +13,7 @@
 //! remaining_ttl}`. Attachments are not stored: a key's current revision
 //! record names its lease, so [`crate::mvcc::Store::open`] rebuilds them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message;
 
@@ -56,6 +56,10 @@ pub struct LeaseEntry {
 pub struct LeaseTable {
     /// Leases by id; ordered so listings are stable.
     leases: BTreeMap<i64, LeaseEntry>,
+    /// The lease each attached key is on (etcd's `itemMap`): a put or a
+    /// delete detaches its key from its old lease without reading the key's
+    /// previous record.
+    items: HashMap<Vec<u8>, i64>,
 }
 
 impl LeaseTable {
@@ -101,21 +105,46 @@ impl LeaseTable {
 
     /// Removes lease `id` with its attachments.
     pub fn remove(&mut self, id: i64) -> Option<LeaseEntry> {
-        self.leases.remove(&id)
+        let entry = self.leases.remove(&id)?;
+        for key in &entry.keys {
+            self.items.remove(key);
+        }
+        Some(entry)
     }
 
-    /// Attaches `key` to lease `id`; a lease that does not exist is ignored
-    /// (the apply layer refused puts with unknown leases already).
+    /// Attaches `key` to lease `id` (and detaches it from any other); a
+    /// lease that does not exist is ignored (the apply layer refused puts
+    /// with unknown leases already).
     pub fn attach(&mut self, id: i64, key: &[u8]) {
-        if let Some(e) = self.leases.get_mut(&id) {
-            e.keys.insert(key.to_vec());
+        let Some(e) = self.leases.get_mut(&id) else {
+            return;
+        };
+        e.keys.insert(key.to_vec());
+        if let Some(old) = self.items.insert(key.to_vec(), id) {
+            if old != id {
+                if let Some(e) = self.leases.get_mut(&old) {
+                    e.keys.remove(key);
+                }
+            }
         }
     }
 
-    pub fn detach(&mut self, id: i64, key: &[u8]) {
-        if let Some(e) = self.leases.get_mut(&id) {
-            e.keys.remove(key);
+    /// Detaches `key` from the lease it is on, if any.
+    fn detach(&mut self, key: &[u8]) {
+        // Most stores have no leased key: no hashing then.
+        if self.items.is_empty() {
+            return;
         }
+        if let Some(old) = self.items.remove(key) {
+            if let Some(e) = self.leases.get_mut(&old) {
+                e.keys.remove(key);
+            }
+        }
+    }
+
+    /// The lease `key` is attached to, if any.
+    pub fn lease_of(&self, key: &[u8]) -> Option<i64> {
+        self.items.get(key).copied()
     }
 
     /// Follows one applied event: the key leaves its previous lease and, on a
@@ -124,11 +153,7 @@ impl LeaseTable {
     /// attached to the lease of its latest revision.
     pub fn apply_event(&mut self, ev: &Event) {
         let Some(kv) = &ev.kv else { return };
-        if let Some(prev) = &ev.prev_kv {
-            if prev.lease != 0 {
-                self.detach(prev.lease, &kv.key);
-            }
-        }
+        self.detach(&kv.key);
         if ev.r#type == EventType::Put as i32 && kv.lease != 0 {
             self.attach(kv.lease, &kv.key);
         }
@@ -156,19 +181,21 @@ mod tests {
         }
     }
 
-    fn put(key: &str, lease: i64, prev: Option<i64>) -> Event {
+    // Events as applying a put makes them: no prev_kv (the table knows
+    // which lease a key is on).
+    fn put(key: &str, lease: i64) -> Event {
         Event {
             r#type: EventType::Put as i32,
             kv: Some(kv(key, lease)),
-            prev_kv: prev.map(|l| kv(key, l)),
+            prev_kv: None,
         }
     }
 
-    fn del(key: &str, prev: i64) -> Event {
+    fn del(key: &str) -> Event {
         Event {
             r#type: EventType::Delete as i32,
             kv: Some(kv(key, 0)),
-            prev_kv: Some(kv(key, prev)),
+            prev_kv: None,
         }
     }
 
@@ -195,36 +222,36 @@ mod tests {
         }
         let cases = [
             Case {
-                event: put("a", 1, None),
+                event: put("a", 1),
                 on_1: &["a"],
                 on_2: &[],
             },
             Case {
-                event: put("b", 1, None),
+                event: put("b", 1),
                 on_1: &["a", "b"],
                 on_2: &[],
             },
             // Re-put with another lease moves it.
             Case {
-                event: put("a", 2, Some(1)),
+                event: put("a", 2),
                 on_1: &["b"],
                 on_2: &["a"],
             },
             // A put without lease detaches.
             Case {
-                event: put("b", 0, Some(1)),
+                event: put("b", 0),
                 on_1: &[],
                 on_2: &["a"],
             },
             // A delete detaches.
             Case {
-                event: del("a", 2),
+                event: del("a"),
                 on_1: &[],
                 on_2: &[],
             },
             // An unknown lease is ignored.
             Case {
-                event: put("c", 9, None),
+                event: put("c", 9),
                 on_1: &[],
                 on_2: &[],
             },
@@ -233,7 +260,13 @@ mod tests {
             t.apply_event(&c.event);
             assert_eq!(keys(&t, 1), c.on_1, "step {i}, lease 1");
             assert_eq!(keys(&t, 2), c.on_2, "step {i}, lease 2");
+            for (id, on) in [(1, c.on_1), (2, c.on_2)] {
+                for k in on {
+                    assert_eq!(t.lease_of(k.as_bytes()), Some(id), "step {i}, {k}");
+                }
+            }
         }
+        assert_eq!(t.lease_of(b"a"), None);
     }
 
     #[test]
@@ -251,6 +284,7 @@ mod tests {
         assert_eq!(t.records().len(), 1);
         assert!(t.remove(7).is_some());
         assert!(!t.contains(7));
+        assert_eq!(t.lease_of(b"k"), None);
         t.attach(7, b"k");
         assert!(t.is_empty());
     }

@@ -16,7 +16,7 @@ use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
 use super::range::ReadError;
 use super::revision::Revision;
-use super::store::{read_record, rev_key, Store, REV_PREFIX};
+use super::store::{read_record, rev_key, Committed, Store, REV_PREFIX};
 
 impl Store {
     /// Every change with main revision in `from..=to` to a key `wanted`
@@ -55,7 +55,6 @@ impl Store {
             self.compaction.register(from - 1)
         };
         let mut events = Vec::new();
-        let mut revs = Vec::new();
         let start = rev_key(Revision::new(from.max(0), 0), false);
         let end = rev_key(Revision::new(to.saturating_add(1), 0), false);
         for item in self.backend().scan_range(&start, &end) {
@@ -78,7 +77,6 @@ impl Store {
             } else {
                 EventType::Put
             };
-            revs.push(rev.main);
             events.push(Event {
                 r#type: kind as i32,
                 kv: Some(kv),
@@ -88,31 +86,76 @@ impl Store {
         if !prev_kv || events.is_empty() {
             return Ok(events);
         }
-        // The revision each event's key had just before it, read as the
-        // index pruned at the compact revision answers (a record below it
-        // may already be gone).
-        let prevs: Vec<Option<Revision>> = {
+        let prevs = {
             let c = self.committed.read();
             if from < c.compact_rev {
                 return Err(EtcdError::Compacted.into());
             }
-            events
-                .iter()
-                .zip(&revs)
-                .map(|(ev, &rev)| {
-                    let key = ev.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
-                    c.index
-                        .get(key)
-                        .and_then(|ki| ki.get_compacted(rev - 1, c.compact_rev))
-                        .map(|at| at.modified)
-                })
-                .collect()
+            previous_revisions(&c, events.iter())
         };
-        for (ev, prev) in events.iter_mut().zip(prevs) {
+        self.read_previous(events.iter_mut(), prevs)?;
+        Ok(events)
+    }
+
+    /// Sets the `prev_kv` of each event to its key as it was at the revision
+    /// before the event, as etcd's watch server reads it for a watcher that
+    /// asks for it: applying a put does not read the previous value, so a
+    /// live event has a `prev_kv` only if its request read one. An event
+    /// whose key did not exist just before it, or whose previous record
+    /// compaction removed, keeps none.
+    pub fn fill_prev_kvs<'e>(
+        &self,
+        events: impl IntoIterator<Item = &'e mut Event>,
+    ) -> Result<(), StorageError> {
+        let mut events: Vec<&mut Event> = events.into_iter().collect();
+        let Some(from) = events.iter().map(|e| event_rev(e)).min() else {
+            return Ok(());
+        };
+        let _gate = self.enter();
+        let (_read, prevs) = {
+            let c = self.committed.read();
+            // Registered under the lock, so that the compactor removes
+            // nothing the index still points at until the reads are done.
+            let read = self.compaction.register(from - 1);
+            (read, previous_revisions(&c, events.iter().map(|e| &**e)))
+        };
+        self.read_previous(events.iter_mut().map(|e| &mut **e), prevs)
+    }
+
+    /// Reads the records `prevs` names into the events' `prev_kv`.
+    fn read_previous<'e>(
+        &self,
+        events: impl Iterator<Item = &'e mut Event>,
+        prevs: Vec<Option<Revision>>,
+    ) -> Result<(), StorageError> {
+        for (ev, prev) in events.zip(prevs) {
             if let Some(at) = prev {
                 ev.prev_kv = Some(read_record(self.backend().as_ref(), at)?);
             }
         }
-        Ok(events)
+        Ok(())
     }
+}
+
+/// The revision each event's key had just before the event, as the index
+/// pruned at the compact revision answers (a record below it may already be
+/// gone).
+fn previous_revisions<'e>(
+    c: &Committed,
+    events: impl Iterator<Item = &'e Event>,
+) -> Vec<Option<Revision>> {
+    events
+        .map(|ev| {
+            let key = ev.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
+            c.index
+                .get(key)
+                .and_then(|ki| ki.get_compacted(event_rev(ev) - 1, c.compact_rev))
+                .map(|at| at.modified)
+        })
+        .collect()
+}
+
+/// An event's main revision.
+fn event_rev(e: &Event) -> i64 {
+    e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }

@@ -22,7 +22,7 @@ fn put_all(s: &Store, kvs: &[(&str, &str)]) -> i64 {
     let mut t = w.txn();
     let mut rev = 0;
     for (k, v) in kvs {
-        rev = t.put(k.as_bytes(), v.as_bytes(), 0).expect("put");
+        rev = t.put(k.as_bytes(), v.as_bytes(), 0);
     }
     t.commit();
     w.commit(s.applied_index() + 1).expect("commit");
@@ -257,8 +257,8 @@ fn one_transaction_is_one_revision() {
     let mut w = BatchWriter::new(&s);
     let mut t = w.txn();
     assert_eq!(t.begin_rev(), 2);
-    assert_eq!(t.put(b"a", b"1", 0).expect("put"), 3);
-    assert_eq!(t.put(b"b", b"2", 0).expect("put"), 3);
+    assert_eq!(t.put(b"a", b"1", 0), 3);
+    assert_eq!(t.put(b"b", b"2", 0), 3);
     assert_eq!(
         t.delete_range(&KeyRange::new(b"c", b"")).expect("del"),
         (1, 3)
@@ -322,8 +322,8 @@ fn dropped_transaction_changes_nothing() {
     let mut w = BatchWriter::new(&s);
     {
         let mut t = w.txn();
-        t.put(b"a", b"2", 0).expect("put");
-        t.put(b"new", b"x", 0).expect("put");
+        t.put(b"a", b"2", 0);
+        t.put(b"new", b"x", 0);
         t.delete_range(&KeyRange::new(b"a", b"")).expect("del");
         // dropped: rolled back
     }
@@ -335,7 +335,7 @@ fn dropped_transaction_changes_nothing() {
     );
     assert_eq!(t.get(b"new").expect("get"), None);
     // The next write reuses the revision the dropped one would have had.
-    assert_eq!(t.put(b"b", b"1", 0).expect("put"), 3);
+    assert_eq!(t.put(b"b", b"1", 0), 3);
     t.commit();
     let events = w.commit(9).expect("commit");
     assert_eq!(events.len(), 1);
@@ -356,15 +356,15 @@ fn batch_overlay_is_visible_to_the_batch_only() {
     put(&s, "a", "1"); // 2
     let mut w = BatchWriter::new(&s);
     let mut t = w.txn();
-    t.put(b"a", b"2", 0).expect("put");
-    t.put(b"b", b"1", 0).expect("put");
+    t.put(b"a", b"2", 0);
+    t.put(b"b", b"1", 0);
     t.commit();
     // Later requests of the batch see it...
     let mut t = w.txn();
     assert_eq!(t.begin_rev(), 3);
     let a = t.get(b"a").expect("get").expect("present");
     assert_eq!(summary(&a), ("2".into(), 2, 3, 2));
-    t.put(b"a", b"3", 0).expect("put");
+    t.put(b"a", b"3", 0);
     t.commit();
     let r = range::range(
         &w,
@@ -546,7 +546,7 @@ fn compaction_in_the_same_batch_as_writes() {
     put(&s, "a", "1"); // 2
     let mut w = BatchWriter::new(&s);
     let mut t = w.txn();
-    t.put(b"a", b"2", 0).expect("put"); // 3
+    t.put(b"a", b"2", 0); // 3
     t.commit();
     w.compact(3).expect("compact");
     // Reads below the new compaction fail at once, inside the batch too.
@@ -562,7 +562,7 @@ fn compaction_in_the_same_batch_as_writes() {
         Err(ReadError::Client(EtcdError::Compacted))
     ));
     let mut t = w.txn();
-    t.put(b"a", b"3", 0).expect("put"); // 4
+    t.put(b"a", b"3", 0); // 4
     t.commit();
     w.commit(3).expect("commit");
     s.wait_compacted(3);
@@ -978,7 +978,7 @@ fn concurrent_readers_never_see_half_a_batch() {
         let mut w = BatchWriter::new(&s);
         let mut t = w.txn();
         for k in &keys {
-            t.put(k.as_bytes(), v.as_bytes(), 0).expect("put");
+            t.put(k.as_bytes(), v.as_bytes(), 0);
         }
         t.commit();
         if i % 5 == 4 {
@@ -1003,7 +1003,7 @@ fn historic_reads_of_keys_written_in_the_batch() {
     put(&s, "a", "2"); // 3
     let mut w = BatchWriter::new(&s);
     let mut t = w.txn();
-    t.put(b"a", b"3", 0).expect("put"); // 4
+    t.put(b"a", b"3", 0); // 4
     t.commit();
     let mut t = w.txn();
     t.delete_range(&KeyRange::new(b"a", b"")).expect("del"); // 5
@@ -1056,20 +1056,20 @@ fn mixed_history(s: &Store) -> Vec<crate::proto::mvccpb::Event> {
         live.extend(w.commit(s.applied_index() + 1).expect("commit"));
     };
     batch(&|t| {
-        t.put(b"a", b"1", 0).expect("put");
+        t.put(b"a", b"1", 0);
     }); // 2
     batch(&|t| {
-        t.put(b"b", b"1", 0).expect("put");
-        t.put(b"c", b"1", 0).expect("put");
+        t.put(b"b", b"1", 0);
+        t.put(b"c", b"1", 0);
     }); // 3: one txn, two events
     batch(&|t| {
-        t.put(b"a", b"2", 0).expect("put");
+        t.put(b"a", b"2", 0);
     }); // 4
     batch(&|t| {
         t.delete_range(&KeyRange::new(b"a", b"c")).expect("delete");
     }); // 5: deletes a and b
     batch(&|t| {
-        t.put(b"a", b"3", 7).expect("put");
+        t.put(b"a", b"3", 7);
     }); // 6: a new generation of a
     live
 }
@@ -1081,9 +1081,15 @@ fn history_replays_exactly_the_live_feed() {
         let b = Arc::new(open_sled_for_test(&dir.path().join("db")));
         ("sled", Store::open(b).expect("open"), Some(dir))
     }] {
-        let live = mixed_history(&s);
+        let mut live = mixed_history(&s);
         assert_eq!(s.current_revision(), 6, "{name}");
         let replayed = s.history(2, 6, true, |_| true).expect("history");
+        // A put's event carries no prev_kv when applied; the broadcaster
+        // fills it for watchers that ask.
+        assert!(live
+            .iter()
+            .any(|e| e.kv.as_ref().is_some_and(|kv| kv.version > 1) && e.prev_kv.is_none()));
+        s.fill_prev_kvs(live.iter_mut()).expect("prev_kv");
         // Same events, same order, same prev_kv: what a watcher catching up
         // reads is what a synced watcher was sent.
         assert_eq!(replayed, live, "{name}");
@@ -1213,8 +1219,7 @@ fn rounds(s: &Store, keys: usize, rounds: usize) {
         let mut w = BatchWriter::new(s);
         let mut t = w.txn();
         for i in 0..keys {
-            t.put(format!("k{i:05}").as_bytes(), r.to_string().as_bytes(), 0)
-                .expect("put");
+            t.put(format!("k{i:05}").as_bytes(), r.to_string().as_bytes(), 0);
         }
         t.commit();
         w.commit(s.applied_index() + 1).expect("commit");

@@ -513,34 +513,51 @@ impl WriteTxn<'_, '_> {
     /// tail of its committed history; saved for rollback on its first write
     /// in this transaction.
     fn touch(&mut self, key: &[u8]) -> &mut KeyIndex {
-        if self.undo_keys.insert(key.to_vec()) {
-            self.undo
-                .push((key.to_vec(), self.w.keys.get(key).cloned()));
+        use std::collections::btree_map::Entry;
+        let first_in_txn = !self.undo_keys.contains(key);
+        if first_in_txn {
+            self.undo_keys.insert(key.to_vec());
         }
-        if !self.w.keys.contains_key(key) {
-            let base = self
-                .w
-                .store
-                .committed
-                .read()
-                .index
-                .get(key)
-                .map(KeyIndex::tail)
-                .unwrap_or_default();
-            self.w.keys.insert(key.to_vec(), base);
+        match self.w.keys.entry(key.to_vec()) {
+            Entry::Occupied(e) => {
+                if first_in_txn {
+                    self.undo.push((key.to_vec(), Some(e.get().clone())));
+                }
+                e.into_mut()
+            }
+            Entry::Vacant(e) => {
+                if first_in_txn {
+                    self.undo.push((key.to_vec(), None));
+                }
+                let base = self
+                    .w
+                    .store
+                    .committed
+                    .read()
+                    .index
+                    .get(key)
+                    .map(KeyIndex::tail)
+                    .unwrap_or_default();
+                e.insert(base)
+            }
         }
-        self.w.keys.entry(key.to_vec()).or_default()
     }
 
     /// Puts `key` = `value` with `lease`; returns the new revision.
-    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, StorageError> {
+    ///
+    /// Like etcd's, a put reads only the key index, not the key's previous
+    /// record: its event has no `prev_kv` (the WatchBroadcaster reads it for
+    /// a watcher that asks, [`crate::mvcc::Store::fill_prev_kvs`]), and the
+    /// lease table knows which lease the key leaves.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> i64 {
         crate::io_metrics::MVCC_PUT.inc();
         let rev = self.begin_rev + 1;
-        let prev = self.w.key_at(key, rev);
-        let prev_kv = match prev {
-            Some(p) => Some(self.w.record(p.modified)?),
-            None => None,
-        };
+        let at = Revision::new(rev, self.changes);
+        let history = self.touch(key);
+        // The batch's history of the key covers every revision since the
+        // batch began, so it answers for the key as it is now.
+        let prev = history.get(rev);
+        history.put(at);
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision: prev.map_or(rev, |p| p.created.main),
@@ -549,16 +566,14 @@ impl WriteTxn<'_, '_> {
             value: value.to_vec(),
             lease,
         };
-        let at = Revision::new(rev, self.changes);
-        self.touch(key).put(at);
         self.w.records.insert(at, (kv.clone(), false));
         self.w.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
-            prev_kv,
+            prev_kv: None,
         });
         self.changes += 1;
-        Ok(rev)
+        rev
     }
 
     /// Deletes every key in `range`; returns (number deleted, header revision

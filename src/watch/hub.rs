@@ -36,7 +36,7 @@ use crate::proto::mvccpb::{event::EventType, Event};
 
 use super::group::{WatcherGroup, WatcherKey};
 use super::{
-    event_rev, CtrlPermit, EventsResponse, IdMap, Outbound, Selection, StreamId, CTRL_BUFFER,
+    event_rev, CtrlPermit, EventsResponse, IdMap, IdSet, Outbound, Selection, StreamId, CTRL_BUFFER,
 };
 
 /// Most revisions one catch-up pass reads (etcd's `watchBatchMaxRevs`).
@@ -215,6 +215,17 @@ impl Outgoing {
         self.keys.push(key);
         self.responses.push(response);
     }
+}
+
+/// Whether an event could have a `prev_kv` it does not carry: a put of a
+/// key that existed before it (version above 1), or a delete.
+fn lacks_prev_kv(e: &Event) -> bool {
+    e.prev_kv.is_none()
+        && match EventType::try_from(e.r#type) {
+            Ok(EventType::Put) => e.kv.as_ref().is_some_and(|kv| kv.version > 1),
+            Ok(EventType::Delete) => true,
+            Err(_) => false,
+        }
 }
 
 /// Every watcher of the member. See the module documentation.
@@ -520,6 +531,7 @@ impl Hub {
         // range's watchers share its selection unless a filter or a start
         // revision makes one's events differ), building each stream's item.
         let sets = self.synced.select(&events, first);
+        let events = self.with_prev_kvs(events, &sets);
         let matched: usize = sets.iter().map(|(ws, _)| ws.len()).sum();
         let mut by_stream: IdMap<StreamId, Outgoing> = IdMap::default();
         for (ws, indexes) in sets {
@@ -585,6 +597,41 @@ impl Hub {
             }
         }
         need_sync
+    }
+
+    /// `events` with the `prev_kv` of every event that a watcher asking for
+    /// it gets in `sets`: applying a put does not read the key's previous
+    /// record, so, as etcd's watch server does, the hub reads it when a
+    /// watcher wants it (once per event, whatever the number of watchers).
+    fn with_prev_kvs(
+        &self,
+        events: Arc<Vec<Event>>,
+        sets: &[(&IdSet<WatcherKey>, Vec<u32>)],
+    ) -> Arc<Vec<Event>> {
+        let mut wanted: Vec<usize> = sets
+            .iter()
+            .filter(|(ws, _)| {
+                ws.iter()
+                    .any(|k| self.watchers.get(k).is_some_and(|w| w.prev_kv))
+            })
+            .flat_map(|(_, indexes)| indexes.iter().map(|&i| i as usize))
+            .filter(|&i| events.get(i).is_some_and(lacks_prev_kv))
+            .collect();
+        if wanted.is_empty() {
+            return events;
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut events = Arc::unwrap_or_clone(events);
+        let picked = events
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| wanted.binary_search(i).is_ok())
+            .map(|(_, e)| e);
+        if let Err(e) = self.store.fill_prev_kvs(picked) {
+            fatal("reading the previous values of watch events", &e);
+        }
+        Arc::new(events)
     }
 
     /// One catch-up pass over the unsynced watchers whose streams have room:

@@ -45,7 +45,7 @@ impl Fixture {
                     t.delete_range(&KeyRange::new(k.as_bytes(), b""))
                         .expect("delete");
                 } else {
-                    t.put(k.as_bytes(), v.as_bytes(), 0).expect("put");
+                    t.put(k.as_bytes(), v.as_bytes(), 0);
                 }
             }
             t.commit();
