@@ -486,7 +486,7 @@ pub(super) const OPTIONS: &[Opt] = &[
         "max_wals",
         "max-wals",
         &["5", "0"],
-        "raft-engine recycles its own log files once the log is truncated",
+        "the raft log bounds its own files: 64 MB each, truncated ones purged above 512 MB",
         "Maximum number of WAL files to retain [default: 5]",
     ),
     ignored(
