@@ -77,6 +77,23 @@ pub struct LogStore {
     meta: Arc<RwLock<Meta>>,
 }
 
+/// etcd's `warnSyncDuration`: a write and fsync of the log slower than this
+/// is logged at warn level with etcd's words (`slow fdatasync`).
+const WARN_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A request that waits for one fsync this slow misses the 100 ms that
+/// etcd's `apply request took too long` warns about; logged at debug level
+/// with the time, to match a stalled request to its fsync.
+const NOTE_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn slow_sync(took: std::time::Duration, entries: usize) {
+    if took >= WARN_SYNC {
+        tracing::warn!(?took, expected = ?WARN_SYNC, entries, "slow fdatasync");
+    } else if took >= NOTE_SYNC {
+        tracing::debug!(?took, entries, "raft log write and fsync over 100 ms");
+    }
+}
+
 /// The stored form of the truncated (index, term).
 fn truncated_bytes(index: u64, term: u64) -> Vec<u8> {
     let mut raw = Vec::with_capacity(16);
@@ -377,9 +394,11 @@ impl LogStore {
             batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs)?;
         }
         crate::failpoint::hit("raft-before-save");
+        let started = std::time::Instant::now();
         crate::io_metrics::timed(&crate::io_metrics::WAL_FSYNC, || {
             self.engine.write(&mut batch, true)
         })?;
+        slow_sync(started.elapsed(), entries.len());
         crate::failpoint::hit("raft-after-save");
         if let Some(hs) = hard_state {
             self.meta.write().hard_state = hs.clone();
