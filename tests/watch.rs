@@ -853,9 +853,11 @@ fn etcdctl_watch_interactive() {
     let rev = v["header"]["revision"].as_i64().expect("revision");
     etcdctl_ok(&server, &["put", "i2", "b"]);
     let mut w = EtcdctlWatch::start(&server, &["-i"], true);
+    // One watch at a time: etcdctl prints each watch's events from its own
+    // goroutine, so two replays arriving together interleave their lines.
     w.type_line(&format!("watch i1 --rev {rev}"));
-    w.type_line(&format!("watch i2 --rev {rev}"));
     w.wait_for("PUT\ni1\na\n");
+    w.type_line(&format!("watch i2 --rev {rev}"));
     w.wait_for("PUT\ni2\nb\n");
     etcdctl_ok(&server, &["put", "i2", "c"]);
     let out = w.wait_for("PUT\ni2\nc\n");
