@@ -143,6 +143,7 @@ impl LeaseTable {
     }
 
     /// The lease `key` is attached to, if any.
+    #[cfg(test)]
     pub fn lease_of(&self, key: &[u8]) -> Option<i64> {
         self.items.get(key).copied()
     }

@@ -155,7 +155,7 @@ fn previous_revisions<'e>(
         .collect()
 }
 
-/// An event's main revision.
-fn event_rev(e: &Event) -> i64 {
+/// An event's main revision (its key-value's mod revision).
+pub(crate) fn event_rev(e: &Event) -> i64 {
     e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }

@@ -395,10 +395,11 @@ impl LogStore {
         }
         crate::failpoint::hit("raft-before-save");
         let started = std::time::Instant::now();
-        crate::io_metrics::timed(&crate::io_metrics::WAL_FSYNC, || {
-            self.engine.write(&mut batch, true)
-        })?;
-        slow_sync(started.elapsed(), entries.len());
+        let written = self.engine.write(&mut batch, true);
+        let took = started.elapsed();
+        crate::io_metrics::WAL_FSYNC.observe(took.as_secs_f64());
+        slow_sync(took, entries.len());
+        written?;
         crate::failpoint::hit("raft-after-save");
         if let Some(hs) = hard_state {
             self.meta.write().hard_state = hs.clone();

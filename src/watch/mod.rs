@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::proto::mvccpb::Event;
 
+pub(crate) use crate::mvcc::history::event_rev;
 pub use broadcaster::WatchBroadcaster;
 
 /// Identifies one gRPC Watch stream inside the broadcaster.
@@ -256,9 +257,4 @@ impl EncodedEvents {
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
-}
-
-/// The main revision of an event.
-pub(crate) fn event_rev(e: &Event) -> i64 {
-    e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }
