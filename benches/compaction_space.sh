@@ -85,6 +85,13 @@ history)
     bench range --clients 4 --keys 1000 --val-size 1024 --duration 20 --timeline 2>> "$OUT/range.timeline" | summary >> "$OUT/range.summary"
   done) &
   P2=$!
+  # The raft log's fsync histogram (etcd's metric, which cairn exports too)
+  # once a second: how many fsyncs took over 32, 64 and 128 ms in each phase.
+  (while [ ! -e "$D/stop" ]; do
+    echo "$(now) $(curl -s "http://127.0.0.1:$CP/metrics" | grep -E '^etcd_disk_wal_fsync_duration_seconds_(bucket\{le="(0.032|0.064|0.128)"\}|count)' | awk '{print $2}' | tr '\n' ' ')" >> "$OUT/fsync.timeline"
+    sleep 1
+  done) &
+  P3=$!
   sleep 12
   ;;
 *)
@@ -125,12 +132,12 @@ print(round(end - ms / 1000, 2), round(end, 2))')"
     sleep $(python3 -c "print(max(0, $T2+10-$(now)))")
   fi
   touch "$D/stop"
-  wait $P1 $P2
+  wait $P1 $P2 $P3
   echo "puts (other/, 4 clients, last round): $(tail -1 "$OUT/put.summary")"
   echo "ranges (bench/, 4 clients, last round): $(tail -1 "$OUT/range.summary")"
-  python3 - "$OUT" "$T0" "$T1" "$T2" << 'EOF'
+  python3 - "$OUT" "$T0" "$T1" "$T2" "${T2S:-$T2}" << 'EOF'
 import sys
-out, t0, t1, t2 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+out, t0, t1, t2, t2s = (sys.argv[1], *map(float, sys.argv[2:6]))
 for name in ("put", "range"):
     rows = [l.split() for l in open(f"{out}/{name}.timeline") if l.startswith("timeline ")]
     def agg(sel):
@@ -146,6 +153,22 @@ for name in ("put", "range"):
     print(f"{name} after compaction:  {agg(r for r in rows if int(r[1]) > int(t2))}")
     print(f"{name} per second (t - compaction start, ops, p99, max):",
           " ".join(f"{int(r[1]) - int(t0)}:{r[3]}/{r[7]}/{r[9]}" for r in rows))
+# Samples: time, cumulative count at or under 32, 64, 128 ms, total count.
+samples = [[float(x) for x in l.split()] for l in open(f"{out}/fsync.timeline") if len(l.split()) == 5]
+def at(t):
+    before = [s for s in samples if s[0] <= t]
+    return before[-1] if before else samples[0]
+def fsyncs(a, b):
+    x, y = at(a), at(b)
+    over = lambda i: int((y[4] - y[i]) - (x[4] - x[i]))
+    return f"{int(y[4] - x[4])} fsyncs, over 32 ms {over(1)}, over 64 ms {over(2)}, over 128 ms {over(3)}"
+if samples:
+    print(f"raft log fsyncs before compaction: {fsyncs(samples[0][0], t0)}")
+    print(f"raft log fsyncs during compaction: {fsyncs(t0, t1)}")
+    print(f"raft log fsyncs after, to the major compaction's end: {fsyncs(t1, t2)}")
+    if t2s < t2:
+        print(f"raft log fsyncs in the major compaction itself: {fsyncs(t2s, t2)}")
+    print(f"raft log fsyncs after compaction: {fsyncs(t2, samples[-1][0])}")
 EOF
 fi
 etcdctl $E endpoint status -w table

@@ -88,6 +88,16 @@ fn generation_of(name: &str) -> Option<u64> {
 /// journals at a few memtables' worth.
 const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The size of the segment files a major compaction writes. fjall fsyncs
+/// each segment once, when it is complete, and until then the kernel holds
+/// its pages dirty (writeback starts at 10 % of RAM); so each fsync pushes
+/// a whole segment to the disk at once, and a raft log fdatasync that
+/// arrives meanwhile waits behind it. At fjall's 64 MiB that is ~100 ms on
+/// the benchmark machine's disk, the put stalls of docs/storage.md
+/// ("Session 12"); at 16 MiB a quarter of it. The leveled compactions that
+/// follow keep their own 64 MiB target.
+const MAJOR_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
 /// A fjall keyspace holding one partition (of the current generation).
 pub struct FjallBackend {
     /// For batches, `persist` and the size (journals included).
@@ -521,22 +531,18 @@ impl Backend for FjallBackend {
         let part = self.part();
         part.rotate_memtable_and_wait()?;
         let written_out = started.elapsed();
+        // Every input gets its second name (the memtable just written out
+        // too), so that fjall's drop of the replaced segments, under its
+        // level lock, frees nothing; the pass after it frees them here.
+        self.trash.pass()?;
         // fjall's own major_compact keeps every version newer than its GC
         // watermark, which trails the write sequence (by 100 batches, or
         // all of them on a store that took few); cairn opens no fjall
         // snapshot (reads see the latest data), so nothing older than now
         // is needed.
-        let target = match &part.config.compaction_strategy {
-            fjall::compaction::Strategy::Leveled(l) => u64::from(l.target_size),
-            _ => u64::MAX,
-        };
-        // Every input gets its second name (the memtable just written out
-        // too), so that fjall's drop of the replaced segments, under its
-        // level lock, frees nothing; the pass after it frees them here.
-        self.trash.pass()?;
         let compacted = part
             .tree
-            .major_compact(target, self.keyspace.instant())
+            .major_compact(MAJOR_SEGMENT_BYTES, self.keyspace.instant())
             .map_err(fjall::Error::from);
         let emptied = self.trash.pass();
         compacted?;
@@ -599,22 +605,55 @@ mod tests {
                 })
                 .collect()
         }
+
+        /// Keys `k000000`.. with a 1 KiB value each, in batches of 1,000.
+        fn fill(&mut self, b: &FjallBackend, keys: usize) {
+            for chunk in 0..keys.div_ceil(1000) {
+                let mut wb = WriteBatch::new();
+                for i in chunk * 1000..((chunk + 1) * 1000).min(keys) {
+                    wb.put(format!("k{i:06}").into_bytes(), self.value());
+                }
+                b.write_batch(wb).expect("write");
+            }
+        }
     }
 
     #[test]
     fn defragment_keeps_every_pair_and_gives_space_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = open(dir.path());
-        let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
-        for chunk in 0..20 {
-            let mut wb = WriteBatch::new();
-            for i in chunk * 1000..(chunk + 1) * 1000 {
-                wb.put(format!("k{i:06}").into_bytes(), noise.value());
-            }
-            b.write_batch(wb).expect("write");
-        }
+        Noise(0x9e37_79b9_7f4a_7c15).fill(&b, 20_000);
         b.defragment().expect("write out");
         crate::mvcc::backend::conformance::defragment_gives_the_space_back(&b);
+    }
+
+    /// A major compaction writes its output in segments of
+    /// MAJOR_SEGMENT_BYTES, not fjall's 64 MiB: each segment's fsync is
+    /// the burst a raft log fdatasync may wait behind.
+    #[test]
+    fn a_major_compaction_writes_small_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = open(dir.path());
+        // 24 MB: two segments at 16 MiB, one at fjall's 64.
+        Noise(0x2545_f491_4f6c_dd1d).fill(&b, 24_000);
+        b.defragment().expect("defragment");
+        let segments = dir
+            .path()
+            .join("partitions")
+            .join(PARTITION)
+            .join("segments");
+        let sizes: Vec<u64> = segment_files(dir.path())
+            .iter()
+            .map(|f| std::fs::metadata(segments.join(f)).expect("stat").len())
+            .collect();
+        // A segment closes after the block that takes it past the target.
+        let slack = 1 << 20;
+        assert!(sizes.len() >= 2, "{sizes:?}");
+        assert!(
+            sizes.iter().all(|s| *s <= MAJOR_SEGMENT_BYTES + slack),
+            "{sizes:?}"
+        );
+        assert_eq!(b.scan_prefix(b"k").count(), 24_000);
     }
 
     /// The files in the trash whose only name is there (fjall dropped
