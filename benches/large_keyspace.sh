@@ -8,6 +8,14 @@
 #   benches/large_keyspace.sh flood KIND [N] [extra server flags...]
 #       100k keys of 1 KiB under r/, then N (default 50) concurrent Ranges of
 #       the whole prefix (100 MB each) through curl; peak RSS, statuses.
+#   benches/large_keyspace.sh catchup KIND VALSIZE KEYS
+#       one member loaded with KEYS keys of VALSIZE bytes, then a second one
+#       added (`etcdctl member add`, then started with the state `existing`):
+#       time from its spawn until a serializable Range on it answers at the
+#       first member's revision (the whole keyspace received from a snapshot;
+#       the first member keeps its default --snapshot-count, so its log is
+#       truncated long before); then every key counted on it. Needs twice the
+#       keyspace on disk, not three times as a three-member cluster would.
 #
 # KIND is etcd (/usr/bin/etcd) or cairn (target/release/cairn). Needs
 # target/release/cairn-bench, etcdctl, curl with HTTP/2. Data goes to
@@ -26,14 +34,23 @@ mkdir -p "$OUT"
 export ETCDCTL_API=3
 
 start() { # KIND DIR CLIENT_PORT PEER_PORT [flags...]; sets PID
-  local kind=$1 dir=$2 cp=$3 pp=$4 bin=$CAIRN
+  local kind=$1 dir=$2 cp=$3 pp=$4
   shift 4
+  spawn "$kind" m "$dir" $cp $pp "m=http://127.0.0.1:$pp" "$@"
+  ready $cp
+}
+spawn() { # KIND NAME DIR CLIENT_PORT PEER_PORT INITIAL_CLUSTER [flags...]; sets PID
+  local kind=$1 name=$2 dir=$3 cp=$4 pp=$5 cluster=$6 bin=$CAIRN
+  shift 6
   [ "$kind" = etcd ] && bin=/usr/bin/etcd
-  "$bin" --name m --data-dir "$dir" \
+  "$bin" --name "$name" --data-dir "$dir" \
     --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
     --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
-    --initial-cluster "m=http://127.0.0.1:$pp" --quota-backend-bytes $QUOTA "$@" > "$dir.log" 2>&1 &
+    --initial-cluster "$cluster" --quota-backend-bytes $QUOTA "$@" > "$dir.log" 2>&1 &
   PID=$!
+}
+ready() { # CLIENT_PORT
+  local cp=$1
   for _ in $(seq 1 6000); do
     etcdctl --endpoints "127.0.0.1:$cp" --command-timeout=1s get x > /dev/null 2>&1 && return 0
     sleep 0.1
@@ -131,8 +148,49 @@ flood() {
   rm -rf "$dir" "$dir".h* "$dir".s* "$dir.req"
 }
 
+# The revision in a Range's header, JSON from etcdctl: ENDPOINT [etcdctl flags].
+revision() {
+  local ep=$1
+  shift
+  etcdctl --endpoints "$ep" --command-timeout=2s get x "$@" -w json 2> /dev/null |
+    grep -o '"revision":[0-9]*' | head -1 | cut -d: -f2
+}
+
+catchup() {
+  local kind=$1 val=$2 keys=$3
+  local dir=$OUT/cu-$kind cp=$((20000 + RANDOM % 20000))
+  local pp=$((cp + 1)) cp2=$((cp + 2)) pp2=$((cp + 3)) t0 t1 rev r first
+  rm -rf "$dir" "$dir-2"
+  start "$kind" "$dir" $cp $pp || return 1
+  first=$PID
+  t0=$(date +%s.%N)
+  "$BENCH" put --endpoints 127.0.0.1:$cp --prefix k/ --key-size 16 --val-size "$val" \
+    --key-space "$keys" --total "$keys" --sequential-keys --clients 64 --conns 8 \
+    --no-progress --duration 3000 | grep -E '^put '
+  t1=$(date +%s.%N)
+  rev=$(revision 127.0.0.1:$cp)
+  echo "$kind load of $keys x $val B: $(secs $t0 $t1) s; revision $rev; du $(du -sm "$dir" | cut -f1) MB"
+  etcdctl --endpoints 127.0.0.1:$cp member add n --peer-urls "http://127.0.0.1:$pp2" > /dev/null || return 1
+  t0=$(date +%s.%N)
+  spawn "$kind" n "$dir-2" $cp2 $pp2 "m=http://127.0.0.1:$pp,n=http://127.0.0.1:$pp2" \
+    --initial-cluster-state existing
+  for _ in $(seq 1 60000); do
+    r=$(revision 127.0.0.1:$cp2 --consistency=s)
+    [ -n "$r" ] && [ "$r" -ge "$rev" ] && break
+    sleep 0.05
+  done
+  t1=$(date +%s.%N)
+  echo "$kind catch-up of the added member to revision $r: $(secs $t0 $t1) s; its du $(du -sm "$dir-2" | cut -f1) MB; its RSS: $(rss $PID)"
+  echo "$kind count on the added member: $(etcdctl --endpoints 127.0.0.1:$cp2 --command-timeout=300s \
+    get k/ k0 --limit 1 --consistency=s -w fields | grep '"Count"')"
+  stop $PID
+  stop $first
+  rm -rf "$dir" "$dir-2"
+}
+
 case "${1:-}" in
   mem) shift; mem "$@" ;;
+  catchup) shift; catchup "$@" ;;
   flood) shift; flood "$@" ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
 esac
