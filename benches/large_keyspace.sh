@@ -61,6 +61,13 @@ ready() { # CLIENT_PORT
 rss() { grep -E "VmRSS|VmHWM|RssAnon|RssFile" "/proc/$1/status" | tr -s ' \t' ' ' | tr '\n' ' '; echo; }
 stop() { kill -TERM "$1"; wait "$1" 2> /dev/null; }
 secs() { echo "$2 - $1" | bc; }
+# TOTAL puts of VALSIZE bytes over KEYS keys k/..., in key order, 64 clients:
+# CLIENT_PORT VALSIZE KEYS TOTAL.
+load() {
+  "$BENCH" put --endpoints 127.0.0.1:$1 --prefix k/ --key-size 16 --val-size "$2" \
+    --key-space "$3" --total "$4" --sequential-keys --clients 64 --conns 8 \
+    --no-progress --duration 3000 | grep -E '^put '
+}
 
 mem() {
   local kind=$1 val=$2 revs=$3 keys=${4:-1000000}
@@ -70,17 +77,12 @@ mem() {
   start "$kind" "$dir" $cp $pp || return 1
   sleep 2
   echo "$kind empty: $(rss $PID)"
-  put() {
-    "$BENCH" put --endpoints 127.0.0.1:$cp --prefix k/ --key-size 16 --val-size "$val" \
-      --key-space "$keys" --total "$1" --sequential-keys --clients 64 --conns 8 \
-      --no-progress --duration 3000 | grep -E '^put '
-  }
-  t0=$(date +%s.%N); put "$keys"; t1=$(date +%s.%N)
+  t0=$(date +%s.%N); load $cp "$val" "$keys" "$keys"; t1=$(date +%s.%N)
   echo "$kind load of $keys x $val B: $(secs $t0 $t1) s"
   sleep 5
   echo "$kind after 1 rev/key: $(rss $PID) du $(du -sm "$dir" | cut -f1) MB"
   if [ "$revs" -gt 1 ]; then
-    t0=$(date +%s.%N); put $((keys * (revs - 1))); t1=$(date +%s.%N)
+    t0=$(date +%s.%N); load $cp "$val" "$keys" $((keys * (revs - 1))); t1=$(date +%s.%N)
     echo "$kind $((revs - 1)) more revs/key: $(secs $t0 $t1) s"
     sleep 5
     echo "$kind after $revs revs/key: $(rss $PID) du $(du -sm "$dir" | cut -f1) MB"
@@ -164,9 +166,7 @@ catchup() {
   start "$kind" "$dir" $cp $pp || return 1
   first=$PID
   t0=$(date +%s.%N)
-  "$BENCH" put --endpoints 127.0.0.1:$cp --prefix k/ --key-size 16 --val-size "$val" \
-    --key-space "$keys" --total "$keys" --sequential-keys --clients 64 --conns 8 \
-    --no-progress --duration 3000 | grep -E '^put '
+  load $cp "$val" "$keys" "$keys"
   t1=$(date +%s.%N)
   rev=$(revision 127.0.0.1:$cp)
   echo "$kind load of $keys x $val B: $(secs $t0 $t1) s; revision $rev; du $(du -sm "$dir" | cut -f1) MB"

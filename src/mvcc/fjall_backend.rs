@@ -637,11 +637,7 @@ mod tests {
         // 24 MB: two segments at 16 MiB, one at fjall's 64.
         Noise(0x2545_f491_4f6c_dd1d).fill(&b, 24_000);
         b.defragment().expect("defragment");
-        let segments = dir
-            .path()
-            .join("partitions")
-            .join(PARTITION)
-            .join("segments");
+        let segments = segments_dir(dir.path());
         let sizes: Vec<u64> = segment_files(dir.path())
             .iter()
             .map(|f| std::fs::metadata(segments.join(f)).expect("stat").len())
@@ -669,9 +665,14 @@ mod tests {
             .collect()
     }
 
+    /// The folder of the current partition's segment files.
+    fn segments_dir(dir: &Path) -> PathBuf {
+        dir.join("partitions").join(PARTITION).join("segments")
+    }
+
     /// The segment files of the current partition.
     fn segment_files(dir: &Path) -> std::collections::HashSet<String> {
-        std::fs::read_dir(dir.join("partitions").join(PARTITION).join("segments"))
+        std::fs::read_dir(segments_dir(dir))
             .expect("segments")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect()
